@@ -1,0 +1,123 @@
+"""Keeping work moving after crashes, Redis loss and failures.
+
+PostgreSQL is the source of truth; Redis only holds queues, checkpoints and flags. Each duty
+here is idempotent and safe to run from several monitors at once (the jobs it queues are
+harmless when doubled: readers lock per file, notifiers lease per alert).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import redis
+import structlog
+
+from daemon.claim import SEPARATOR, original_name, write_error_note
+from hookdrop.queues import enqueue_deliveries, enqueue_read
+from hookdrop.settings import Settings
+from hookdrop.store import Store
+
+log = structlog.get_logger(__name__)
+
+BATCH = 5000
+
+
+class Recovery:
+    def __init__(self, settings: Settings, store: Store, conn: redis.Redis) -> None:
+        self.settings = settings
+        self.keys = settings.keys
+        self.store = store
+        self.redis = conn
+
+    def ensure_epoch(self) -> bool:
+        """Rebuild Redis from PostgreSQL if it lost its data; True when a rebuild ran."""
+        if not self.redis.set(self.keys.epoch, uuid.uuid4().hex, nx=True):
+            return False
+        files = self.store.run("active_files")
+        for file in files:
+            self.rebuild_file(int(file["id"]), bool(file["read_complete"]))
+        if files:
+            log.warning("redis.rebuilt", files=len(files))
+        return True
+
+    def rebuild_file(self, file_id: int, read_complete: bool) -> None:
+        """Queue everything still open for one file, from PostgreSQL (and processing/)."""
+        ids = [row["id"] for row in self.store.run("open_alert_ids", {"file_id": file_id})]
+        enqueue_deliveries(self.redis, self.keys, file_id, ids, self.settings.chunk_size)
+        if not read_complete:
+            self.redis.delete(self.keys.checkpoint(file_id))
+            self._queue_read(file_id)
+
+    def requeue_stalled_reads(self) -> int:
+        """Files waiting to be read with no batcher on them and no read job queued."""
+        count = 0
+        for file in self.store.run("active_files"):
+            if file["read_complete"] or file["status"] not in ("claimed", "reading"):
+                continue
+            file_id = int(file["id"])
+            if self.redis.exists(self.keys.reading(file_id), self.keys.read_queued(file_id)):
+                continue
+            log.warning("file.read_requeued", file_id=file_id)
+            self._queue_read(file_id)
+            count += 1
+        return count
+
+    def _queue_read(self, file_id: int) -> None:
+        self.redis.set(self.keys.read_queued(file_id), "1", ex=600)
+        enqueue_read(self.redis, self.keys, file_id)
+
+    def requeue_expired_leases(self) -> int:
+        """Alerts held by a notifier that died: hand them to the queue again."""
+        rows = self.store.run("take_expired_leases",
+                              {"lease": self.settings.lease_seconds, "limit": BATCH})
+        self._enqueue_grouped(rows)
+        if rows:
+            log.warning("alert.lease_expired", alerts=len(rows))
+        return len(rows)
+
+    def reinject_dlq(self) -> int:
+        """Send DLQ entries whose time has come, unless the receiver asked us to hold off."""
+        if self.redis.exists(self.keys.backpressure):
+            return 0
+        rows = self.store.run("take_due_dlq",
+                              {"interval": self.settings.dlq_interval, "limit": BATCH})
+        self._enqueue_grouped(rows)
+        if rows:
+            log.info("dlq.reinjected", alerts=len(rows))
+        return len(rows)
+
+    def _enqueue_grouped(self, rows: list[dict[str, object]]) -> None:
+        by_file: dict[int, list[str]] = defaultdict(list)
+        for row in rows:
+            by_file[int(row["file_id"])].append(str(row["id"]))  # type: ignore[call-overload]
+        for file_id, ids in by_file.items():
+            enqueue_deliveries(self.redis, self.keys, file_id, ids, self.settings.chunk_size)
+
+    def finish_files(self) -> int:
+        """Files whose alerts all reached an end state: mark them and move them out."""
+        finished = self.store.run("finish_files")
+        for row in finished:
+            self.redis.delete(self.keys.checkpoint(int(row["id"])))
+            log.info("file.finished", file_id=row["id"], name=row["name"])
+        self.move_finished()
+        return len(finished)
+
+    def move_finished(self) -> None:
+        for row in self.store.run("files_to_move"):
+            source = Path(row["processing_path"])
+            folder = self.settings.done_dir if row["status"] == "done" else self.settings.failed_dir
+            final = folder / f"{row['id']}{SEPARATOR}{original_name(source.name)}"
+            try:
+                os.rename(source, final)
+            except FileNotFoundError:
+                if not final.exists():
+                    log.error("file.missing", file_id=row["id"], path=str(source))
+                    continue
+            if row["status"] == "failed":
+                file = self.store.one("get_file", {"id": row["id"]})
+                write_error_note(final, str(file and file["error"]))
+            self.store.run("set_final_path", {"id": row["id"], "final_path": str(final)})
+            log.info("file.moved", file_id=row["id"], to=str(final))

@@ -1,0 +1,3 @@
+from hookdrop.cli import main
+
+main()

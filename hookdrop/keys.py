@@ -1,0 +1,74 @@
+"""Every Redis key hookdrop uses, in one place.
+
+All keys start with the configured prefix (``HOOKDROP_KEY_PREFIX``, default ``hookdrop``), so
+several deployments or test runs can share one Redis. RQ's own keys (``rq:job:*``,
+``rq:queue:*``, ...) are named after the queues below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "hookdrop"
+
+    # RQ queue names (RQ stores them under rq:queue:<name>).
+    @property
+    def batcher_queue(self) -> str:
+        return f"{self.prefix}-batcher"
+
+    @property
+    def notifier_queue(self) -> str:
+        return f"{self.prefix}-notifier"
+
+    # Set once when this Redis first serves hookdrop; its absence means Redis lost its data.
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}:epoch"
+
+    # Batcher checkpoint of one file: hash {offset, rows, line, seq, alerts, invalid}.
+    def checkpoint(self, file_id: int) -> str:
+        return f"{self.prefix}:ckpt:{file_id}"
+
+    # Back-pressure flag: exists while every notifier must hold off (429 seen); TTL = pause.
+    @property
+    def backpressure(self) -> str:
+        return f"{self.prefix}:backpressure"
+
+    # Global rate limiter state: hash {tat, rate, last_cut, last_raise, ceiling}.
+    @property
+    def ratelimit(self) -> str:
+        return f"{self.prefix}:rl"
+
+    # Per-second counters of accepted / throttled requests: hash field = unix second.
+    @property
+    def outcomes(self) -> str:
+        return f"{self.prefix}:rl:outcomes"
+
+    # A file paused by the operator (exists = paused).
+    def paused(self, file_id: int) -> str:
+        return f"{self.prefix}:paused:{file_id}"
+
+    # Short-lived locks for periodic monitor duties, so one monitor of many does each round.
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}:lock:{name}"
+
+    # Live throughput series for the status page: sorted set of (second -> delivered count).
+    @property
+    def throughput(self) -> str:
+        return f"{self.prefix}:throughput"
+
+    # Pub/sub channel announcing file progress changes (payload: file id).
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    # Lock held by the one batcher reading a file (value = its token; TTL renewed while reading).
+    def reading(self, file_id: int) -> str:
+        return f"{self.prefix}:reading:{file_id}"
+
+    # Set when a read job is queued, cleared when a batcher starts it: avoids piling up jobs.
+    def read_queued(self, file_id: int) -> str:
+        return f"{self.prefix}:read-queued:{file_id}"

@@ -1,0 +1,83 @@
+"""The two RQ queues and how work is put on them.
+
+- batcher queue: one job per file (``workers.batcher.read_file_job``), reads it in chunks.
+- notifier queue: one job per chunk of alert ids (``workers.notifier.deliver_job``).
+
+Jobs carry alert ids only; the payload comes from PostgreSQL when a notifier claims them, so a
+job that runs twice, late, or after a DLQ re-injection can never send stale data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.job import Job
+
+from hookdrop.keys import Keys
+
+BATCHER_JOB = "workers.batcher.read_file_job"
+NOTIFIER_JOB = "workers.notifier.deliver_job"
+
+# Generous: a batcher job streams a whole file; a notifier job may wait out back-pressure.
+BATCHER_TIMEOUT = 7 * 24 * 3600
+NOTIFIER_TIMEOUT = 24 * 3600
+RESULT_TTL = 60
+FAILURE_TTL = 7 * 24 * 3600
+
+
+def batcher_queue(conn: redis.Redis, keys: Keys) -> Queue:
+    return Queue(keys.batcher_queue, connection=conn)
+
+
+def notifier_queue(conn: redis.Redis, keys: Keys) -> Queue:
+    return Queue(keys.notifier_queue, connection=conn)
+
+
+def enqueue_read(conn: redis.Redis, keys: Keys, file_id: int) -> Job:
+    """Queue the reading of one file. Harmless if queued twice: readers take a per-file lock."""
+    return batcher_queue(conn, keys).enqueue_call(
+        BATCHER_JOB,
+        args=(file_id,),
+        timeout=BATCHER_TIMEOUT,
+        result_ttl=RESULT_TTL,
+        failure_ttl=FAILURE_TTL,
+        description=f"read file {file_id}",
+    )
+
+
+def chunked(ids: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def notifier_jobs(
+    queue: Queue, file_id: int, ids: Sequence[str], chunk_size: int
+) -> list[Any]:
+    """Job data (for ``Queue.enqueue_many``) delivering ``ids`` in chunks."""
+    return [
+        Queue.prepare_data(
+            NOTIFIER_JOB,
+            args=(file_id, list(chunk)),
+            timeout=NOTIFIER_TIMEOUT,
+            result_ttl=RESULT_TTL,
+            failure_ttl=FAILURE_TTL,
+            description=f"deliver {len(chunk)} alerts of file {file_id}",
+        )
+        for chunk in chunked(ids, chunk_size)
+    ]
+
+
+def enqueue_deliveries(
+    conn: redis.Redis, keys: Keys, file_id: int, ids: Sequence[str], chunk_size: int
+) -> int:
+    """Queue delivery of ``ids`` now (outside any checkpoint transaction); returns job count."""
+    if not ids:
+        return 0
+    queue = notifier_queue(conn, keys)
+    with conn.pipeline(transaction=True) as pipe:
+        jobs = queue.enqueue_many(notifier_jobs(queue, file_id, ids, chunk_size), pipeline=pipe)
+        pipe.execute()
+    return len(jobs)

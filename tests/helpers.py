@@ -1,0 +1,131 @@
+"""Helpers shared by the integration and end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+from rq import Queue
+from rq.job import Job
+
+from daemon.monitor import Monitor
+from hookdrop.settings import Settings
+from hookdrop.store import Store
+from workers import context
+from workers.runner import build_context, make_worker
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05,
+             what: str = "condition") -> T:
+    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@contextmanager
+def running_monitor(settings: Settings, name: str = "test-monitor") -> Iterator[Monitor]:
+    """A real Monitor (watchdog and all) in a thread, stopped on exit."""
+    conn = redis.Redis.from_url(settings.redis_url)  # type: ignore[arg-type]
+    store = Store(settings.database_url)  # type: ignore[arg-type]
+    monitor = Monitor(settings, store, conn, name=name)
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            monitor.run()
+        except BaseException as exc:  # reported to the test below
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name=f"monitor-{name}")
+    thread.start()
+    try:
+        wait_for(lambda: settings.processing_dir.exists(), what="monitor start")
+        yield monitor
+    finally:
+        monitor.stopping.set()
+        thread.join(timeout=10)
+        store.close()
+        conn.close()
+    if failure:
+        raise failure[0]
+
+
+def run_burst(settings: Settings, kind: str) -> None:
+    """Run a worker in this process until its queue is empty."""
+    ctx = build_context(settings, name=f"burst-{kind}")
+    context.install(ctx)
+    try:
+        make_worker(ctx, kind).work(burst=True, logging_level="WARNING")
+    finally:
+        context.install(None)
+        ctx.close()
+
+
+def queued_alert_ids(conn: redis.Redis, settings: Settings) -> Counter[str]:
+    """Every alert id in the notifier queue's jobs, with how often it appears."""
+    queue = Queue(settings.keys.notifier_queue, connection=conn)
+    found: Counter[str] = Counter()
+    for job_id in queue.get_job_ids():
+        job = Job.fetch(job_id, connection=conn)
+        found.update(job.args[1])
+    return found
+
+
+def file_rows(store: Store) -> list[dict[str, Any]]:
+    with store.transaction() as conn:
+        return conn.execute("SELECT * FROM files ORDER BY id").fetchall()
+
+
+def hookdrop_process(settings: Settings, *args: str, extra_env: dict[str, str] | None = None,
+                     log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a real ``hookdrop`` command in its own process group."""
+    env = {**os.environ, **settings.to_environ(), **(extra_env or {})}
+    if log_path is None:
+        return subprocess.Popen([sys.executable, "-m", "hookdrop", *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    with log_path.open("ab") as out:  # the child keeps its own copy of the handle
+        return subprocess.Popen([sys.executable, "-m", "hookdrop", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    """Kill a process and everything it started, as a machine crash would."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
+def write_csv(path: Path, rows: int, *, header: bool = True, start: int = 0) -> set[tuple[str, str]]:
+    """A CSV of ``rows`` distinct alerts; returns the (user, message) pairs written."""
+    pairs = set()
+    tmp = path.with_name("." + path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as handle:
+        if header:
+            handle.write("user_id,message\n")
+        for n in range(start, start + rows):
+            user, message = f"u{n}", f"alert number {n}"
+            pairs.add((user, message))
+            handle.write(f"{user},{message}\n")
+    os.rename(tmp, path)
+    return pairs

@@ -1,0 +1,206 @@
+"""Notifier jobs on real Redis and PostgreSQL, with the HTTP layer mocked by respx."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import respx
+from psycopg.types.json import Jsonb
+from standardwebhooks.webhooks import Webhook
+
+from daemon.recovery import Recovery
+from hookdrop.alerts import alert_id
+from hookdrop.settings import Settings
+from hookdrop.store import Store
+from tests.helpers import queued_alert_ids
+from workers import context
+from workers.notifier import Delivery
+from workers.runner import build_context
+
+URL = "http://receiver.test/hook"
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.fixture
+def dsettings(settings: Settings) -> Settings:
+    return settings.replace(webhook_url=URL, signing_secret=SECRET, max_tries=3,
+                            attempt_budget=5, backpressure_seconds=0.2, concurrency=8)
+
+
+@pytest.fixture
+def engine(dsettings: Settings) -> Iterator[Delivery]:
+    ctx = build_context(dsettings, name="test-notifier")
+    context.install(ctx)
+    delivery = Delivery(ctx)
+    yield delivery
+    delivery.close()
+    context.install(None)
+    ctx.close()
+
+
+def make_file(store: Store, count: int, *, extra: dict[str, Any] | None = None) -> tuple[int, list[str]]:
+    row = store.one("insert_file", {
+        "name": "t.csv", "sha": f"sha{count}", "generation": 0, "size": 1,
+        "layout": Jsonb({}), "chunk_size": 500, "status": "reading", "path": "/nonexistent",
+        "claimed_by": "t"})
+    assert row is not None
+    file_id = int(row["id"])
+    alerts = [(alert_id(f"sha{count}", 0, f"u{n}", f"m{n}"), n + 2, f"u{n}", f"m{n}", extra)
+              for n in range(count)]
+    owned = store.write_chunk(file_id=file_id, seq=1, alerts=alerts, errors=[], rows=count,
+                              invalid=0, alerts_before=0)
+    store.run("file_read_complete", {"id": file_id, "rows": count, "invalid": 0,
+                                     "alerts": count, "error": None})
+    return file_id, [aid for aid, _ in owned]
+
+
+def alert_rows(store: Store, file_id: int) -> dict[str, dict[str, Any]]:
+    with store.transaction() as conn:
+        rows = conn.execute("SELECT * FROM alerts WHERE file_id = %s", (file_id,)).fetchall()
+    return {r["user_id"]: r for r in rows}
+
+
+def test_a_chunk_is_delivered_signed_with_stable_ids(engine: Delivery, store: Store) -> None:
+    file_id, ids = make_file(store, 25, extra={"plan": "gold"})
+    with respx.mock(using="httpx") as router:
+        route = router.post(URL).respond(200, json={"ok": True})
+        result = engine.run_chunk(file_id, ids)
+    assert result["delivered"] == 25
+    assert route.call_count == 25
+    verifier = Webhook(SECRET)
+    seen = set()
+    for call in route.calls:
+        request = call.request
+        body = json.loads(request.content)
+        assert set(body) == {"userId", "alertMessage", "plan"}
+        verifier.verify(request.content, dict(request.headers))
+        seen.add(request.headers["webhook-id"])
+    assert seen == set(ids)
+    file = store.one("get_file", {"id": file_id})
+    assert file is not None and file["delivered"] == 25
+    assert {r["status"] for r in alert_rows(store, file_id).values()} == {"delivered"}
+
+
+def test_a_delivered_alert_is_never_sent_again(engine: Delivery, store: Store) -> None:
+    file_id, ids = make_file(store, 10)
+    with respx.mock(using="httpx") as router:
+        route = router.post(URL).respond(200)
+        engine.run_chunk(file_id, ids)
+        again = engine.run_chunk(file_id, ids)  # a re-run job, a re-enqueued chunk...
+    assert route.call_count == 10
+    assert again["claimed"] == 0
+
+
+@pytest.mark.parametrize("retry_after", ["1", "date", None])
+def test_429_sets_back_pressure_and_retries_without_using_the_budget(
+    engine: Delivery, store: Store, rconn: redis.Redis, dsettings: Settings,
+    retry_after: str | None,
+) -> None:
+    file_id, ids = make_file(store, 1)
+    headers = {}
+    if retry_after == "date":
+        headers["retry-after"] = format_datetime(datetime.now(UTC) + timedelta(seconds=2),
+                                                 usegmt=True)
+    elif retry_after:
+        headers["retry-after"] = retry_after
+    pauses: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if len(pauses) < 2:
+            pauses.append(int(rconn.pttl(dsettings.keys.backpressure)))
+            return httpx.Response(429, headers=headers)
+        pauses.append(int(rconn.pttl(dsettings.keys.backpressure)))
+        return httpx.Response(200)
+
+    with respx.mock(using="httpx") as router:
+        router.post(URL).mock(side_effect=answer)
+        result = engine.run_chunk(file_id, ids)
+    assert result["delivered"] == 1 and result["throttled"] == 2
+    row = alert_rows(store, file_id)["u0"]
+    assert (row["status"], row["attempts"], row["throttled"]) == ("delivered", 0, 2)
+    # the flag existed after the first 429 and had expired before the try that succeeded
+    assert pauses[0] <= 0 and pauses[-1] <= 0
+    assert rconn.hget(dsettings.keys.ratelimit, "last_cut") is not None
+
+
+def test_5xx_then_success_counts_one_failed_try(engine: Delivery, store: Store) -> None:
+    file_id, ids = make_file(store, 1)
+    with respx.mock(using="httpx") as router:
+        router.post(URL).mock(side_effect=[httpx.Response(503), httpx.ReadTimeout("slow"),
+                                           httpx.Response(200)])
+        engine.run_chunk(file_id, ids)
+    row = alert_rows(store, file_id)["u0"]
+    assert (row["status"], row["attempts"], row["last_status_code"]) == ("delivered", 2, 200)
+
+
+def test_other_4xx_is_rejected_at_once_with_code_and_excerpt(engine: Delivery,
+                                                             store: Store) -> None:
+    file_id, ids = make_file(store, 1)
+    with respx.mock(using="httpx") as router:
+        route = router.post(URL).respond(422, text="unknown user u0\n")
+        engine.run_chunk(file_id, ids)
+    assert route.call_count == 1
+    row = alert_rows(store, file_id)["u0"]
+    assert (row["status"], row["last_status_code"]) == ("rejected", 422)
+    assert row["last_error"] == "HTTP 422: unknown user u0"
+    assert store.one("get_file", {"id": file_id})["rejected"] == 1  # type: ignore[index]
+
+
+def test_failures_go_to_the_dlq_then_dead_when_the_budget_is_spent(
+    engine: Delivery, store: Store, rconn: redis.Redis, dsettings: Settings
+) -> None:
+    file_id, ids = make_file(store, 2)
+    recovery = Recovery(dsettings, store, rconn)
+    with respx.mock(using="httpx") as router:
+        route = router.post(URL).mock(side_effect=httpx.ConnectError("refused"))
+        engine.run_chunk(file_id, ids)
+        rows = alert_rows(store, file_id)
+        assert {r["status"] for r in rows.values()} == {"dlq"}
+        assert {r["attempts"] for r in rows.values()} == {3}
+        assert route.call_count == 6
+        # not due yet: nothing re-injected
+        assert recovery.reinject_dlq() == 0
+        with store.transaction() as conn:
+            conn.execute("UPDATE alerts SET next_attempt_at = now() WHERE file_id = %s",
+                         (file_id,))
+        # while the receiver asks us to hold off, the DLQ stays put
+        rconn.set(dsettings.keys.backpressure, "1", px=5000)
+        assert recovery.reinject_dlq() == 0
+        rconn.delete(dsettings.keys.backpressure)
+        assert recovery.reinject_dlq() == 2
+        queued = queued_alert_ids(rconn, dsettings)
+        assert set(queued) == set(ids)
+        engine.run_chunk(file_id, list(queued))
+    rows = alert_rows(store, file_id)
+    assert {r["status"] for r in rows.values()} == {"dead"}
+    assert {r["attempts"] for r in rows.values()} == {5}  # the attempt budget
+    assert route.call_count == 10
+    assert store.one("get_file", {"id": file_id})["dead"] == 2  # type: ignore[index]
+
+
+def test_an_expired_lease_is_handed_back_and_delivered_once(
+    engine: Delivery, store: Store, rconn: redis.Redis, dsettings: Settings
+) -> None:
+    file_id, ids = make_file(store, 5)
+    # A notifier claimed these and died (no results, no renewals).
+    assert len(store.claim(ids, "dead-notifier", 0.01)) == 5
+    recovery = Recovery(dsettings, store, rconn)
+    with store.transaction() as conn:
+        conn.execute("UPDATE alerts SET lease_until = now() - interval '1 s'")
+    assert recovery.requeue_expired_leases() == 5
+    with respx.mock(using="httpx") as router:
+        route = router.post(URL).respond(200)
+        engine.run_chunk(file_id, list(queued_alert_ids(rconn, dsettings)))
+        # the dead notifier's late results are ignored: it no longer holds the lease
+        from hookdrop.store import Result
+
+        assert store.record([Result(ids[0], "rejected", code=400)], "dead-notifier") == 0
+    assert route.call_count == 5
+    assert {r["status"] for r in alert_rows(store, file_id).values()} == {"delivered"}

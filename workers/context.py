@@ -1,0 +1,51 @@
+"""What a worker process holds for its jobs: settings, connections, stop requests.
+
+RQ calls job functions with their arguments only; the worker process installs one
+:class:`WorkerContext` at start and the job functions look it up here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from hookdrop.settings import Settings
+from hookdrop.store import Store
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    redis: redis.Redis
+    store: Store
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # Set on the first SIGTERM: finish or checkpoint the current chunk, then return.
+    stopping: threading.Event = field(default_factory=threading.Event)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for extra in self.extras.values():
+            close = getattr(extra, "close", None)
+            if close is not None:
+                close()
+        self.store.close()
+        self.redis.close()
+
+
+_current: WorkerContext | None = None
+
+
+def install(context: WorkerContext | None) -> None:
+    global _current  # noqa: PLW0603 - one context per worker process, set once at start
+    _current = context
+
+
+def current() -> WorkerContext:
+    if _current is None:
+        raise RuntimeError("no worker context: jobs run inside `hookdrop worker`")
+    return _current

@@ -1,0 +1,299 @@
+"""The notifier: one RQ job delivers one chunk of alerts, concurrently, over persistent
+connections that live as long as the worker process.
+
+Per chunk:
+1. Claim the alerts in PostgreSQL (a lease): delivered, cancelled or leased-elsewhere alerts
+   are left out, so a job that runs twice, or a DLQ entry re-injected twice, sends nothing twice.
+2. Send with the global rate limit; every try of an alert carries its stable ``webhook-id``.
+3. Write outcomes in bulk as they come (every few hundred ms), and renew the lease meanwhile.
+
+429 pauses everybody (back-pressure flag) and is retried without using the failure budget;
+5xx, timeouts and connection errors retry with backoff, then go to the DLQ (or end ``dead``
+when the attempt budget is spent); other 4xx are ``rejected`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import redis
+import structlog
+
+from hookdrop.backoff import compute_backoff
+from hookdrop.errors import StoreUnavailable
+from hookdrop.signing import secret_key, sign
+from hookdrop.store import Result, retry_while_unavailable
+from workers import context
+from workers.classify import Verdict, classify_error, classify_response
+from workers.ratelimit import GlobalLimiter
+from workers.transport import make_client
+
+log = structlog.get_logger(__name__)
+
+FLUSH_EVERY = 0.25
+FLUSH_AT = 256
+
+
+def deliver_job(file_id: int, ids: list[str]) -> dict[str, Any]:
+    """RQ job: deliver one chunk of alerts of one file."""
+    ctx = context.current()
+    engine = ctx.extras.get("delivery")
+    if engine is None:
+        engine = ctx.extras["delivery"] = Delivery(ctx)
+    return engine.run_chunk(file_id, ids)
+
+
+@dataclass(slots=True)
+class _Alert:
+    id: str
+    file_id: int
+    body: bytes
+    attempts: int  # failed tries before this job
+    tries: int = 0  # failed tries in this job
+    done: bool = False
+
+
+class Delivery:
+    """Per-process delivery engine: one event loop, one HTTP client, one limiter."""
+
+    def __init__(self, ctx: context.WorkerContext) -> None:
+        import uvloop
+
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.settings.require("webhook_url")
+        self.url: str = self.settings.webhook_url  # type: ignore[assignment]
+        self.store = ctx.store
+        self.owner = ctx.name
+        self.loop = uvloop.new_event_loop()
+        self.key = secret_key(self.settings.signing_secret) if self.settings.signing_secret else None
+        self.limiter = GlobalLimiter(ctx.redis, self.settings.keys,
+                                     max_rate=self.settings.rate_limit)
+        self.client: httpx.AsyncClient | None = None
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.loop.run_until_complete(self.client.aclose())
+            self.client = None
+        self.loop.close()
+
+    def run_chunk(self, file_id: int, ids: list[str]) -> dict[str, Any]:
+        claimed = retry_while_unavailable(
+            lambda: self.store.claim(ids, self.owner, self.settings.lease_seconds),
+            what="claim alerts", stop=self.ctx.stopping.is_set,
+        )
+        if not claimed:
+            return {"file_id": file_id, "claimed": 0}
+        return self.loop.run_until_complete(_Chunk(self, file_id, claimed).run())
+
+    def get_client(self) -> httpx.AsyncClient:
+        if self.client is None:
+            self.client = make_client(timeout=self.settings.request_timeout,
+                                      concurrency=self.settings.concurrency)
+        return self.client
+
+    def headers(self, alert_id: str, body: bytes) -> dict[str, str]:
+        stamp = int(time.time())
+        headers = {"content-type": "application/json", "webhook-id": alert_id,
+                   "webhook-timestamp": str(stamp)}
+        if self.key is not None:
+            headers["webhook-signature"] = sign(self.key, alert_id, stamp, body)
+        return headers
+
+
+def body_of(row: dict[str, Any]) -> bytes:
+    payload = dict(row["extra"] or {})
+    payload["userId"] = row["user_id"]
+    payload["alertMessage"] = row["message"]
+    return orjson.dumps(payload)
+
+
+class _Chunk:
+    """The work of one job: send every claimed alert to an end state or to the DLQ."""
+
+    def __init__(self, engine: Delivery, file_id: int, rows: list[dict[str, Any]]) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.file_id = file_id
+        self.alerts = deque(_Alert(r["id"], r["file_id"], body_of(r), r["attempts"]) for r in rows)
+        self.open: dict[str, _Alert] = {a.id: a for a in self.alerts}
+        self.results: dict[str, Result] = {}
+        self.db_ok = asyncio.Event()
+        self.db_ok.set()
+        self.counts = {"delivered": 0, "rejected": 0, "dlq": 0, "dead": 0, "throttled": 0,
+                       "retried": 0}
+        self.paused = False
+        self.finished = False
+
+    async def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        client = self.engine.get_client()
+        senders = [asyncio.create_task(self._sender(client))
+                   for _ in range(min(self.settings.concurrency, len(self.alerts)))]
+        keeper = asyncio.create_task(self._keeper())
+        try:
+            await asyncio.gather(*senders)
+        finally:
+            self.finished = True
+            await keeper  # it never drops a batch half-written; at most one tick away
+        await self._flush()
+        leftover = [a.id for a in self.open.values() if not a.done]
+        if leftover:  # stop or pause: hand them back to the lease sweep right away
+            retry_while_unavailable(lambda: self.engine.store.release(leftover, self.engine.owner),
+                                    what="release alerts")
+            log.info("chunk.released", file_id=self.file_id, alerts=len(leftover),
+                     reason="paused" if self.paused else "stopping")
+        elapsed = time.monotonic() - started
+        log.info("chunk.done", file_id=self.file_id, alerts=len(self.open),
+                 seconds=round(elapsed, 3), **self.counts)
+        return {"file_id": self.file_id, "claimed": len(self.open), **self.counts}
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def _should_stop(self) -> bool:
+        return self.engine.ctx.stopping.is_set() or self.paused
+
+    async def _sender(self, client: httpx.AsyncClient) -> None:
+        while self.alerts and not self._should_stop():
+            alert = self.alerts.popleft()
+            await self._deliver(client, alert)
+
+    async def _deliver(self, client: httpx.AsyncClient, alert: _Alert) -> None:
+        limiter = self.engine.limiter
+        while True:
+            await self.db_ok.wait()
+            if self._should_stop():
+                return
+            try:
+                await limiter.acquire()
+            except redis.RedisError as exc:
+                log.warning("redis.unavailable", action="rate limit", error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
+            started = time.perf_counter()
+            try:
+                response = await client.post(self.engine.url, content=alert.body,
+                                             headers=self.engine.headers(alert.id, alert.body))
+                verdict = classify_response(response)
+            except httpx.HTTPError as exc:
+                verdict = classify_error(exc)
+            latency = (time.perf_counter() - started) * 1000
+            if verdict.kind == "delivered":
+                self._finish(alert, Result(alert.id, "delivered", code=verdict.code,
+                                           latency_ms=latency))
+                return
+            if verdict.kind == "rejected":
+                self._finish(alert, Result(alert.id, "rejected", code=verdict.code,
+                                           error=verdict.error, latency_ms=latency))
+                log.warning("alert.rejected", alert_id=alert.id, code=verdict.code,
+                            error=verdict.error)
+                return
+            if verdict.kind == "throttled":
+                self._throttled(alert, verdict, latency)
+                continue
+            if self._failed(alert, verdict, latency):
+                return
+            await asyncio.sleep(compute_backoff(alert.tries, base=0.2, cap=10.0))
+
+    def _throttled(self, alert: _Alert, verdict: Verdict, latency: float) -> None:
+        pause = verdict.retry_after
+        if pause is None:
+            pause = self.settings.backpressure_seconds
+        pause = min(max(pause, 0.05), self.settings.max_pause_seconds)
+        rate = self.engine.limiter.throttled(pause)
+        self.counts["throttled"] += 1
+        self._note(Result(alert.id, "throttled", throttled=1, code=429, error=verdict.error,
+                          latency_ms=latency))
+        log.info("alert.throttled", alert_id=alert.id, pause=round(pause, 3),
+                 rate=rate and round(rate, 1))
+
+    def _failed(self, alert: _Alert, verdict: Verdict, latency: float) -> bool:
+        """Count a failed try; True when the alert leaves this job (DLQ or dead)."""
+        alert.tries += 1
+        total = alert.attempts + alert.tries
+        common = {"failed": 1, "code": verdict.code, "error": verdict.error,
+                  "latency_ms": latency}
+        if total >= self.settings.attempt_budget:
+            self._finish(alert, Result(alert.id, "dead", **common))  # type: ignore[arg-type]
+            log.error("alert.dead", alert_id=alert.id, attempts=total, error=verdict.error)
+            return True
+        if alert.tries >= self.settings.max_tries:
+            delay = compute_backoff(total, base=self.settings.dlq_interval / 4,
+                                    cap=self.settings.dlq_interval * 20)
+            next_at = datetime.now(UTC) + timedelta(seconds=delay)
+            self._finish(alert, Result(alert.id, "dlq", next_at=next_at,
+                                       **common))  # type: ignore[arg-type]
+            log.warning("alert.dlq", alert_id=alert.id, attempts=total, error=verdict.error)
+            return True
+        self.counts["retried"] += 1
+        self._note(Result(alert.id, "retrying", **common))  # type: ignore[arg-type]
+        return False
+
+    def _finish(self, alert: _Alert, result: Result) -> None:
+        alert.done = True
+        self.counts[result.status] += 1
+        self._note(result)
+
+    def _note(self, result: Result) -> None:
+        """Queue a result for the next bulk write, merged with any earlier one of this alert."""
+        earlier = self.results.get(result.alert_id)
+        if earlier is not None:
+            result = Result(
+                result.alert_id, result.status, failed=earlier.failed + result.failed,
+                throttled=earlier.throttled + result.throttled, code=result.code,
+                error=result.error or earlier.error, latency_ms=result.latency_ms,
+                next_at=result.next_at,
+            )
+        self.results[result.alert_id] = result
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    async def _keeper(self) -> None:
+        """Flush results, renew the lease and watch for a pause, until cancelled."""
+        last_renew = time.monotonic()
+        while not self.finished:
+            await asyncio.sleep(FLUSH_EVERY)
+            await self._flush()
+            if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
+                holding = [a.id for a in self.open.values() if not a.done]
+                try:
+                    self.engine.store.renew(holding, self.engine.owner,
+                                            self.settings.lease_seconds)
+                    last_renew = time.monotonic()
+                except StoreUnavailable as exc:
+                    log.warning("db.unavailable", action="renew lease", error=str(exc))
+            if self.engine.ctx.redis.exists(self.settings.keys.paused(self.file_id)):
+                self.paused = True
+
+    async def _flush(self) -> None:
+        if not self.results:
+            return
+        batch = list(self.results.values())
+        self.results = {}
+        attempt = 0
+        while True:
+            try:
+                self.engine.store.record(batch, self.engine.owner)
+                break
+            except StoreUnavailable as exc:
+                # Stop sending: an outcome we cannot record could be sent twice later.
+                self.db_ok.clear()
+                attempt += 1
+                delay = compute_backoff(attempt, base=0.5, cap=10.0)
+                log.warning("db.unavailable", action="record results", error=str(exc),
+                            pending=len(batch), retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+        self.db_ok.set()
+        ok = sum(1 for r in batch if r.status == "delivered")
+        throttled = sum(r.throttled for r in batch)
+        try:
+            self.engine.limiter.report(ok, throttled)
+        except redis.RedisError as exc:
+            log.warning("redis.unavailable", action="report outcomes", error=str(exc))
