@@ -17,6 +17,7 @@ from types import FrameType
 
 import structlog
 
+from hookdrop import sdnotify
 from hookdrop.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -35,7 +36,7 @@ class Child:
 class Supervisor:
     def __init__(self, settings: Settings, environ: Mapping[str, str],
                  *, stop_timeout: float = 60.0) -> None:
-        self.env = {**environ, **settings.to_environ()}
+        self.env = sdnotify.child_environ({**environ, **settings.to_environ()})
         self.children: list[Child] = []
         self.signals = 0
         self.stop_timeout = stop_timeout

@@ -10,7 +10,6 @@ worker to stop after it; a second SIGTERM stops at once (RQ raises SystemExit).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -105,7 +104,8 @@ def run_pool(settings: Settings, kind: str, processes: int, env: Mapping[str, st
     if processes == 1:
         run_worker(settings, kind)
         return 0
-    child_env = {**env, **settings.to_environ()}
+    # Only this process talks to systemd (NotifyAccess=main): children get no NOTIFY_SOCKET.
+    child_env = sdnotify.child_environ({**env, **settings.to_environ()})
     command = [sys.executable, "-m", "hookdrop", "worker", kind, "--processes", "1"]
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = {"signals": 0}
@@ -149,8 +149,3 @@ def run_pool(settings: Settings, kind: str, processes: int, env: Mapping[str, st
     finally:
         stop.set()
 
-
-def worker_env(extra: Mapping[str, Any] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({k: str(v) for k, v in (extra or {}).items()})
-    return env

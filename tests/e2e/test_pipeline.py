@@ -1,0 +1,84 @@
+"""From a dropped file to a receiver, with real processes: monitor, workers, mock receiver."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hookdrop.settings import Settings
+from hookdrop.store import Store
+from notifier_mock import MockClient
+from tests.helpers import file_rows, hookdrop_process, kill_group, wait_for, write_csv
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def mock(tmp_path: Path) -> Iterator[MockClient]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "notifier_mock", "--port", str(port), "--secret", SECRET,
+         "--audit-path", str(tmp_path / "accepted.tsv")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        with MockClient(f"http://127.0.0.1:{port}") as client:
+            wait_for(client.healthy, timeout=20, what="mock receiver up")
+            yield client
+    finally:
+        kill_group(process)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def e2e_settings(settings: Settings, mock: MockClient) -> Settings:
+    return settings.replace(webhook_url=f"{str(mock._http.base_url).rstrip('/')}/hook", signing_secret=SECRET,
+                            chunk_size=200, concurrency=32, queue_high_water=20,
+                            api_listen=("127.0.0.1", free_port()))
+
+
+def test_a_dropped_file_reaches_the_receiver_once_per_alert(
+    e2e_settings: Settings, store: Store, mock: MockClient, tmp_path: Path
+) -> None:
+    settings = e2e_settings
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = [
+        hookdrop_process(settings, "monitor", log_path=logs / "monitor.log"),
+        hookdrop_process(settings, "worker", "batcher", log_path=logs / "batcher.log"),
+        hookdrop_process(settings, "worker", "notifier", "--processes", "2",
+                         log_path=logs / "notifier.log"),
+    ]
+    try:
+        wait_for(settings.processing_dir.exists, what="monitor ready")
+        pairs = write_csv(settings.inbox / "drop.csv", 5_000)
+        with (settings.inbox / "drop.csv").open("a") as handle:
+            handle.write("u1,alert number 1\n")  # a repeated row is one alert
+            handle.write(",no user\n")  # a bad row is recorded, not sent
+        stats = mock.wait_until(lambda s: s["unique"] >= len(pairs), timeout=120)
+        rows = wait_for(lambda: [r for r in file_rows(store) if r["status"] == "done"],
+                        timeout=60, what="file done")
+    finally:
+        for process in procs:
+            kill_group(process)
+    assert stats["duplicates"] == 0
+    assert stats["bad_signature"] == 0
+    assert stats["unique"] == len(pairs)
+    file = rows[0]
+    assert (file["alerts_total"], file["delivered"], file["rows_invalid"]) == (5_000, 5_000, 1)
+    assert Path(file["final_path"]).parent == settings.done_dir
+    assert not any(settings.processing_dir.iterdir())
+    audit = (tmp_path / "accepted.tsv").read_text().splitlines()
+    users = sorted(line.split("\t")[1] for line in audit)
+    assert users == sorted(u for u, _ in pairs)
