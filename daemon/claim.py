@@ -65,7 +65,9 @@ def sha256_of(path: Path) -> tuple[str, int]:
 
 
 def original_name(processing_name: str) -> str:
-    return processing_name.split(SEPARATOR, 1)[1] if SEPARATOR in processing_name else processing_name
+    if SEPARATOR in processing_name:
+        return processing_name.split(SEPARATOR, 1)[1]
+    return processing_name
 
 
 class Claimer:

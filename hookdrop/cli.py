@@ -71,7 +71,8 @@ def check_inbox(settings: Settings) -> None:
     try:
         ensure_dirs(settings)
     except OSError as exc:
-        raise ConfigError(f"HOOKDROP_INBOX={settings.inbox}: cannot create ({exc.strerror})") from None
+        raise ConfigError(
+            f"HOOKDROP_INBOX={settings.inbox}: cannot create ({exc.strerror})") from None
     if not os.access(settings.inbox, os.W_OK | os.X_OK):
         raise ConfigError(f"HOOKDROP_INBOX={settings.inbox}: not writable by this user")
 
@@ -205,6 +206,27 @@ def up(settings: Settings, with_mock: bool, mock_port: int, notifiers: int,
     click.echo(f"hookdrop up: inbox {settings.inbox}, webhook {settings.webhook_url}, "
                f"API http://{settings.api_listen[0]}:{settings.api_listen[1]}/ (Ctrl+C stops)")
     sys.exit(sup.run())
+
+
+@cli.command()
+@click.option("--rows", type=click.IntRange(1), default=100_000, show_default=True,
+              help="Rows in the demo file.")
+@click.option("--notifiers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Notifier worker processes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--timeout", type=float, default=900, show_default=True,
+              help="Give up after this many seconds.")
+@with_settings
+def demo(settings: Settings, rows: int, notifiers: int, as_json: bool, timeout: float) -> None:
+    """Start mock, monitor and workers, drop a file, show it delivered; exit 0 only if nothing
+    was missed or duplicated."""
+    configure_logs(settings, "demo")
+    settings = connect(settings, migrate=True)
+    from hookdrop.demo import run_demo
+
+    summary = run_demo(settings, rows=rows, notifiers=notifiers, as_json=as_json,
+                       timeout=timeout)
+    sys.exit(0 if summary.ok else 1)
 
 
 def main() -> None:

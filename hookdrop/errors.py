@@ -23,7 +23,7 @@ class UnreadableFile(HookdropError):
     """A dropped file cannot be read at all (empty, binary, unknown format)."""
 
 
-class ShutdownRequested(BaseException):  # noqa: N818 - a signal, not an error
+class ShutdownRequested(BaseException):
     """Raised inside a worker when a second SIGTERM asks it to stop at once.
 
     Derives from BaseException so an ``except Exception`` cannot swallow it.

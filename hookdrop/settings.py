@@ -177,18 +177,21 @@ SETTINGS: tuple[Spec, ...] = (
 )
 
 _BY_FIELD = {spec.field: spec for spec in SETTINGS}
+# Relative to where the command runs, like any path given on the command line.
+_DEFAULT_INBOX = Path("inbox").absolute()
+_DEFAULT_STATE = Path(".hookdrop").absolute()
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a hookdrop process needs to know, checked when built."""
 
-    inbox: Path = Path("inbox").absolute()
+    inbox: Path = _DEFAULT_INBOX
     webhook_url: str | None = None
     rate_limit: float = 0.0
     concurrency: int = 64
     signing_secret: str | None = None
-    state_dir: Path = Path(".hookdrop").absolute()
+    state_dir: Path = _DEFAULT_STATE
     api_listen: tuple[str, int] = ("127.0.0.1", 8425)
     api_token: str | None = None
     redis_url: str | None = None

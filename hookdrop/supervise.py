@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -40,6 +41,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.signals = 0
         self.stop_timeout = stop_timeout
+        self.log_dir: Path | None = None
 
     def add(self, name: str, args: list[str], **extra_env: str) -> Child:
         child = Child(name, args, extra_env=extra_env)
@@ -47,13 +49,19 @@ class Supervisor:
         return child
 
     def _spawn(self, child: Child) -> None:
-        child.process = subprocess.Popen(
-            [sys.executable, "-m", "hookdrop", *child.args],
-            env={**self.env, **child.extra_env},
-        )
+        command = [sys.executable, "-m", "hookdrop", *child.args]
+        env = {**self.env, **child.extra_env}
+        if self.log_dir is None:
+            child.process = subprocess.Popen(command, env=env)
+        else:
+            with (self.log_dir / f"{child.name}.log").open("ab") as out:
+                child.process = subprocess.Popen(command, env=env, stdout=out,
+                                                 stderr=subprocess.STDOUT)
         log.info("process.started", name=child.name, pid=child.process.pid)
 
-    def start(self) -> None:
+    def start(self, *, log_dir: Path | None = None) -> None:
+        """Start every child; with ``log_dir`` each writes its output to ``<name>.log`` there."""
+        self.log_dir = log_dir
         for child in self.children:
             self._spawn(child)
 

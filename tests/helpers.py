@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -51,13 +52,13 @@ def running_monitor(settings: Settings, name: str = "test-monitor") -> Iterator[
     def target() -> None:
         try:
             monitor.run()
-        except BaseException as exc:  # reported to the test below
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread below
             failure.append(exc)
 
     thread = threading.Thread(target=target, name=f"monitor-{name}")
     thread.start()
     try:
-        wait_for(lambda: settings.processing_dir.exists(), what="monitor start")
+        wait_for(settings.processing_dir.exists, what="monitor start")
         yield monitor
     finally:
         monitor.stopping.set()
@@ -109,14 +110,13 @@ def hookdrop_process(settings: Settings, *args: str, extra_env: dict[str, str] |
 
 def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
     """Kill a process and everything it started, as a machine crash would."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
     process.wait(timeout=30)
 
 
-def write_csv(path: Path, rows: int, *, header: bool = True, start: int = 0) -> set[tuple[str, str]]:
+def write_csv(path: Path, rows: int, *, header: bool = True,
+              start: int = 0) -> set[tuple[str, str]]:
     """A CSV of ``rows`` distinct alerts; returns the (user, message) pairs written."""
     pairs = set()
     tmp = path.with_name("." + path.name + ".tmp")

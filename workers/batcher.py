@@ -39,7 +39,7 @@ log = structlog.get_logger(__name__)
 
 
 
-class LostLock(Exception):  # noqa: N818 - a condition, raised to unwind the read loop
+class LostLock(Exception):
     """Another batcher took over this file (our lock expired)."""
 
 

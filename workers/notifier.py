@@ -73,7 +73,8 @@ class Delivery:
         self.store = ctx.store
         self.owner = ctx.name
         self.loop = uvloop.new_event_loop()
-        self.key = secret_key(self.settings.signing_secret) if self.settings.signing_secret else None
+        secret = self.settings.signing_secret
+        self.key = secret_key(secret) if secret else None
         self.limiter = GlobalLimiter(ctx.redis, self.settings.keys,
                                      max_rate=self.settings.rate_limit)
         self.client: httpx.AsyncClient | None = None

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Mapping
 from types import FrameType
-from typing import Any
 
 import redis
 import structlog

@@ -43,7 +43,8 @@ def mock(tmp_path: Path) -> Iterator[MockClient]:
 
 @pytest.fixture
 def e2e_settings(settings: Settings, mock: MockClient) -> Settings:
-    return settings.replace(webhook_url=f"{str(mock._http.base_url).rstrip('/')}/hook", signing_secret=SECRET,
+    base = str(mock._http.base_url).rstrip("/")
+    return settings.replace(webhook_url=f"{base}/hook", signing_secret=SECRET,
                             chunk_size=200, concurrency=32, queue_high_water=20,
                             api_listen=("127.0.0.1", free_port()))
 

@@ -45,7 +45,8 @@ def engine(dsettings: Settings) -> Iterator[Delivery]:
     ctx.close()
 
 
-def make_file(store: Store, count: int, *, extra: dict[str, Any] | None = None) -> tuple[int, list[str]]:
+def make_file(store: Store, count: int, *,
+              extra: dict[str, Any] | None = None) -> tuple[int, list[str]]:
     row = store.one("insert_file", {
         "name": "t.csv", "sha": f"sha{count}", "generation": 0, "size": 1,
         "layout": Jsonb({}), "chunk_size": 500, "status": "reading", "path": "/nonexistent",

@@ -46,7 +46,8 @@ def test_a_file_held_open_for_writing_is_not_ready_until_closed(tmp_path: Path) 
     writer = subprocess.Popen(
         [sys.executable, "-c",
          "import sys\nf = open(sys.argv[1], 'w')\nfor line in sys.stdin:\n"
-         "    f.write(line); f.flush(); print('ok', flush=True)\nf.close()\nprint('closed', flush=True)",
+         "    f.write(line); f.flush(); print('ok', flush=True)\n"
+         "f.close()\nprint('closed', flush=True)",
          str(path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )

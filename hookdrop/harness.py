@@ -1,0 +1,192 @@
+"""A whole hookdrop stack in child processes, for the demo and the benchmark.
+
+Each run gets its own inbox, Redis key prefix and mock receiver, so it never disturbs a daemon
+already running against the same servers; results are read back from PostgreSQL and the mock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+import psycopg
+import redis
+
+from hookdrop.settings import Settings
+from hookdrop.store import Store
+from hookdrop.supervise import Supervisor
+from notifier_mock import MockClient
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """The same database, with unqualified names resolved in ``schema`` first."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+    query.append(("options", f"-csearch_path={schema}"))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    path: Path
+    rows: int
+    unique: int
+    complete_at: float  # wall clock when the file was complete in the inbox
+
+
+def write_alert_file(path: Path, rows: int, *, run: str, fmt: str = "csv") -> int:
+    """Write ``rows`` distinct alerts to a hidden temp file, then rename it into place."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.part")
+    with temp.open("w", encoding="utf-8", newline="") as handle:
+        if fmt == "csv":
+            handle.write("user_id,message\n")
+            for n in range(rows):
+                handle.write(f"user-{n},Your {run} alert number {n} is ready\n")
+        else:
+            for n in range(rows):
+                handle.write(f'{{"userId": "user-{n}", "alertMessage": "Your {run} alert {n}"}}\n')
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(temp, path)
+    return rows
+
+
+class Stack:
+    """Mock receiver + monitor + batcher + notifiers, started and stopped together."""
+
+    def __init__(
+        self,
+        base: Settings,
+        *,
+        notifiers: int = 2,
+        mock_args: tuple[str, ...] = (),
+        with_mock: bool = True,
+        environ: dict[str, str] | None = None,
+        keep: bool = False,
+    ) -> None:
+        run = uuid.uuid4().hex[:8]
+        self.run_id = run
+        self.mock_port = free_port()
+        root = base.state_dir / "runs" / run
+        webhook = base.webhook_url
+        if with_mock:
+            webhook = f"http://127.0.0.1:{self.mock_port}/hook"
+        # A run owns its Redis prefix and its PostgreSQL schema: one deployment per ledger.
+        self.schema = f"hookdrop_run_{run}"
+        self.admin_url = base.database_url or ""
+        self.settings = base.replace(
+            inbox=root / "inbox", key_prefix=f"run-{run}", webhook_url=webhook,
+            api_listen=("127.0.0.1", free_port()),
+            database_url=with_search_path(self.admin_url, self.schema),
+        )
+        self.keep = keep
+        self.root = root
+        self.with_mock = with_mock
+        self.supervisor = Supervisor(self.settings, environ or dict(os.environ),
+                                     stop_timeout=30)
+        self.logs = root / "logs"
+        if with_mock:
+            self.supervisor.add("mock", ["mock", "--port", str(self.mock_port),
+                                         "--audit", str(root / "accepted.tsv"), *mock_args])
+        self.supervisor.add("monitor", ["monitor"])
+        self.supervisor.add("batcher", ["worker", "batcher"])
+        self.supervisor.add("notifier", ["worker", "notifier", "--processes", str(notifiers)])
+        self.mock = MockClient(f"http://127.0.0.1:{self.mock_port}")
+        self.store = Store(self.settings.database_url or "", application_name="hookdrop-harness")
+
+    def start(self, *, timeout: float = 60) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with psycopg.connect(self.admin_url, autocommit=True) as admin:
+            admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')  # type: ignore[arg-type]
+        self.store.migrate()
+        self.supervisor.start(log_dir=self.logs)
+        deadline = time.monotonic() + timeout
+        while not self.settings.processing_dir.exists() or (
+            self.with_mock and not self.mock.healthy()
+        ):
+            self.supervisor.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"stack did not start; see logs in {self.logs}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.supervisor.stop()
+        self.supervisor.wait()
+        self.mock.close()
+        self.store.close()
+        if not self.keep:
+            with psycopg.connect(self.admin_url, autocommit=True) as admin:
+                admin.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')  # type: ignore[arg-type]
+            shutil.rmtree(self.root, ignore_errors=True)
+            conn = redis.Redis.from_url(self.settings.redis_url or "")
+            prefix = self.settings.key_prefix
+            for pattern in (f"{prefix}:*", f"rq:*{prefix}-*"):
+                for key in conn.scan_iter(match=pattern, count=1000):
+                    conn.delete(key)
+            conn.close()
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def drop(self, rows: int, *, name: str = "alerts.csv", fmt: str = "csv") -> Drop:
+        staging = self.root / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        temp = staging / name
+        write_alert_file(temp, rows, run=self.run_id, fmt=fmt)
+        final = self.settings.inbox / name
+        os.rename(temp, final)  # same filesystem: an atomic appearance in the inbox
+        return Drop(final, rows, rows, time.time())
+
+    def file_row(self, name: str) -> dict[str, Any] | None:
+        with self.store.transaction() as conn:
+            return conn.execute(
+                "SELECT * FROM files WHERE name = %s AND status <> 'duplicate'"
+                " AND processing_path LIKE %s ORDER BY id DESC LIMIT 1",
+                (name, f"{self.settings.processing_dir}/%")).fetchone()
+
+    def wait_done(
+        self,
+        name: str,
+        *,
+        timeout: float,
+        progress: Callable[[dict[str, Any] | None, dict[str, Any] | None], None] | None = None,
+        every: float = 0.25,
+    ) -> dict[str, Any]:
+        """Wait until the file is finished; ``progress(file_row, mock_stats)`` on each poll."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.supervisor.check()
+            row = self.file_row(name)
+            stats = self.mock_stats() if self.with_mock else None
+            if progress is not None:
+                progress(row, stats)
+            if row is not None and row["status"] in ("done", "failed", "cancelled"):
+                return row
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} not finished after {timeout}s; see {self.logs}")
+            time.sleep(every)
+
+    def mock_stats(self) -> dict[str, Any] | None:
+        try:
+            return self.mock.stats(per_user=False)
+        except httpx.HTTPError:
+            return None
