@@ -9,6 +9,7 @@ from types import FrameType
 import redis
 import structlog
 
+from daemon.api import run_api_in_thread
 from daemon.monitor import Monitor
 from hookdrop import sdnotify
 from hookdrop.settings import Settings
@@ -41,9 +42,11 @@ def run_monitor(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    api = run_api_in_thread(settings)  # a port in use stops the start with a ConfigError
     sdnotify.notify("READY=1", f"STATUS=watching {settings.inbox}")
     try:
         monitor.run()
     finally:
+        api.stop()
         store.close()
         conn.close()

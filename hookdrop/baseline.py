@@ -41,7 +41,7 @@ def _request(seq: int) -> tuple[bytes, dict[str, str]]:
     """One webhook: JSON body plus webhook-id/-timestamp/-signature, as hookdrop sends it."""
     msg_id = f"msg_{seq:016d}"
     timestamp = str(int(time.time()))
-    body = orjson.dumps({"user_id": f"u-{seq:09d}", "message": _MESSAGE, "seq": seq})
+    body = orjson.dumps({"userId": f"u-{seq:09d}", "alertMessage": _MESSAGE, "seq": seq})
     mac = hmac.new(_SECRET, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
     headers = {
         "content-type": "application/json",

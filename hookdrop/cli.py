@@ -229,6 +229,40 @@ def demo(settings: Settings, rows: int, notifiers: int, as_json: bool, timeout: 
     sys.exit(0 if summary.ok else 1)
 
 
+@cli.command()
+@click.option("--scenarios", default="abcde", show_default=True,
+              help="Which scenarios to run (letters a-e, see the docs).")
+@click.option("--notifiers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--quick", is_flag=True, help="Small sizes (a smoke run for CI).")
+@click.option("--rows", type=click.IntRange(1), default=None, help="Rows for scenario a.")
+@click.option("--limit", type=float, default=None, help="Receiver limit for scenario b.")
+@click.option("--large-rows", type=click.IntRange(1), default=None, help="Rows for scenario d.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path),
+              default=Path("bench-results/throughput.png"), show_default=True,
+              help="PNG plot of throughput over time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON only.")
+@with_settings
+def bench(settings: Settings, scenarios: str, notifiers: int, quick: bool, rows: int | None,
+          limit: float | None, large_rows: int | None, plot_path: Path, as_json: bool) -> None:
+    """Measure throughput, rate limiting, memory and latency against the product's targets."""
+    import dataclasses
+    import json
+
+    configure_logs(settings, "bench")
+    settings = connect(settings, migrate=True)
+    from hookdrop.bench import BenchSizes, run_bench
+
+    sizes = BenchSizes.quick() if quick else BenchSizes()
+    changes = {k: v for k, v in {"rows": rows, "limit": limit, "large_rows": large_rows}.items()
+               if v is not None}
+    sizes = dataclasses.replace(sizes, **changes)
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    results = run_bench(settings, scenarios=scenarios, notifiers=notifiers, sizes=sizes,
+                        plot_path=plot_path,
+                        progress=lambda text: None if as_json else click.echo(text, err=True))
+    click.echo(json.dumps(results, indent=2))
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
@@ -247,3 +281,11 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
 
+
+def _register_operations() -> None:
+    from hookdrop.cli_ops import register
+
+    register(cli)
+
+
+_register_operations()

@@ -151,7 +151,8 @@ class Stack:
         staging = self.root / "staging"
         staging.mkdir(parents=True, exist_ok=True)
         temp = staging / name
-        write_alert_file(temp, rows, run=self.run_id, fmt=fmt)
+        # The content names the run and the file: each drop is new content, never a duplicate.
+        write_alert_file(temp, rows, run=f"{self.run_id}/{name}", fmt=fmt)
         final = self.settings.inbox / name
         os.rename(temp, final)  # same filesystem: an atomic appearance in the inbox
         return Drop(final, rows, rows, time.time())

@@ -60,6 +60,11 @@ class Keys:
     def throughput(self) -> str:
         return f"{self.prefix}:throughput"
 
+    # Delivery latency histogram: hash of per-bucket counts "le:<ms>", "sum_ms", "count".
+    @property
+    def latency(self) -> str:
+        return f"{self.prefix}:latency"
+
     # Pub/sub channel announcing file progress changes (payload: file id).
     @property
     def events(self) -> str:

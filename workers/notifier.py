@@ -27,6 +27,7 @@ import redis
 import structlog
 
 from hookdrop.backoff import compute_backoff
+from hookdrop.control import observe_latencies
 from hookdrop.errors import StoreUnavailable
 from hookdrop.signing import secret_key, sign
 from hookdrop.store import Result, retry_while_unavailable
@@ -296,5 +297,8 @@ class _Chunk:
         throttled = sum(r.throttled for r in batch)
         try:
             self.engine.limiter.report(ok, throttled)
+            observe_latencies(self.engine.ctx.redis, self.settings.keys,
+                              [r.latency_ms for r in batch
+                               if r.status == "delivered" and r.latency_ms is not None])
         except redis.RedisError as exc:
             log.warning("redis.unavailable", action="report outcomes", error=str(exc))

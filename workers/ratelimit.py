@@ -5,15 +5,15 @@
   several at a time and spread them out locally with aiolimiter.
 - The back-pressure flag (a key whose TTL is the pause) makes the script refuse every token
   while it exists: on a 429 every notifier holds off until it expires.
-- The rate adapts: a 429 cuts it to just under the rate the receiver actually accepted in the
-  last seconds; after a quiet spell it probes back up, quickly below the last known ceiling and
-  slowly past it. With no configured limit and no 429 yet, no limit applies at all.
+- The rate adapts: a 429 cuts it to just under what the receiver accepted in the latest second
+  in which it also refused requests (its real limit); it then climbs quickly back to 99% of
+  that ceiling and only after a long quiet spell explores slowly above it. With no configured
+  limit and no 429 yet, no limit applies at all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 import redis
@@ -22,7 +22,7 @@ from aiolimiter import AsyncLimiter
 from hookdrop.keys import Keys
 
 # KEYS: rl hash, backpressure flag, outcomes hash. ARGV: wanted, max rate (0 = none),
-# burst seconds, probe-after ms, fast step, slow step.
+# burst seconds, hold ms after a cut, fast step, explore-after ms, explore step.
 _ACQUIRE = """
 local pause = redis.call('PTTL', KEYS[2])
 if pause > 0 then return {0, pause, '-1'} end
@@ -34,16 +34,25 @@ local rate = tonumber(redis.call('HGET', KEYS[1], 'rate'))
 if rate then
   local last_cut = tonumber(redis.call('HGET', KEYS[1], 'last_cut') or '0')
   local last_raise = tonumber(redis.call('HGET', KEYS[1], 'last_raise') or '0')
-  if now - last_cut > tonumber(ARGV[4]) and now - last_raise > 1000 then
+  local since_cut = now - last_cut
+  if since_cut > tonumber(ARGV[4]) and now - last_raise > 500 then
     local ceiling = tonumber(redis.call('HGET', KEYS[1], 'ceiling') or '0')
-    local step = tonumber(ARGV[5])
-    if ceiling > 0 and rate >= ceiling * 0.97 then step = tonumber(ARGV[6]) end
-    rate = rate * (1 + step)
-    if max > 0 and rate >= max then
-      rate = max
+    local target = rate
+    if ceiling == 0 then
+      -- no known limit: climb quickly until the receiver shows one
+      target = rate * (1 + tonumber(ARGV[5]))
+    elseif rate < ceiling * 0.99 then
+      -- climb quickly back to just under the limit the receiver showed us
+      target = math.min(rate * (1 + tonumber(ARGV[5])), ceiling * 0.99)
+    elseif since_cut > tonumber(ARGV[6]) then
+      -- a long quiet spell: the receiver may allow more now; explore slowly
+      target = rate * (1 + tonumber(ARGV[7]))
     end
-    redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'last_raise', tostring(now))
-    if ceiling > 0 and now - last_cut > 60000 then redis.call('HDEL', KEYS[1], 'ceiling') end
+    if max > 0 and target > max then target = max end
+    if target ~= rate then
+      rate = target
+      redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'last_raise', tostring(now))
+    end
   end
 elseif max > 0 then
   rate = max
@@ -76,28 +85,49 @@ if redis.call('PTTL', KEYS[2]) < pause then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local current = redis.call('HGET', KEYS[1], 'rate') or '0'
 local last_cut = tonumber(redis.call('HGET', KEYS[1], 'last_cut') or '0')
-if now - last_cut < pause + 1000 then return {0, redis.call('HGET', KEYS[1], 'rate') or '0'} end
+if now - last_cut < pause + 1000 then return {0, current} end
 local sec = math.floor(now / 1000)
-local accepted = 0
-local granted = 0
-for i = 1, 2 do
-  accepted = accepted + tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':ok') or '0')
-  granted = granted + tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':granted') or '0')
+-- The receiver's real limit: what it accepted in the latest full second in which it also
+-- refused some (a saturated second); else the best recent second; else no estimate yet.
+local observed, best = 0, 0
+for i = 1, 3 do
+  local ok = tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':ok') or '0')
+  local refused = tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':throttled') or '0')
+  -- Tokens are counted exactly when granted; outcomes only when flushed, so accepted is
+  -- taken as granted minus refused. The best of the last seconds in which it also refused:
+  -- a second cut short by a pause would undercount the limit, a mixed one overcounts it and
+  -- the next 429 corrects that.
+  local granted = tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':granted') or '0')
+  local accepted = math.max(ok, granted - refused)
+  if refused > 0 and accepted > observed then observed = accepted end
+  if ok > best then best = ok end
 end
-accepted = accepted / 2
-granted = granted / 2
-local observed = accepted
-if observed <= 0 then observed = granted end
-local rate = tonumber(redis.call('HGET', KEYS[1], 'rate'))
-if not rate then rate = tonumber(ARGV[4]) end
-if rate <= 0 then rate = observed end
-if observed > 0 and observed < rate then rate = observed end
-local ceiling = rate
-rate = math.max(tonumber(ARGV[3]), rate * tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'last_cut', tostring(now),
-           'ceiling', tostring(ceiling))
-return {1, tostring(rate)}
+local rate = tonumber(current)
+if rate <= 0 then rate = tonumber(ARGV[4]) end
+-- Only refusals of smoothed sending (a rate was in force) tell the receiver's limit; without
+-- one, notifiers send in bursts and a receiver's burst allowance refuses part of each.
+if observed > 0 and rate > 0 then
+  local ceiling = observed
+  if rate <= 0 or observed < rate then rate = observed end
+  redis.call('HSET', KEYS[1], 'ceiling', tostring(ceiling))
+elseif best > 0 then
+  -- bursting with no rate in force: adopt the rate that went through, smooth, and climb
+  -- again without taking it for the receiver's limit
+  local sent = best
+  for i = 1, 3 do
+    local both = tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':ok') or '0')
+      + tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':throttled') or '0')
+    if both > sent then sent = both end
+  end
+  rate = sent / tonumber(ARGV[2])
+else
+  return {0, current}
+end
+redis.call('HSET', KEYS[1], 'rate', tostring(math.max(tonumber(ARGV[3]), rate * tonumber(ARGV[2]))),
+           'last_cut', tostring(now))
+return {1, redis.call('HGET', KEYS[1], 'rate')}
 """
 
 # KEYS: outcomes hash. ARGV: ok count, throttled count.
@@ -134,19 +164,21 @@ class GlobalLimiter:
         *,
         max_rate: float = 0.0,
         burst_seconds: float = 0.05,
-        probe_after: float = 3.0,
-        fast_step: float = 0.05,
-        slow_step: float = 0.005,
-        cut_factor: float = 0.98,
+        hold_after_cut: float = 1.5,
+        fast_step: float = 0.2,
+        explore_after: float = 30.0,
+        explore_step: float = 0.02,
+        cut_factor: float = 0.97,
         min_rate: float = 1.0,
     ) -> None:
         self.redis = conn
         self.keys = keys
         self.max_rate = max_rate
         self.burst_seconds = burst_seconds
-        self.probe_after_ms = probe_after * 1000
+        self.hold_ms = hold_after_cut * 1000
         self.fast_step = fast_step
-        self.slow_step = slow_step
+        self.explore_after_ms = explore_after * 1000
+        self.explore_step = explore_step
         self.cut_factor = cut_factor
         self.min_rate = min_rate
         self._acquire = conn.register_script(_ACQUIRE)
@@ -162,8 +194,8 @@ class GlobalLimiter:
         """One round trip to Redis for up to ``want`` tokens."""
         got, wait_ms, rate = self._acquire(
             keys=[self.keys.ratelimit, self.keys.backpressure, self.keys.outcomes],
-            args=[want, self.max_rate, self.burst_seconds, self.probe_after_ms,
-                  self.fast_step, self.slow_step],
+            args=[want, self.max_rate, self.burst_seconds, self.hold_ms, self.fast_step,
+                  self.explore_after_ms, self.explore_step],
         )
         value = float(rate)
         return Grant(int(got), int(wait_ms) / 1000, None if value == 0 else value)
@@ -222,6 +254,3 @@ class GlobalLimiter:
         pttl = int(self.redis.pttl(self.keys.backpressure))
         return max(0, pttl) / 1000
 
-
-def now_ms() -> float:
-    return time.time() * 1000

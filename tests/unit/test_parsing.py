@@ -30,12 +30,14 @@ def write(tmp_path: Path, data: bytes | str, name: str = "drop.csv") -> Path:
     return path
 
 
-def read_all(path: Path, **kwargs: int) -> list[tuple[Item, Position]]:
-    return list(read_rows(path, sniff(path), **kwargs))
+def read_all(
+    path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> list[tuple[Item, Position]]:
+    return list(read_rows(path, sniff(path), max_record_bytes=max_record_bytes))
 
 
-def items(path: Path, **kwargs: int) -> list[Item]:
-    return [item for item, _pos in read_all(path, **kwargs)]
+def items(path: Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> list[Item]:
+    return [item for item, _pos in read_all(path, max_record_bytes)]
 
 
 def rows(path: Path) -> list[tuple[int, str, str, dict[str, object] | None]]:
@@ -44,8 +46,8 @@ def rows(path: Path) -> list[tuple[int, str, str, dict[str, object] | None]]:
     return [(r.line, r.user_id, r.message, r.extra) for r in found if isinstance(r, Row)]
 
 
-def errors(path: Path, **kwargs: int) -> list[tuple[int, str]]:
-    return [(e.line, e.reason) for e in items(path, **kwargs) if isinstance(e, RowError)]
+def errors(path: Path) -> list[tuple[int, str]]:
+    return [(e.line, e.reason) for e in items(path) if isinstance(e, RowError)]
 
 
 def unreadable(path: Path) -> str:
@@ -168,6 +170,11 @@ def test_csv_row_errors(tmp_path: Path) -> None:
         (10, "malformed CSV: ',' expected after '\"'"),
     ]
     assert [r.line for r in items(path) if isinstance(r, Row)] == [2, 11]
+
+
+def test_repeated_header_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "user_id,message\nu1,a\nuser_id,message\nu2,b\n")
+    assert errors(path) == [(3, "repeated header line")]
 
 
 def test_too_long_user_id(tmp_path: Path) -> None:
@@ -333,6 +340,7 @@ def test_gzip_detected_by_content(tmp_path: Path, text: str, fmt: str) -> None:
     found = items(path)
     assert len(found) == 2000
     assert all(isinstance(i, Row) for i in found)
+    assert isinstance(found[-1], Row)
     assert found[-1].user_id == ("u1999" if fmt == "csv" else "1999")
     plain = write(tmp_path, text, "looks.gz")
     assert sniff(plain).compressed is False

@@ -1,0 +1,318 @@
+"""Operator actions (hookdrop.control and the CLI commands on it) against real Redis and
+PostgreSQL, with real notifier and batcher jobs run in-process and respx as the receiver."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import httpx
+import pytest
+import redis
+import respx
+from click.testing import CliRunner
+from psycopg.types.json import Jsonb
+
+from daemon.claim import Claimer, ensure_dirs
+from daemon.recovery import Recovery
+from hookdrop.alerts import alert_id
+from hookdrop.cli_ops import register
+from hookdrop.control import BadRequest, Conflict, Control, UnknownFile, send, send_chunks
+from hookdrop.queues import enqueue_deliveries
+from hookdrop.settings import Settings
+from hookdrop.store import Store
+from tests.helpers import run_burst, write_csv
+
+URL = "http://receiver.test/hook"
+
+
+def make_file(store: Store, count: int, *, name: str = "t.csv",
+              status: str = "reading") -> tuple[int, list[str]]:
+    """A file row whose ``count`` alerts are in the ledger and fully read."""
+    sha = f"sha-{name}-{count}"
+    row = store.one("insert_file", {
+        "name": name, "sha": sha, "generation": 0, "size": 1, "layout": Jsonb({}),
+        "chunk_size": 100, "status": status, "path": "/nonexistent", "claimed_by": "t"})
+    assert row is not None
+    file_id = int(row["id"])
+    alerts = [(alert_id(sha, 0, f"u{n}", f"m{n}"), n + 2, f"u{n}", f"m{n}", None)
+              for n in range(count)]
+    owned = store.write_chunk(file_id=file_id, seq=1, alerts=alerts,
+                              errors=[(count + 2, "no user id", ",oops")], rows=count + 1,
+                              invalid=1, alerts_before=0)
+    store.run("file_read_complete", {"id": file_id, "rows": count + 1, "invalid": 1,
+                                     "alerts": count, "error": None})
+    return file_id, [aid for aid, _ in owned]
+
+
+@pytest.fixture
+def csettings(settings: Settings) -> Settings:
+    ensure_dirs(settings)
+    return settings.replace(webhook_url=URL, rate_limit=200.0, concurrency=4, chunk_size=100,
+                            max_tries=1, attempt_budget=1)
+
+
+@pytest.fixture
+def control(csettings: Settings, store: Store, rconn: redis.Redis) -> Control:
+    return Control(csettings, store, rconn)
+
+
+class Receiver:
+    """Records every webhook id with the time it arrived; can act on the n-th request."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.calls: list[tuple[float, str]] = []
+        self.hooks: dict[int, object] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.calls.append((time.monotonic(), request.headers["webhook-id"]))
+            n = len(self.calls)
+        hook = self.hooks.get(n)
+        if callable(hook):
+            hook()
+        return httpx.Response(self.status)
+
+    def ids(self) -> Counter[str]:
+        return Counter(i for _, i in self.calls)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rec = Receiver()
+    with respx.mock(using="httpx") as router:
+        router.post(URL).mock(side_effect=rec)
+        yield rec
+
+
+def test_pause_stops_sending_promptly_and_resume_finishes_without_a_miss_or_duplicate(
+    csettings: Settings, control: Control, store: Store, rconn: redis.Redis,
+    receiver: Receiver,
+) -> None:
+    file_id, ids = make_file(store, 300)
+    enqueue_deliveries(rconn, csettings.keys, file_id, ids, csettings.chunk_size)
+    paused_at: list[float] = []
+    receiver.hooks[40] = lambda: (control.pause(file_id), paused_at.append(time.monotonic()))
+
+    run_burst(csettings, "notifier")
+
+    assert paused_at, "the receiver never saw 40 requests"
+    sent_while_paused = [t for t, _ in receiver.calls if t > paused_at[0]]
+    assert len(receiver.calls) < 300
+    # Running jobs watch the paused key every 0.25 s: sending stops well within a second.
+    assert not sent_while_paused or max(sent_while_paused) - paused_at[0] < 1.0
+    status = control.file_status(file_id)
+    assert status["paused"] is True
+    assert status["counts"]["delivered"] == len(receiver.calls)
+    assert rconn.exists(csettings.keys.paused(file_id))
+
+    resumed = control.resume(file_id)
+    assert resumed["requeued"] == 300 - len(receiver.calls)
+    assert not rconn.exists(csettings.keys.paused(file_id))
+    run_burst(csettings, "notifier")
+
+    seen = receiver.ids()
+    assert set(seen) == set(ids)
+    assert max(seen.values()) == 1
+    Recovery(csettings, store, rconn).finish_files()
+    final = control.file_status(file_id)
+    assert (final["status"], final["counts"]["delivered"], final["percent"]) == ("done", 300, 100)
+
+
+def test_pause_resume_and_cancel_refuse_finished_and_unknown_files(
+    control: Control, store: Store,
+) -> None:
+    file_id, _ = make_file(store, 3)
+    control.cancel(file_id)
+    for action in (control.pause, control.resume, control.cancel):
+        with pytest.raises(Conflict, match="cancelled"):
+            action(file_id)
+        with pytest.raises(UnknownFile):
+            action(999_999)
+
+
+def test_cancel_marks_the_rest_cancelled_and_they_are_never_sent(
+    csettings: Settings, control: Control, store: Store, rconn: redis.Redis,
+    receiver: Receiver,
+) -> None:
+    file_id, ids = make_file(store, 300)
+    enqueue_deliveries(rconn, csettings.keys, file_id, ids, csettings.chunk_size)
+    cancelled_at: list[float] = []
+    receiver.hooks[30] = lambda: (control.cancel(file_id),
+                                  cancelled_at.append(time.monotonic()))
+
+    run_burst(csettings, "notifier")
+
+    status = control.file_status(file_id)
+    counts = status["counts"]
+    assert status["status"] == "cancelled"
+    assert counts["delivered"] + counts["cancelled"] == 300
+    assert counts["cancelled"] >= 300 - 30
+    # Running jobs stop within a poll of the paused key. Alerts sent in that moment, or whose
+    # outcome the notifier had not written yet, were reached but are counted cancelled.
+    late = [t for t, _ in receiver.calls if t > cancelled_at[0]]
+    assert not late or max(late) - cancelled_at[0] < 1.0
+    assert len(receiver.calls) < 300
+
+    sent_before = len(receiver.calls)
+    enqueue_deliveries(rconn, csettings.keys, file_id, ids, csettings.chunk_size)
+    run_burst(csettings, "notifier")
+    assert len(receiver.calls) == sent_before
+
+
+def test_dead_alerts_are_replayed_and_then_delivered(
+    csettings: Settings, control: Control, store: Store, rconn: redis.Redis,
+) -> None:
+    file_id, ids = make_file(store, 20)
+    enqueue_deliveries(rconn, csettings.keys, file_id, ids, csettings.chunk_size)
+    with respx.mock(using="httpx") as router:
+        router.post(URL).respond(503)
+        run_burst(csettings, "notifier")
+    assert control.file_status(file_id)["counts"]["dead"] == 20
+    listed = control.dlq_list(["dead"])
+    assert listed["dead"] == 20
+    assert {a["id"] for a in listed["alerts"]} == set(ids)
+    assert {a["last_status_code"] for a in listed["alerts"]} == {503}
+
+    assert control.replay(file_id, ["dead"]) == 20
+    counts = control.file_status(file_id)["counts"]
+    assert (counts["dead"], counts["dlq"]) == (0, 20)
+    assert Recovery(csettings, store, rconn).reinject_dlq() == 20
+
+    rec = Receiver()
+    with respx.mock(using="httpx") as router:
+        router.post(URL).mock(side_effect=rec)
+        run_burst(csettings, "notifier")
+    assert set(rec.ids()) == set(ids)
+    assert control.file_status(file_id)["counts"]["delivered"] == 20
+    assert control.dlq_list(["dlq", "dead"])["alerts"] == []
+
+
+def test_replay_checks_its_arguments(control: Control) -> None:
+    with pytest.raises(BadRequest, match="status"):
+        control.replay(None, ["delivered"])
+    with pytest.raises(UnknownFile):
+        control.replay(424242, ["dead"])
+
+
+def test_resend_creates_generation_1_with_new_alert_ids(
+    csettings: Settings, control: Control, store: Store, rconn: redis.Redis,
+    receiver: Receiver,
+) -> None:
+    write_csv(csettings.inbox / "monday.csv", 40)
+    claimed = Claimer(csettings, store, rconn, "t").claim(csettings.inbox / "monday.csv")
+    assert claimed is not None
+    with pytest.raises(Conflict, match="finished"):
+        control.resend(claimed.file_id)
+    run_burst(csettings, "batcher")
+    run_burst(csettings, "notifier")
+    Recovery(csettings, store, rconn).finish_files()
+    first = store.one("get_file", {"id": claimed.file_id})
+    assert first is not None and first["status"] == "done"
+    assert Path(first["final_path"]).parent == csettings.done_dir
+    first_ids = set(receiver.ids())
+    assert len(first_ids) == 40
+
+    again = control.resend(claimed.file_id)
+    assert (again["generation"], again["status"]) == (1, "claimed")
+    run_burst(csettings, "batcher")
+    run_burst(csettings, "notifier")
+
+    second_ids = set(receiver.ids()) - first_ids
+    assert len(second_ids) == 40
+    assert len(receiver.calls) == 80
+    row = store.one("get_file", {"id": again["file_id"]})
+    assert row is not None and (row["generation"], row["delivered"]) == (1, 40)
+    assert Path(first["final_path"]).exists()  # the original stays where it was
+
+
+@pytest.mark.parametrize("name", ["../evil.csv", "a/b.csv", "a\\b.csv", "x\x00.csv",
+                                  "line\nbreak.csv", "..", "", ".hidden.csv", "x.csv.part",
+                                  "bell\x07.csv", "rtl\u202e.csv"])
+def test_send_refuses_bad_names(csettings: Settings, tmp_path: Path, name: str) -> None:
+    source = tmp_path / "source.csv"
+    source.write_text("user_id,message\nu1,hi\n")
+    with pytest.raises(BadRequest):
+        send(source, csettings.inbox, name)
+    assert [p for p in csettings.inbox.iterdir() if p.is_file()] == []
+
+
+def test_send_lands_atomically_and_never_overwrites(csettings: Settings, tmp_path: Path) -> None:
+    inbox = csettings.inbox
+    seen_during: list[list[str]] = []
+
+    def chunks() -> Iterator[bytes]:
+        yield b"user_id,message\n"
+        for n in range(5):
+            seen_during.append(sorted(p.name for p in inbox.iterdir() if p.is_file()))
+            yield f"u{n},hello {n}\n".encode()
+
+    final = send_chunks(chunks(), inbox, "drop.csv")
+    assert final == inbox / "drop.csv"
+    # While writing, only a hidden temp name (which the monitor ignores) existed.
+    assert all(len(names) == 1 and names[0].startswith(".drop.csv.")
+               and names[0].endswith(".part") for names in seen_during)
+    assert final.read_text().splitlines()[-1] == "u4,hello 4"
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["drop.csv"]
+
+    other = tmp_path / "drop.csv"
+    other.write_text("user_id,message\nu9,other\n")
+    with pytest.raises(Conflict, match="already exists"):
+        send(other, inbox)
+    assert final.read_text().startswith("user_id,message\nu0")
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["drop.csv"]
+
+
+# -- the CLI commands ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_cli(csettings: Settings) -> Iterator[CliRunner]:
+    group = click.Group()
+    register(group)
+
+    def invoke(*args: str) -> click.testing.Result:
+        return CliRunner().invoke(group, list(args), env=csettings.to_environ(),
+                                  catch_exceptions=True)
+
+    yield invoke  # type: ignore[misc]
+
+
+def test_cli_status_files_and_result_print_json(run_cli: CliRunner, store: Store) -> None:
+    file_id, _ = make_file(store, 5)
+    status = run_cli(  # type: ignore[operator]
+        "status", str(file_id), "--json")
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)["counts"]["alerts"] == 5
+    files = run_cli("files", "--json")  # type: ignore[operator]
+    assert [f["id"] for f in json.loads(files.output)] == [file_id]
+    result = run_cli("result", str(file_id), "--json")  # type: ignore[operator]
+    assert json.loads(result.output)["row_errors"][0]["reason"] == "no user id"
+    overview = run_cli("status", "--json")  # type: ignore[operator]
+    assert json.loads(overview.output)["overview"]["files"]["active"] == 1
+
+
+def test_cli_watch_ends_when_the_file_is_finished(run_cli: CliRunner, store: Store) -> None:
+    file_id, _ = make_file(store, 5)
+    cancel = run_cli("cancel", str(file_id))  # type: ignore[operator]
+    assert cancel.exit_code == 0 and "cancelled" in cancel.output
+    watched = run_cli("status", str(file_id), "--watch", "--json")  # type: ignore[operator]
+    assert watched.exit_code == 0, watched.output
+    assert json.loads(watched.output.splitlines()[-1])["status"] == "cancelled"
+
+
+def test_cli_errors_and_send(run_cli: CliRunner, csettings: Settings, tmp_path: Path) -> None:
+    missing = run_cli("pause", "777")  # type: ignore[operator]
+    assert isinstance(missing.exception, UnknownFile)
+    source = tmp_path / "monday.csv"
+    source.write_text("user_id,message\nu1,hi\n")
+    sent = run_cli("send", str(source))  # type: ignore[operator]
+    assert sent.exit_code == 0, sent.output
+    assert (csettings.inbox / "monday.csv").read_text() == source.read_text()
