@@ -71,6 +71,7 @@ class Recovery:
 
     def requeue_expired_leases(self) -> int:
         """Alerts held by a notifier that died: hand them to the queue again."""
+        self.store.run("cancel_leftovers")  # those of cancelled files end here instead
         rows = self.store.run("take_expired_leases",
                               {"lease": self.settings.lease_seconds, "limit": BATCH})
         self._enqueue_grouped(rows)

@@ -186,8 +186,9 @@ class Store:
         rows: int,
         invalid: int,
         alerts_before: int,
-    ) -> list[tuple[str, str]]:
-        """Insert one chunk's alerts and row errors; return (id, status) of those it owns.
+    ) -> tuple[list[tuple[str, str]], str]:
+        """Insert one chunk's alerts and row errors; return (id, status) of those it owns,
+        and the file's status (a batcher stops reading a cancelled file).
 
         ``alerts`` holds (id, line, user_id, message, extra) with ids unique within the chunk.
         Replaying the same chunk returns the same owned ids, so a batcher that crashed between
@@ -212,11 +213,12 @@ class Store:
                     "reasons": [e[1] for e in errors],
                     "excerpts": [e[2] for e in errors],
                 })
-            _execute(conn, "file_progress", {
+            progress = _execute(conn, "file_progress", {
                 "id": file_id, "rows": rows, "invalid": invalid,
                 "alerts": alerts_before + len(owned),
             })
-        return [(row["id"], row["status"]) for row in owned]
+        status = progress[0]["status"] if progress else "missing"
+        return [(row["id"], row["status"]) for row in owned], status
 
     # -- notifier ---------------------------------------------------------------------------
 

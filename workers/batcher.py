@@ -43,6 +43,10 @@ class LostLock(Exception):
     """Another batcher took over this file (our lock expired)."""
 
 
+class FileCancelled(Exception):
+    """The operator cancelled the file: stop reading it."""
+
+
 @dataclass(slots=True)
 class Checkpoint:
     """Where reading resumes, and the running totals up to there."""
@@ -141,6 +145,9 @@ class Batcher:
         except LostLock:
             bound.warning("batch.lock_lost")
             return {"file_id": file_id, "skipped": "lock lost to another batcher"}
+        except FileCancelled:
+            bound.info("batch.cancelled")
+            return {"file_id": file_id, "skipped": "cancelled"}
         finally:
             self._release(file_id)
 
@@ -221,7 +228,7 @@ class Batcher:
             if aid not in alerts:
                 alerts[aid] = (aid, record.line, record.user_id, record.message, record.extra)
         seq = ckpt.seq + 1
-        owned = retry_while_unavailable(
+        owned, status = retry_while_unavailable(
             lambda: self.store.write_chunk(
                 file_id=file_id, seq=seq, alerts=list(alerts.values()), errors=errors,
                 rows=ckpt.records + len(records), invalid=ckpt.invalid + len(errors),
@@ -232,7 +239,9 @@ class Batcher:
         last = records[-1][1]
         new = Checkpoint(offset=last.offset, line=last.line, records=last.records, seq=seq,
                          alerts=ckpt.alerts + len(owned), invalid=ckpt.invalid + len(errors))
-        to_send = [aid for aid, status in owned if status not in TERMINAL]
+        if status == "cancelled":
+            raise FileCancelled(file_id)
+        to_send = [aid for aid, state in owned if state not in TERMINAL]
         self._enqueue_with_checkpoint(file_id, to_send, new)
         return new
 

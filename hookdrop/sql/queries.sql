@@ -69,7 +69,8 @@ UPDATE files SET
     rows_invalid = greatest(rows_invalid, %(invalid)s),
     alerts_total = greatest(alerts_total, %(alerts)s),
     updated_at = now()
-WHERE id = %(id)s;
+WHERE id = %(id)s
+RETURNING status;
 
 -- name: file_read_complete
 UPDATE files SET
@@ -202,15 +203,34 @@ WHERE id = %(id)s AND status IN ('claimed', 'reading', 'delivering')
 RETURNING id;
 
 -- name: cancel_file
+-- Alerts a live notifier is sending are left to it: it sees the file paused, hands them back,
+-- and cancel_leftovers marks them; what it already sent stays counted as delivered.
 WITH c AS (
     UPDATE alerts SET status = 'cancelled', lease_owner = NULL, lease_until = NULL
-    WHERE file_id = %(id)s AND status IN ('pending', 'sending', 'retrying', 'throttled', 'dlq')
+    WHERE file_id = %(id)s
+      AND (status IN ('pending', 'dlq')
+           OR (status IN ('sending', 'retrying', 'throttled') AND lease_until < now()))
     RETURNING 1
 )
 UPDATE files SET status = 'cancelled', cancelled = cancelled + (SELECT count(*) FROM c),
                  finished_at = now(), updated_at = now()
 WHERE id = %(id)s AND status IN ('claimed', 'reading', 'delivering')
 RETURNING id;
+
+-- name: cancel_leftovers
+-- Alerts of cancelled files that nobody holds any more (handed back, or written by a batcher
+-- that had not yet noticed the cancel) end as cancelled.
+WITH c AS (
+    UPDATE alerts AS a SET status = 'cancelled', lease_owner = NULL, lease_until = NULL
+    FROM files AS f
+    WHERE f.id = a.file_id AND f.status = 'cancelled'
+      AND a.status IN ('pending', 'sending', 'retrying', 'throttled', 'dlq')
+      AND (a.lease_until IS NULL OR a.lease_until < now())
+    RETURNING a.file_id
+), n AS (SELECT file_id, count(*) AS n FROM c GROUP BY file_id)
+UPDATE files SET cancelled = files.cancelled + n.n, updated_at = now()
+FROM n WHERE files.id = n.file_id
+RETURNING files.id;
 
 -- name: status_counts
 SELECT status, count(*) AS n FROM alerts WHERE file_id = %(file_id)s AND status <> 'delivered'

@@ -57,7 +57,7 @@ def make_file(store: Store, count: int, *,
     file_id = int(row["id"])
     alerts = [(alert_id(f"sha{count}", 0, f"u{n}", f"m{n}"), n + 2, f"u{n}", f"m{n}", extra)
               for n in range(count)]
-    owned = store.write_chunk(file_id=file_id, seq=1, alerts=alerts, errors=[], rows=count,
+    owned, _status = store.write_chunk(file_id=file_id, seq=1, alerts=alerts, errors=[], rows=count,
                               invalid=0, alerts_before=0)
     store.run("file_read_complete", {"id": file_id, "rows": count, "invalid": 0,
                                      "alerts": count, "error": None})
