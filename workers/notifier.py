@@ -70,7 +70,10 @@ class Delivery:
         self.ctx = ctx
         self.settings = ctx.settings
         self.settings.require("webhook_url")
-        self.url: str = self.settings.webhook_url  # type: ignore[assignment]
+        # Parsed once: httpx would otherwise parse and merge the URL on every request.
+        self.url = httpx.URL(self.settings.webhook_url or "")
+        timeout = self.settings.request_timeout
+        self.timeout = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         self.store = ctx.store
         self.owner = ctx.name
         self.loop = uvloop.new_event_loop()
@@ -181,8 +184,10 @@ class _Chunk:
                 continue
             started = time.perf_counter()
             try:
-                response = await client.post(self.engine.url, content=alert.body,
-                                             headers=self.engine.headers(alert.id, alert.body))
+                request = httpx.Request("POST", self.engine.url, content=alert.body,
+                                        headers=self.engine.headers(alert.id, alert.body),
+                                        extensions={"timeout": self.engine.timeout})
+                response = await client.send(request)
                 verdict = classify_response(response)
             except httpx.HTTPError as exc:
                 verdict = classify_error(exc)
