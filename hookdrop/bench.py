@@ -257,8 +257,8 @@ class BenchSizes:
 
     @classmethod
     def quick(cls) -> BenchSizes:
-        return cls(rows=5_000, bare_requests=5_000, limit=300, limited_seconds=6, high=400,
-                   low=200, before=3, large_rows=50_000, large_seconds=8, latency_tries=2)
+        return cls(rows=4_000, bare_requests=4_000, limit=300, limited_seconds=5, high=400,
+                   low=200, before=2, large_rows=30_000, large_seconds=5, latency_tries=2)
 
 
 def run_bench(settings: Settings, *, scenarios: str, notifiers: int, sizes: BenchSizes,

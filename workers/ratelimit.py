@@ -89,42 +89,40 @@ local current = redis.call('HGET', KEYS[1], 'rate') or '0'
 local last_cut = tonumber(redis.call('HGET', KEYS[1], 'last_cut') or '0')
 if now - last_cut < pause + 1000 then return {0, current} end
 local sec = math.floor(now / 1000)
--- The receiver's real limit: what it accepted in the latest full second in which it also
--- refused some (a saturated second); else the best recent second; else no estimate yet.
-local observed, best = 0, 0
+-- The receiver's real limit shows in a second in which it refused a real share (>= 2%) of
+-- what we sent: it accepted its limit's worth. Tokens are counted exactly when granted,
+-- outcomes only when flushed, so accepted is granted minus refused. The best such second of
+-- the last three: one cut short by a pause undercounts, a mixed one overcounts and the next
+-- 429 corrects it. A stray refusal is a burst colliding with the receiver's bucket, not its
+-- limit.
+local observed, best, sent = 0, 0, 0
 for i = 1, 3 do
   local ok = tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':ok') or '0')
   local refused = tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':throttled') or '0')
-  -- Tokens are counted exactly when granted; outcomes only when flushed, so accepted is
-  -- taken as granted minus refused. The best of the last seconds in which it also refused:
-  -- a second cut short by a pause would undercount the limit, a mixed one overcounts it and
-  -- the next 429 corrects that.
   local granted = tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':granted') or '0')
   local accepted = math.max(ok, granted - refused)
-  if refused > 0 and accepted > observed then observed = accepted end
+  if refused > 0 then
+    if refused >= 0.02 * (accepted + refused) and accepted > observed then
+      observed = accepted
+    end
+  end
   if ok > best then best = ok end
+  if ok + refused > sent then sent = ok + refused end
 end
 local rate = tonumber(current)
 if rate <= 0 then rate = tonumber(ARGV[4]) end
--- Only refusals of smoothed sending (a rate was in force) tell the receiver's limit; without
--- one, notifiers send in bursts and a receiver's burst allowance refuses part of each.
-if observed > 0 and rate > 0 then
-  local ceiling = observed
-  if rate <= 0 or observed < rate then rate = observed end
-  redis.call('HSET', KEYS[1], 'ceiling', tostring(ceiling))
-elseif best > 0 then
+if rate > 0 and observed > 0 then
+  -- smoothed sending met the receiver's limit
+  if observed < rate then rate = observed end
+  redis.call('HSET', KEYS[1], 'ceiling', tostring(observed))
+elseif rate <= 0 and best > 0 then
   -- bursting with no rate in force: adopt the rate that went through, smooth, and climb
   -- again without taking it for the receiver's limit
-  local sent = best
-  for i = 1, 3 do
-    local both = tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':ok') or '0')
-      + tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':throttled') or '0')
-    if both > sent then sent = both end
-  end
   rate = sent / tonumber(ARGV[2])
-else
+elseif rate <= 0 then
   return {0, current}
 end
+-- otherwise (a stray refusal, or too little data): ease off a little, keep what we knew
 redis.call('HSET', KEYS[1], 'rate', tostring(math.max(tonumber(ARGV[3]), rate * tonumber(ARGV[2]))),
            'last_cut', tostring(now))
 return {1, redis.call('HGET', KEYS[1], 'rate')}
