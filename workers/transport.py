@@ -3,7 +3,7 @@
 Callers (and tests) only see :mod:`httpx`: requests, responses and exceptions are httpx
 types. Underneath, :class:`AiohttpTransport` drives one long-lived ``aiohttp.ClientSession``
 because httpx's default (httpcore) transport is several times slower at the concurrency
-the notifier runs at; docs/transport.md has the measurements.
+the notifier runs at; docs/benchmarks.md has the measurements.
 
 Mocking with respx
 ------------------
