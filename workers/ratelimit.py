@@ -50,8 +50,9 @@ if rate then
     end
     if max > 0 and target > max then target = max end
     if target ~= rate then
+      redis.call('HSET', KEYS[1], 'rate', tostring(target), 'last_raise', tostring(now),
+                 'before_raise', tostring(rate))
       rate = target
-      redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'last_raise', tostring(now))
     end
   end
 elseif max > 0 then
@@ -89,32 +90,36 @@ local current = redis.call('HGET', KEYS[1], 'rate') or '0'
 local last_cut = tonumber(redis.call('HGET', KEYS[1], 'last_cut') or '0')
 if now - last_cut < pause + 1000 then return {0, current} end
 local sec = math.floor(now / 1000)
--- The receiver's real limit shows in a second in which it refused a real share (>= 2%) of
--- what we sent: it accepted its limit's worth. Tokens are counted exactly when granted,
--- outcomes only when flushed, so accepted is granted minus refused. The best such second of
--- the last three: one cut short by a pause undercounts, a mixed one overcounts and the next
--- 429 corrects it. A stray refusal is a burst colliding with the receiver's bucket, not its
--- limit.
+-- Where is the receiver's limit? Three cases:
+-- 1. It refused a large share (>= 10%) of a recent second: the limit dropped below our rate,
+--    and what it accepted that second is its limit. Tokens are counted exactly when granted,
+--    outcomes only when flushed, so accepted = granted - refused; the best of the last three
+--    seconds (one cut short by a pause undercounts; a mixed one overcounts and the next 429
+--    corrects it).
+-- 2. Our smoothed rate was raised moments ago: we just crossed the limit, which lies between
+--    the rate before that raise and now; the rate before the raise is the ceiling.
+-- 3. Otherwise a stray refusal (a burst meeting the receiver's bucket): ease off a little and
+--    keep what we knew.
 local observed, best, sent = 0, 0, 0
 for i = 1, 3 do
   local ok = tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':ok') or '0')
   local refused = tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':throttled') or '0')
   local granted = tonumber(redis.call('HGET', KEYS[3], (sec - i) .. ':granted') or '0')
   local accepted = math.max(ok, granted - refused)
-  if refused > 0 then
-    if refused >= 0.02 * (accepted + refused) and accepted > observed then
-      observed = accepted
-    end
-  end
+  if refused >= 0.1 * (accepted + refused) and accepted > observed then observed = accepted end
   if ok > best then best = ok end
   if ok + refused > sent then sent = ok + refused end
 end
 local rate = tonumber(current)
 if rate <= 0 then rate = tonumber(ARGV[4]) end
+local last_raise = tonumber(redis.call('HGET', KEYS[1], 'last_raise') or '0')
+local before_raise = tonumber(redis.call('HGET', KEYS[1], 'before_raise') or '0')
 if rate > 0 and observed > 0 then
-  -- smoothed sending met the receiver's limit
   if observed < rate then rate = observed end
-  redis.call('HSET', KEYS[1], 'ceiling', tostring(observed))
+  redis.call('HSET', KEYS[1], 'ceiling', tostring(rate))
+elseif rate > 0 and before_raise > 0 and now - last_raise < 2500 then
+  rate = before_raise
+  redis.call('HSET', KEYS[1], 'ceiling', tostring(rate))
 elseif rate <= 0 and best > 0 then
   -- bursting with no rate in force: adopt the rate that went through, smooth, and climb
   -- again without taking it for the receiver's limit
@@ -122,7 +127,6 @@ elseif rate <= 0 and best > 0 then
 elseif rate <= 0 then
   return {0, current}
 end
--- otherwise (a stray refusal, or too little data): ease off a little, keep what we knew
 redis.call('HSET', KEYS[1], 'rate', tostring(math.max(tonumber(ARGV[3]), rate * tonumber(ARGV[2]))),
            'last_cut', tostring(now))
 return {1, redis.call('HGET', KEYS[1], 'rate')}
@@ -166,7 +170,7 @@ class GlobalLimiter:
         fast_step: float = 0.2,
         explore_after: float = 30.0,
         explore_step: float = 0.02,
-        cut_factor: float = 0.97,
+        cut_factor: float = 0.98,
         min_rate: float = 1.0,
     ) -> None:
         self.redis = conn

@@ -88,6 +88,20 @@ def test_refusals_of_unsmoothed_bursts_slow_down_without_setting_a_ceiling(
     assert limiter.take(1).rate == 540.0  # no known limit: it climbs quickly
 
 
+def test_crossing_the_limit_by_a_raise_takes_the_rate_before_it_as_ceiling(
+        rconn: redis.Redis) -> None:
+    keys = _keys(rconn)
+    limiter = GlobalLimiter(rconn, keys, cut_factor=1.0)
+    now_ms = float(rconn.time()[0]) * 1000
+    rconn.hset(keys.ratelimit, mapping={"rate": "1020", "before_raise": "1000",
+                                        "last_raise": str(now_ms - 300)})
+    now = int(rconn.time()[0])
+    rconn.hset(keys.outcomes, mapping={f"{now - 1}:ok": 1000, f"{now - 1}:throttled": 3,
+                                       f"{now - 1}:granted": 1010})
+    assert limiter.throttled(0.01) == 1000.0
+    assert float(rconn.hget(keys.ratelimit, "ceiling") or 0) == 1000.0
+
+
 def test_a_429_with_no_history_pauses_but_does_not_guess_a_rate(rconn: redis.Redis) -> None:
     keys = _keys(rconn)
     limiter = GlobalLimiter(rconn, keys)
