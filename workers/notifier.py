@@ -39,7 +39,6 @@ from workers.transport import make_client
 log = structlog.get_logger(__name__)
 
 FLUSH_EVERY = 0.25
-FLUSH_AT = 256
 
 
 def deliver_job(file_id: int, ids: list[str]) -> dict[str, Any]:

@@ -68,8 +68,9 @@ local burst = math.max(interval, tonumber(ARGV[3]) * 1000)
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
 if tat < now then tat = now end
 local allowed = math.floor((now + burst - tat) / interval)
-if allowed <= 0 then
-  return {0, math.ceil(tat - burst - now + interval), tostring(rate)}
+if allowed < want then
+  -- wait for a whole batch rather than trickling out one token per round trip
+  return {0, math.ceil(tat - burst - now + interval * want), tostring(rate)}
 end
 local got = math.min(want, allowed)
 redis.call('HSET', KEYS[1], 'tat', tostring(tat + got * interval))

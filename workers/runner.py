@@ -143,7 +143,10 @@ def run_pool(settings: Settings, kind: str, processes: int, env: Mapping[str, st
                 start(slot)
                 alive += 1
             if stopping["signals"] and alive == 0:
-                return 0
+                # a child that failed while draining must not look like a clean stop
+                codes = [child.returncode for child in children.values()]
+                failed = [c for c in codes if c not in (0, -signal.SIGTERM, -signal.SIGINT)]
+                return failed[0] if failed else 0
             time.sleep(0.2)
     finally:
         stop.set()
