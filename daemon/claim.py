@@ -64,6 +64,11 @@ def sha256_of(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def safe_name(name: str) -> str:
+    """``name`` as valid UTF-8: undecodable bytes of the file system name become ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def original_name(processing_name: str) -> str:
     if SEPARATOR in processing_name:
         return processing_name.split(SEPARATOR, 1)[1]
@@ -85,14 +90,17 @@ class Claimer:
             return None
         if not stat.S_ISREG(st.st_mode):
             return self._refuse_special(path, st)
-        target = self.settings.processing_dir / f"{uuid.uuid4().hex[:12]}{SEPARATOR}{path.name}"
+        # Names that are not valid UTF-8 get their odd bytes escaped (\xe9), so the name can
+        # be stored, shown and used for the files hookdrop makes from it.
+        name = safe_name(path.name)
+        target = self.settings.processing_dir / f"{uuid.uuid4().hex[:12]}{SEPARATOR}{name}"
         try:
             os.rename(path, target)
         except FileNotFoundError:
             log.info("file.claim_lost", name=path.name)
             return None
-        log.info("file.claimed", name=path.name, size=st.st_size)
-        return self.register(target, path.name)
+        log.info("file.claimed", name=name, size=st.st_size)
+        return self.register(target, name)
 
     def register(self, target: Path, name: str, *, generation: int = 0) -> Claimed:
         """Record a file that sits in processing/ and queue it (or set it aside)."""
@@ -148,20 +156,21 @@ class Claimer:
         kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode)
                 else "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
                 else "not a regular file")
-        error = f"{path.name} is {kind}; only regular files are read (links are not followed)"
-        final = self.settings.failed_dir / f"{uuid.uuid4().hex[:8]}{SEPARATOR}{path.name}"
+        name = safe_name(path.name)
+        error = f"{name} is {kind}; only regular files are read (links are not followed)"
+        final = self.settings.failed_dir / f"{uuid.uuid4().hex[:8]}{SEPARATOR}{name}"
         try:
             os.rename(path, final)
         except FileNotFoundError:
             return None
         row = self.store.one("insert_unreadable", {
-            "name": path.name, "sha": f"special:{uuid.uuid4().hex}", "generation": 0, "size": 0,
+            "name": name, "sha": f"special:{uuid.uuid4().hex}", "generation": 0, "size": 0,
             "chunk_size": self.settings.chunk_size, "claimed_by": self.owner, "error": error,
             "final_path": str(final),
         })
         assert row is not None
         write_error_note(final, error)
-        log.warning("file.unreadable", file_id=row["id"], name=path.name, error=error)
+        log.warning("file.unreadable", file_id=row["id"], name=name, error=error)
         return Claimed(int(row["id"]), "failed", final, error)
 
     def _move(self, source: Path, folder: Path, tag: str, name: str) -> Path:
@@ -180,7 +189,7 @@ class Claimer:
                 continue  # another monitor may be registering it right now
             if self.store.one("file_by_processing_path", {"path": entry.path}):
                 continue
-            name = original_name(entry.name)
+            name = safe_name(original_name(entry.name))
             target = self.settings.processing_dir / f"{uuid.uuid4().hex[:12]}{SEPARATOR}{name}"
             try:
                 os.rename(entry.path, target)

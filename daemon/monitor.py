@@ -108,6 +108,7 @@ class Monitor:
             if self._leader("recover", self.settings.scan_interval):
                 self.recovery.requeue_stalled_reads()
                 self.recovery.requeue_expired_leases()
+                self.recovery.requeue_orphaned_pending()
                 self.claimer.adopt_orphans()
         for path in self.tracker.ready():
             if self.stopping.is_set():

@@ -16,7 +16,7 @@ import redis
 import structlog
 
 from daemon.claim import SEPARATOR, original_name, write_error_note
-from hookdrop.queues import enqueue_deliveries, enqueue_read
+from hookdrop.queues import enqueue_deliveries, enqueue_read, notifier_queue
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 
@@ -79,6 +79,21 @@ class Recovery:
             log.warning("alert.lease_expired", alerts=len(rows))
         return len(rows)
 
+    def requeue_orphaned_pending(self) -> int:
+        """Pending alerts whose job died before claiming them, queued again.
+
+        Only while the notifier queue is empty, so no waiting job carries them; a job that is
+        doubled this way (one just dequeued, not yet claimed) is harmless: claims are leases.
+        """
+        if notifier_queue(self.redis, self.keys).count:
+            return 0
+        rows = self.store.run("orphaned_pending",
+                              {"age": self.settings.lease_seconds, "limit": BATCH})
+        self._enqueue_grouped(rows)
+        if rows:
+            log.warning("alert.orphan_requeued", alerts=len(rows))
+        return len(rows)
+
     def reinject_dlq(self) -> int:
         """Send DLQ entries whose time has come, unless the receiver asked us to hold off."""
         if self.redis.exists(self.keys.backpressure):
@@ -115,7 +130,9 @@ class Recovery:
                 os.rename(source, final)
             except FileNotFoundError:
                 if not final.exists():
+                    # Gone from processing/ (removed by hand): say so once, and stop looking.
                     log.error("file.missing", file_id=row["id"], path=str(source))
+                    self.store.run("set_final_path", {"id": row["id"], "final_path": ""})
                     continue
             if row["status"] == "failed":
                 file = self.store.one("get_file", {"id": row["id"]})

@@ -109,22 +109,30 @@ class Batcher:
         if time.monotonic() - self._renewed < self.renew_every:
             return
         key = self.keys.reading(file_id)
-        if self.redis.get(key) != self.token.encode():
-            raise LostLock(file_id)
-        self.redis.pexpire(key, self.lock_ttl_ms)
+        try:
+            if self.redis.get(key) != self.token.encode():
+                raise LostLock(file_id)
+            self.redis.pexpire(key, self.lock_ttl_ms)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # the checkpoint transaction will wait for Redis and check the lock itself
+            log.warning("redis.unavailable", action="renew read lock", error=str(exc))
+            return
         self._renewed = time.monotonic()
 
     def _release(self, file_id: int) -> None:
         key = self.keys.reading(file_id)
-        with self.redis.pipeline() as pipe:
-            try:
+        try:
+            with self.redis.pipeline() as pipe:
                 pipe.watch(key)
                 if pipe.get(key) == self.token.encode():
                     pipe.multi()
                     pipe.delete(key)
                     pipe.execute()
-            except redis.WatchError:
-                pass  # someone else holds it now: nothing of ours to release
+        except redis.WatchError:
+            pass  # someone else holds it now: nothing of ours to release
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # the lock expires by itself; recovery then re-queues the file if it is unfinished
+            log.warning("redis.unavailable", action="release read lock", error=str(exc))
 
     # -- main loop --------------------------------------------------------------------------
 
@@ -160,6 +168,12 @@ class Batcher:
         bound.info("batch.started", resume_at=ckpt.records, offset=ckpt.offset)
         error: str | None = None
         try:
+            size = path.stat().st_size
+            if size != file["size_bytes"]:
+                # The claimed content was hashed and recorded; something else is there now.
+                raise UnreadableFile(
+                    f"the file in processing/ changed after it was claimed ({size} bytes, "
+                    f"claimed with {file['size_bytes']}); it was not read further")
             for records in self._chunks(path, layout, ckpt.position(), file["chunk_size"]):
                 if self.ctx.stopping.is_set():
                     bound.info("batch.interrupted", records=ckpt.records)
@@ -189,18 +203,23 @@ class Batcher:
         self, path: Path, layout: Layout, start: Position | None, size: int
     ) -> Iterator[list[tuple[Row | RowError, Position]]]:
         batch: list[tuple[Row | RowError, Position]] = []
-        for item in read_rows(path, layout, start):
-            batch.append(item)
-            if len(batch) >= size:
+        try:
+            for item in read_rows(path, layout, start):
+                batch.append(item)
+                if len(batch) >= size:
+                    yield batch
+                    batch = []
+        except UnreadableFile:
+            if batch:  # what was read before the damage still goes out
                 yield batch
-                batch = []
+            raise
         if batch:
             yield batch
 
     def _wait_for_room(self, file_id: int) -> None:
         """Back-pressure: hold off while the notifier queue is above its high-water mark."""
         waited = False
-        while self.queue.count >= self.settings.queue_high_water:
+        while self._queued() >= self.settings.queue_high_water:
             if not waited:
                 log.debug("batch.waiting_for_queue", file_id=file_id, queued=self.queue.count)
                 waited = True
@@ -209,6 +228,19 @@ class Batcher:
             self._renew(file_id)
             time.sleep(0.05)
         self._renew(file_id)
+
+    def _queued(self) -> int:
+        """Notifier jobs waiting; while Redis is away, wait for it rather than fail."""
+        attempt = 0
+        while True:
+            try:
+                return int(self.queue.count)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                attempt += 1
+                delay = compute_backoff(attempt, base=0.5, cap=10)
+                log.warning("redis.unavailable", action="queue depth", error=str(exc),
+                            retry_in=round(delay, 2))
+                time.sleep(delay)
 
     def _commit_chunk(
         self,

@@ -15,6 +15,7 @@ when the attempt budget is spent); other 4xx are ``rejected`` at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -134,7 +135,9 @@ class _Chunk:
         self.counts = {"delivered": 0, "rejected": 0, "dlq": 0, "dead": 0, "throttled": 0,
                        "retried": 0}
         self.paused = False
+        self.lost = False  # our lease was taken over (after an outage): stop sending
         self.finished = False
+        self.wake = asyncio.Event()
 
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -146,14 +149,15 @@ class _Chunk:
             await asyncio.gather(*senders)
         finally:
             self.finished = True
-            await keeper  # it never drops a batch half-written; at most one tick away
+            self.wake.set()  # the keeper ends now rather than at its next tick
+            await keeper  # it never drops a batch half-written
         await self._flush()
         leftover = [a.id for a in self.open.values() if not a.done]
         if leftover:  # stop or pause: hand them back to the lease sweep right away
             retry_while_unavailable(lambda: self.engine.store.release(leftover, self.engine.owner),
                                     what="release alerts")
-            log.info("chunk.released", file_id=self.file_id, alerts=len(leftover),
-                     reason="paused" if self.paused else "stopping")
+            reason = "paused" if self.paused else "lease lost" if self.lost else "stopping"
+            log.info("chunk.released", file_id=self.file_id, alerts=len(leftover), reason=reason)
         elapsed = time.monotonic() - started
         log.info("chunk.done", file_id=self.file_id, alerts=len(self.open),
                  seconds=round(elapsed, 3), **self.counts)
@@ -162,7 +166,7 @@ class _Chunk:
     # -- sending ----------------------------------------------------------------------------
 
     def _should_stop(self) -> bool:
-        return self.engine.ctx.stopping.is_set() or self.paused
+        return self.engine.ctx.stopping.is_set() or self.paused or self.lost
 
     async def _sender(self, client: httpx.AsyncClient) -> None:
         while self.alerts and not self._should_stop():
@@ -265,7 +269,8 @@ class _Chunk:
         """Flush results, renew the lease and watch for a pause, until cancelled."""
         last_renew = time.monotonic()
         while not self.finished:
-            await asyncio.sleep(FLUSH_EVERY)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), FLUSH_EVERY)
             await self._flush()
             if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
                 holding = [a.id for a in self.open.values() if not a.done]
@@ -275,8 +280,11 @@ class _Chunk:
                     last_renew = time.monotonic()
                 except StoreUnavailable as exc:
                     log.warning("db.unavailable", action="renew lease", error=str(exc))
-            if self.engine.ctx.redis.exists(self.settings.keys.paused(self.file_id)):
-                self.paused = True
+            try:
+                if self.engine.ctx.redis.exists(self.settings.keys.paused(self.file_id)):
+                    self.paused = True
+            except redis.RedisError as exc:  # Redis away: keep sending, PostgreSQL decides
+                log.warning("redis.unavailable", action="check pause", error=str(exc))
 
     async def _flush(self) -> None:
         if not self.results:
@@ -286,7 +294,7 @@ class _Chunk:
         attempt = 0
         while True:
             try:
-                self.engine.store.record(batch, self.engine.owner)
+                written = self.engine.store.record(batch, self.engine.owner)
                 break
             except StoreUnavailable as exc:
                 # Stop sending: an outcome we cannot record could be sent twice later.
@@ -296,6 +304,11 @@ class _Chunk:
                 log.warning("db.unavailable", action="record results", error=str(exc),
                             pending=len(batch), retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
+        if written < len(batch) and not self.lost:
+            # Our lease ran out (a long PostgreSQL outage) and the sweep handed these alerts to
+            # another job: sending the rest too would send them twice.
+            self.lost = True
+            log.warning("chunk.lease_lost", file_id=self.file_id, unwritten=len(batch) - written)
         self.db_ok.set()
         ok = sum(1 for r in batch if r.status == "delivered")
         throttled = sum(r.throttled for r in batch)

@@ -23,6 +23,7 @@ import structlog
 from rq import SimpleWorker
 
 from hookdrop import sdnotify
+from hookdrop.backoff import compute_backoff
 from hookdrop.queues import batcher_queue, notifier_queue
 from hookdrop.settings import Settings
 from hookdrop.store import Store
@@ -90,12 +91,43 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
     sdnotify.notify("READY=1", f"STATUS=hookdrop {kind} worker {worker.name}")
     log.info("worker.started", kind=kind, worker=worker.name)
     try:
-        worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
+        while True:
+            try:
+                worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("redis.unavailable", action="rq worker", error=str(exc))
+            if burst or ctx.stopping.is_set() or not _redis_lost(ctx):
+                break
+            # RQ gives up when Redis vanishes under it (finishing a job, heartbeats). Our jobs
+            # lose nothing (PostgreSQL has it all): wait for Redis and work on with a new worker.
+            _wait_for_redis(ctx)
+            worker = make_worker(ctx, kind)
+            log.warning("worker.restarted", kind=kind, worker=worker.name,
+                        reason="Redis was unavailable")
     finally:
         stop.set()
         context.install(None)
         ctx.close()
         log.info("worker.stopped", kind=kind, worker=worker.name)
+
+
+def _redis_lost(ctx: context.WorkerContext) -> bool:
+    try:
+        ctx.redis.ping()
+    except (redis.ConnectionError, redis.TimeoutError):
+        return True
+    return False
+
+
+def _wait_for_redis(ctx: context.WorkerContext) -> None:
+    attempt = 0
+    while _redis_lost(ctx):
+        if ctx.stopping.is_set():
+            return
+        attempt += 1
+        delay = compute_backoff(attempt, base=0.5, cap=10)
+        log.warning("redis.unavailable", action="worker loop", retry_in=round(delay, 2))
+        ctx.stopping.wait(delay)
 
 
 def run_pool(settings: Settings, kind: str, processes: int, env: Mapping[str, str]) -> int:

@@ -173,6 +173,15 @@ WHERE id IN (
     LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 RETURNING id, file_id;
 
+-- name: orphaned_pending
+-- Pending alerts of running files, older than a lease. Asked only while the notifier
+-- queue is empty: then no queued job carries them, so their job was lost (a notifier killed
+-- between dequeuing it and claiming them; RQ does not run such a job again).
+SELECT a.id, a.file_id FROM alerts AS a JOIN files AS f ON f.id = a.file_id
+WHERE a.status = 'pending' AND a.created_at < now() - make_interval(secs => %(age)s)
+  AND f.status IN ('claimed', 'reading', 'delivering') AND NOT f.paused
+LIMIT %(limit)s;
+
 -- name: open_alert_ids
 SELECT id FROM alerts
 WHERE file_id = %(file_id)s AND status IN ('pending', 'sending', 'retrying', 'throttled')

@@ -68,8 +68,14 @@ def test_a_dropped_file_reaches_the_receiver_once_per_alert(
             handle.write("u1,alert number 1\n")  # a repeated row is one alert
             handle.write(",no user\n")  # a bad row is recorded, not sent
         stats = mock.wait_until(lambda s: s["unique"] >= len(pairs), timeout=120)
-        rows = wait_for(lambda: [r for r in file_rows(store) if r["status"] == "done"],
-                        timeout=60, what="file done")
+        rows = wait_for(lambda: [r for r in file_rows(store)
+                                 if r["status"] == "done" and r["final_path"]],
+                        timeout=60, what="file done and moved")
+        audit_file = tmp_path / "accepted.tsv"
+        # the receiver writes its audit file in batches: wait for the last one
+        wait_for(lambda: audit_file.exists()
+                 and len(audit_file.read_text().splitlines()) >= len(pairs),
+                 timeout=10, what="audit file complete")
     finally:
         for process in procs:
             kill_group(process)

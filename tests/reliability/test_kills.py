@@ -1,0 +1,113 @@
+"""kill -9 of any hookdrop process, again and again, during one file (PRODUCT rule 5).
+
+The victims are the monitor, the batcher and the two notifier processes, each killed with
+its whole process group (RQ work-horses included), then started again, at seeded random
+moments (``HOOKDROP_CHAOS_SEED`` replays a run).
+
+The bound on repeats: a notifier process runs one job at a time (SimpleWorker) and a job
+leases at most ``chunk_size`` alerts before sending them. Alerts it delivered *and recorded*
+are never claimed again; alerts it had not sent are sent once by whoever takes them over when
+the lease runs out. So a notifier kill can repeat only alerts sent but not yet recorded, all
+inside that one leased chunk: at most ``chunk_size`` (results are flushed every 0.25 s, which
+at this rate is most of a chunk, so the bound is nearly reached). Batcher and monitor kills
+send nothing themselves, and every replay they cause goes through the ledger. Hence
+``duplicates <= notifier kills x chunk_size``, each under the id of the alert it repeats.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from hookdrop.settings import Settings
+from hookdrop.store import Store
+from tests.helpers import file_rows, wait_for, write_csv
+from tests.reliability.conftest import chaos_settings
+from tests.reliability.servers import (
+    Fleet,
+    Mock,
+    chaos_rng,
+    check_everything_delivered,
+    pause,
+    wait_delivered,
+)
+
+pytestmark = pytest.mark.chaos
+
+NOTIFIERS = ("notifier-1", "notifier-2")
+VICTIMS = ("monitor", "batcher", *NOTIFIERS)
+# A ceiling only, so the file lasts long enough for the kills even on a faster machine.
+RATE_LIMIT = 800.0
+
+
+def run_kills(settings: Settings, store: Store, mock: Mock, fleet: Fleet, *, rows: int,
+              kills: tuple[int, int], every: tuple[float, float], timeout: float) -> None:
+    """Kill a random process every ``every`` seconds while the file is being delivered,
+    between ``kills[0]`` and ``kills[1]`` times; then check every row arrived."""
+    rng, seed = chaos_rng()
+    fleet.start("monitor", "monitor")
+    fleet.start("batcher", "worker", "batcher")
+    for name in NOTIFIERS:
+        fleet.start(name, "worker", "notifier")
+    wait_for(settings.processing_dir.exists, timeout=30, what="monitor ready")
+    began = time.monotonic()
+    name = "kills.csv"
+    pairs = write_csv(settings.inbox / name, rows)
+    # Kills start once the file is claimed: a monitor killed inside its claim leaves an
+    # orphan that is adopted only after a 60 s grace (daemon/claim.py), too long for CI.
+    wait_for(lambda: file_rows(store), timeout=30, what="file claimed")
+
+    def finished() -> bool:
+        return any(r["status"] == "done" for r in file_rows(store))
+
+    schedule: list[tuple[float, str]] = []
+    deadline = time.monotonic() + timeout
+    while len(schedule) < kills[1] and time.monotonic() < deadline:
+        pause(rng.uniform(*every))
+        if finished():
+            break
+        victim = rng.choice(VICTIMS)
+        fleet.kill(victim)
+        schedule.append((round(time.monotonic() - began, 1), victim))
+        pause(rng.uniform(0.0, 1.0))  # down for a moment, as before a supervisor restarts it
+        fleet.restart(victim)
+    print(f"seed {seed}: kills (s, victim): {schedule}")
+    assert len(schedule) >= kills[0], (
+        f"only {len(schedule)} kills landed before the file finished (seed {seed})")
+
+    file = wait_delivered(store, mock, fleet, name, rows,
+                          timeout=max(60.0, deadline - time.monotonic()))
+    assert fleet.dead() == {}, f"processes died on their own: {fleet.dead()} (seed {seed})"
+    notifier_kills = sum(fleet.kills[n] for n in NOTIFIERS)
+    bound = notifier_kills * settings.chunk_size
+    outcome = check_everything_delivered(settings, store, mock, file, pairs,
+                                         max_duplicates=bound)
+    print(f"seed {seed}: {rows} rows, {len(schedule)} kills {dict(fleet.kills)}, "
+          f"{outcome.duplicates} duplicates (bound {bound}), "
+          f"{time.monotonic() - began:.1f} s")
+
+
+def kill_settings(settings: Settings, mock: Mock) -> Settings:
+    return chaos_settings(settings.inbox.parent, redis_url=settings.redis_url or "",
+                          database_url=settings.database_url or "",
+                          webhook_url=f"{mock.url}/hook").replace(rate_limit=RATE_LIMIT)
+
+
+def test_repeated_kill_9_of_any_process_loses_nothing_and_repeats_only_in_flight_alerts(
+    settings: Settings, store: Store, mock: Mock, fleet_factory: Callable[[Settings], Fleet]
+) -> None:
+    chaos = kill_settings(settings, mock)
+    run_kills(chaos, store, mock, fleet_factory(chaos), rows=20_000, kills=(12, 12),
+              every=(0.5, 1.5), timeout=100)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_kill_9_at_random_moments_through_200k_rows_loses_nothing(
+    settings: Settings, store: Store, mock: Mock, fleet_factory: Callable[[Settings], Fleet]
+) -> None:
+    chaos = kill_settings(settings, mock)
+    run_kills(chaos, store, mock, fleet_factory(chaos), rows=200_000, kills=(10, 500),
+              every=(1.0, 12.0), timeout=1200)
