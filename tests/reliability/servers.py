@@ -378,7 +378,11 @@ def check_everything_delivered(settings: Settings, store: Store, mock: Mock, fil
         states = {r["status"]: r["n"] for r in conn.execute(
             "SELECT status, count(*) AS n FROM alerts GROUP BY status").fetchall()}
     assert states == {"delivered": rows}, states
-    final = Path(file["final_path"])
+    # marking a file done and moving it are two steps (a monitor killed between them moves it
+    # on its next round): wait for the move
+    moved = wait_for(lambda: (row := store.one("get_file", {"id": file["id"]}))
+                     and row["final_path"] and row, timeout=30, what="file moved to done/")
+    final = Path(moved["final_path"])
     assert final.parent == settings.done_dir and final.exists()
     wait_for(lambda: not any(settings.processing_dir.iterdir()), timeout=10,
              what="processing/ empty")
