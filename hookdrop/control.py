@@ -330,7 +330,7 @@ class Control:
         queues = {"batcher": batcher_queue(self.redis, self.keys),
                   "notifier": notifier_queue(self.redis, self.keys)}
         pttl = int(self.redis.pttl(self.keys.backpressure))
-        rate = self.redis.hget(self.keys.ratelimit, "rate")
+        rate = self.redis.hget(self.keys.ratecontrol, "rate")
         series = self.throughput(seconds=int(RATE_WINDOW))["series"]
         return {
             "files": totals,

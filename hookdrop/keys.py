@@ -37,10 +37,15 @@ class Keys:
     def backpressure(self) -> str:
         return f"{self.prefix}:backpressure"
 
-    # Global rate limiter state: hash {tat, rate, last_cut, last_raise, ceiling}.
+    # Global rate limiter tokens: hash {tat (GCRA), granted (running total of tokens)}.
     @property
     def ratelimit(self) -> str:
         return f"{self.prefix}:rl"
+
+    # Adaptive rate controller: hash of workers.adaptive.RateState fields plus version.
+    @property
+    def ratecontrol(self) -> str:
+        return f"{self.prefix}:rl:ctl"
 
     # Per-second counters of accepted / throttled requests: hash field = unix second.
     @property

@@ -180,7 +180,7 @@ class _Chunk:
             if self._should_stop():
                 return
             try:
-                await limiter.acquire()
+                epoch = await limiter.acquire()
             except redis.RedisError as exc:
                 log.warning("redis.unavailable", action="rate limit", error=str(exc))
                 await asyncio.sleep(1.0)
@@ -206,18 +206,18 @@ class _Chunk:
                             error=verdict.error)
                 return
             if verdict.kind == "throttled":
-                self._throttled(alert, verdict, latency)
+                self._throttled(alert, verdict, latency, epoch)
                 continue
             if self._failed(alert, verdict, latency):
                 return
             await asyncio.sleep(compute_backoff(alert.tries, base=0.2, cap=10.0))
 
-    def _throttled(self, alert: _Alert, verdict: Verdict, latency: float) -> None:
+    def _throttled(self, alert: _Alert, verdict: Verdict, latency: float, epoch: int) -> None:
         pause = verdict.retry_after
         if pause is None:
             pause = self.settings.backpressure_seconds
         pause = min(max(pause, 0.05), self.settings.max_pause_seconds)
-        rate = self.engine.limiter.throttled(pause)
+        rate = self.engine.limiter.throttled(pause, epoch)
         self.counts["throttled"] += 1
         self._note(Result(alert.id, "throttled", throttled=1, code=429, error=verdict.error,
                           latency_ms=latency))

@@ -8,6 +8,7 @@ import time
 import redis
 
 from hookdrop.keys import Keys
+from workers.adaptive import RateState, Tuning, tick
 from workers.ratelimit import GlobalLimiter
 
 
@@ -59,78 +60,83 @@ def test_back_pressure_flag_stops_every_process_until_it_expires(rconn: redis.Re
     assert other.paused_for() == 0
 
 
-def test_a_429_cuts_the_rate_to_what_the_receiver_accepted(rconn: redis.Redis) -> None:
+def _set_state(rconn: redis.Redis, keys: Keys, state: RateState) -> None:
+    rconn.hset(keys.ratecontrol, mapping={**state.to_fields(), "version": "1"})
+
+
+def _redis_now(rconn: redis.Redis) -> float:
+    seconds, micros = rconn.time()
+    return float(seconds) + micros / 1e6
+
+
+def test_a_429_seen_by_many_processes_moves_the_rate_once(rconn: redis.Redis) -> None:
     keys = _keys(rconn)
-    limiter = GlobalLimiter(rconn, keys, max_rate=0, cut_factor=0.9)
-    rconn.hset(keys.ratelimit, "rate", "2000")  # smoothed sending at 2000/s
-    now = int(rconn.time()[0])
-    # second -1 was paused (nothing accepted); second -2 was saturated: 300 in, some refused
-    rconn.hset(keys.outcomes, mapping={f"{now - 2}:ok": 300, f"{now - 2}:throttled": 40,
-                                       f"{now - 3}:ok": 900})
-    rate = limiter.throttled(0.01)
-    assert rate is not None and abs(rate - 0.9 * 300) < 1e-6
-    # several notifiers hitting the same 429 burst cut only once
-    assert limiter.throttled(0.01) == rate
-    assert float(rconn.hget(keys.ratelimit, "ceiling") or 0) == 300
+    limiters = [GlobalLimiter(rconn, keys) for _ in range(4)]
+    _set_state(rconn, keys, RateState(rate=1000, good=1000, bad=1100,
+                                      since=_redis_now(rconn) - 10, epoch=3))
+    grant = limiters[0].take(5)
+    assert (grant.tokens, grant.rate, grant.epoch) == (5, 1000.0, 3)
+    rates = [limiter.throttled(1.0, grant.epoch) for limiter in limiters]
+    state = limiters[0].state()
+    assert state.epoch == 4  # one cut, not four
+    assert rates == [state.rate] * 4
+    assert 950 <= state.rate < 1000  # refused after 10 s: just under
+    paused = limiters[1].take(1)
+    assert (paused.tokens, paused.epoch) == (0, 4)  # everybody holds off, under the new epoch
 
 
-def test_refusals_of_unsmoothed_bursts_slow_down_without_setting_a_ceiling(
-        rconn: redis.Redis) -> None:
-    keys = _keys(rconn)
-    limiter = GlobalLimiter(rconn, keys, cut_factor=1.0, hold_after_cut=0.0, fast_step=0.5)
-    now = int(rconn.time()[0])
-    # no rate in force: bursts of concurrent requests, part of each refused
-    rconn.hset(keys.outcomes, mapping={f"{now - 1}:ok": 210, f"{now - 1}:throttled": 150})
-    assert limiter.throttled(0.01) == 360.0  # the rate that was sent, now smoothed
-    assert rconn.hget(keys.ratelimit, "ceiling") is None
-    rconn.hset(keys.ratelimit, "last_cut", "0")
-    rconn.delete(keys.backpressure)  # the pause is over
-    assert limiter.take(1).rate == 540.0  # no known limit: it climbs quickly
-
-
-def test_crossing_the_limit_by_a_raise_takes_the_rate_before_it_as_ceiling(
-        rconn: redis.Redis) -> None:
-    keys = _keys(rconn)
-    limiter = GlobalLimiter(rconn, keys, cut_factor=1.0)
-    now_ms = float(rconn.time()[0]) * 1000
-    rconn.hset(keys.ratelimit, mapping={"rate": "1020", "before_raise": "1000",
-                                        "last_raise": str(now_ms - 300)})
-    now = int(rconn.time()[0])
-    rconn.hset(keys.outcomes, mapping={f"{now - 1}:ok": 1000, f"{now - 1}:throttled": 3,
-                                       f"{now - 1}:granted": 1010})
-    assert limiter.throttled(0.01) == 1000.0
-    assert float(rconn.hget(keys.ratelimit, "ceiling") or 0) == 1000.0
-
-
-def test_a_429_with_no_history_pauses_but_does_not_guess_a_rate(rconn: redis.Redis) -> None:
+def test_a_429_from_before_the_last_cut_is_ignored(rconn: redis.Redis) -> None:
     keys = _keys(rconn)
     limiter = GlobalLimiter(rconn, keys)
-    assert limiter.throttled(0.2) is None
-    assert rconn.hget(keys.ratelimit, "rate") is None
+    _set_state(rconn, keys, RateState(rate=500, good=500, bad=520, epoch=8))
+    assert limiter.throttled(0.05, epoch=7) == 500.0
+    assert limiter.state().epoch == 8
+    assert limiter.paused_for() > 0  # but it still pauses everybody
+
+
+def test_the_first_429_with_no_rate_starts_below_the_measured_sending_rate(
+        rconn: redis.Redis) -> None:
+    keys = _keys(rconn)
+    limiter = GlobalLimiter(rconn, keys)
+    assert limiter.take(64).rate is None  # unlimited until a 429
+    now = int(rconn.time()[0])
+    rconn.hset(keys.outcomes, mapping={f"{now - 1}:granted": 900, f"{now}:granted": 0})
+    rate = limiter.throttled(0.2)
+    assert rate is not None and 0 < rate <= 900 * limiter.tuning.blind_cut + 64
     assert limiter.paused_for() > 0
 
 
-def test_the_rate_climbs_back_to_just_under_the_ceiling(rconn: redis.Redis) -> None:
-    keys = _keys(rconn)
-    limiter = GlobalLimiter(rconn, keys, max_rate=1000, hold_after_cut=0.0, fast_step=0.5,
-                            explore_after=3600)
-    now_ms = float(rconn.time()[0]) * 1000
-    rconn.hset(keys.ratelimit, mapping={"rate": "100", "ceiling": "400",
-                                        "last_cut": str(now_ms), "last_raise": "0"})
-    assert limiter.take(1).rate == 150.0
-    rconn.hset(keys.ratelimit, mapping={"rate": "350", "last_raise": "0"})
-    assert limiter.take(1).rate == 396.0  # 99% of the ceiling, not beyond
-    rconn.hset(keys.ratelimit, "last_raise", "0")
-    assert limiter.take(1).rate == 396.0  # and it stays there until a long quiet spell
-
-
-def test_after_a_long_quiet_spell_it_explores_but_never_past_the_limit(
+def test_a_quiet_spell_with_demand_raises_the_rate_once_for_everyone(
         rconn: redis.Redis) -> None:
     keys = _keys(rconn)
-    limiter = GlobalLimiter(rconn, keys, max_rate=1000, hold_after_cut=0.0, explore_after=0.0,
-                            explore_step=0.5)
-    rconn.hset(keys.ratelimit, mapping={"rate": "396", "ceiling": "400", "last_cut": "0",
-                                        "last_raise": "0"})
-    assert limiter.take(1).rate == 594.0
-    rconn.hset(keys.ratelimit, mapping={"rate": "900", "last_raise": "0"})
-    assert limiter.take(1).rate == 1000.0  # never above the configured limit
+    tuning = Tuning(climb_hold=0.0)
+    a, b = GlobalLimiter(rconn, keys, tuning=tuning), GlobalLimiter(rconn, keys, tuning=tuning)
+    since = _redis_now(rconn) - 2
+    _set_state(rconn, keys, RateState(rate=100, bad=0, step=1.0, since=since))
+    rconn.hset(keys.ratelimit, "granted", "1000")  # 200 tokens used in the 2 s since
+    snap_a, snap_b = a.snapshot(), b.snapshot()
+    new = tick(snap_a.state, now=snap_a.now, granted=snap_a.granted, max_rate=0)
+    assert new is not None and new.rate == 200
+    assert a._save(snap_a, new) is True  # the compare-and-set itself
+    assert b._save(snap_b, new) is False  # b read a stale version
+    assert a.state().rate == 200 and a.take(1).rate == 200.0
+
+
+def test_an_idle_system_keeps_its_rate(rconn: redis.Redis) -> None:
+    keys = _keys(rconn)
+    limiter = GlobalLimiter(rconn, keys, tuning=Tuning(climb_hold=0.0))
+    _set_state(rconn, keys, RateState(rate=100, bad=0, step=1.0,
+                                      since=_redis_now(rconn) - 5))
+    assert limiter.adjust().rate == 100  # nothing was granted: nothing was tested
+
+
+def test_a_configured_limit_applies_from_the_start_and_caps_every_move(
+        rconn: redis.Redis) -> None:
+    keys = _keys(rconn)
+    limiter = GlobalLimiter(rconn, keys, max_rate=300)
+    assert limiter.take(1).rate == 300.0
+    assert limiter.adjust().rate == 300
+    now = int(rconn.time()[0])
+    rconn.hset(keys.outcomes, f"{now - 1}:granted", 5000)
+    rate = limiter.throttled(0.01)
+    assert rate is not None and rate <= 300
