@@ -140,7 +140,7 @@ def scenario_limited(settings: Settings, *, rate: float, seconds: float,
 
 def scenario_lowered(settings: Settings, *, high: float, low: float, before: float,
                      notifiers: int) -> tuple[dict[str, Any], Sampler]:
-    rows = int(high * before + low * 20)
+    rows = int(high * before + low * 30)
     with _stack(settings, notifiers, ("--rate", str(high))) as stack:
         with Sampler(stack, period=0.1) as sampler:
             drop = stack.drop(rows)
@@ -159,8 +159,16 @@ def scenario_lowered(settings: Settings, *, high: float, low: float, before: flo
         if later and max(later) <= low * 1.05:
             back_under = t - lowered_at
             break
+    # Once settled (10 s after the change, to the end but the last second): share used.
+    end = sampler.samples[-1]["t"] - 1
+    settled = [s for s in sampler.samples if lowered_at + 10 <= s["t"] <= end]
+    used = None
+    if len(settled) >= 2 and settled[-1]["t"] > settled[0]["t"]:
+        used = round((settled[-1]["accepted"] - settled[0]["accepted"])
+                     / (settled[-1]["t"] - settled[0]["t"]) / low, 3)
     return {"high_per_s": high, "low_per_s": low,
             "seconds_until_under_new_limit": round(back_under, 2) if back_under else None,
+            "share_of_new_limit_used_settled": used,
             "delivered": stats["unique"], "duplicates": stats["duplicates"]}, sampler
 
 
@@ -247,7 +255,7 @@ class BenchSizes:
     rows: int = 200_000
     bare_requests: int = 50_000
     limit: float = 1000.0
-    limited_seconds: float = 40.0
+    limited_seconds: float = 60.0
     high: float = 1500.0
     low: float = 750.0
     before: float = 8.0
