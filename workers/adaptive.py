@@ -34,9 +34,9 @@ class Tuning:
     probe_share: float = 0.3  # probes go this far from good towards bad
     gap: float = 0.025  # the bracket counts as closed when bad <= good * (1 + gap)
     burst_guess: float = 0.1  # seconds of its rate a receiver typically lets through at once
-    settle_cut: float = 0.98  # a proven rate refused: the limit is just below, or dropped
+    settle_cut: float = 0.98  # the gentlest cut (a 429 after a long run)
     blind_cut: float = 0.5  # the first 429 of a burst with no rate in force
-    deepest_cut: float = 0.5
+    deepest_cut: float = 0.5  # the deepest cut (a 429 at once)
     trust_after: float = 0.5  # a 429 after this long at a rate: the cut lands just under
     close_cut: float = 0.95  # a cut this mild is taken as the limit found (no more probing)
     explore_hold: float = 3.0  # exploring: a rate must run this long to count as good
@@ -120,14 +120,16 @@ def tick(state: RateState, *, now: float, granted: float, max_rate: float,
 
 
 def refused(state: RateState, *, now: float, pause: float, sending: float, granted: float,
-            tuning: Tuning = Tuning()) -> RateState:
+            answered: bool = True, tuning: Tuning = Tuning()) -> RateState:
     """The rate after a 429 of the current epoch (the caller checks the epoch).
 
     ``sending`` is the measured sending rate of the last second, used when no rate was in
-    force (the first 429 of a run with no configured limit).
+    force (the first 429 of a run with no configured limit). ``answered`` says whether the
+    receiver answered anything but 429 in this epoch: one that refuses everything from the
+    first request on is not measuring our rate (maintenance, a quota, a forced refusal), and
+    that 429 only pauses.
     """
-    if state.rate <= 0 and sending < 1:
-        # Refused before anything was measured: pause, but guess no rate.
+    if not answered or (state.rate <= 0 and sending < 1):
         return replace(state, resumed=now + pause, epoch=state.epoch + 1)
     rate = state.rate if state.rate > 0 else sending
     good, bad, step = state.good, rate, 0.0
@@ -156,6 +158,7 @@ def refused(state: RateState, *, now: float, pause: float, sending: float, grant
     else:
         # Refused soon: far above the limit (it dropped) or nothing proven yet.
         new, good = rate * cut, 0.0
+        explore_wait = tuning.explore_after
     return replace(state, rate=max(tuning.min_rate, new), good=good, bad=bad, step=step,
                    since=now, granted_then=granted, resumed=now + pause,
                    epoch=state.epoch + 1, explore_wait=explore_wait, exploring=False)

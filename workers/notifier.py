@@ -195,6 +195,8 @@ class _Chunk:
             except httpx.HTTPError as exc:
                 verdict = classify_error(exc)
             latency = (time.perf_counter() - started) * 1000
+            if verdict.kind != "throttled" and verdict.code is not None:
+                limiter.answered(epoch)  # a real answer: 429s in this epoch measure our rate
             if verdict.kind == "delivered":
                 self._finish(alert, Result(alert.id, "delivered", code=verdict.code,
                                            latency_ms=latency))

@@ -148,6 +148,7 @@ class GlobalLimiter:
         self._report = conn.register_script(_REPORT)
         self._tokens = 0
         self._epoch = 0
+        self._answered = (0, 0)  # (epoch, responses other than 429 seen in it)
         self._next_adjust = 0.0
         self._lock = asyncio.Lock()
         self._smoother: AsyncLimiter | None = None
@@ -233,12 +234,19 @@ class GlobalLimiter:
             return snap.state
         return new
 
+    def answered(self, epoch: int) -> None:
+        """The receiver answered a request of ``epoch`` with something other than 429."""
+        seen, count = self._answered
+        self._answered = (epoch, count + 1 if seen == epoch else 1)
+
     def throttled(self, pause_seconds: float, epoch: int | None = None) -> float | None:
         """A 429 was seen: set/extend the back-pressure flag and, once per epoch, cut the rate.
 
         ``epoch`` is the one ``acquire`` returned for the refused request; None means the
         current one. Returns the rate now in force (None: none).
         """
+        seen, count = self._answered
+        answered = epoch is None or (seen == epoch and count > 0)
         self._tokens = 0
         self._pause(keys=[self.keys.backpressure], args=[max(1, int(pause_seconds * 1000))])
         for _ in range(20):
@@ -247,7 +255,7 @@ class GlobalLimiter:
                 break  # in flight when another 429 already moved the rate
             new = adaptive.refused(snap.state, now=snap.now, pause=pause_seconds,
                                    sending=snap.sending, granted=snap.granted,
-                                   tuning=self.tuning)
+                                   answered=answered, tuning=self.tuning)
             if self.max_rate > 0:
                 new = dataclasses.replace(new, rate=min(new.rate, self.max_rate))
             if self._save(snap, new):

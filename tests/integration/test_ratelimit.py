@@ -76,6 +76,8 @@ def test_a_429_seen_by_many_processes_moves_the_rate_once(rconn: redis.Redis) ->
                                       since=_redis_now(rconn) - 10, epoch=3))
     grant = limiters[0].take(5)
     assert (grant.tokens, grant.rate, grant.epoch) == (5, 1000.0, 3)
+    for limiter in limiters:
+        limiter.answered(grant.epoch)  # 200s came back in this epoch before the 429s
     rates = [limiter.throttled(1.0, grant.epoch) for limiter in limiters]
     state = limiters[0].state()
     assert state.epoch == 4  # one cut, not four
@@ -140,3 +142,16 @@ def test_a_configured_limit_applies_from_the_start_and_caps_every_move(
     rconn.hset(keys.outcomes, f"{now - 1}:granted", 5000)
     rate = limiter.throttled(0.01)
     assert rate is not None and rate <= 300
+
+
+def test_a_429_with_no_other_answer_in_its_epoch_pauses_without_a_cut(
+        rconn: redis.Redis) -> None:
+    keys = _keys(rconn)
+    limiter = GlobalLimiter(rconn, keys)
+    _set_state(rconn, keys, RateState(rate=800, good=800, bad=820, epoch=4,
+                                      since=_redis_now(rconn) - 10))
+    assert limiter.throttled(0.05, epoch=4) == 800.0  # nothing answered in epoch 4 here
+    assert limiter.state().epoch == 5 and limiter.paused_for() > 0
+    limiter.answered(5)
+    assert limiter.throttled(0.05, epoch=5) is not None
+    assert limiter.state().rate < 800  # now it measured something

@@ -188,9 +188,7 @@ def test_hangs_and_resets_end_each_alert_delivered_or_dead_with_its_reason(
 
 @pytest.mark.parametrize(("rows", "lowered"), [
     pytest.param(3_000, None, id="3k"),
-    # Slow because of the rate estimate bug shown by the xfail test below: it can take
-    # minutes to climb back once it has misjudged the lowered limit.
-    pytest.param(3_000, 400, id="3k-limit-lowered", marks=pytest.mark.slow),
+    pytest.param(3_000, 400, id="3k-limit-lowered"),
     pytest.param(30_000, None, id="30k", marks=pytest.mark.slow),
 ])
 def test_429_bursts_never_use_the_failure_budget_and_are_all_recorded(

@@ -226,3 +226,11 @@ def test_in_flight_refusals_move_the_rate_once() -> None:
 def test_a_429_before_anything_was_sent_pauses_without_guessing_a_rate() -> None:
     state = refused(RateState(), now=5, pause=2, sending=0, granted=0)
     assert (state.rate, state.resumed, state.epoch) == (0, 7, 1)
+
+
+def test_a_receiver_refusing_everything_from_the_first_request_only_pauses_us() -> None:
+    """A maintenance window or a forced refusal says nothing about our rate."""
+    state = RateState(rate=1000, good=1000, bad=1020, since=0, resumed=10, epoch=2)
+    after = refused(state, now=10.01, pause=1, sending=1000, granted=0, answered=False)
+    assert (after.rate, after.good, after.bad) == (1000, 1000, 1020)
+    assert (after.epoch, after.resumed) == (3, 11.01)
