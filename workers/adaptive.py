@@ -134,6 +134,8 @@ def refused(state: RateState, *, now: float, pause: float, sending: float, grant
     rate = state.rate if state.rate > 0 else sending
     good, bad, step = state.good, rate, 0.0
     explore_wait = state.explore_wait or tuning.explore_after
+    if state.exploring and rate <= state.explored_from * (1 + 5 * tuning.explore_step):
+        explore_wait = min(explore_wait * 2, tuning.explore_max)  # the limit is unchanged
     # How far above the limit? A receiver lets a rate above its limit through for as long as
     # its burst allowance lasts: the sooner the 429 after the rate was set (or the pause
     # ended), the further above.
@@ -149,12 +151,8 @@ def refused(state: RateState, *, now: float, pause: float, sending: float, grant
         new = good = max(good if good < rate else 0.0, rate * cut)
         if cut >= tuning.close_cut:
             bad = min(rate, new * (1 + tuning.gap))
-        if state.exploring and rate <= state.explored_from * (1 + 5 * tuning.explore_step):
-            explore_wait = min(explore_wait * 2, tuning.explore_max)  # limit unchanged
     elif 0 < good < rate:
         new = good  # a probe above the proven rate failed at once
-        if state.exploring and rate <= state.explored_from * (1 + 5 * tuning.explore_step):
-            explore_wait = min(explore_wait * 2, tuning.explore_max)
     else:
         # Refused soon: far above the limit (it dropped) or nothing proven yet.
         new, good = rate * cut, 0.0
