@@ -259,7 +259,7 @@ class GlobalLimiter:
             if self.max_rate > 0:
                 new = dataclasses.replace(new, rate=min(new.rate, self.max_rate))
             if self._save(snap, new):
-                return new.rate
+                return new.rate or None
             epoch = snap.state.epoch  # lost a race: react only if nobody else did
         state = self.snapshot().state
         return state.rate or None

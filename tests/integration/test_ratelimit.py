@@ -155,3 +155,9 @@ def test_a_429_with_no_other_answer_in_its_epoch_pauses_without_a_cut(
     limiter.answered(5)
     assert limiter.throttled(0.05, epoch=5) is not None
     assert limiter.state().rate < 800  # now it measured something
+
+
+def test_a_429_before_anything_was_sent_reports_no_rate(rconn: redis.Redis) -> None:
+    limiter = GlobalLimiter(rconn, _keys(rconn))
+    assert limiter.throttled(0.05) is None  # paused, but no rate guessed from nothing
+    assert limiter.paused_for() > 0
