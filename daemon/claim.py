@@ -1,15 +1,18 @@
-"""Claiming a ready file: exactly one monitor gets it (PRODUCT rule 2).
+"""Claiming a ready file: exactly one monitor gets it, and what is read is what was claimed.
 
-1. ``rename`` into ``processing/`` under a unique name: atomic on one filesystem, so of several
-   monitors racing for a file exactly one succeeds; the others see it gone.
-2. Hash the content and record the file in PostgreSQL under a unique (content hash,
-   generation) key: the same content dropped again is recorded as a duplicate and not sent.
-3. Sniff the format; a file that cannot be read at all goes to ``failed/`` with a plain-language
-   ``.error.txt`` beside it.
+1. The file is opened once, without following a link and without blocking on a pipe, and must
+   be a regular file on the inbox's file system; links, pipes, sockets, devices and files that
+   cannot be opened go to ``failed/`` with a note.
+2. ``rename`` into ``processing/`` under a unique name: atomic on one file system, so of
+   several monitors racing for a file exactly one succeeds. If what landed there is not the
+   file that was opened (swapped in between), it is set aside unread.
+3. Hash and sniff through the open descriptor; record the file in PostgreSQL under a unique
+   (content hash, generation) key together with its identity (device and inode, size, mtime),
+   which the batcher checks before it reads. The same content dropped again is a duplicate.
 4. Queue the batcher. Nothing is deleted: finished files move to ``done/``.
 
-A crash between steps leaves the file in ``processing/``; :func:`adopt_orphans` finishes the
-claim later (after renaming it again, so two monitors cannot both adopt it).
+A crash between steps leaves the file in ``processing/``; :meth:`Claimer.adopt_orphans`
+finishes the claim later (after renaming it again, so two monitors cannot both adopt it).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,15 +33,31 @@ import structlog
 from psycopg.types.json import Jsonb
 
 from hookdrop.errors import UnreadableFile
+from hookdrop.formats import sniff
+from hookdrop.inbox import (
+    ChangedFile,
+    FileIdentity,
+    NotRegularFile,
+    describe_change,
+    disk_name,
+    kind_of,
+    note_path,
+    open_regular,
+    original_name,
+    safe_name,
+)
 from hookdrop.queues import enqueue_read
 from hookdrop.settings import Settings
 from hookdrop.store import Store
-from workers.parsing import sniff
 
 log = structlog.get_logger(__name__)
 
-SEPARATOR = "--"
 ORPHAN_GRACE_SECONDS = 60.0
+_HASH_BLOCK = 1 << 20
+
+
+class ClaimInterrupted(Exception):
+    """A stop was requested while a file was being hashed; it stays in processing/."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,76 +72,134 @@ def ensure_dirs(settings: Settings) -> None:
     for folder in (settings.inbox, settings.processing_dir, settings.done_dir,
                    settings.failed_dir):
         folder.mkdir(parents=True, exist_ok=True)
+        if folder.is_symlink() or not folder.is_dir():
+            raise NotADirectoryError(f"{folder} must be a directory, not a link or a file")
 
 
-def sha256_of(path: Path) -> tuple[str, int]:
+def sha256_of(fd: int, size: int, stopping: Callable[[], bool]) -> str:
+    """SHA-256 of the first ``size`` bytes behind ``fd``; ChangedFile if it has fewer."""
     digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
-
-
-def safe_name(name: str) -> str:
-    """``name`` as valid UTF-8: undecodable bytes of the file system name become ``\\xNN``."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
-def original_name(processing_name: str) -> str:
-    if SEPARATOR in processing_name:
-        return processing_name.split(SEPARATOR, 1)[1]
-    return processing_name
+    offset = 0
+    while offset < size:
+        if stopping():
+            raise ClaimInterrupted
+        block = os.pread(fd, min(_HASH_BLOCK, size - offset), offset)
+        if not block:
+            raise ChangedFile(f"shrank while it was being claimed ({offset} of {size} bytes)")
+        digest.update(block)
+        offset += len(block)
+    return digest.hexdigest()
 
 
 class Claimer:
-    def __init__(self, settings: Settings, store: Store, conn: redis.Redis, owner: str) -> None:
+    """Claims files for one monitor; one per thread (it holds a PostgreSQL connection)."""
+
+    def __init__(self, settings: Settings, store: Store, conn: redis.Redis, owner: str,
+                 *, stopping: Callable[[], bool] = lambda: False) -> None:
         self.settings = settings
         self.store = store
         self.redis = conn
         self.owner = owner
+        self.stopping = stopping
+        self.inbox_device = os.stat(settings.inbox).st_dev
 
     def claim(self, path: Path) -> Claimed | None:
-        """Take ``path`` from the inbox; None when another monitor got it first."""
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            return self._refuse_special(path, st)
+        """Take ``path`` from the inbox; None when it is gone (another monitor got it)."""
         # Names that are not valid UTF-8 get their odd bytes escaped (\xe9), so the name can
         # be stored, shown and used for the files hookdrop makes from it.
         name = safe_name(path.name)
-        target = self.settings.processing_dir / f"{uuid.uuid4().hex[:12]}{SEPARATOR}{name}"
         try:
-            os.rename(path, target)
+            seen = os.lstat(path)
         except FileNotFoundError:
-            log.info("file.claim_lost", name=path.name)
             return None
-        log.info("file.claimed", name=name, size=st.st_size)
-        return self.register(target, name)
+        if not stat.S_ISREG(seen.st_mode):
+            # Not even opened: opening a device or socket can do things; a link leads out.
+            return self._set_aside(path, name, f"{name} is {kind_of(seen.st_mode)}; only "
+                                               "regular files are read (links are not followed)")
+        try:
+            fd, opened = open_regular(path)
+        except FileNotFoundError:
+            return None
+        except NotRegularFile as exc:
+            return self._set_aside(path, name, f"{exc}; only regular files are read "
+                                               "(links are not followed)")
+        except PermissionError:
+            return self._set_aside(path, name, f"{name} cannot be read: permission denied "
+                                               "(the hookdrop user needs read access)")
+        except OSError as exc:
+            return self._set_aside(path, name, f"{name} cannot be opened: {exc.strerror}")
+        try:
+            if opened.st_dev != self.inbox_device:
+                return self._set_aside(path, name, f"{name} is on another file system "
+                                                   "(a mount inside the inbox); not read")
+            target = self.settings.processing_dir / disk_name(uuid.uuid4().hex[:12], name)
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:
+                log.info("file.claim_lost", name=name)
+                return None
+            if not self._landed(target, opened):
+                return self._set_aside(target, name, f"{name} was replaced while it was "
+                                                     "being claimed; not read")
+            log.info("file.claimed", name=name, size=opened.st_size)
+            return self._register_fd(fd, opened, target, name)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _landed(target: Path, opened: os.stat_result) -> bool:
+        """True when the entry now at ``target`` is the file that was opened."""
+        try:
+            landed = os.lstat(target)
+        except FileNotFoundError:
+            return False
+        return (landed.st_dev, landed.st_ino) == (opened.st_dev, opened.st_ino)
 
     def register(self, target: Path, name: str, *, generation: int = 0) -> Claimed:
         """Record a file that sits in processing/ and queue it (or set it aside)."""
-        sha, size = sha256_of(target)
-        base = {"name": name, "sha": sha, "generation": generation, "size": size,
-                "chunk_size": self.settings.chunk_size, "claimed_by": self.owner}
         try:
-            layout = sniff(target)
+            fd, opened = open_regular(target)
+        except OSError as exc:
+            return self._set_aside(target, name, f"{name} cannot be read in processing/: {exc}")
+        try:
+            return self._register_fd(fd, opened, target, name, generation=generation)
+        finally:
+            os.close(fd)
+
+    def _register_fd(self, fd: int, opened: os.stat_result, target: Path, name: str, *,
+                     generation: int = 0) -> Claimed:
+        identity = FileIdentity.of(opened)
+        base: dict[str, Any] = {"name": name, "generation": generation, "size": opened.st_size,
+                                "chunk_size": self.settings.chunk_size,
+                                "claimed_by": self.owner}
+        try:
+            sha = sha256_of(fd, opened.st_size, self.stopping)
+            base["sha"] = sha
+            now = FileIdentity.of(os.fstat(fd))
+            if now != identity:
+                raise ChangedFile(f"written to while it was being claimed "
+                                  f"({describe_change(identity, now)})")
+            layout = sniff(fd)
+        except ClaimInterrupted:
+            log.info("file.claim_interrupted", name=name, path=str(target))
+            raise
         except UnreadableFile as exc:
             return self._unreadable(target, base, str(exc))
+        except ChangedFile as exc:
+            return self._set_aside(target, name, f"{name} changed: {exc}; not read")
+        except OSError as exc:
+            return self._set_aside(target, name, f"{name} cannot be read: {exc.strerror or exc}")
         row = self.store.one("insert_file", {
             **base, "layout": Jsonb(dataclasses.asdict(layout)), "status": "claimed",
-            "path": str(target),
+            "path": str(target), "file_key": identity.key, "mtime_ns": identity.mtime_ns,
         })
         if row is None:
             return self._duplicate(target, base)
         file_id = int(row["id"])
         self.redis.set(self.settings.keys.read_queued(file_id), "1", ex=600)
         enqueue_read(self.redis, self.settings.keys, file_id)
-        log.info("file.queued", file_id=file_id, name=name, size=size, format=layout.format,
-                 compressed=layout.compressed)
+        log.info("file.queued", file_id=file_id, name=name, size=opened.st_size,
+                 format=layout.format, compressed=layout.compressed)
         return Claimed(file_id, "claimed", target)
 
     def _duplicate(self, target: Path, base: dict[str, Any]) -> Claimed:
@@ -152,29 +230,44 @@ class Claimer:
         log.warning("file.unreadable", file_id=file_id, name=base["name"], error=error)
         return Claimed(file_id, "failed", final, error)
 
-    def _refuse_special(self, path: Path, st: os.stat_result) -> Claimed | None:
-        kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode)
-                else "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
-                else "not a regular file")
-        name = safe_name(path.name)
-        error = f"{name} is {kind}; only regular files are read (links are not followed)"
-        final = self.settings.failed_dir / f"{uuid.uuid4().hex[:8]}{SEPARATOR}{name}"
+    def _set_aside(self, path: Path, name: str, error: str) -> Claimed | None:
+        """Move something that will not be read to failed/ (or leave it) and record why.
+
+        Keyed by what the entry is (device, inode, size, mtime), so seeing the same entry
+        again after a restart does not record it twice.
+        """
         try:
-            os.rename(path, final)
+            st = os.lstat(path)
         except FileNotFoundError:
             return None
+        key = f"unreadable:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        final: Path | None = self.settings.failed_dir / disk_name(uuid.uuid4().hex[:8], name)
+        try:
+            os.rename(path, final)  # type: ignore[arg-type]
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            error = f"{error} (left in the inbox: cannot move it to failed/: {exc.strerror})"
+            final = None
         row = self.store.one("insert_unreadable", {
-            "name": name, "sha": f"special:{uuid.uuid4().hex}", "generation": 0, "size": 0,
+            "name": name, "sha": key, "generation": 0, "size": st.st_size,
             "chunk_size": self.settings.chunk_size, "claimed_by": self.owner, "error": error,
-            "final_path": str(final),
+            "final_path": str(final) if final else None,
         })
-        assert row is not None
-        write_error_note(final, error)
-        log.warning("file.unreadable", file_id=row["id"], name=name, error=error)
-        return Claimed(int(row["id"]), "failed", final, error)
+        if row is None:
+            first = self.store.one("find_file_by_content", {"sha": key, "generation": 0})
+            file_id = int(first["id"]) if first else 0
+        else:
+            file_id = int(row["id"])
+        if final is not None:
+            write_error_note(final, error)
+        log.warning("file.unreadable", file_id=file_id, name=name, error=error,
+                    kind="file" if stat.S_ISREG(st.st_mode) else kind_of(st.st_mode),
+                    left_in_place=final is None)
+        return Claimed(file_id, "failed", final or path, error)
 
     def _move(self, source: Path, folder: Path, tag: str, name: str) -> Path:
-        final = folder / f"{tag}{SEPARATOR}{name}"
+        final = folder / disk_name(tag, name)
         os.rename(source, final)
         return final
 
@@ -183,23 +276,30 @@ class Claimer:
         adopted: list[Claimed] = []
         now = time.time()
         for entry in os.scandir(self.settings.processing_dir):
-            if not entry.is_file(follow_symlinks=False):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
                 continue
-            if now - entry.stat(follow_symlinks=False).st_ctime < ORPHAN_GRACE_SECONDS:
+            if now - st.st_ctime < ORPHAN_GRACE_SECONDS:
                 continue  # another monitor may be registering it right now
             if self.store.one("file_by_processing_path", {"path": entry.path}):
                 continue
-            name = safe_name(original_name(entry.name))
-            target = self.settings.processing_dir / f"{uuid.uuid4().hex[:12]}{SEPARATOR}{name}"
+            name = original_name(entry.name)
+            target = self.settings.processing_dir / disk_name(uuid.uuid4().hex[:12], name)
             try:
                 os.rename(entry.path, target)
             except FileNotFoundError:
                 continue  # adopted by another monitor
             log.warning("file.orphan_adopted", name=name)
-            adopted.append(self.register(target, name))
+            claimed = self.register(target, name)
+            adopted.append(claimed)
         return adopted
 
 
 def write_error_note(final: Path, error: str) -> None:
-    note = final.with_name(final.name + ".error.txt")
-    note.write_text(f"{final.name}: {error}\n", encoding="utf-8")
+    """``<name>.error.txt`` beside a failed file; a note that cannot be written is logged."""
+    note = note_path(final)
+    try:
+        note.write_text(f"{final.name}: {error}\n", encoding="utf-8")
+    except OSError as exc:
+        log.error("file.note_failed", path=str(note), error=str(exc))

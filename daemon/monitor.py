@@ -1,4 +1,9 @@
-"""The monitor: inbox events and scans in, claimed files and recovery duties out."""
+"""The monitor: inbox events and scans in, claimed files and recovery duties out.
+
+The loop itself only does cheap things (readiness checks, short PostgreSQL and Redis calls);
+claiming a file (hashing it, sniffing it) runs on a small thread pool, so one large or hostile
+file never holds up the others or a stop request.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import redis
@@ -22,16 +28,19 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from daemon.claim import Claimer, ensure_dirs
-from daemon.readiness import ReadinessTracker, is_ignored
+from daemon.claim import Claimer, ClaimInterrupted, ensure_dirs
+from daemon.readiness import ReadinessTracker
 from daemon.recovery import Recovery
 from hookdrop.errors import QueueUnavailable, StoreUnavailable
+from hookdrop.inbox import WORK_FOLDERS, is_ignored
 from hookdrop.settings import Settings
+from hookdrop.shutdown import StopFlag
 from hookdrop.store import Store
 
 log = structlog.get_logger(__name__)
 
 TICK = 0.2
+CLAIM_THREADS = 2
 
 
 class _Hints(FileSystemEventHandler):
@@ -54,6 +63,51 @@ class _Hints(FileSystemEventHandler):
             self.sink.put(path)
 
 
+def _entry_key(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class ClaimPool:
+    """Claims files on a few threads, each with its own Claimer and PostgreSQL connection."""
+
+    def __init__(self, settings: Settings, conn: redis.Redis, owner: str, stopping: StopFlag,
+                 store_factory: Callable[[], Store]) -> None:
+        self.settings = settings
+        self.redis = conn
+        self.owner = owner
+        self.stopping = stopping
+        self.store_factory = store_factory
+        self._local = threading.local()
+        self._stores: list[Store] = []
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(CLAIM_THREADS, thread_name_prefix="hookdrop-claim")
+
+    def claimer(self) -> Claimer:
+        found: Claimer | None = getattr(self._local, "claimer", None)
+        if found is None:
+            store = self.store_factory()
+            with self._lock:
+                self._stores.append(store)
+            found = Claimer(self.settings, store, self.redis, self.owner,
+                            stopping=self.stopping.is_set)
+            self._local.claimer = found
+        return found
+
+    def submit(self, work: Callable[[Claimer], object]) -> Future[object]:
+        return self._executor.submit(lambda: work(self.claimer()))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for store in self._stores:
+                store.close()
+            self._stores.clear()
+
+
 class Monitor:
     def __init__(
         self,
@@ -63,25 +117,52 @@ class Monitor:
         *,
         name: str | None = None,
         on_tick: Callable[[], None] | None = None,
+        on_stopping: Callable[[], None] | None = None,
+        stopping: StopFlag | None = None,
+        store_factory: Callable[[], Store] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.redis = conn
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.tracker = ReadinessTracker(settings.settle_seconds)
-        self.claimer = Claimer(settings, store, conn, self.name)
         self.recovery = Recovery(settings, store, conn)
         self.hints: queue.SimpleQueue[Path] = queue.SimpleQueue()
-        self.stopping = threading.Event()
+        self.stopping = stopping or StopFlag()
         self.on_tick = on_tick
+        self.on_stopping = on_stopping
+        self.claims = ClaimPool(
+            settings, conn, self.name, self.stopping,
+            store_factory or (lambda: Store(settings.database_url or "",
+                                            application_name="hookdrop-monitor")))
         self._last: dict[str, float] = {}
+        self._claims: dict[Path, Future[object]] = {}
+        self._adoption: Future[object] | None = None
+        # Entries that were looked at and will not be read (left in place, or failing to
+        # claim), by what they were then: skipped until they change.
+        self._set_aside: dict[Path, tuple[int, int, int, int] | None] = {}
+        self._noted: set[str] = set()
 
     def scan(self) -> None:
         """Find files whose events were missed (daemon down, overflow, network filesystems)."""
         for entry in os.scandir(self.settings.inbox):
-            if entry.is_dir(follow_symlinks=False) or is_ignored(entry.name):
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name not in WORK_FOLDERS:
+                    self._note_ignored(entry.name, "a folder (only files at the top of the "
+                                                   "inbox are read)")
+                continue
+            if is_ignored(entry.name):
+                self._note_ignored(entry.name, "a hidden or temporary name", level="debug")
                 continue
             self.tracker.hint(Path(entry.path))
+
+    def _note_ignored(self, name: str, reason: str, *, level: str = "info") -> None:
+        if name in self._noted:
+            return
+        if len(self._noted) > 10_000:
+            self._noted.clear()  # bounded: a name seen again is only logged again
+        self._noted.add(name)
+        getattr(log, level)("inbox.ignored", name=name, reason=reason)
 
     def _due(self, duty: str, every: float) -> bool:
         now = time.monotonic()
@@ -97,6 +178,7 @@ class Monitor:
 
     def step(self) -> None:
         """One pass of the loop: hints, readiness, claims, due duties."""
+        self._collect()
         while True:
             try:
                 self.tracker.hint(self.hints.get_nowait())
@@ -109,17 +191,61 @@ class Monitor:
                 self.recovery.requeue_stalled_reads()
                 self.recovery.requeue_expired_leases()
                 self.recovery.requeue_orphaned_pending()
-                self.claimer.adopt_orphans()
+                self._adopt_orphans()
         for path in self.tracker.ready():
             if self.stopping.is_set():
                 break
-            self.claimer.claim(path)
+            self._start_claim(path)
         if self._due("finish", 1.0):
             self.recovery.finish_files()
         if self._due("dlq", self.settings.dlq_interval) and self._leader(
             "dlq", self.settings.dlq_interval
         ):
             self.recovery.reinject_dlq()
+
+    def _start_claim(self, path: Path) -> None:
+        if path in self._claims:
+            return
+        if path in self._set_aside:
+            if _entry_key(path) == self._set_aside[path]:
+                return
+            del self._set_aside[path]  # it changed: look at it again
+        self._claims[path] = self.claims.submit(lambda claimer: claimer.claim(path))
+
+    def _collect(self) -> None:
+        """Look at the claims that finished since the last pass."""
+        for path, future in list(self._claims.items()):
+            if future.done():
+                del self._claims[path]
+                self._claim_finished(path, future)
+        if self._adoption is not None and self._adoption.done():
+            error = None if self._adoption.cancelled() else self._adoption.exception()
+            if error is not None and not isinstance(error, ClaimInterrupted):
+                log.warning("file.adoption_failed", error=repr(error))
+            self._adoption = None
+
+    def _claim_finished(self, path: Path, done: Future[object]) -> None:
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is None:
+            if getattr(done.result(), "path", None) == path:
+                self._set_aside[path] = _entry_key(path)  # recorded, but left in place
+            return
+        if isinstance(error, ClaimInterrupted):
+            return
+        if isinstance(error, (StoreUnavailable, QueueUnavailable, redis.RedisError)):
+            log.warning("monitor.dependency_unavailable", error=str(error), name=path.name)
+            return  # still in the inbox (or in processing/, adopted later): tried again
+        # A fault of ours with this one file: say so loudly, and do not retry it until it
+        # changes, rather than take the monitor down with it.
+        log.error("file.claim_failed", name=path.name, error=repr(error),
+                  exc_info=(type(error), error, error.__traceback__))
+        self._set_aside[path] = _entry_key(path)
+
+    def _adopt_orphans(self) -> None:
+        if self._adoption is None:
+            self._adoption = self.claims.submit(lambda claimer: claimer.adopt_orphans())
 
     def run(self) -> None:
         """Watch and claim until asked to stop; outages pause the loop, never end it."""
@@ -145,7 +271,11 @@ class Monitor:
                 if self.on_tick is not None:
                     self.on_tick()
                 self.stopping.wait(TICK)
+            log.info("monitor.stopping", name=self.name)
+            if self.on_stopping is not None:
+                self.on_stopping()
         finally:
             observer.stop()
+            self.claims.close()
             observer.join(timeout=5)
             log.info("monitor.stopped", name=self.name)

@@ -1,4 +1,4 @@
-"""When is a dropped file complete? (PRODUCT rule 1)
+"""When is a dropped file complete?
 
 Writers give no completion signal (``cp``, ``curl -o``, ``rsync --inplace``), or write a hidden
 temp name and rename it (``rsync``), or hard-link then unlink (``sftp``). So: hidden and temp
@@ -15,15 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-IGNORED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".filepart", ".crdownload",
-                    ".swp", ".lock", "~")
-ERROR_SUFFIX = ".error.txt"
-
-
-def is_ignored(name: str) -> bool:
-    """Hidden files and the temp names of common transfer tools are never read."""
-    lowered = name.lower()
-    return name.startswith(".") or lowered.endswith(IGNORED_SUFFIXES)
+from hookdrop.inbox import is_ignored
 
 
 def open_for_writing(paths: Iterable[str], proc: Path = Path("/proc")) -> set[str]:
@@ -93,9 +85,6 @@ class ReadinessTracker:
         """A create / close / move-in / scan saw this path; start or keep following it."""
         if not is_ignored(path.name):
             self._seen.setdefault(path, _Seen(-1, -1, self.clock()))
-
-    def forget(self, path: Path) -> None:
-        self._seen.pop(path, None)
 
     @property
     def pending(self) -> list[Path]:

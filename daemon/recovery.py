@@ -15,7 +15,8 @@ from pathlib import Path
 import redis
 import structlog
 
-from daemon.claim import SEPARATOR, original_name, write_error_note
+from daemon.claim import write_error_note
+from hookdrop.inbox import disk_name
 from hookdrop.queues import enqueue_deliveries, enqueue_read, notifier_queue
 from hookdrop.settings import Settings
 from hookdrop.store import Store
@@ -125,7 +126,7 @@ class Recovery:
         for row in self.store.run("files_to_move"):
             source = Path(row["processing_path"])
             folder = self.settings.done_dir if row["status"] == "done" else self.settings.failed_dir
-            final = folder / f"{row['id']}{SEPARATOR}{original_name(source.name)}"
+            final = folder / disk_name(str(row["id"]), row["name"])
             try:
                 os.rename(source, final)
             except FileNotFoundError:

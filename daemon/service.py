@@ -2,46 +2,36 @@
 
 from __future__ import annotations
 
-import signal
 import time
-from types import FrameType
 
 import redis
-import structlog
 
 from daemon.api import run_api_in_thread
 from daemon.monitor import Monitor
 from hookdrop import sdnotify
 from hookdrop.settings import Settings
+from hookdrop.shutdown import StopFlag, StopSignals
 from hookdrop.store import Store
-
-log = structlog.get_logger(__name__)
 
 
 def run_monitor(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT: the first stops claiming and ends the loop, a second exits."""
+    """Run until SIGTERM/SIGINT: the first stops claiming and ends the loop, a second one (a
+    second or more later) stops at once."""
     conn = redis.Redis.from_url(settings.redis_url, health_check_interval=30)  # type: ignore[arg-type]
     store = Store(settings.database_url, application_name="hookdrop-monitor")  # type: ignore[arg-type]
     watchdog_every = sdnotify.watchdog_interval()
     last_ping = [0.0]
+    stopping = StopFlag()
+    signals = StopSignals(stopping)
 
     def tick() -> None:
         if watchdog_every is not None and time.monotonic() - last_ping[0] >= watchdog_every:
             sdnotify.notify("WATCHDOG=1")
             last_ping[0] = time.monotonic()
 
-    monitor = Monitor(settings, store, conn, on_tick=tick)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if monitor.stopping.is_set():
-            log.warning("monitor.force_stop", signal=signum)
-            raise SystemExit(128 + signum)
-        log.info("monitor.stopping", signal=signum)
-        sdnotify.notify("STOPPING=1")
-        monitor.stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    monitor = Monitor(settings, store, conn, on_tick=tick, stopping=stopping,
+                      on_stopping=lambda: sdnotify.notify("STOPPING=1"))
+    signals.install()
     api = run_api_in_thread(settings)  # a port in use stops the start with a ConfigError
     sdnotify.notify("READY=1", f"STATUS=watching {settings.inbox}")
     try:
@@ -50,3 +40,4 @@ def run_monitor(settings: Settings) -> None:
         api.stop()
         store.close()
         conn.close()
+        stopping.close()

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from hookdrop.errors import ConfigError, HookdropError
+from hookdrop.lifeline import follow_parent
 from hookdrop.settings import SETTINGS, Settings, environ_snapshot
 
 F = Callable[..., Any]
@@ -195,7 +196,7 @@ def up(settings: Settings, with_mock: bool, mock_port: int, notifiers: int,
     settings = connect(settings, migrate=True)
     from hookdrop.supervise import Supervisor
 
-    sup = Supervisor(settings, environ_snapshot())
+    sup = Supervisor({**environ_snapshot(), **settings.to_environ()})
     if with_mock:
         sup.add("mock", ["mock", "--port", str(mock_port)])
     sup.add("monitor", ["monitor"])
@@ -264,6 +265,7 @@ def bench(settings: Settings, scenarios: str, notifiers: int, quick: bool, rows:
 
 
 def main() -> None:
+    follow_parent(environ_snapshot())
     try:
         cli.main(standalone_mode=False)
     except ConfigError as exc:

@@ -32,6 +32,7 @@ import structlog
 from rq import Worker
 
 from hookdrop.errors import HookdropError, QueueUnavailable
+from hookdrop.inbox import disk_name, is_ignored
 from hookdrop.keys import Keys
 from hookdrop.queues import batcher_queue, enqueue_deliveries, notifier_queue
 from hookdrop.settings import Settings
@@ -292,7 +293,7 @@ class Control:
     @_redis_errors
     def resend(self, file_id: int) -> dict[str, Any]:
         """Send a finished file again as a new generation (new alert ids, sent on purpose)."""
-        from daemon.claim import SEPARATOR, Claimer, ensure_dirs
+        from daemon.claim import Claimer, ensure_dirs
 
         row = self._file(file_id)
         if row["status"] not in FINISHED:
@@ -312,7 +313,7 @@ class Control:
             for block in iter(lambda: handle.read(COPY_BLOCK), b""):
                 writer.write(block)
             target = writer.commit_to(self.settings.processing_dir
-                                      / f"{secrets.token_hex(6)}{SEPARATOR}{row['name']}")
+                                      / disk_name(secrets.token_hex(6), row["name"]))
         owner = f"{socket.gethostname()}:{os.getpid()}:resend"
         claimed = Claimer(self.settings, self.store, self.redis, owner).register(
             target, row["name"], generation=generation)
@@ -446,8 +447,6 @@ def check_statuses(statuses: Iterable[str]) -> list[str]:
 
 def check_name(name: str) -> str:
     """A name a file may have in the inbox, or BadRequest saying why not."""
-    from daemon.readiness import is_ignored
-
     if not name or name in {".", ".."}:
         raise BadRequest("a file name is required")
     if "/" in name or "\\" in name or os.sep in name:

@@ -15,6 +15,10 @@ class StoreUnavailable(HookdropError):
     """PostgreSQL cannot be reached right now; the caller pauses and retries."""
 
 
+class StoreError(HookdropError):
+    """PostgreSQL refused a statement (not an outage): retrying the same will not help."""
+
+
 class QueueUnavailable(HookdropError):
     """Redis cannot be reached right now; the caller pauses and retries."""
 
@@ -23,8 +27,13 @@ class UnreadableFile(HookdropError):
     """A dropped file cannot be read at all (empty, binary, unknown format)."""
 
 
-class ShutdownRequested(BaseException):
-    """Raised inside a worker when a second SIGTERM asks it to stop at once.
+class ShutdownRequested(SystemExit):
+    """Raised in the main thread when a second SIGTERM or SIGINT asks to stop at once.
 
-    Derives from BaseException so an ``except Exception`` cannot swallow it.
+    A SystemExit (exit status 128 + signal number), so an ``except Exception`` cannot swallow
+    it and event loops let it through as they do for any request to exit.
     """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum

@@ -97,7 +97,7 @@ class Stack:
         self.keep = keep
         self.root = root
         self.with_mock = with_mock
-        self.supervisor = Supervisor(self.settings, environ or dict(os.environ),
+        self.supervisor = Supervisor({**(environ or os.environ), **self.settings.to_environ()},
                                      stop_timeout=30)
         self.logs = root / "logs"
         if with_mock:

@@ -22,7 +22,7 @@ import structlog
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from hookdrop.errors import ConfigError, StoreUnavailable
+from hookdrop.errors import ConfigError, StoreError, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +56,15 @@ def migrations() -> list[tuple[int, str, str]]:
         if match:
             found.append((int(match.group(1)), entry.name, entry.read_text("utf-8")))
     return sorted(found)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkWritten:
+    """What writing one chunk did."""
+
+    owned: list[tuple[str, str]]  # (alert id, status) of the alerts this chunk owns
+    refused: int  # rows PostgreSQL could not store, recorded as row errors
+    file_status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +121,17 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        """A transaction; driver errors come out as StoreUnavailable."""
+        """A transaction; a lost or refused connection comes out as StoreUnavailable, any
+        other driver error as StoreError."""
         conn = self._connect()
         try:
             with conn.transaction():
                 yield conn
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise StoreUnavailable(f"PostgreSQL error: {_first_line(exc)}") from exc
+        except psycopg.Error as exc:
+            if _is_outage(exc, conn):
+                self.close()
+                raise StoreUnavailable(f"PostgreSQL error: {_first_line(exc)}") from exc
+            raise StoreError(f"PostgreSQL refused a statement: {_first_line(exc)}") from exc
 
     def run(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a named query in its own transaction and return its rows."""
@@ -184,41 +196,36 @@ class Store:
         alerts: Sequence[tuple[str, int, str, str, dict[str, object] | None]],
         errors: Sequence[tuple[int, str, str]],
         rows: int,
-        invalid: int,
+        invalid_before: int,
         alerts_before: int,
-    ) -> tuple[list[tuple[str, str]], str]:
-        """Insert one chunk's alerts and row errors; return (id, status) of those it owns,
-        and the file's status (a batcher stops reading a cancelled file).
+    ) -> ChunkWritten:
+        """Insert one chunk's alerts and row errors; return the alerts it owns, how many rows
+        the ledger refused, and the file's status (a batcher stops reading a cancelled file).
 
         ``alerts`` holds (id, line, user_id, message, extra) with ids unique within the chunk.
         Replaying the same chunk returns the same owned ids, so a batcher that crashed between
-        this write and its Redis checkpoint enqueues exactly what it would have.
+        this write and its Redis checkpoint enqueues exactly what it would have. A row that
+        PostgreSQL refuses (a value it cannot store) becomes a row error; it never fails the
+        chunk, and the same row is refused the same way on a replay.
         """
         with self.transaction() as conn:
-            owned: list[dict[str, Any]] = []
-            if alerts:
-                owned = _execute(conn, "upsert_alerts", {
-                    "file_id": file_id,
-                    "seq": seq,
-                    "ids": [a[0] for a in alerts],
-                    "lines": [a[1] for a in alerts],
-                    "users": [a[2] for a in alerts],
-                    "messages": [a[3] for a in alerts],
-                    "extras": [Jsonb(a[4]) if a[4] else None for a in alerts],
-                })
-            if errors:
+            owned, refused = _upsert_alerts(conn, file_id, seq, list(alerts))
+            all_errors = list(errors) + [
+                (row[1], f"cannot be stored: {reason}", _excerpt_of(row)) for row, reason in refused
+            ]
+            if all_errors:
                 _execute(conn, "insert_row_errors", {
                     "file_id": file_id,
-                    "lines": [e[0] for e in errors],
-                    "reasons": [e[1] for e in errors],
-                    "excerpts": [e[2] for e in errors],
+                    "lines": [e[0] for e in all_errors],
+                    "reasons": [_storable(e[1]) for e in all_errors],
+                    "excerpts": [_storable(e[2]) for e in all_errors],
                 })
             progress = _execute(conn, "file_progress", {
-                "id": file_id, "rows": rows, "invalid": invalid,
+                "id": file_id, "rows": rows, "invalid": invalid_before + len(all_errors),
                 "alerts": alerts_before + len(owned),
             })
         status = progress[0]["status"] if progress else "missing"
-        return [(row["id"], row["status"]) for row in owned], status
+        return ChunkWritten([(row["id"], row["status"]) for row in owned], len(refused), status)
 
     # -- notifier ---------------------------------------------------------------------------
 
@@ -249,6 +256,61 @@ class Store:
             "next_at": [r.next_at for r in results],
         })
         return int(row["written"]) if row else 0
+
+
+_AlertRow = tuple[str, int, str, str, dict[str, object] | None]
+# Errors that one row can cause: a value PostgreSQL cannot hold, or a size it cannot index.
+_ROW_FAULTS = (psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError)
+
+
+def _upsert_alerts(
+    conn: psycopg.Connection[dict[str, Any]], file_id: int, seq: int, alerts: list[_AlertRow]
+) -> tuple[list[dict[str, Any]], list[tuple[_AlertRow, str]]]:
+    """Insert alerts in one statement; if PostgreSQL refuses it, find the rows to blame by
+    halving, each try in its own savepoint. Returns (owned rows, refused rows with reasons)."""
+    if not alerts:
+        return [], []
+    try:
+        with conn.transaction():
+            return _execute(conn, "upsert_alerts", {
+                "file_id": file_id,
+                "seq": seq,
+                "ids": [a[0] for a in alerts],
+                "lines": [a[1] for a in alerts],
+                "users": [a[2] for a in alerts],
+                "messages": [a[3] for a in alerts],
+                "extras": [Jsonb(a[4]) if a[4] else None for a in alerts],
+            }), []
+    except _ROW_FAULTS as exc:
+        if len(alerts) == 1:
+            return [], [(alerts[0], _first_line(exc))]
+    half = len(alerts) // 2
+    owned, refused = _upsert_alerts(conn, file_id, seq, alerts[:half])
+    more_owned, more_refused = _upsert_alerts(conn, file_id, seq, alerts[half:])
+    return owned + more_owned, refused + more_refused
+
+
+def _excerpt_of(row: _AlertRow) -> str:
+    return f"{row[2]},{row[3]}"[:120]
+
+
+def _storable(text: str) -> str:
+    """Text PostgreSQL accepts: no NUL, no lone surrogates."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+# SQLSTATE classes of a server that cannot serve now: connection exceptions, insufficient
+# resources, operator intervention (shutdown, starting up).
+_OUTAGE_CLASSES = ("08", "53", "57")
+
+
+def _is_outage(exc: psycopg.Error, conn: psycopg.Connection[dict[str, Any]]) -> bool:
+    if conn.broken or conn.closed:
+        return True
+    if exc.sqlstate:
+        return exc.sqlstate[:2] in _OUTAGE_CLASSES
+    # Raised by the driver itself: lost connections are these; bad values are DataError.
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 def _has_table(conn: psycopg.Connection[dict[str, Any]], name: str) -> bool:

@@ -1,27 +1,38 @@
-"""A small process supervisor for ``hookdrop up`` and ``hookdrop demo``.
+"""The one process supervisor: ``hookdrop up``, worker pools (``--processes N``), demo, bench.
 
-Children are ordinary ``hookdrop`` commands with the settings passed in their environment.
-A child that dies is restarted with backoff; the first SIGTERM/SIGINT is forwarded to every
-child (graceful stop), a second one kills them.
+Children are ordinary ``hookdrop`` commands with their settings in the environment. A child
+that dies is restarted with a growing delay (without holding up the others); the first
+SIGTERM/SIGINT is passed on to every child as SIGTERM (a graceful stop), a repeat a second or
+more later is passed on as SIGINT (children stop at once), and children still running after
+``stop_timeout`` are killed. Each child is told its parent's pid, so it stops by itself if
+the supervisor is killed (see :func:`hookdrop.lifeline.follow_parent`).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import structlog
 
 from hookdrop import sdnotify
-from hookdrop.settings import Settings
+from hookdrop.lifeline import PARENT_PID_VARIABLE
+from hookdrop.shutdown import StopFlag, StopSignals
 
 log = structlog.get_logger(__name__)
+
+MAX_BACKOFF = 30.0
+# Exit statuses of a child that stopped because it was asked to (by signal, or at once).
+_STOPPED = frozenset({0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM,
+                      128 + signal.SIGINT})
+POLL = 0.2
 
 
 @dataclass
@@ -31,17 +42,19 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     backoff: float = 0.5
+    restart_at: float | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, environ: Mapping[str, str],
-                 *, stop_timeout: float = 60.0) -> None:
-        self.env = sdnotify.child_environ({**environ, **settings.to_environ()})
+    def __init__(self, environ: Mapping[str, str], *, stop_timeout: float = 60.0) -> None:
+        self.env = sdnotify.child_environ(environ)
+        self.env[PARENT_PID_VARIABLE] = str(os.getpid())
         self.children: list[Child] = []
-        self.signals = 0
         self.stop_timeout = stop_timeout
         self.log_dir: Path | None = None
+        self.stopping = StopFlag()
+        self._forced = False
 
     def add(self, name: str, args: list[str], **extra_env: str) -> Child:
         child = Child(name, args, extra_env=extra_env)
@@ -57,6 +70,7 @@ class Supervisor:
             with (self.log_dir / f"{child.name}.log").open("ab") as out:
                 child.process = subprocess.Popen(command, env=env, stdout=out,
                                                  stderr=subprocess.STDOUT)
+        child.restart_at = None
         log.info("process.started", name=child.name, pid=child.process.pid)
 
     def start(self, *, log_dir: Path | None = None) -> None:
@@ -65,51 +79,85 @@ class Supervisor:
         for child in self.children:
             self._spawn(child)
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self.signals += 1
-        self.stop(signal.SIGKILL if self.signals > 1 else signal.Signals(signum))
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
+    def signal_all(self, sig: int) -> None:
         for child in self.children:
             if child.process is not None and child.process.poll() is None:
                 child.process.send_signal(sig)
 
+    def stop(self) -> None:
+        """Ask every child to stop gracefully."""
+        self.stopping.set()
+        self.signal_all(signal.SIGTERM)
+
+    def force(self, _signum: int = signal.SIGINT) -> None:
+        """Ask every child to stop at once (a second stop signal); lock-free for handlers."""
+        self._forced = True
+        self.stopping.set()
+
     def wait(self) -> int:
+        """Wait for every child to exit (killing stragglers); the first failure's exit code."""
         deadline = time.monotonic() + self.stop_timeout
+        forwarded_force = False
         code = 0
         for child in self.children:
             if child.process is None:
                 continue
-            try:
-                result = child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.error("process.kill", name=child.name, reason="did not stop in time")
-                child.process.kill()
-                result = child.process.wait()
-            code = code or (0 if result in (0, -signal.SIGTERM, -signal.SIGINT) else result)
+            while True:
+                if self._forced and not forwarded_force:
+                    forwarded_force = True
+                    log.warning("process.force_stop")
+                    self.signal_all(signal.SIGINT)
+                try:
+                    result = child.process.wait(timeout=POLL)
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() < deadline:
+                        continue
+                    log.error("process.kill", name=child.name, reason="did not stop in time")
+                    child.process.kill()
+                    result = child.process.wait()
+                    break
+            code = code or (0 if result in _STOPPED else result)
         return code
 
     def check(self) -> None:
-        """Restart children that died while nobody asked them to stop."""
-        if self.signals:
+        """Restart children that died while nobody asked them to stop; never sleeps."""
+        if self.stopping.is_set():
             return
+        now = time.monotonic()
         for child in self.children:
             if child.process is None or child.process.poll() is None:
                 continue
-            code = child.process.returncode
-            child.restarts += 1
-            child.backoff = min(30.0, child.backoff * 2)
-            log.error("process.died", name=child.name, exit_code=code,
-                      restart_in=child.backoff)
-            time.sleep(child.backoff)
-            self._spawn(child)
+            if child.restart_at is None:
+                child.restarts += 1
+                child.backoff = min(MAX_BACKOFF, child.backoff * 2)
+                child.restart_at = now + child.backoff
+                log.error("process.died", name=child.name, exit_code=child.process.returncode,
+                          restart_in=child.backoff)
+            elif now >= child.restart_at:
+                self._spawn(child)
 
-    def run(self) -> int:
-        """Start everything, keep it running until a signal, then stop it all."""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+    def run(self, *, on_ready: Callable[[], None] | None = None) -> int:
+        """Start everything, keep it running until a stop signal, then stop it all."""
+        signals = StopSignals(self.stopping, on_force=self.force)
+        signals.install()
         self.start()
-        while not self.signals:
+        if on_ready is not None:
+            on_ready()
+        pings = threading.Thread(target=_watchdog_pings, args=(self.stopping,), daemon=True)
+        pings.start()
+        while not self.stopping.is_set():
             self.check()
-            time.sleep(0.2)
+            self.stopping.wait(POLL)
+        sdnotify.notify("STOPPING=1")
+        log.info("process.stopping", signal=signals.signum)
+        self.signal_all(signal.SIGTERM)
         return self.wait()
+
+
+def _watchdog_pings(stop: StopFlag) -> None:
+    interval = sdnotify.watchdog_interval()
+    if interval is None:
+        return
+    while not stop.wait(interval):
+        sdnotify.notify("WATCHDOG=1")

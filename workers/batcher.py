@@ -1,6 +1,6 @@
 """The batcher: streams one claimed file into chunks of alerts on the notifier queue.
 
-Crash safety (PRODUCT rules 3, 5, 6):
+Crash safety:
 
 - Chunk boundaries are fixed per file (every ``chunk_size`` records), so a replay after a crash
   cuts the file exactly as before.
@@ -9,14 +9,20 @@ Crash safety (PRODUCT rules 3, 5, 6):
 - Then one Redis MULTI/EXEC enqueues those alerts and moves the checkpoint (byte offset, line,
   record count) past the chunk. A crash before EXEC replays the chunk: PostgreSQL hands back the
   same owned ids and they are enqueued once; a crash after EXEC resumes after the chunk.
-- Only one batcher reads a file at a time (a lock key with a token, renewed while reading);
-  the checkpoint transaction WATCHes that lock, so a batcher that lost it cannot write.
+- A long run of blank lines ends a chunk too (at a place the reader fixes, the same on a
+  replay), so the checkpoint advances on bytes as well as rows.
+- Only one batcher reads a file at a time (a lock key with a token, renewed while reading
+  makes progress, whether rows or bytes); the checkpoint transaction WATCHes that lock, so a
+  batcher that lost it cannot write.
+- The file read is the one that was claimed: opened without following links and checked
+  against the identity (inode, size, mtime) recorded at the claim.
 - Reading pauses while the notifier queue holds more than ``queue_high_water`` jobs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -30,13 +36,16 @@ import structlog
 from hookdrop.alerts import alert_id
 from hookdrop.backoff import compute_backoff
 from hookdrop.errors import UnreadableFile
+from hookdrop.formats import Gap, Item, Layout, Position, RowError, read_rows
+from hookdrop.inbox import ChangedFile, FileIdentity, NotRegularFile, open_regular
 from hookdrop.queues import notifier_jobs, notifier_queue
 from hookdrop.store import TERMINAL, retry_while_unavailable
 from workers import context
-from workers.parsing import Layout, Position, Row, RowError, read_rows
 
 log = structlog.get_logger(__name__)
 
+# A run of this many bytes of blank lines ends a chunk, so the checkpoint moves past it.
+GAP_BYTES = 8 << 20
 
 
 class LostLock(Exception):
@@ -168,24 +177,27 @@ class Batcher:
         bound.info("batch.started", resume_at=ckpt.records, offset=ckpt.offset)
         error: str | None = None
         try:
-            size = path.stat().st_size
-            if size != file["size_bytes"]:
-                # The claimed content was hashed and recorded; something else is there now.
-                raise UnreadableFile(
-                    f"the file in processing/ changed after it was claimed ({size} bytes, "
-                    f"claimed with {file['size_bytes']}); it was not read further")
-            for records in self._chunks(path, layout, ckpt.position(), file["chunk_size"]):
-                if self.ctx.stopping.is_set():
-                    bound.info("batch.interrupted", records=ckpt.records)
-                    return {"file_id": file_id, "interrupted": True, "records": ckpt.records}
-                self._wait_for_room(file_id)
-                ckpt = self._commit_chunk(file, records, ckpt)
+            fd = _open_claimed(path, file)
+            try:
+                for records in self._chunks(fd, layout, ckpt.position(), file["chunk_size"],
+                                            file_id):
+                    if self.ctx.stopping.is_set():
+                        bound.info("batch.interrupted", records=ckpt.records)
+                        return {"file_id": file_id, "interrupted": True,
+                                "records": ckpt.records}
+                    self._wait_for_room(file_id)
+                    ckpt = self._commit_chunk(file, records, ckpt)
+            finally:
+                os.close(fd)
         except UnreadableFile as exc:
             error = str(exc)
             bound.warning("batch.unreadable", error=error, records=ckpt.records)
         except FileNotFoundError:
             error = "the file disappeared from processing/ while it was being read"
             bound.error("batch.file_vanished", path=str(path))
+        except OSError as exc:
+            error = f"the file cannot be read: {exc.strerror or exc}"
+            bound.error("batch.read_failed", path=str(path), error=error)
         retry_while_unavailable(
             lambda: self.store.run("file_read_complete", {
                 "id": file_id, "rows": ckpt.records, "invalid": ckpt.invalid,
@@ -200,13 +212,15 @@ class Batcher:
                 "invalid": ckpt.invalid, "error": error}
 
     def _chunks(
-        self, path: Path, layout: Layout, start: Position | None, size: int
-    ) -> Iterator[list[tuple[Row | RowError, Position]]]:
-        batch: list[tuple[Row | RowError, Position]] = []
+        self, fd: int, layout: Layout, start: Position | None, size: int, file_id: int
+    ) -> Iterator[list[tuple[Item, Position]]]:
+        """Chunks of ``size`` records; a Gap ends a chunk early (possibly an empty one)."""
+        batch: list[tuple[Item, Position]] = []
         try:
-            for item in read_rows(path, layout, start):
-                batch.append(item)
-                if len(batch) >= size:
+            for item, position in read_rows(fd, layout, start, gap_bytes=GAP_BYTES,
+                                            on_progress=lambda _: self._renew(file_id)):
+                batch.append((item, position))
+                if isinstance(item, Gap) or len(batch) >= size:
                     yield batch
                     batch = []
         except UnreadableFile:
@@ -245,35 +259,47 @@ class Batcher:
     def _commit_chunk(
         self,
         file: dict[str, Any],
-        records: list[tuple[Row | RowError, Position]],
+        items: list[tuple[Item, Position]],
         ckpt: Checkpoint,
     ) -> Checkpoint:
         file_id = int(file["id"])
         sha, generation = file["content_sha256"], file["generation"]
         alerts: dict[str, tuple[str, int, str, str, dict[str, object] | None]] = {}
         errors: list[tuple[int, str, str]] = []
-        for record, _pos in records:
+        records = 0
+        for record, _pos in items:
+            if isinstance(record, Gap):
+                continue
+            records += 1
             if isinstance(record, RowError):
                 errors.append((record.line, record.reason, record.excerpt))
                 continue
             aid = alert_id(sha, generation, record.user_id, record.message)
             if aid not in alerts:
                 alerts[aid] = (aid, record.line, record.user_id, record.message, record.extra)
+        last = items[-1][1]
+        if not records:
+            # Only blank lines since the last chunk: move the checkpoint past them.
+            new = dataclasses.replace(ckpt, offset=last.offset, line=last.line)
+            self._enqueue_with_checkpoint(file_id, [], new)
+            return new
         seq = ckpt.seq + 1
-        owned, status = retry_while_unavailable(
+        written = retry_while_unavailable(
             lambda: self.store.write_chunk(
                 file_id=file_id, seq=seq, alerts=list(alerts.values()), errors=errors,
-                rows=ckpt.records + len(records), invalid=ckpt.invalid + len(errors),
+                rows=ckpt.records + records, invalid_before=ckpt.invalid,
                 alerts_before=ckpt.alerts,
             ),
             what="write chunk",
         )
-        last = records[-1][1]
+        if written.refused:
+            log.warning("batch.rows_refused", file_id=file_id, rows=written.refused)
         new = Checkpoint(offset=last.offset, line=last.line, records=last.records, seq=seq,
-                         alerts=ckpt.alerts + len(owned), invalid=ckpt.invalid + len(errors))
-        if status == "cancelled":
+                         alerts=ckpt.alerts + len(written.owned),
+                         invalid=ckpt.invalid + len(errors) + written.refused)
+        if written.file_status == "cancelled":
             raise FileCancelled(file_id)
-        to_send = [aid for aid, state in owned if state not in TERMINAL]
+        to_send = [aid for aid, state in written.owned if state not in TERMINAL]
         self._enqueue_with_checkpoint(file_id, to_send, new)
         return new
 
@@ -306,3 +332,21 @@ class Batcher:
                 time.sleep(delay)
             except redis.WatchError:
                 raise LostLock(file_id) from None
+
+
+def _open_claimed(path: Path, file: dict[str, Any]) -> int:
+    """A descriptor of the claimed file, or UnreadableFile if something else is there now."""
+    expect = None
+    if file.get("file_key"):
+        expect = FileIdentity(file["file_key"], int(file["size_bytes"]), int(file["mtime_ns"]))
+    try:
+        fd, st = open_regular(path, expect)
+    except (ChangedFile, NotRegularFile) as exc:
+        raise UnreadableFile(f"the file in processing/ changed after it was claimed ({exc}); "
+                             "it was not read further") from None
+    if st.st_size != file["size_bytes"]:  # files claimed before identities were recorded
+        os.close(fd)
+        raise UnreadableFile(
+            f"the file in processing/ changed after it was claimed ({st.st_size} bytes, "
+            f"claimed with {file['size_bytes']}); it was not read further")
+    return fd

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from hookdrop.settings import Settings
+from hookdrop.shutdown import StopFlag
 from hookdrop.store import Store
 
 
@@ -25,16 +25,20 @@ class WorkerContext:
     store: Store
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     # Set on the first SIGTERM: finish or checkpoint the current chunk, then return.
-    stopping: threading.Event = field(default_factory=threading.Event)
+    stopping: StopFlag = field(default_factory=StopFlag)
     extras: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
 
     def close(self) -> None:
+        self.closed = True
         for extra in self.extras.values():
             close = getattr(extra, "close", None)
             if close is not None:
                 close()
         self.store.close()
         self.redis.close()
+        self.stopping.set()  # ends the thread waiting to announce a stop
+        self.stopping.close()
 
 
 _current: WorkerContext | None = None

@@ -84,9 +84,13 @@ class Delivery:
         self.client: httpx.AsyncClient | None = None
 
     def close(self) -> None:
-        if self.client is not None:
-            self.loop.run_until_complete(self.client.aclose())
+        if self.client is not None and not self.loop.is_running():
+            # Bounded: after a stop at once, connections may still wait for answers.
+            with contextlib.suppress(TimeoutError):
+                self.loop.run_until_complete(asyncio.wait_for(self.client.aclose(), 5))
             self.client = None
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()  # senders left behind by a stop at once
         self.loop.close()
 
     def run_chunk(self, file_id: int, ids: list[str]) -> dict[str, Any]:

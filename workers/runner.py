@@ -5,28 +5,28 @@ list). ``SimpleWorker`` runs jobs in the worker process itself, so the notifier'
 connections and event loop outlive each job (no fork per job).
 
 Shutdown: the first SIGTERM asks the current job to finish or checkpoint its chunk and the
-worker to stop after it; a second SIGTERM stops at once (RQ raises SystemExit).
+worker to stop after it; a second SIGTERM, a second or more later, stops at once. The signal
+handlers only set flags (see :mod:`hookdrop.shutdown`); a watcher thread logs the stop.
 """
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Mapping
-from types import FrameType
 
 import redis
 import structlog
 from rq import SimpleWorker
+from rq.exceptions import StopRequested
+from rq.worker import WorkerStatus
 
 from hookdrop import sdnotify
 from hookdrop.backoff import compute_backoff
 from hookdrop.queues import batcher_queue, notifier_queue
 from hookdrop.settings import Settings
+from hookdrop.shutdown import StopFlag, StopSignals
 from hookdrop.store import Store
+from hookdrop.supervise import Supervisor
 from workers import context
 
 log = structlog.get_logger(__name__)
@@ -36,16 +36,19 @@ WORKER_TTL = 15  # seconds without a heartbeat before RQ treats the worker as de
 
 
 class HookdropWorker(SimpleWorker):
-    """An RQ worker that also tells our jobs when a graceful stop was asked for."""
+    """An RQ worker whose stop signals only set flags, and tell our jobs to wind down."""
 
     hookdrop_context: context.WorkerContext | None = None
 
-    def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        if self.hookdrop_context is not None:
-            self.hookdrop_context.stopping.set()
-        sdnotify.notify("STOPPING=1")
-        log.info("worker.stopping", worker=self.name, signal=signum)
-        super().request_stop(signum, frame)
+    def _install_signal_handlers(self) -> None:
+        flag = self.hookdrop_context.stopping if self.hookdrop_context else StopFlag()
+        StopSignals(flag, on_first=self._stop_after_job).install()
+
+    def _stop_after_job(self) -> None:
+        """Runs inside the signal handler: flags only, no lock, no I/O."""
+        self._stop_requested = True  # RQ's loop stops after the current job
+        if self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested  # idle: leave the blocking dequeue now, as RQ itself does
 
 
 def build_context(settings: Settings, name: str | None = None) -> context.WorkerContext:
@@ -71,6 +74,15 @@ def make_worker(ctx: context.WorkerContext, kind: str) -> HookdropWorker:
     return worker
 
 
+def _announce_stop(ctx: context.WorkerContext, kind: str) -> None:
+    """Log and tell systemd once a stop was asked for (outside the signal handler)."""
+    ctx.stopping.wait()
+    if ctx.closed:
+        return
+    sdnotify.notify("STOPPING=1")
+    log.info("worker.stopping", kind=kind, worker=ctx.name)
+
+
 def _watchdog_pings(stop: threading.Event) -> None:
     interval = sdnotify.watchdog_interval()
     if interval is None:
@@ -88,6 +100,8 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
     worker = make_worker(ctx, kind)
     stop = threading.Event()
     threading.Thread(target=_watchdog_pings, args=(stop,), daemon=True).start()
+    threading.Thread(target=_announce_stop, args=(ctx, kind), daemon=True,
+                     name="hookdrop-stop").start()
     sdnotify.notify("READY=1", f"STATUS=hookdrop {kind} worker {worker.name}")
     log.info("worker.started", kind=kind, worker=worker.name)
     try:
@@ -131,55 +145,13 @@ def _wait_for_redis(ctx: context.WorkerContext) -> None:
 
 
 def run_pool(settings: Settings, kind: str, processes: int, env: Mapping[str, str]) -> int:
-    """Run ``processes`` worker processes, restart any that die, forward stop signals."""
+    """Run ``processes`` worker processes under one supervisor (one process: run it here)."""
     if processes == 1:
         run_worker(settings, kind)
         return 0
-    # Only this process talks to systemd (NotifyAccess=main): children get no NOTIFY_SOCKET.
-    child_env = sdnotify.child_environ({**env, **settings.to_environ()})
-    command = [sys.executable, "-m", "hookdrop", "worker", kind, "--processes", "1"]
-    children: dict[int, subprocess.Popen[bytes]] = {}
-    stopping = {"signals": 0}
-
-    def start(slot: int) -> None:
-        children[slot] = subprocess.Popen(command, env=child_env)
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        stopping["signals"] += 1
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    pool = Supervisor({**env, **settings.to_environ()}, stop_timeout=24 * 3600)
     for slot in range(processes):
-        start(slot)
-    sdnotify.notify("READY=1", f"STATUS=hookdrop {kind} pool of {processes}")
-    stop = threading.Event()
-    threading.Thread(target=_watchdog_pings, args=(stop,), daemon=True).start()
-    restarts: dict[int, float] = {}
-    try:
-        while True:
-            alive = 0
-            for slot, child in list(children.items()):
-                code = child.poll()
-                if code is None:
-                    alive += 1
-                    continue
-                if stopping["signals"]:
-                    continue
-                delay = min(30.0, restarts.get(slot, 0.5) * 2)
-                restarts[slot] = delay
-                log.error("worker.died", kind=kind, slot=slot, exit_code=code, restart_in=delay)
-                time.sleep(delay)
-                start(slot)
-                alive += 1
-            if stopping["signals"] and alive == 0:
-                # a child that failed while draining must not look like a clean stop
-                codes = [child.returncode for child in children.values()]
-                failed = [c for c in codes if c not in (0, -signal.SIGTERM, -signal.SIGINT)]
-                return failed[0] if failed else 0
-            time.sleep(0.2)
-    finally:
-        stop.set()
-
+        pool.add(f"{kind}-{slot + 1}", ["worker", kind, "--processes", "1"])
+    # Only this process talks to systemd (NotifyAccess=main): children get no NOTIFY_SOCKET.
+    return pool.run(on_ready=lambda: sdnotify.notify(
+        "READY=1", f"STATUS=hookdrop {kind} pool of {processes}"))

@@ -3,9 +3,9 @@
 
 -- name: insert_file
 INSERT INTO files (name, content_sha256, generation, size_bytes, layout, chunk_size, status,
-                   processing_path, claimed_by)
+                   processing_path, claimed_by, file_key, mtime_ns)
 VALUES (%(name)s, %(sha)s, %(generation)s, %(size)s, %(layout)s, %(chunk_size)s, %(status)s,
-        %(path)s, %(claimed_by)s)
+        %(path)s, %(claimed_by)s, %(file_key)s, %(mtime_ns)s)
 ON CONFLICT (content_sha256, generation) WHERE status <> 'duplicate' DO NOTHING
 RETURNING id;
 

@@ -37,14 +37,15 @@ def make_file(store: Store, count: int, *, name: str = "t.csv",
     sha = f"sha-{name}-{count}"
     row = store.one("insert_file", {
         "name": name, "sha": sha, "generation": 0, "size": 1, "layout": Jsonb({}),
-        "chunk_size": 100, "status": status, "path": "/nonexistent", "claimed_by": "t"})
+        "chunk_size": 100, "status": status, "path": "/nonexistent", "claimed_by": "t",
+        "file_key": None, "mtime_ns": None})
     assert row is not None
     file_id = int(row["id"])
     alerts = [(alert_id(sha, 0, f"u{n}", f"m{n}"), n + 2, f"u{n}", f"m{n}", None)
               for n in range(count)]
-    owned, _status = store.write_chunk(file_id=file_id, seq=1, alerts=alerts,
+    owned = store.write_chunk(file_id=file_id, seq=1, alerts=alerts,
                               errors=[(count + 2, "no user id", ",oops")], rows=count + 1,
-                              invalid=1, alerts_before=0)
+                              invalid_before=0, alerts_before=0).owned
     store.run("file_read_complete", {"id": file_id, "rows": count + 1, "invalid": 1,
                                      "alerts": count, "error": None})
     return file_id, [aid for aid, _ in owned]

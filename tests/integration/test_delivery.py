@@ -52,13 +52,13 @@ def make_file(store: Store, count: int, *,
     row = store.one("insert_file", {
         "name": "t.csv", "sha": f"sha{count}", "generation": 0, "size": 1,
         "layout": Jsonb({}), "chunk_size": 500, "status": "reading", "path": "/nonexistent",
-        "claimed_by": "t"})
+        "claimed_by": "t", "file_key": None, "mtime_ns": None})
     assert row is not None
     file_id = int(row["id"])
     alerts = [(alert_id(f"sha{count}", 0, f"u{n}", f"m{n}"), n + 2, f"u{n}", f"m{n}", extra)
               for n in range(count)]
-    owned, _status = store.write_chunk(file_id=file_id, seq=1, alerts=alerts, errors=[], rows=count,
-                              invalid=0, alerts_before=0)
+    owned = store.write_chunk(file_id=file_id, seq=1, alerts=alerts, errors=[], rows=count,
+                              invalid_before=0, alerts_before=0).owned
     store.run("file_read_complete", {"id": file_id, "rows": count, "invalid": 0,
                                      "alerts": count, "error": None})
     return file_id, [aid for aid, _ in owned]

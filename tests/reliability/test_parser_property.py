@@ -1,4 +1,4 @@
-"""Property tests for workers.parsing: one Row or RowError per record the generator wrote.
+"""Property tests for hookdrop.formats: one Row or RowError per record the generator wrote.
 
 A complement to tests/unit/test_parsing_fuzz.py, which checks clean round trips and that
 arbitrary bytes keep the position accounting straight. Here the generator writes files that
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hookdrop.errors import UnreadableFile
-from workers.parsing import Layout, Row, RowError, read_rows
+from hookdrop.formats import Layout, Row, RowError, read_rows
 
 SETTINGS = settings(
     max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]

@@ -1,4 +1,4 @@
-"""Unit tests for workers.parsing: formats, row errors, unreadable files and resuming."""
+"""Unit tests for hookdrop.formats: formats, row errors, unreadable files and resuming."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from hookdrop.errors import UnreadableFile
-from workers.parsing import (
+from hookdrop.formats import (
     DEFAULT_MAX_RECORD_BYTES,
+    Gap,
     Layout,
     Position,
     Row,
@@ -516,3 +517,74 @@ def test_closing_early_closes_the_file(tmp_path: Path) -> None:
     assert isinstance(first, Row)
     assert pos.records == 1
     reader.close()  # type: ignore[attr-defined]
+
+
+# -- hostile input: NULs, blank-line floods, endless lines --------------------------------------
+
+
+def test_nul_deep_in_a_csv_is_one_row_error_and_the_rest_goes_on(tmp_path: Path) -> None:
+    head = "user_id,message\n" + "".join(f"u{n},row {n}\n" for n in range(1000))
+    assert len(head) > 8192  # past the part that sniffing probes for binary content
+    path = write(tmp_path, head + "nul-user,bad\x00message\nlast,after the nul\n")
+    found = items(path)
+    assert len(found) == 1002
+    bad = found[1000]
+    assert isinstance(bad, RowError)
+    assert (bad.line, bad.reason) == (1002, "contains a NUL character")
+    assert "\x00" not in bad.excerpt
+    assert found[1001] == Row(1003, "last", "after the nul", None)
+
+
+@pytest.mark.parametrize("value", ['"bad\\u0000message"', '"ok", "extra": "x\\u0000"'])
+def test_nul_escape_in_json_lines_is_a_row_error(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, '{"userId": "a", "message": "fine"}\n'
+                           f'{{"userId": "b", "message": {value}}}\n'
+                           '{"userId": "c", "message": "also fine"}\n')
+    assert [(i.line, getattr(i, "reason", None)) for i in items(path)] == [
+        (1, None), (2, "contains a NUL character"), (3, None)]
+
+
+def test_a_run_of_blank_lines_is_skipped_in_bulk_and_reports_progress(tmp_path: Path) -> None:
+    path = write(tmp_path, b"user_id,message\nu1,first\n" + b"\n" * (40 << 20) + b"u2,last\n")
+    seen: list[int] = []
+    found = list(read_rows(path, sniff(path), on_progress=seen.append))
+    assert [(i.line, i.user_id) for i, _ in found if isinstance(i, Row)] == [
+        (2, "u1"), ((40 << 20) + 3, "u2")]
+    assert len(seen) >= 9  # every 4 MiB of the 40 MiB of newlines
+    assert seen == sorted(seen)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_gaps_mark_blank_runs_at_places_that_do_not_depend_on_buffering(
+    tmp_path: Path, fmt: str
+) -> None:
+    def record(n: int) -> str:
+        return f"u{n},row {n}\n" if fmt == "csv" else f'{{"userId": "u{n}", "message": "r{n}"}}\n'
+
+    blanks = "\r\n" * 700_000 + "  \n" * 300_000  # about 2.3 MB of blank lines
+    text = record(0) + blanks + record(1) + blanks + blanks + record(2)
+    path = write(tmp_path, text, f"drop.{fmt}")
+    layout = sniff(path)
+    full = list(read_rows(path, layout, gap_bytes=1 << 20))
+    gaps = [pos for item, pos in full if isinstance(item, Gap)]
+    assert len(gaps) >= 4
+    assert [i.user_id for i, _ in full if isinstance(i, Row)] == ["u0", "u1", "u2"]
+    # Resuming from any item gives exactly the rest, gaps included: a checkpoint taken at a
+    # gap replays the same chunks.
+    for k in range(len(full) - 1):
+        assert list(read_rows(path, layout, full[k][1], gap_bytes=1 << 20)) == full[k + 1:]
+
+
+def test_gzip_of_newlines_is_refused_by_sniffing_without_inflating_it(tmp_path: Path) -> None:
+    import time
+
+    member = gzip.compress(b"\n" * (1 << 20), compresslevel=9, mtime=0)
+    path = write(tmp_path, member * 2048, "bomb.csv.gz")  # 2 GiB of newlines, 2 MB as .gz
+    started = time.process_time()
+    assert "no content in the first 16 MiB" in unreadable(path)
+    assert time.process_time() - started < 2.0
+
+
+def test_a_line_that_never_ends_is_refused_by_sniffing_within_its_budget(tmp_path: Path) -> None:
+    path = write(tmp_path, b"x" * (40 << 20), "endless.csv")
+    assert "only one column" in unreadable(path)

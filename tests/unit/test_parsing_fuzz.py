@@ -1,4 +1,4 @@
-"""Property tests for workers.parsing: round trips, arbitrary bytes, and resuming anywhere."""
+"""Property tests for hookdrop.formats: round trips, arbitrary bytes, and resuming anywhere."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hookdrop.errors import UnreadableFile
-from workers.parsing import Layout, Position, Row, RowError, read_rows, sniff
+from hookdrop.formats import Layout, Position, Row, RowError, read_rows, sniff
 
 SETTINGS = settings(
     max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]

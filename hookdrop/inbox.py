@@ -1,0 +1,144 @@
+"""The inbox on disk: which names are ignored, how names are made, how files are opened.
+
+Anyone who can write into the inbox can put anything there: links, pipes, devices, names of
+255 bytes, files they keep changing. So a file is opened once, without following links and
+without blocking on a pipe, and everything after that (hashing, sniffing, reading) goes
+through that descriptor or is checked against the identity it had when it was claimed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+SEPARATOR: Final = "--"
+ERROR_SUFFIX: Final = ".error.txt"
+SUMMARY_SUFFIX: Final = ".summary.json"
+PROCESSING: Final = "processing"
+DONE: Final = "done"
+FAILED: Final = "failed"
+WORK_FOLDERS: Final = (PROCESSING, DONE, FAILED)
+# Longest name most file systems allow, in bytes.
+NAME_MAX: Final = 255
+# Room kept on every name hookdrop makes, so a note beside it still fits.
+_NOTE_ROOM: Final = max(len(ERROR_SUFFIX), len(SUMMARY_SUFFIX))
+_ELLIPSIS: Final = "~"
+IGNORED_SUFFIXES: Final = (".part", ".partial", ".tmp", ".temp", ".filepart", ".crdownload",
+                           ".swp", ".lock", "~")
+_OPEN_FLAGS: Final = (os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                      | os.O_CLOEXEC)
+
+
+def is_ignored(name: str) -> bool:
+    """Hidden files and the temp names of common transfer tools are never read."""
+    lowered = name.lower()
+    return name.startswith(".") or lowered.endswith(IGNORED_SUFFIXES)
+
+
+def safe_name(name: str) -> str:
+    """``name`` as valid UTF-8: undecodable bytes of the file system name become ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def disk_name(tag: str, name: str) -> str:
+    """``<tag>--<name>``, shortened in the middle so that it and a note beside it fit.
+
+    The original name is kept in PostgreSQL; this one only has to be unique (``tag``), fit the
+    file system's limit, and still show the start of the name and its extensions.
+    """
+    head = f"{tag}{SEPARATOR}"
+    room = NAME_MAX - _NOTE_ROOM - len(head.encode())
+    if len(name.encode("utf-8", "surrogatepass")) <= room:
+        return head + name
+    suffix = "".join(Path(name).suffixes[-2:])
+    if len(suffix.encode("utf-8", "surrogatepass")) > room // 2:
+        suffix = ""
+    stem = name[: len(name) - len(suffix)] if suffix else name
+    budget = room - len(suffix.encode("utf-8", "surrogatepass")) - len(_ELLIPSIS)
+    while len(stem.encode("utf-8", "surrogatepass")) > budget:
+        stem = stem[:-1]
+    return f"{head}{stem}{_ELLIPSIS}{suffix}"
+
+
+def original_name(disk: str) -> str:
+    """The name part of a name made by :func:`disk_name` (possibly shortened)."""
+    return disk.split(SEPARATOR, 1)[1] if SEPARATOR in disk else disk
+
+
+def note_path(final: Path, suffix: str = ERROR_SUFFIX) -> Path:
+    return final.with_name(final.name + suffix)
+
+
+def kind_of(mode: int) -> str:
+    """What a non-regular directory entry is, in words."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """Which file, and which version of it: compared before a claimed file is read."""
+
+    key: str  # "<device>:<inode>"
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(f"{st.st_dev}:{st.st_ino}", st.st_size, st.st_mtime_ns)
+
+
+class NotRegularFile(OSError):
+    """The path is a link, pipe, socket, device or directory; the message says which."""
+
+
+class ChangedFile(OSError):
+    """The file is not the one that was claimed (replaced, grown or shrunk since)."""
+
+
+def open_regular(path: Path, expect: FileIdentity | None = None) -> tuple[int, os.stat_result]:
+    """Open ``path`` for reading and return the descriptor and its stat.
+
+    A final symbolic link is not followed and a pipe does not block; anything that is not a
+    regular file raises :class:`NotRegularFile`. With ``expect``, a file whose identity differs
+    (another inode, size or modification time) raises :class:`ChangedFile`. The caller closes
+    the descriptor.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the final component is a symbolic link
+            raise NotRegularFile(f"{safe_name(path.name)} is a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"{safe_name(path.name)} is {kind_of(st.st_mode)}")
+        if expect is not None and FileIdentity.of(st) != expect:
+            raise ChangedFile(describe_change(expect, FileIdentity.of(st)))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def describe_change(expected: FileIdentity, found: FileIdentity) -> str:
+    """What differs between the file claimed and the one found, in words."""
+    if found.key != expected.key:
+        return "another file is in its place"
+    if found.size != expected.size:
+        return f"{found.size} bytes, claimed with {expected.size}"
+    return "same size, new modification time"
