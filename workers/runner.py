@@ -11,6 +11,7 @@ handlers only set flags (see :mod:`hookdrop.shutdown`); a watcher thread logs th
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Mapping
 
@@ -100,8 +101,9 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
     worker = make_worker(ctx, kind)
     stop = threading.Event()
     threading.Thread(target=_watchdog_pings, args=(stop,), daemon=True).start()
-    threading.Thread(target=_announce_stop, args=(ctx, kind), daemon=True,
-                     name="hookdrop-stop").start()
+    # With this thread's log context (the process name), copied into the new thread.
+    threading.Thread(target=contextvars.copy_context().run, args=(_announce_stop, ctx, kind),
+                     daemon=True, name="hookdrop-stop").start()
     sdnotify.notify("READY=1", f"STATUS=hookdrop {kind} worker {worker.name}")
     log.info("worker.started", kind=kind, worker=worker.name)
     try:
