@@ -149,6 +149,21 @@ def test_an_allowed_host_name_is_answered(open_settings: Settings) -> None:
         assert_refused(client.get("/files", headers={"host": "evil.example"}), 421)
 
 
+def test_behind_a_tls_proxy_on_loopback_its_https_origin_is_the_own_one(
+    open_settings: Settings,
+) -> None:
+    proxied = open_settings.replace(api_allowed_hosts=("hookdrop.example.com",))
+    headers = {
+        "host": "hookdrop.example.com",
+        "origin": "https://hookdrop.example.com",
+        **REQUEST_HEADER,
+    }
+    with serve(proxied) as api, http(api) as proxy:
+        replay = proxy.post("/dlq/replay", headers={**headers, "x-forwarded-proto": "https"})
+        assert replay.json() == {"replayed": 0, "file_id": None}
+        assert_refused(proxy.post("/dlq/replay", headers=headers), 403)  # seen as http
+
+
 # -- state changes from a page ---------------------------------------------------------------
 
 
