@@ -3,7 +3,8 @@
 Every handler is a thin shell over :mod:`hookdrop.control`; blocking calls to PostgreSQL and
 Redis run in the thread pool, each with a Store borrowed from a small pool. When
 ``HOOKDROP_API_TOKEN`` is set every path but ``/healthz`` needs ``Authorization: Bearer``;
-the status page also takes ``/?token=...`` once and keeps it in a cookie.
+the status page also takes ``/?token=...`` once and keeps it in a cookie. Requests from other
+web pages are refused by :mod:`daemon.crosssite` first.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from starlette.datastructures import Headers
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from daemon.crosssite import REQUEST_HEADER, CrossSiteGuard, HostPolicy
 from hookdrop.control import (
     BadRequest,
     Conflict,
@@ -287,7 +289,15 @@ class _Upload:
             await run_in_threadpool(self.writer.abort)
 
 
-_UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+# Declared on every state change so /docs sends it (pre-filled) from a browser.
+_REQUEST_HEADER_PARAM: dict[str, Any] = {"parameters": [{
+    "name": REQUEST_HEADER, "in": "header", "required": False,
+    "schema": {"type": "string", "default": "1"},
+    "description": "Any value. Needed without Authorization when the body is a form, "
+                   "text/plain or absent (see Cross-site protection in docs/api.md).",
+}]}
+
+_UPLOAD_BODY = {**_REQUEST_HEADER_PARAM, "requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {
         "type": "object", "required": ["file"],
@@ -384,6 +394,9 @@ def create_app(settings: Settings, store_factory: Callable[[], Store], redis: Re
     )
     app.state.hub = hub
     app.add_middleware(TokenAuth, token=settings.api_token)
+    # Added last, so it runs first: a foreign page is refused whatever its credentials.
+    app.add_middleware(CrossSiteGuard, open_paths=OPEN_PATHS,
+                       hosts=HostPolicy.build(settings.api_listen[0], settings.api_allowed_hosts))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     def error(status: int) -> Callable[[Request, Exception], Response]:
@@ -466,20 +479,23 @@ def create_app(settings: Settings, store_factory: Callable[[], Store], redis: Re
                                  headers={"cache-control": "no-cache",
                                           "x-accel-buffering": "no"})
 
-    @app.post("/files/{file_id}/pause", tags=["actions"], summary="Stop sending this file")
+    @app.post("/files/{file_id}/pause", tags=["actions"], openapi_extra=_REQUEST_HEADER_PARAM,
+              summary="Stop sending this file")
     def pause(control: ControlDep, file_id: FileId) -> Any:
         return control.pause(file_id)
 
-    @app.post("/files/{file_id}/resume", tags=["actions"], summary="Send this file again")
+    @app.post("/files/{file_id}/resume", tags=["actions"], openapi_extra=_REQUEST_HEADER_PARAM,
+              summary="Send this file again")
     def resume(control: ControlDep, file_id: FileId) -> Any:
         return control.resume(file_id)
 
-    @app.post("/files/{file_id}/cancel", tags=["actions"],
+    @app.post("/files/{file_id}/cancel", tags=["actions"], openapi_extra=_REQUEST_HEADER_PARAM,
               summary="Cancel every alert of this file not yet sent")
     def cancel(control: ControlDep, file_id: FileId) -> Any:
         return control.cancel(file_id)
 
     @app.post("/files/{file_id}/resend", tags=["actions"], status_code=201,
+              openapi_extra=_REQUEST_HEADER_PARAM,
               summary="Send a finished file again, as a new generation (new alert ids)")
     def resend(control: ControlDep, file_id: FileId) -> Any:
         return control.resend(file_id)
@@ -492,7 +508,7 @@ def create_app(settings: Settings, store_factory: Callable[[], Store], redis: Re
             limit: Limit = 100, offset: Offset = 0) -> Any:
         return control.dlq_list(status.split(","), limit, offset)
 
-    @app.post("/dlq/replay", tags=["dlq"],
+    @app.post("/dlq/replay", tags=["dlq"], openapi_extra=_REQUEST_HEADER_PARAM,
               summary="Replay DLQ / dead / rejected alerts (all, or one file's)")
     def replay(control: ControlDep,
                file_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,

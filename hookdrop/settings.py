@@ -104,6 +104,26 @@ def _listen(value: str) -> tuple[str, int]:
     return match.group(1) or "127.0.0.1", port
 
 
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """``name``, ``name:port``, ``[v6]`` or ``[v6]:port`` as (lowercase name, port), or None."""
+    match = re.fullmatch(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::(\d{1,5}))?", value.strip().lower())
+    if not match:
+        return None
+    port = int(match.group(2)) if match.group(2) else None
+    if port is not None and port > 65535:
+        return None
+    return match.group(1).strip("[]"), port
+
+
+def _hosts(value: str) -> tuple[str, ...]:
+    hosts = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+    for host in hosts:
+        if split_host(host) is None:
+            raise ValueError(f"{host!r} is not a host name or host:port (no scheme, no path; "
+                             "IPv6 in brackets)")
+    return hosts
+
+
 def _prefix(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", value):
         raise ValueError("use 1 to 40 letters, digits, '_', '.' or '-'")
@@ -138,6 +158,9 @@ SETTINGS: tuple[Spec, ...] = (
          "host:port of the daemon's HTTP API and status page.", _listen),
     Spec("api_token", "HOOKDROP_API_TOKEN", "--api-token",
          "Bearer token the HTTP API requires; mandatory when it listens beyond loopback.", str),
+    Spec("api_allowed_hosts", "HOOKDROP_API_ALLOWED_HOSTS", "--api-allowed-hosts",
+         "Comma-separated Host names (name or name:port) the HTTP API answers besides its "
+         "listen address, e.g. a reverse proxy's name.", _hosts),
     Spec("redis_url", "REDIS_URL", "--redis-url",
          "Redis server (queues, progress, flags). Unset: an embedded one is started.", _redis_url),
     Spec("database_url", "DATABASE_URL", "--database-url",
@@ -194,6 +217,7 @@ class Settings:
     state_dir: Path = _DEFAULT_STATE
     api_listen: tuple[str, int] = ("127.0.0.1", 8425)
     api_token: str | None = None
+    api_allowed_hosts: tuple[str, ...] = ()
     redis_url: str | None = None
     database_url: str | None = None
     key_prefix: str = "hookdrop"
@@ -270,11 +294,13 @@ class Settings:
         env: dict[str, str] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value is None:
+            if value is None or value == ():
                 continue
             spec = _BY_FIELD[field.name]
             if field.name == "api_listen":
                 value = f"{value[0]}:{value[1]}"
+            elif field.name == "api_allowed_hosts":
+                value = ",".join(value)
             env[spec.env] = str(value)
         return env
 

@@ -25,6 +25,7 @@ from hookdrop.store import Store
 from tests.integration.test_control import make_file
 
 TOKEN = "test-token-0123456789"
+REQUEST_HEADER = {"x-hookdrop-request": "1"}
 
 
 def closed_port() -> int:
@@ -77,7 +78,7 @@ def test_every_path_but_healthz_needs_the_token(anonymous: httpx.Client) -> None
         assert response.headers["www-authenticate"] == "Bearer"
     wrong = anonymous.get("/files", headers={"authorization": "Bearer nope"})
     assert wrong.status_code == 401
-    assert anonymous.post("/files/1/pause").status_code == 401
+    assert anonymous.post("/files/1/pause", headers=REQUEST_HEADER).status_code == 401
 
 
 def test_status_page_takes_the_token_once_and_keeps_a_cookie(anonymous: httpx.Client) -> None:
@@ -119,7 +120,7 @@ def test_readyz_is_503_naming_redis_when_redis_is_down(asettings: Settings) -> N
 
     async def probe() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
             return await c.get("/readyz", headers={"authorization": f"Bearer {TOKEN}"})
 
     try:
@@ -357,7 +358,7 @@ def test_upload_past_the_size_limit_is_413_and_leaves_nothing(asettings: Setting
     async def upload() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         headers = {"authorization": f"Bearer {TOKEN}"}
-        async with httpx.AsyncClient(transport=transport, base_url="http://api",
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost",
                                      headers=headers) as c:
 
             async def streamed() -> Iterator[bytes]:  # type: ignore[misc]

@@ -33,6 +33,8 @@ def test_environment_and_flags_build_the_settings(tmp_path: Path) -> None:
     ({"HOOKDROP_SIGNING_SECRET": "hunter2"}, "HOOKDROP_SIGNING_SECRET"),
     ({"HOOKDROP_API_LISTEN": "everywhere"}, "HOOKDROP_API_LISTEN"),
     ({"HOOKDROP_LOG_FORMAT": "xml"}, "HOOKDROP_LOG_FORMAT"),
+    ({"HOOKDROP_API_ALLOWED_HOSTS": "https://proxy.example"}, "HOOKDROP_API_ALLOWED_HOSTS"),
+    ({"HOOKDROP_API_ALLOWED_HOSTS": "a.example, ::1"}, "HOOKDROP_API_ALLOWED_HOSTS"),
 ])
 def test_a_bad_value_is_refused_with_the_setting_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as raised:
@@ -55,9 +57,15 @@ def test_listening_beyond_loopback_needs_a_token() -> None:
     assert settings.api_listen == ("0.0.0.0", 8425)
 
 
+def test_allowed_hosts_are_a_comma_separated_list_of_names() -> None:
+    settings = Settings.load({"HOOKDROP_API_ALLOWED_HOSTS": " Proxy.Example ,[::1]:8443,,x:80"})
+    assert settings.api_allowed_hosts == ("proxy.example", "[::1]:8443", "x:80")
+    assert Settings.load({}).api_allowed_hosts == ()
+
+
 def test_settings_round_trip_through_the_environment(tmp_path: Path) -> None:
     settings = Settings(inbox=tmp_path, rate_limit=12.5, signing_secret=SECRET,
-                        api_listen=("::1", 9000))
+                        api_listen=("::1", 9000), api_allowed_hosts=("a.example", "b:8443"))
     assert Settings.load(settings.to_environ()) == settings
 
 
