@@ -428,3 +428,54 @@ def test_after_each_hostile_file_a_good_file_arrives_promptly_and_nothing_restar
     for name in ("monitor", "batcher", "notifier"):
         assert fleet.event_names(name)["process.died"] == 0
     assert "leak-1" not in received_users(mock)
+
+
+# -- web pages ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", [None, "a-long-enough-api-token-0123456789"])
+def test_a_web_page_cannot_drive_the_running_daemon_s_api(
+    tmp_path: Path, redis_url: str, database_url: str, mock: Mock, store: Store,
+    fleet_factory: Callable[[Settings], Fleet], token: str | None,
+) -> None:
+    import httpx
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect as ws_connect
+    from websockets.typing import Origin
+
+    settings = chaos_settings(tmp_path, redis_url=redis_url, database_url=database_url,
+                              webhook_url=mock.url + "/hook").replace(api_token=token)
+    fleet = fleet_factory(settings)
+    fleet.start("monitor", "monitor")
+    fleet.start("batcher", "worker", "batcher")
+    fleet.start("notifier", "worker", "notifier")
+    wait_for(settings.processing_dir.exists, timeout=30, what="monitor ready")
+    _good, users = good_file(settings, "web")
+    wait_received(mock, users)
+    done = wait_for(lambda: (r := file_row(store, "good-web.csv")) and r["status"] == "done"
+                    and r, timeout=30, what="good-web.csv done")
+    port = settings.api_listen[1]
+    base = f"http://127.0.0.1:{port}"
+    evil = "http://127.0.0.1:9"  # another local port: another origin
+    with httpx.Client(base_url=base, timeout=10) as client:
+        if token:  # the operator's browser holds the cookie; every page's request carries it
+            assert client.get("/", params={"token": token}).status_code in (200, 303)
+            assert client.cookies
+        rebound = client.get("/files", headers={"host": f"evil.example:{port}"})
+        assert rebound.status_code == 421
+        text = client.post("/files", params={"name": "x.csv"}, content=b"user_id,message\n"
+                           b"web-evil,from a page\n", headers={"content-type": "text/plain"})
+        form = client.post(f"/files/{done['id']}/resend", data={"a": "b"},
+                           headers={"origin": evil})
+        replay = client.post("/dlq/replay", headers={"origin": evil, "x-hookdrop-request": "1"})
+        assert (text.status_code, form.status_code, replay.status_code) == (403, 403, 403)
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(f"ws://127.0.0.1:{port}/ws", origin=Origin(evil),
+                   additional_headers={"cookie": cookie} if cookie else None, open_timeout=10)
+    assert refused.value.response.status_code == 403
+    assert not (settings.inbox / "x.csv").exists()
+    with store.transaction() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM files").fetchone()["n"] == 1  # no resend
+    assert "web-evil" not in received_users(mock)
+    assert fleet.dead() == {}
