@@ -28,11 +28,13 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from daemon.claim import Claimer, ClaimInterrupted, ensure_dirs
+from daemon.claim import Claimer
 from daemon.readiness import ReadinessTracker
 from daemon.recovery import Recovery
+from hookdrop.connections import connect_store
 from hookdrop.errors import QueueUnavailable, StoreUnavailable
 from hookdrop.inbox import WORK_FOLDERS, is_ignored
+from hookdrop.intake import ClaimInterrupted, ensure_dirs
 from hookdrop.settings import Settings
 from hookdrop.shutdown import StopFlag
 from hookdrop.store import Store
@@ -133,8 +135,7 @@ class Monitor:
         self.on_stopping = on_stopping
         self.claims = ClaimPool(
             settings, conn, self.name, self.stopping,
-            store_factory or (lambda: Store(settings.database_url or "",
-                                            application_name="hookdrop-monitor")))
+            store_factory or (lambda: connect_store(settings, name="hookdrop-monitor")))
         self._last: dict[str, float] = {}
         self._claims: dict[Path, Future[object]] = {}
         self._adoption: Future[object] | None = None
@@ -234,7 +235,7 @@ class Monitor:
             return
         if isinstance(error, ClaimInterrupted):
             return
-        if isinstance(error, (StoreUnavailable, QueueUnavailable, redis.RedisError)):
+        if isinstance(error, (StoreUnavailable, QueueUnavailable)):
             log.warning("monitor.dependency_unavailable", error=str(error), name=path.name)
             return  # still in the inbox (or in processing/, adopted later): tried again
         # A fault of ours with this one file: say so loudly, and do not retry it until it
@@ -261,8 +262,7 @@ class Monitor:
                 try:
                     self.step()
                     failures = 0
-                except (StoreUnavailable, QueueUnavailable, redis.ConnectionError,
-                        redis.TimeoutError) as exc:
+                except (StoreUnavailable, QueueUnavailable) as exc:
                     failures += 1
                     log.warning("monitor.dependency_unavailable", error=str(exc),
                                 failures=failures)

@@ -15,11 +15,11 @@ from pathlib import Path
 import redis
 import structlog
 
-from daemon.claim import write_error_note
 from hookdrop.inbox import disk_name
+from hookdrop.intake import write_error_note
 from hookdrop.queues import enqueue_deliveries, enqueue_read, notifier_queue
 from hookdrop.settings import Settings
-from hookdrop.store import Store
+from hookdrop.store import AlertRef, FileStatus, Store
 
 log = structlog.get_logger(__name__)
 
@@ -37,16 +37,16 @@ class Recovery:
         """Rebuild Redis from PostgreSQL if it lost its data; True when a rebuild ran."""
         if not self.redis.set(self.keys.epoch, uuid.uuid4().hex, nx=True):
             return False
-        files = self.store.run("active_files")
+        files = self.store.active_files()
         for file in files:
-            self.rebuild_file(int(file["id"]), bool(file["read_complete"]))
+            self.rebuild_file(file.id, file.read_complete)
         if files:
             log.warning("redis.rebuilt", files=len(files))
         return True
 
     def rebuild_file(self, file_id: int, read_complete: bool) -> None:
         """Queue everything still open for one file, from PostgreSQL (and processing/)."""
-        ids = [row["id"] for row in self.store.run("open_alert_ids", {"file_id": file_id})]
+        ids = self.store.open_alert_ids(file_id)
         enqueue_deliveries(self.redis, self.keys, file_id, ids, self.settings.chunk_size)
         if not read_complete:
             self.redis.delete(self.keys.checkpoint(file_id))
@@ -55,10 +55,10 @@ class Recovery:
     def requeue_stalled_reads(self) -> int:
         """Files waiting to be read with no batcher on them and no read job queued."""
         count = 0
-        for file in self.store.run("active_files"):
-            if file["read_complete"] or file["status"] not in ("claimed", "reading"):
+        for file in self.store.active_files():
+            if file.read_complete or file.status not in (FileStatus.CLAIMED, FileStatus.READING):
                 continue
-            file_id = int(file["id"])
+            file_id = file.id
             if self.redis.exists(self.keys.reading(file_id), self.keys.read_queued(file_id)):
                 continue
             log.warning("file.read_requeued", file_id=file_id)
@@ -72,9 +72,8 @@ class Recovery:
 
     def requeue_expired_leases(self) -> int:
         """Alerts held by a notifier that died: hand them to the queue again."""
-        self.store.run("cancel_leftovers")  # those of cancelled files end here instead
-        rows = self.store.run("take_expired_leases",
-                              {"lease": self.settings.lease_seconds, "limit": BATCH})
+        self.store.cancel_leftovers()  # those of cancelled files end here instead
+        rows = self.store.take_expired_leases(lease=self.settings.lease_seconds, limit=BATCH)
         self._enqueue_grouped(rows)
         if rows:
             log.warning("alert.lease_expired", alerts=len(rows))
@@ -88,8 +87,7 @@ class Recovery:
         """
         if notifier_queue(self.redis, self.keys).count:
             return 0
-        rows = self.store.run("orphaned_pending",
-                              {"age": self.settings.lease_seconds, "limit": BATCH})
+        rows = self.store.orphaned_pending(age=self.settings.lease_seconds, limit=BATCH)
         self._enqueue_grouped(rows)
         if rows:
             log.warning("alert.orphan_requeued", alerts=len(rows))
@@ -99,44 +97,44 @@ class Recovery:
         """Send DLQ entries whose time has come, unless the receiver asked us to hold off."""
         if self.redis.exists(self.keys.backpressure):
             return 0
-        rows = self.store.run("take_due_dlq",
-                              {"interval": self.settings.dlq_interval, "limit": BATCH})
+        rows = self.store.take_due_dlq(interval=self.settings.dlq_interval, limit=BATCH)
         self._enqueue_grouped(rows)
         if rows:
             log.info("dlq.reinjected", alerts=len(rows))
         return len(rows)
 
-    def _enqueue_grouped(self, rows: list[dict[str, object]]) -> None:
+    def _enqueue_grouped(self, rows: list[AlertRef]) -> None:
         by_file: dict[int, list[str]] = defaultdict(list)
         for row in rows:
-            by_file[int(row["file_id"])].append(str(row["id"]))  # type: ignore[call-overload]
+            by_file[row.file_id].append(row.id)
         for file_id, ids in by_file.items():
             enqueue_deliveries(self.redis, self.keys, file_id, ids, self.settings.chunk_size)
 
     def finish_files(self) -> int:
         """Files whose alerts all reached an end state: mark them and move them out."""
-        finished = self.store.run("finish_files")
+        finished = self.store.finish_files()
         for row in finished:
-            self.redis.delete(self.keys.checkpoint(int(row["id"])))
-            log.info("file.finished", file_id=row["id"], name=row["name"])
+            self.redis.delete(self.keys.checkpoint(row.id))
+            log.info("file.finished", file_id=row.id, name=row.name)
         self.move_finished()
         return len(finished)
 
     def move_finished(self) -> None:
-        for row in self.store.run("files_to_move"):
-            source = Path(row["processing_path"])
-            folder = self.settings.done_dir if row["status"] == "done" else self.settings.failed_dir
-            final = folder / disk_name(str(row["id"]), row["name"])
+        for row in self.store.files_to_move():
+            source = Path(row.processing_path)
+            folder = (self.settings.done_dir if row.status == FileStatus.DONE
+                      else self.settings.failed_dir)
+            final = folder / disk_name(str(row.id), row.name)
             try:
                 os.rename(source, final)
             except FileNotFoundError:
                 if not final.exists():
                     # Gone from processing/ (removed by hand): say so once, and stop looking.
-                    log.error("file.missing", file_id=row["id"], path=str(source))
-                    self.store.run("set_final_path", {"id": row["id"], "final_path": ""})
+                    log.error("file.missing", file_id=row.id, path=str(source))
+                    self.store.set_final_path(row.id, "")
                     continue
-            if row["status"] == "failed":
-                file = self.store.one("get_file", {"id": row["id"]})
-                write_error_note(final, str(file and file["error"]))
-            self.store.run("set_final_path", {"id": row["id"], "final_path": str(final)})
-            log.info("file.moved", file_id=row["id"], to=str(final))
+            if row.status == FileStatus.FAILED:
+                file = self.store.get_file(row.id)
+                write_error_note(final, str(file and file.error))
+            self.store.set_final_path(row.id, str(final))
+            log.info("file.moved", file_id=row.id, to=str(final))

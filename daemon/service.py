@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import time
 
-import redis
-
 from daemon.api import run_api_in_thread
 from daemon.monitor import Monitor
 from hookdrop import sdnotify
+from hookdrop.connections import connect_redis, connect_store
 from hookdrop.settings import Settings
 from hookdrop.shutdown import StopFlag, StopSignals
-from hookdrop.store import Store
 
 
 def run_monitor(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT: the first stops claiming and ends the loop, a second one (a
     second or more later) stops at once."""
-    conn = redis.Redis.from_url(settings.redis_url, health_check_interval=30)  # type: ignore[arg-type]
-    store = Store(settings.database_url, application_name="hookdrop-monitor")  # type: ignore[arg-type]
+    conn = connect_redis(settings, name="hookdrop-monitor")
+    store = connect_store(settings, name="hookdrop-monitor")
     watchdog_every = sdnotify.watchdog_interval()
     last_ping = [0.0]
     stopping = StopFlag()

@@ -98,7 +98,7 @@ def scenario_unlimited(settings: Settings, *, rows: int, notifiers: int,
     ours = stats["unique"] / max(last - first, 1e-6)
     return {
         "rows": rows, "notifiers": notifiers, "delivered": stats["unique"],
-        "duplicates": stats["duplicates"], "missed": int(file["alerts_total"]) - stats["unique"],
+        "duplicates": stats["duplicates"], "missed": file.alerts_total - stats["unique"],
         "deliveries_per_s": round(ours, 1),
         "bare_sender_per_s": round(bare.per_second, 1),
         "ratio_to_bare": round(ours / bare.per_second, 3) if bare.per_second else None,
@@ -189,8 +189,8 @@ def scenario_large(settings: Settings, *, rows: int, seconds: float,
             rss.append(proc.memory_info().rss / 2**20)
             redis_mem.append(int(conn.info("memory")["used_memory"]) / 2**20)
             row = stack.file_row(drop.path.name)
-            read = int(row["rows_total"]) if row else 0
-            if row is not None and row["status"] in ("done", "failed"):
+            read = row.rows_total if row else 0
+            if row is not None and row.status in ("done", "failed"):
                 break
             time.sleep(0.5)
         conn.close()

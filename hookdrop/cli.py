@@ -67,7 +67,7 @@ def connect(settings: Settings, *, migrate: bool = False) -> Settings:
 
 
 def check_inbox(settings: Settings) -> None:
-    from daemon.claim import ensure_dirs
+    from hookdrop.intake import ensure_dirs
 
     try:
         ensure_dirs(settings)

@@ -1,7 +1,7 @@
 """Operator commands of the ``hookdrop`` CLI: status, files, results, DLQ, replay, resend,
 send, pause / resume / cancel.
 
-They talk to Redis and PostgreSQL directly through :mod:`hookdrop.control` (no API needed);
+They talk to Redis and PostgreSQL directly through :mod:`hookdrop.ops` (no API needed);
 ``send`` only writes into the inbox. Registered on the main group by :func:`register`.
 """
 
@@ -154,17 +154,14 @@ def register(cli: click.Group) -> None:
 
     @contextmanager
     def control_for(settings: Settings) -> Iterator[Any]:
-        import redis
-
-        from hookdrop.control import Control
-        from hookdrop.store import Store
+        from hookdrop.connections import connect_redis, connect_store
+        from hookdrop.ops import Control
 
         quiet = settings.replace(log_level="warning") if settings.log_level == "info" else settings
         configure_logs(quiet, "cli")
         settings = connect(settings)
-        conn = redis.Redis.from_url(settings.redis_url)  # type: ignore[arg-type]
-        store = Store(settings.database_url,  # type: ignore[arg-type]
-                      application_name="hookdrop-cli")
+        conn = connect_redis(settings, name="hookdrop-cli")
+        store = connect_store(settings, name="hookdrop-cli")
         try:
             yield Control(settings, store, conn)
         finally:
@@ -322,7 +319,7 @@ def register(cli: click.Group) -> None:
     @with_settings
     def send(settings: Settings, path: Path, name: str | None) -> None:
         """Drop FILE into the inbox atomically (hidden temp file, fsync, rename)."""
-        from hookdrop.control import send as send_file
+        from hookdrop.ops import send as send_file
 
         if not settings.inbox.is_dir():
             raise ConfigError(f"HOOKDROP_INBOX={settings.inbox}: no such folder")

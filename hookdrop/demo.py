@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hookdrop.harness import Stack
 from hookdrop.settings import Settings
+from hookdrop.store import FileRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,16 +29,16 @@ class Summary:
     ok: bool
 
 
-def summarise(rows: int, file: dict[str, Any], stats: dict[str, Any], *, complete_at: float,
+def summarise(rows: int, file: FileRow, stats: dict[str, Any], *, complete_at: float,
               first_seen: float | None, finished: float) -> Summary:
     unique = int(stats["unique"])
-    alerts = int(file["alerts_total"])
+    alerts = file.alerts_total
     missed = max(0, alerts - unique)
     duplicates = int(stats["duplicates"])
     window = finished - (first_seen or complete_at)
     return Summary(
         rows=rows, alerts=alerts, delivered=unique, missed=missed, duplicates=duplicates,
-        invalid=int(file["rows_invalid"]), seconds=round(finished - complete_at, 2),
+        invalid=file.rows_invalid, seconds=round(finished - complete_at, 2),
         first_webhook_seconds=round(first_seen - complete_at, 3) if first_seen else None,
         deliveries_per_second=round(unique / window, 1) if window > 0 else 0.0,
         ok=missed == 0 and duplicates == 0 and unique == rows,
@@ -60,18 +61,18 @@ def run_demo(settings: Settings, *, rows: int, notifiers: int, as_json: bool,
             read = progress.add_task("read     ", total=rows, rate="")
             sent = progress.add_task("delivered", total=rows, rate="")
 
-            def update(file: dict[str, Any] | None, stats: dict[str, Any] | None) -> None:
+            def update(file: FileRow | None, stats: dict[str, Any] | None) -> None:
                 if stats and stats.get("accepted") and not first_seen:
                     first_seen.append(time.time())
                 if file is not None:
-                    progress.update(read, completed=int(file["rows_total"]))
+                    progress.update(read, completed=file.rows_total)
                 if stats:
                     progress.update(sent, completed=int(stats["unique"]),
                                     rate=f"{stats.get('rate_1s', 0):,}/s")
 
             file = stack.wait_done(drop.path.name, timeout=timeout, progress=update)
             finished = time.time()
-        stats = stack.mock.wait_until(lambda s: s["unique"] >= file["delivered"], timeout=10,
+        stats = stack.mock.wait_until(lambda s: s["unique"] >= file.delivered, timeout=10,
                                       per_user=False)
         summary = summarise(rows, file, stats, complete_at=drop.complete_at,
                             first_seen=first_seen[0] if first_seen else None, finished=finished)

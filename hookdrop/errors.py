@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis
+
 
 class HookdropError(Exception):
     """Base of every error hookdrop raises on purpose."""
@@ -19,8 +21,12 @@ class StoreError(HookdropError):
     """PostgreSQL refused a statement (not an outage): retrying the same will not help."""
 
 
-class QueueUnavailable(HookdropError):
-    """Redis cannot be reached right now; the caller pauses and retries."""
+class QueueUnavailable(HookdropError, redis.ConnectionError):
+    """Redis cannot be reached right now; the caller pauses and retries.
+
+    Also a ``redis.ConnectionError``, so library code that waits out a lost connection (RQ's
+    dequeue loop) still does when the client maps the error to this one.
+    """
 
 
 class UnreadableFile(HookdropError):

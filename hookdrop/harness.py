@@ -21,8 +21,9 @@ import httpx
 import psycopg
 import redis
 
+from hookdrop.connections import connect_store
 from hookdrop.settings import Settings
-from hookdrop.store import Store
+from hookdrop.store import FileRow, FileStatus
 from hookdrop.supervise import Supervisor
 from notifier_mock import MockClient
 
@@ -66,6 +67,9 @@ def write_alert_file(path: Path, rows: int, *, run: str, fmt: str = "csv") -> in
     return rows
 
 
+FINISHED = (FileStatus.DONE, FileStatus.FAILED, FileStatus.CANCELLED)
+
+
 class Stack:
     """Mock receiver + monitor + batcher + notifiers, started and stopped together."""
 
@@ -107,7 +111,7 @@ class Stack:
         self.supervisor.add("batcher", ["worker", "batcher"])
         self.supervisor.add("notifier", ["worker", "notifier", "--processes", str(notifiers)])
         self.mock = MockClient(f"http://127.0.0.1:{self.mock_port}")
-        self.store = Store(self.settings.database_url or "", application_name="hookdrop-harness")
+        self.store = connect_store(self.settings, name="hookdrop-harness")
 
     def start(self, *, timeout: float = 60) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -157,21 +161,17 @@ class Stack:
         os.rename(temp, final)  # same filesystem: an atomic appearance in the inbox
         return Drop(final, rows, rows, time.time())
 
-    def file_row(self, name: str) -> dict[str, Any] | None:
-        with self.store.transaction() as conn:
-            return conn.execute(
-                "SELECT * FROM files WHERE name = %s AND status <> 'duplicate'"
-                " AND processing_path LIKE %s ORDER BY id DESC LIMIT 1",
-                (name, f"{self.settings.processing_dir}/%")).fetchone()
+    def file_row(self, name: str) -> FileRow | None:
+        return self.store.latest_file_named(name, self.settings.processing_dir)
 
     def wait_done(
         self,
         name: str,
         *,
         timeout: float,
-        progress: Callable[[dict[str, Any] | None, dict[str, Any] | None], None] | None = None,
+        progress: Callable[[FileRow | None, dict[str, Any] | None], None] | None = None,
         every: float = 0.25,
-    ) -> dict[str, Any]:
+    ) -> FileRow:
         """Wait until the file is finished; ``progress(file_row, mock_stats)`` on each poll."""
         deadline = time.monotonic() + timeout
         while True:
@@ -180,7 +180,7 @@ class Stack:
             stats = self.mock_stats() if self.with_mock else None
             if progress is not None:
                 progress(row, stats)
-            if row is not None and row["status"] in ("done", "failed", "cancelled"):
+            if row is not None and row.status in FINISHED:
                 return row
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} not finished after {timeout}s; see {self.logs}")

@@ -34,12 +34,12 @@ import redis
 import structlog
 
 from hookdrop.alerts import alert_id
-from hookdrop.backoff import compute_backoff
-from hookdrop.errors import UnreadableFile
+from hookdrop.errors import QueueUnavailable, UnreadableFile
 from hookdrop.formats import Gap, Item, Layout, Position, RowError, read_rows
 from hookdrop.inbox import ChangedFile, FileIdentity, NotRegularFile, open_regular
 from hookdrop.queues import notifier_jobs, notifier_queue
-from hookdrop.store import TERMINAL, retry_while_unavailable
+from hookdrop.retry import retrying
+from hookdrop.store import TERMINAL, AlertInput, FileRow, FileStatus
 from workers import context
 
 log = structlog.get_logger(__name__)
@@ -122,7 +122,7 @@ class Batcher:
             if self.redis.get(key) != self.token.encode():
                 raise LostLock(file_id)
             self.redis.pexpire(key, self.lock_ttl_ms)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except QueueUnavailable as exc:
             # the checkpoint transaction will wait for Redis and check the lock itself
             log.warning("redis.unavailable", action="renew read lock", error=str(exc))
             return
@@ -139,7 +139,7 @@ class Batcher:
                     pipe.execute()
         except redis.WatchError:
             pass  # someone else holds it now: nothing of ours to release
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except QueueUnavailable as exc:
             # the lock expires by itself; recovery then re-queues the file if it is unfinished
             log.warning("redis.unavailable", action="release read lock", error=str(exc))
 
@@ -151,12 +151,10 @@ class Batcher:
             bound.info("batch.already_reading")
             return {"file_id": file_id, "skipped": "another batcher is reading this file"}
         try:
-            file = retry_while_unavailable(
-                lambda: self.store.one("get_file", {"id": file_id}), what="load file",
-                stop=self.ctx.stopping.is_set,
-            )
-            if file is None or file["status"] not in ("claimed", "reading"):
-                bound.info("batch.nothing_to_read", status=file and file["status"])
+            file = retrying(lambda: self.store.get_file(file_id), what="load file",
+                            stop=self.ctx.stopping.is_set)
+            if file is None or file.status not in (FileStatus.CLAIMED, FileStatus.READING):
+                bound.info("batch.nothing_to_read", status=file and file.status)
                 return {"file_id": file_id, "skipped": "not waiting to be read"}
             return self._read(file, bound)
         except LostLock:
@@ -168,18 +166,21 @@ class Batcher:
         finally:
             self._release(file_id)
 
-    def _read(self, file: dict[str, Any], bound: Any) -> dict[str, Any]:
-        file_id = int(file["id"])
-        ckpt = Checkpoint.load(self.redis.hgetall(self.keys.checkpoint(file_id)))  # type: ignore[arg-type]
-        layout = layout_from_json(file["layout"])
-        path = Path(file["processing_path"])
+    def _read(self, file: FileRow, bound: Any) -> dict[str, Any]:
+        file_id = file.id
+        saved: dict[bytes, bytes] = retrying(
+            lambda: self.redis.hgetall(self.keys.checkpoint(file_id)),  # type: ignore[arg-type]
+            what="load checkpoint", stop=self.ctx.stopping.is_set)
+        ckpt = Checkpoint.load(saved)
+        layout = layout_from_json(file.layout or {})
+        path = Path(file.processing_path or "")
         started = time.monotonic()
         bound.info("batch.started", resume_at=ckpt.records, offset=ckpt.offset)
         error: str | None = None
         try:
             fd = _open_claimed(path, file)
             try:
-                for records in self._chunks(fd, layout, ckpt.position(), file["chunk_size"],
+                for records in self._chunks(fd, layout, ckpt.position(), file.chunk_size,
                                             file_id):
                     if self.ctx.stopping.is_set():
                         bound.info("batch.interrupted", records=ckpt.records)
@@ -198,13 +199,10 @@ class Batcher:
         except OSError as exc:
             error = f"the file cannot be read: {exc.strerror or exc}"
             bound.error("batch.read_failed", path=str(path), error=error)
-        retry_while_unavailable(
-            lambda: self.store.run("file_read_complete", {
-                "id": file_id, "rows": ckpt.records, "invalid": ckpt.invalid,
-                "alerts": ckpt.alerts, "error": error,
-            }),
-            what="finish file",
-        )
+        retrying(lambda: self.store.finish_read(file_id, rows=ckpt.records,
+                                                invalid=ckpt.invalid, alerts=ckpt.alerts,
+                                                error=error),
+                 what="finish file")
         elapsed = time.monotonic() - started
         bound.info("batch.read_complete", records=ckpt.records, alerts=ckpt.alerts,
                    invalid=ckpt.invalid, seconds=round(elapsed, 3))
@@ -245,26 +243,17 @@ class Batcher:
 
     def _queued(self) -> int:
         """Notifier jobs waiting; while Redis is away, wait for it rather than fail."""
-        attempt = 0
-        while True:
-            try:
-                return int(self.queue.count)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                attempt += 1
-                delay = compute_backoff(attempt, base=0.5, cap=10)
-                log.warning("redis.unavailable", action="queue depth", error=str(exc),
-                            retry_in=round(delay, 2))
-                time.sleep(delay)
+        return retrying(lambda: int(self.queue.count), what="queue depth")
 
     def _commit_chunk(
         self,
-        file: dict[str, Any],
+        file: FileRow,
         items: list[tuple[Item, Position]],
         ckpt: Checkpoint,
     ) -> Checkpoint:
-        file_id = int(file["id"])
-        sha, generation = file["content_sha256"], file["generation"]
-        alerts: dict[str, tuple[str, int, str, str, dict[str, object] | None]] = {}
+        file_id = file.id
+        sha, generation = file.content_sha256, file.generation
+        alerts: dict[str, AlertInput] = {}
         errors: list[tuple[int, str, str]] = []
         records = 0
         for record, _pos in items:
@@ -284,7 +273,7 @@ class Batcher:
             self._enqueue_with_checkpoint(file_id, [], new)
             return new
         seq = ckpt.seq + 1
-        written = retry_while_unavailable(
+        written = retrying(
             lambda: self.store.write_chunk(
                 file_id=file_id, seq=seq, alerts=list(alerts.values()), errors=errors,
                 rows=ckpt.records + records, invalid_before=ckpt.invalid,
@@ -297,7 +286,7 @@ class Batcher:
         new = Checkpoint(offset=last.offset, line=last.line, records=last.records, seq=seq,
                          alerts=ckpt.alerts + len(written.owned),
                          invalid=ckpt.invalid + len(errors) + written.refused)
-        if written.file_status == "cancelled":
+        if written.file_status == FileStatus.CANCELLED:
             raise FileCancelled(file_id)
         to_send = [aid for aid, state in written.owned if state not in TERMINAL]
         self._enqueue_with_checkpoint(file_id, to_send, new)
@@ -306,8 +295,8 @@ class Batcher:
     def _enqueue_with_checkpoint(self, file_id: int, ids: list[str], new: Checkpoint) -> None:
         """One MULTI/EXEC: the chunk's notifier jobs and the checkpoint past it."""
         lock_key = self.keys.reading(file_id)
-        attempt = 0
-        while True:
+
+        def commit() -> None:
             try:
                 with self.redis.pipeline(transaction=True) as pipe:
                     pipe.watch(lock_key)
@@ -322,31 +311,26 @@ class Batcher:
                     pipe.hset(self.keys.checkpoint(file_id), mapping=new.mapping())
                     pipe.pexpire(lock_key, self.lock_ttl_ms)
                     pipe.execute()
-                    self._renewed = time.monotonic()
-                    return
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                attempt += 1
-                delay = compute_backoff(attempt, base=0.5, cap=10)
-                log.warning("redis.unavailable", action="checkpoint", error=str(exc),
-                            retry_in=round(delay, 2))
-                time.sleep(delay)
             except redis.WatchError:
                 raise LostLock(file_id) from None
 
+        retrying(commit, what="checkpoint")
+        self._renewed = time.monotonic()
 
-def _open_claimed(path: Path, file: dict[str, Any]) -> int:
+
+def _open_claimed(path: Path, file: FileRow) -> int:
     """A descriptor of the claimed file, or UnreadableFile if something else is there now."""
     expect = None
-    if file.get("file_key"):
-        expect = FileIdentity(file["file_key"], int(file["size_bytes"]), int(file["mtime_ns"]))
+    if file.file_key is not None and file.mtime_ns is not None:
+        expect = FileIdentity(file.file_key, file.size_bytes, file.mtime_ns)
     try:
         fd, st = open_regular(path, expect)
     except (ChangedFile, NotRegularFile) as exc:
         raise UnreadableFile(f"the file in processing/ changed after it was claimed ({exc}); "
                              "it was not read further") from None
-    if st.st_size != file["size_bytes"]:  # files claimed before identities were recorded
+    if st.st_size != file.size_bytes:  # files claimed before identities were recorded
         os.close(fd)
         raise UnreadableFile(
             f"the file in processing/ changed after it was claimed ({st.st_size} bytes, "
-            f"claimed with {file['size_bytes']}); it was not read further")
+            f"claimed with {file.size_bytes}); it was not read further")
     return fd

@@ -24,14 +24,13 @@ from typing import Any
 
 import httpx
 import orjson
-import redis
 import structlog
 
-from hookdrop.backoff import compute_backoff
-from hookdrop.control import observe_latencies
-from hookdrop.errors import StoreUnavailable
+from hookdrop.errors import QueueUnavailable, StoreUnavailable
+from hookdrop.latency import observe_latencies
+from hookdrop.retry import compute_backoff, retrying, retrying_async
 from hookdrop.signing import secret_key, sign
-from hookdrop.store import Result, retry_while_unavailable
+from hookdrop.store import AlertStatus, AlertToSend, Result
 from workers import context
 from workers.classify import Verdict, classify_error, classify_response
 from workers.ratelimit import GlobalLimiter
@@ -94,8 +93,8 @@ class Delivery:
         self.loop.close()
 
     def run_chunk(self, file_id: int, ids: list[str]) -> dict[str, Any]:
-        claimed = retry_while_unavailable(
-            lambda: self.store.claim(ids, self.owner, self.settings.lease_seconds),
+        claimed = retrying(
+            lambda: self.store.claim_alerts(ids, self.owner, self.settings.lease_seconds),
             what="claim alerts", stop=self.ctx.stopping.is_set,
         )
         if not claimed:
@@ -117,21 +116,21 @@ class Delivery:
         return headers
 
 
-def body_of(row: dict[str, Any]) -> bytes:
-    payload = dict(row["extra"] or {})
-    payload["userId"] = row["user_id"]
-    payload["alertMessage"] = row["message"]
+def body_of(alert: AlertToSend) -> bytes:
+    payload = dict(alert.extra or {})
+    payload["userId"] = alert.user_id
+    payload["alertMessage"] = alert.message
     return orjson.dumps(payload)
 
 
 class _Chunk:
     """The work of one job: send every claimed alert to an end state or to the DLQ."""
 
-    def __init__(self, engine: Delivery, file_id: int, rows: list[dict[str, Any]]) -> None:
+    def __init__(self, engine: Delivery, file_id: int, rows: list[AlertToSend]) -> None:
         self.engine = engine
         self.settings = engine.settings
         self.file_id = file_id
-        self.alerts = deque(_Alert(r["id"], r["file_id"], body_of(r), r["attempts"]) for r in rows)
+        self.alerts = deque(_Alert(r.id, r.file_id, body_of(r), r.attempts) for r in rows)
         self.open: dict[str, _Alert] = {a.id: a for a in self.alerts}
         self.results: dict[str, Result] = {}
         self.db_ok = asyncio.Event()
@@ -158,8 +157,8 @@ class _Chunk:
         await self._flush()
         leftover = [a.id for a in self.open.values() if not a.done]
         if leftover:  # stop or pause: hand them back to the lease sweep right away
-            retry_while_unavailable(lambda: self.engine.store.release(leftover, self.engine.owner),
-                                    what="release alerts")
+            retrying(lambda: self.engine.store.release_alerts(leftover, self.engine.owner),
+                     what="release alerts")
             reason = "paused" if self.paused else "lease lost" if self.lost else "stopping"
             log.info("chunk.released", file_id=self.file_id, alerts=len(leftover), reason=reason)
         elapsed = time.monotonic() - started
@@ -185,7 +184,7 @@ class _Chunk:
                 return
             try:
                 epoch = await limiter.acquire()
-            except redis.RedisError as exc:
+            except QueueUnavailable as exc:
                 log.warning("redis.unavailable", action="rate limit", error=str(exc))
                 await asyncio.sleep(1.0)
                 continue
@@ -202,11 +201,11 @@ class _Chunk:
             if verdict.kind != "throttled" and verdict.code is not None:
                 limiter.answered(epoch)  # a real answer: 429s in this epoch measure our rate
             if verdict.kind == "delivered":
-                self._finish(alert, Result(alert.id, "delivered", code=verdict.code,
+                self._finish(alert, Result(alert.id, AlertStatus.DELIVERED, code=verdict.code,
                                            latency_ms=latency))
                 return
             if verdict.kind == "rejected":
-                self._finish(alert, Result(alert.id, "rejected", code=verdict.code,
+                self._finish(alert, Result(alert.id, AlertStatus.REJECTED, code=verdict.code,
                                            error=verdict.error, latency_ms=latency))
                 log.warning("alert.rejected", alert_id=alert.id, code=verdict.code,
                             error=verdict.error)
@@ -225,8 +224,8 @@ class _Chunk:
         pause = min(max(pause, 0.05), self.settings.max_pause_seconds)
         rate = self.engine.limiter.throttled(pause, epoch)
         self.counts["throttled"] += 1
-        self._note(Result(alert.id, "throttled", throttled=1, code=429, error=verdict.error,
-                          latency_ms=latency))
+        self._note(Result(alert.id, AlertStatus.THROTTLED, throttled=1, code=429,
+                          error=verdict.error, latency_ms=latency))
         log.info("alert.throttled", alert_id=alert.id, pause=round(pause, 3),
                  rate=rate and round(rate, 1))
 
@@ -234,22 +233,23 @@ class _Chunk:
         """Count a failed try; True when the alert leaves this job (DLQ or dead)."""
         alert.tries += 1
         total = alert.attempts + alert.tries
-        common = {"failed": 1, "code": verdict.code, "error": verdict.error,
-                  "latency_ms": latency}
+        def result(status: AlertStatus, next_at: datetime | None = None) -> Result:
+            return Result(alert.id, status, failed=1, code=verdict.code, error=verdict.error,
+                          latency_ms=latency, next_at=next_at)
+
         if total >= self.settings.attempt_budget:
-            self._finish(alert, Result(alert.id, "dead", **common))  # type: ignore[arg-type]
+            self._finish(alert, result(AlertStatus.DEAD))
             log.error("alert.dead", alert_id=alert.id, attempts=total, error=verdict.error)
             return True
         if alert.tries >= self.settings.max_tries:
             delay = compute_backoff(total, base=self.settings.dlq_interval / 4,
                                     cap=self.settings.dlq_interval * 20)
             next_at = datetime.now(UTC) + timedelta(seconds=delay)
-            self._finish(alert, Result(alert.id, "dlq", next_at=next_at,
-                                       **common))  # type: ignore[arg-type]
+            self._finish(alert, result(AlertStatus.DLQ, next_at))
             log.warning("alert.dlq", alert_id=alert.id, attempts=total, error=verdict.error)
             return True
         self.counts["retried"] += 1
-        self._note(Result(alert.id, "retrying", **common))  # type: ignore[arg-type]
+        self._note(result(AlertStatus.RETRYING))
         return False
 
     def _finish(self, alert: _Alert, result: Result) -> None:
@@ -281,15 +281,15 @@ class _Chunk:
             if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
                 holding = [a.id for a in self.open.values() if not a.done]
                 try:
-                    self.engine.store.renew(holding, self.engine.owner,
-                                            self.settings.lease_seconds)
+                    self.engine.store.renew_leases(holding, self.engine.owner,
+                                                   self.settings.lease_seconds)
                     last_renew = time.monotonic()
                 except StoreUnavailable as exc:
                     log.warning("db.unavailable", action="renew lease", error=str(exc))
             try:
                 if self.engine.ctx.redis.exists(self.settings.keys.paused(self.file_id)):
                     self.paused = True
-            except redis.RedisError as exc:  # Redis away: keep sending, PostgreSQL decides
+            except QueueUnavailable as exc:  # Redis away: keep sending, PostgreSQL decides
                 log.warning("redis.unavailable", action="check pause", error=str(exc))
 
     async def _flush(self) -> None:
@@ -297,31 +297,26 @@ class _Chunk:
             return
         batch = list(self.results.values())
         self.results = {}
-        attempt = 0
-        while True:
-            try:
-                written = self.engine.store.record(batch, self.engine.owner)
-                break
-            except StoreUnavailable as exc:
-                # Stop sending: an outcome we cannot record could be sent twice later.
-                self.db_ok.clear()
-                attempt += 1
-                delay = compute_backoff(attempt, base=0.5, cap=10.0)
-                log.warning("db.unavailable", action="record results", error=str(exc),
-                            pending=len(batch), retry_in=round(delay, 2))
-                await asyncio.sleep(delay)
+
+        async def record() -> int:
+            return self.engine.store.record_results(batch, self.engine.owner)
+
+        # While it fails, stop sending: an outcome we cannot record could be sent twice later.
+        written = await retrying_async(record, what="record results",
+                                       retry_on=(StoreUnavailable,), on_failure=self.db_ok.clear)
         if written < len(batch) and not self.lost:
             # Our lease ran out (a long PostgreSQL outage) and the sweep handed these alerts to
             # another job: sending the rest too would send them twice.
             self.lost = True
             log.warning("chunk.lease_lost", file_id=self.file_id, unwritten=len(batch) - written)
         self.db_ok.set()
-        ok = sum(1 for r in batch if r.status == "delivered")
+        ok = sum(1 for r in batch if r.status == AlertStatus.DELIVERED)
         throttled = sum(r.throttled for r in batch)
         try:
             self.engine.limiter.report(ok, throttled)
             observe_latencies(self.engine.ctx.redis, self.settings.keys,
                               [r.latency_ms for r in batch
-                               if r.status == "delivered" and r.latency_ms is not None])
-        except redis.RedisError as exc:
+                               if r.status == AlertStatus.DELIVERED
+                               and r.latency_ms is not None])
+        except QueueUnavailable as exc:
             log.warning("redis.unavailable", action="report outcomes", error=str(exc))

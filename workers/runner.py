@@ -22,11 +22,12 @@ from rq.exceptions import StopRequested
 from rq.worker import WorkerStatus
 
 from hookdrop import sdnotify
-from hookdrop.backoff import compute_backoff
+from hookdrop.connections import connect_redis, connect_store
+from hookdrop.errors import QueueUnavailable
 from hookdrop.queues import batcher_queue, notifier_queue
+from hookdrop.retry import compute_backoff
 from hookdrop.settings import Settings
 from hookdrop.shutdown import StopFlag, StopSignals
-from hookdrop.store import Store
 from hookdrop.supervise import Supervisor
 from workers import context
 
@@ -54,8 +55,8 @@ class HookdropWorker(SimpleWorker):
 
 def build_context(settings: Settings, name: str | None = None) -> context.WorkerContext:
     settings.require("redis_url", "database_url")
-    conn = redis.Redis.from_url(settings.redis_url, health_check_interval=30)  # type: ignore[arg-type]
-    store = Store(settings.database_url, application_name="hookdrop-worker")  # type: ignore[arg-type]
+    conn = connect_redis(settings, name="hookdrop-worker")
+    store = connect_store(settings, name="hookdrop-worker")
     ctx = context.WorkerContext(settings=settings, redis=conn, store=store)
     if name:
         ctx.name = name
@@ -110,7 +111,7 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
         while True:
             try:
                 worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except (QueueUnavailable, redis.TimeoutError) as exc:
                 log.warning("redis.unavailable", action="rq worker", error=str(exc))
             if burst or ctx.stopping.is_set() or not _redis_lost(ctx):
                 break
@@ -130,7 +131,7 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
 def _redis_lost(ctx: context.WorkerContext) -> bool:
     try:
         ctx.redis.ping()
-    except (redis.ConnectionError, redis.TimeoutError):
+    except QueueUnavailable:
         return True
     return False
 

@@ -26,7 +26,7 @@ import redis
 from structlog.testing import capture_logs
 
 from daemon.api import ApiServer, run_api_in_thread
-from daemon.claim import ensure_dirs
+from hookdrop.intake import ensure_dirs
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient

@@ -16,9 +16,10 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from daemon.api import ApiServer, create_app, run_api_in_thread
-from daemon.claim import ensure_dirs
-from hookdrop.control import Control, observe_latencies
 from hookdrop.errors import ConfigError
+from hookdrop.intake import ensure_dirs
+from hookdrop.latency import observe_latencies
+from hookdrop.ops import Control
 from hookdrop.queues import enqueue_deliveries
 from hookdrop.settings import Settings
 from hookdrop.store import Store

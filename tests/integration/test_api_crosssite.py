@@ -22,8 +22,8 @@ from websockets.sync.client import connect as ws_connect
 from websockets.typing import Origin
 
 from daemon.api import ApiServer, run_api_in_thread
-from daemon.claim import ensure_dirs
-from hookdrop.control import Control
+from hookdrop.intake import ensure_dirs
+from hookdrop.ops import Control
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from tests.helpers import file_rows

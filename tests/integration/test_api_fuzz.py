@@ -15,7 +15,7 @@ from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import not_a_server_error
 
 from daemon.api import create_app
-from daemon.claim import ensure_dirs
+from hookdrop.intake import ensure_dirs
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 

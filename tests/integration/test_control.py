@@ -1,4 +1,4 @@
-"""Operator actions (hookdrop.control and the CLI commands on it) against real Redis and
+"""Operator actions (hookdrop.ops and the CLI commands on it) against real Redis and
 PostgreSQL, with real notifier and batcher jobs run in-process and respx as the receiver."""
 
 from __future__ import annotations
@@ -16,17 +16,16 @@ import pytest
 import redis
 import respx
 from click.testing import CliRunner
-from psycopg.types.json import Jsonb
 
-from daemon.claim import Claimer, ensure_dirs
+from daemon.claim import Claimer
 from daemon.recovery import Recovery
-from hookdrop.alerts import alert_id
 from hookdrop.cli_ops import register
-from hookdrop.control import BadRequest, Conflict, Control, UnknownFile, send, send_chunks
+from hookdrop.intake import ensure_dirs
+from hookdrop.ops import BadRequest, Conflict, Control, UnknownFile, send, send_chunks
 from hookdrop.queues import enqueue_deliveries
 from hookdrop.settings import Settings
 from hookdrop.store import Store
-from tests.helpers import run_burst, write_csv
+from tests.helpers import ledger_file, run_burst, write_csv
 
 URL = "http://receiver.test/hook"
 
@@ -34,21 +33,8 @@ URL = "http://receiver.test/hook"
 def make_file(store: Store, count: int, *, name: str = "t.csv",
               status: str = "reading") -> tuple[int, list[str]]:
     """A file row whose ``count`` alerts are in the ledger and fully read."""
-    sha = f"sha-{name}-{count}"
-    row = store.one("insert_file", {
-        "name": name, "sha": sha, "generation": 0, "size": 1, "layout": Jsonb({}),
-        "chunk_size": 100, "status": status, "path": "/nonexistent", "claimed_by": "t",
-        "file_key": None, "mtime_ns": None})
-    assert row is not None
-    file_id = int(row["id"])
-    alerts = [(alert_id(sha, 0, f"u{n}", f"m{n}"), n + 2, f"u{n}", f"m{n}", None)
-              for n in range(count)]
-    owned = store.write_chunk(file_id=file_id, seq=1, alerts=alerts,
-                              errors=[(count + 2, "no user id", ",oops")], rows=count + 1,
-                              invalid_before=0, alerts_before=0).owned
-    store.run("file_read_complete", {"id": file_id, "rows": count + 1, "invalid": 1,
-                                     "alerts": count, "error": None})
-    return file_id, [aid for aid, _ in owned]
+    return ledger_file(store, count, name=name, status=status,
+                       errors=[(count + 2, "no user id", ",oops")])
 
 
 @pytest.fixture
@@ -215,9 +201,9 @@ def test_resend_creates_generation_1_with_new_alert_ids(
     run_burst(csettings, "batcher")
     run_burst(csettings, "notifier")
     Recovery(csettings, store, rconn).finish_files()
-    first = store.one("get_file", {"id": claimed.file_id})
-    assert first is not None and first["status"] == "done"
-    assert Path(first["final_path"]).parent == csettings.done_dir
+    first = store.get_file(claimed.file_id)
+    assert first is not None and first.status == "done"
+    assert Path(first.final_path or "").parent == csettings.done_dir
     first_ids = set(receiver.ids())
     assert len(first_ids) == 40
 
@@ -229,9 +215,9 @@ def test_resend_creates_generation_1_with_new_alert_ids(
     second_ids = set(receiver.ids()) - first_ids
     assert len(second_ids) == 40
     assert len(receiver.calls) == 80
-    row = store.one("get_file", {"id": again["file_id"]})
-    assert row is not None and (row["generation"], row["delivered"]) == (1, 40)
-    assert Path(first["final_path"]).exists()  # the original stays where it was
+    row = store.get_file(again["file_id"])
+    assert row is not None and (row.generation, row.delivered) == (1, 40)
+    assert Path(first.final_path or "").exists()  # the original stays where it was
 
 
 @pytest.mark.parametrize("name", ["../evil.csv", "a/b.csv", "a\\b.csv", "x\x00.csv",

@@ -14,14 +14,12 @@ import httpx
 import pytest
 import redis
 import respx
-from psycopg.types.json import Jsonb
 from standardwebhooks.webhooks import Webhook
 
 from daemon.recovery import Recovery
-from hookdrop.alerts import alert_id
 from hookdrop.settings import Settings
-from hookdrop.store import Store
-from tests.helpers import queued_alert_ids
+from hookdrop.store import AlertStatus, Result, Store
+from tests.helpers import ledger_file, queued_alert_ids
 from workers import context
 from workers.notifier import Delivery
 from workers.runner import build_context
@@ -49,19 +47,7 @@ def engine(dsettings: Settings) -> Iterator[Delivery]:
 
 def make_file(store: Store, count: int, *,
               extra: dict[str, Any] | None = None) -> tuple[int, list[str]]:
-    row = store.one("insert_file", {
-        "name": "t.csv", "sha": f"sha{count}", "generation": 0, "size": 1,
-        "layout": Jsonb({}), "chunk_size": 500, "status": "reading", "path": "/nonexistent",
-        "claimed_by": "t", "file_key": None, "mtime_ns": None})
-    assert row is not None
-    file_id = int(row["id"])
-    alerts = [(alert_id(f"sha{count}", 0, f"u{n}", f"m{n}"), n + 2, f"u{n}", f"m{n}", extra)
-              for n in range(count)]
-    owned = store.write_chunk(file_id=file_id, seq=1, alerts=alerts, errors=[], rows=count,
-                              invalid_before=0, alerts_before=0).owned
-    store.run("file_read_complete", {"id": file_id, "rows": count, "invalid": 0,
-                                     "alerts": count, "error": None})
-    return file_id, [aid for aid, _ in owned]
+    return ledger_file(store, count, sha=f"sha{count}", chunk_size=500, extra=extra)
 
 
 def alert_rows(store: Store, file_id: int) -> dict[str, dict[str, Any]]:
@@ -86,8 +72,8 @@ def test_a_chunk_is_delivered_signed_with_stable_ids(engine: Delivery, store: St
         verifier.verify(request.content, dict(request.headers))
         seen.add(request.headers["webhook-id"])
     assert seen == set(ids)
-    file = store.one("get_file", {"id": file_id})
-    assert file is not None and file["delivered"] == 25
+    file = store.get_file(file_id)
+    assert file is not None and file.delivered == 25
     assert {r["status"] for r in alert_rows(store, file_id).values()} == {"delivered"}
 
 
@@ -160,7 +146,7 @@ def test_other_4xx_is_rejected_at_once_with_code_and_excerpt(engine: Delivery,
     row = alert_rows(store, file_id)["u0"]
     assert (row["status"], row["last_status_code"]) == ("rejected", 422)
     assert row["last_error"] == "HTTP 422: unknown user u0"
-    assert store.one("get_file", {"id": file_id})["rejected"] == 1  # type: ignore[index]
+    assert store.get_file(file_id).rejected == 1  # type: ignore[union-attr]
 
 
 def test_failures_go_to_the_dlq_then_dead_when_the_budget_is_spent(
@@ -192,7 +178,7 @@ def test_failures_go_to_the_dlq_then_dead_when_the_budget_is_spent(
     assert {r["status"] for r in rows.values()} == {"dead"}
     assert {r["attempts"] for r in rows.values()} == {5}  # the attempt budget
     assert route.call_count == 10
-    assert store.one("get_file", {"id": file_id})["dead"] == 2  # type: ignore[index]
+    assert store.get_file(file_id).dead == 2  # type: ignore[union-attr]
 
 
 def test_an_expired_lease_is_handed_back_and_delivered_once(
@@ -200,7 +186,7 @@ def test_an_expired_lease_is_handed_back_and_delivered_once(
 ) -> None:
     file_id, ids = make_file(store, 5)
     # A notifier claimed these and died (no results, no renewals).
-    assert len(store.claim(ids, "dead-notifier", 0.01)) == 5
+    assert len(store.claim_alerts(ids, "dead-notifier", 0.01)) == 5
     recovery = Recovery(dsettings, store, rconn)
     with store.transaction() as conn:
         conn.execute("UPDATE alerts SET lease_until = now() - interval '1 s'")
@@ -209,8 +195,7 @@ def test_an_expired_lease_is_handed_back_and_delivered_once(
         route = router.post(URL).respond(200)
         engine.run_chunk(file_id, list(queued_alert_ids(rconn, dsettings)))
         # the dead notifier's late results are ignored: it no longer holds the lease
-        from hookdrop.store import Result
-
-        assert store.record([Result(ids[0], "rejected", code=400)], "dead-notifier") == 0
+        result = Result(ids[0], AlertStatus.REJECTED, code=400)
+        assert store.record_results([result], "dead-notifier") == 0
     assert route.call_count == 5
     assert {r["status"] for r in alert_rows(store, file_id).values()} == {"delivered"}

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from daemon.claim import Claimer, ensure_dirs
+from daemon.claim import Claimer
 from daemon.readiness import ReadinessTracker, open_for_writing
 from daemon.recovery import Recovery
 from hookdrop.alerts import alert_id
+from hookdrop.intake import ensure_dirs
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from tests.helpers import (
@@ -221,9 +222,9 @@ def test_malformed_rows_become_row_errors_and_the_rest_goes_on(
     assert claimed is not None and claimed.status == "claimed"
     run_burst(settings, "batcher")
 
-    file = store.one("get_file", {"id": claimed.file_id})
+    file = store.get_file(claimed.file_id)
     assert file is not None
-    assert (file["status"], file["rows_total"], file["rows_invalid"], file["alerts_total"]) == (
+    assert (file.status, file.rows_total, file.rows_invalid, file.alerts_total) == (
         "delivering", 6, 2, 3)
     with store.transaction() as conn:
         errors = conn.execute("SELECT line_no, reason FROM row_errors ORDER BY line_no").fetchall()
@@ -236,7 +237,7 @@ def test_malformed_rows_become_row_errors_and_the_rest_goes_on(
     assert alerts[1]["message"] == "multi\nline, with comma"
     assert alerts[0]["extra"] == {"plan": "gold"}
     queued = queued_alert_ids(rconn, settings)
-    assert set(queued) == {alert_id(file["content_sha256"], 0, a["user_id"], a["message"])
+    assert set(queued) == {alert_id(file.content_sha256, 0, a["user_id"], a["message"])
                            for a in alerts}
     assert max(queued.values()) == 1
 
@@ -291,14 +292,14 @@ def test_kill_9_of_the_batcher_mid_file_then_restart_enqueues_each_alert_once(
         wait_for(recovery.requeue_stalled_reads, timeout=30, what="read re-queued")
 
     run_burst(settings, "batcher")
-    file = store.one("get_file", {"id": claimed.file_id})
-    assert file is not None and file["read_complete"]
+    file = store.get_file(claimed.file_id)
+    assert file is not None and file.read_complete
     queued = queued_alert_ids(rconn, settings)
-    expected = {alert_id(file["content_sha256"], 0, u, m) for u, m in pairs}
+    expected = {alert_id(file.content_sha256, 0, u, m) for u, m in pairs}
     assert kills == 3
     assert set(queued) == expected
     assert [i for i, n in queued.items() if n > 1] == []
-    assert file["alerts_total"] == len(expected)
+    assert file.alerts_total == len(expected)
 
 
 @pytest.mark.parametrize("name", ["report.csv.gz", "report.jsonl"])

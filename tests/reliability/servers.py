@@ -380,9 +380,9 @@ def check_everything_delivered(settings: Settings, store: Store, mock: Mock, fil
     assert states == {"delivered": rows}, states
     # marking a file done and moving it are two steps (a monitor killed between them moves it
     # on its next round): wait for the move
-    moved = wait_for(lambda: (row := store.one("get_file", {"id": file["id"]}))
-                     and row["final_path"] and row, timeout=30, what="file moved to done/")
-    final = Path(moved["final_path"])
+    moved = wait_for(lambda: (row := store.get_file(file["id"]))
+                     and row.final_path and row, timeout=30, what="file moved to done/")
+    final = Path(moved.final_path or "")
     assert final.parent == settings.done_dir and final.exists()
     wait_for(lambda: not any(settings.processing_dir.iterdir()), timeout=10,
              what="processing/ empty")

@@ -34,8 +34,8 @@ import pytest
 import redis
 from rq import Queue
 
-from daemon.claim import ensure_dirs
 from hookdrop.harness import free_port
+from hookdrop.intake import ensure_dirs
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
@@ -494,9 +494,9 @@ def test_a_file_changed_in_processing_while_being_read_completes_from_what_was_c
         helper.join(timeout=30)
     assert not helper.is_alive()
     assert not problems, problems
-    done = store.one("get_file", {"id": file["id"]})
+    done = store.get_file(file["id"])
     assert done is not None
-    assert (done["read_complete"], done["error"], done["alerts_total"]) == (True, None, rows)
+    assert (done.read_complete, done.error, done.alerts_total) == (True, None, rows)
     assert _alert_pairs(store, file["id"]) == written
     assert _batcher_queue_idle(settings, rconn)
 
@@ -508,9 +508,9 @@ def test_a_file_replaced_in_processing_before_it_is_read_is_not_sent_as_other_co
     file, written = _claim_one(settings, store, 20)
     write_csv(Path(file["processing_path"]), 20, start=70_000)
     run_burst(settings, "batcher")
-    done = store.one("get_file", {"id": file["id"]})
+    done = store.get_file(file["id"])
     assert done is not None
     sent = _alert_pairs(store, file["id"])
     assert sent <= written
-    assert sent == written or (done["error"] and "changed" in done["error"])
+    assert sent == written or (done.error and "changed" in done.error)
 

@@ -273,8 +273,8 @@ def test_names_of_up_to_255_bytes_are_claimed_and_keep_their_name(
     for name in names:
         row = wait_delivered(store, mock, fleet, name, 2, timeout=30)
         assert row["name"] == name and row["status"] == "done"
-        final = Path(wait_for(lambda r=row: (x := store.one("get_file", {"id": r["id"]}))
-                              and x["final_path"], what="moved to done/"))
+        final = Path(wait_for(lambda r=row: (x := store.get_file(r["id"]))
+                              and x.final_path, what="moved to done/"))
         assert final.exists() and len(final.name.encode()) <= 255
     failed = wait_for(lambda: (r := file_row(store, "bad" * 80 + ".csv")) and r["final_path"]
                       and r, timeout=PROMPT_SECONDS, what="long binary name in failed/")

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from hookdrop.alerts import alert_id
-from hookdrop.backoff import compute_backoff
+from hookdrop.retry import compute_backoff
 from workers.classify import classify_error, classify_response, parse_retry_after
 
 

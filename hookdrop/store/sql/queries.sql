@@ -1,5 +1,5 @@
 -- Every SQL statement hookdrop runs, by name. Loaded by hookdrop.store.
--- Statuses that end an alert's life: see hookdrop.store.TERMINAL.
+-- Statuses: see hookdrop/store/statuses.py.
 
 -- name: insert_file
 INSERT INTO files (name, content_sha256, generation, size_bytes, layout, chunk_size, status,
@@ -151,9 +151,6 @@ WITH r AS (
 )
 SELECT (SELECT count(*) FROM upd) AS written;
 
--- name: delivered_among
-SELECT id FROM alerts WHERE id = ANY(%(ids)s) AND status = 'delivered';
-
 -- name: take_due_dlq
 -- DLQ entries whose time has come; pushed forward so that a crash before they are enqueued
 -- only delays them by one interval.
@@ -192,7 +189,7 @@ UPDATE files SET status = CASE WHEN error IS NULL THEN 'done' ELSE 'failed' END,
                  finished_at = now(), updated_at = now()
 WHERE status = 'delivering' AND read_complete AND NOT paused
   AND delivered + rejected + dead + cancelled >= alerts_total
-RETURNING id, name, processing_path;
+RETURNING id, name, status, processing_path;
 
 -- name: files_to_move
 SELECT id, name, status, processing_path FROM files
@@ -201,10 +198,6 @@ WHERE status IN ('done', 'failed', 'cancelled') AND processing_path IS NOT NULL
 
 -- name: set_final_path
 UPDATE files SET final_path = %(final_path)s, updated_at = now() WHERE id = %(id)s;
-
--- name: fail_file
-UPDATE files SET status = 'failed', error = %(error)s, finished_at = now(), updated_at = now()
-WHERE id = %(id)s;
 
 -- name: set_paused
 UPDATE files SET paused = %(paused)s, updated_at = now()
@@ -299,3 +292,33 @@ FROM files;
 SELECT count(*) FILTER (WHERE status = 'dlq') AS dlq,
        count(*) FILTER (WHERE status = 'dead') AS dead
 FROM alerts WHERE status IN ('dlq', 'dead');
+
+-- name: ping
+SELECT 1 AS ok;
+
+-- name: migration_lock
+-- Taken by the migrating transaction: one process migrates, the others wait and find it done.
+SELECT pg_advisory_xact_lock(x'686F6F6B'::bigint);
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS hookdrop_migrations (
+    version integer PRIMARY KEY, name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now());
+
+-- name: applied_migrations
+SELECT version FROM hookdrop_migrations;
+
+-- name: record_migration
+INSERT INTO hookdrop_migrations (version, name) VALUES (%(version)s, %(name)s);
+
+-- name: has_migrations_table
+SELECT to_regclass('hookdrop_migrations') IS NOT NULL AS ok;
+
+-- name: schema_version
+SELECT max(version) AS version FROM hookdrop_migrations;
+
+-- name: latest_file_named
+-- The newest file of that name claimed under a folder (a demo or benchmark run's inbox).
+SELECT * FROM files
+WHERE name = %(name)s AND status <> 'duplicate' AND processing_path LIKE %(under)s
+ORDER BY id DESC LIMIT 1;

@@ -1,0 +1,212 @@
+"""Recording a file that sits in ``processing/``: hash, sniff, ledger row, read job.
+
+Used by the monitor for the files it claims from the inbox and by the operator's resend. The
+file is read through the descriptor opened for the claim (or opened here without following
+links), so what is hashed, sniffed and recorded, with its identity (device and inode, size,
+mtime), is the file that was claimed. A file that cannot be read goes to ``failed/`` with a
+plain-language note beside it; the same content dropped again is recorded as a duplicate and
+moved to ``done/`` unsent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import stat
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import structlog
+
+from hookdrop.errors import UnreadableFile
+from hookdrop.formats import sniff
+from hookdrop.inbox import (
+    ChangedFile,
+    FileIdentity,
+    describe_change,
+    disk_name,
+    kind_of,
+    note_path,
+    open_regular,
+)
+from hookdrop.queues import enqueue_read
+from hookdrop.settings import Settings
+from hookdrop.store import Store
+
+log = structlog.get_logger(__name__)
+
+_HASH_BLOCK = 1 << 20
+
+
+class ClaimInterrupted(Exception):
+    """A stop was requested while a file was being hashed; it stays in processing/."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    file_id: int
+    status: str  # claimed, duplicate, failed
+    path: Path  # where the file is now
+    detail: str | None = None
+
+
+def ensure_dirs(settings: Settings) -> None:
+    """The inbox and its three work folders, which must be folders and not links."""
+    for folder in (settings.inbox, settings.processing_dir, settings.done_dir,
+                   settings.failed_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder.is_symlink() or not folder.is_dir():
+            raise NotADirectoryError(f"{folder} must be a directory, not a link or a file")
+
+
+def sha256_of(fd: int, size: int, stopping: Callable[[], bool]) -> str:
+    """SHA-256 of the first ``size`` bytes behind ``fd``; ChangedFile if it has fewer."""
+    digest = hashlib.sha256()
+    offset = 0
+    while offset < size:
+        if stopping():
+            raise ClaimInterrupted
+        block = os.pread(fd, min(_HASH_BLOCK, size - offset), offset)
+        if not block:
+            raise ChangedFile(f"shrank while it was being claimed ({offset} of {size} bytes)")
+        digest.update(block)
+        offset += len(block)
+    return digest.hexdigest()
+
+
+def write_error_note(final: Path, error: str) -> None:
+    """``<name>.error.txt`` beside a failed file; a note that cannot be written is logged."""
+    note = note_path(final)
+    try:
+        note.write_text(f"{final.name}: {error}\n", encoding="utf-8")
+    except OSError as exc:
+        log.error("file.note_failed", path=str(note), error=str(exc))
+
+
+class Intake:
+    """Records files in processing/ for one owner; one per thread (it holds a Store)."""
+
+    def __init__(self, settings: Settings, store: Store, conn: redis.Redis, owner: str,
+                 *, stopping: Callable[[], bool] = lambda: False) -> None:
+        self.settings = settings
+        self.store = store
+        self.redis = conn
+        self.owner = owner
+        self.stopping = stopping
+
+    def register(self, target: Path, name: str, *, generation: int = 0) -> Registered | None:
+        """Record a file that sits in processing/ and queue it (or set it aside)."""
+        try:
+            fd, opened = open_regular(target)
+        except OSError as exc:
+            return self.set_aside(target, name, f"{name} cannot be read in processing/: {exc}")
+        try:
+            return self.register_open(fd, opened, target, name, generation=generation)
+        finally:
+            os.close(fd)
+
+    def register_open(self, fd: int, opened: os.stat_result, target: Path, name: str, *,
+                      generation: int = 0) -> Registered | None:
+        """Record the file behind ``fd`` (now at ``target``) and queue it, or set it aside."""
+        identity = FileIdentity.of(opened)
+        try:
+            sha = sha256_of(fd, opened.st_size, self.stopping)
+            now = FileIdentity.of(os.fstat(fd))
+            if now != identity:
+                raise ChangedFile(f"written to while it was being claimed "
+                                  f"({describe_change(identity, now)})")
+            layout = sniff(fd)
+        except ClaimInterrupted:
+            log.info("file.claim_interrupted", name=name, path=str(target))
+            raise
+        except UnreadableFile as exc:
+            return self._unreadable(target, name, sha, generation, size=opened.st_size,
+                                    error=str(exc))
+        except ChangedFile as exc:
+            return self.set_aside(target, name, f"{name} changed: {exc}; not read")
+        except OSError as exc:
+            return self.set_aside(target, name, f"{name} cannot be read: {exc.strerror or exc}")
+        file_id = self.store.insert_file(
+            name=name, sha=sha, generation=generation, size=opened.st_size,
+            layout=dataclasses.asdict(layout), chunk_size=self.settings.chunk_size,
+            path=str(target), claimed_by=self.owner, file_key=identity.key,
+            mtime_ns=identity.mtime_ns)
+        if file_id is None:
+            return self._duplicate(target, name, sha, generation, opened.st_size)
+        self.redis.set(self.settings.keys.read_queued(file_id), "1", ex=600)
+        enqueue_read(self.redis, self.settings.keys, file_id)
+        log.info("file.queued", file_id=file_id, name=name, size=opened.st_size,
+                 format=layout.format, compressed=layout.compressed)
+        return Registered(file_id, "claimed", target)
+
+    def _duplicate(self, target: Path, name: str, sha: str, generation: int,
+                   size: int) -> Registered:
+        first = self.store.find_file_by_content(sha, generation)
+        assert first is not None  # the insert just conflicted with it
+        final = self._move(target, self.settings.done_dir, f"dup{first.id}", name)
+        file_id = self.store.insert_duplicate(
+            name=name, sha=sha, generation=generation, size=size,
+            chunk_size=self.settings.chunk_size, claimed_by=self.owner,
+            duplicate_of=first.id, final_path=str(final))
+        detail = (f"same content as file {first.id} ({first.name}, {first.status}); "
+                  "not sent again — use `hookdrop resend` to send it anyway")
+        log.warning("file.duplicate", file_id=file_id, duplicate_of=first.id, name=name)
+        return Registered(file_id, "duplicate", final, detail)
+
+    def _unreadable(self, target: Path, name: str, sha: str, generation: int, *, size: int,
+                    error: str) -> Registered:
+        final = self._move(target, self.settings.failed_dir, uuid.uuid4().hex[:8], name)
+        file_id = self.store.insert_unreadable(
+            name=name, sha=sha, generation=generation, size=size,
+            chunk_size=self.settings.chunk_size, claimed_by=self.owner, error=error,
+            final_path=str(final))
+        if file_id is None:  # the same unreadable content was seen before
+            first = self.store.find_file_by_content(sha, generation)
+            assert first is not None
+            file_id = first.id
+            error = f"{error} (same content as file {file_id})"
+        write_error_note(final, error)
+        log.warning("file.unreadable", file_id=file_id, name=name, error=error)
+        return Registered(file_id, "failed", final, error)
+
+    def set_aside(self, path: Path, name: str, error: str) -> Registered | None:
+        """Move something that will not be read to failed/ (or leave it) and record why.
+
+        Keyed by what the entry is (device, inode, size, mtime), so seeing the same entry
+        again after a restart does not record it twice. None when it is gone already.
+        """
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        key = f"unreadable:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        final: Path | None = self.settings.failed_dir / disk_name(uuid.uuid4().hex[:8], name)
+        try:
+            os.rename(path, final)  # type: ignore[arg-type]
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            error = f"{error} (left in the inbox: cannot move it to failed/: {exc.strerror})"
+            final = None
+        file_id = self.store.insert_unreadable(
+            name=name, sha=key, generation=0, size=st.st_size,
+            chunk_size=self.settings.chunk_size, claimed_by=self.owner, error=error,
+            final_path=str(final) if final else None)
+        if file_id is None:
+            first = self.store.find_file_by_content(key, 0)
+            file_id = first.id if first else 0
+        if final is not None:
+            write_error_note(final, error)
+        log.warning("file.unreadable", file_id=file_id, name=name, error=error,
+                    kind="file" if stat.S_ISREG(st.st_mode) else kind_of(st.st_mode),
+                    left_in_place=final is None)
+        return Registered(file_id, "failed", final or path, error)
+
+    def _move(self, source: Path, folder: Path, tag: str, name: str) -> Path:
+        final = folder / disk_name(tag, name)
+        os.rename(source, final)
+        return final

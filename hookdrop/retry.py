@@ -1,0 +1,110 @@
+"""Retrying: the backoff policy, and the one helper (sync and async) every retry loop uses.
+
+An outage of PostgreSQL or Redis pauses the work that needs it and never drops it; so a
+caller wraps the step in :func:`retrying` (or :func:`retrying_async`) and gets its result once
+the server answers, or the last error when ``stop`` says the process is stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+
+from hookdrop.errors import QueueUnavailable, StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: Errors that mean "a server cannot serve now": wait and try again.
+TRANSIENT: tuple[type[Exception], ...] = (StoreUnavailable, QueueUnavailable)
+
+
+def compute_backoff(
+    attempt: int,
+    *,
+    base: float = 0.5,
+    cap: float = 30.0,
+    jitter: bool = True,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before try number ``attempt + 1`` (``attempt`` >= 1 failures so far).
+
+    The ceiling grows as ``base * 2 ** (attempt - 1)`` up to ``cap``; with jitter the wait is
+    drawn uniformly from the upper half of it, so retries spread out but never collapse to 0.
+    """
+    if attempt < 1:
+        raise ValueError("attempt counts failures so far and starts at 1")
+    if base <= 0 or cap <= 0:
+        raise ValueError("base and cap must be positive")
+    ceiling = min(cap, base * 2 ** min(attempt - 1, 62))
+    if not jitter:
+        return ceiling
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+def _event(exc: BaseException) -> str:
+    return "db.unavailable" if isinstance(exc, StoreUnavailable) else "redis.unavailable"
+
+
+def _never() -> bool:
+    return False
+
+
+def retrying(
+    action: Callable[[], T],
+    *,
+    what: str,
+    stop: Callable[[], bool] = _never,
+    retry_on: tuple[type[Exception], ...] = TRANSIENT,
+    base: float = 0.5,
+    cap: float = 10.0,
+    sleep: Callable[[float], object] = time.sleep,
+) -> T:
+    """``action()``, tried again with backoff while it raises one of ``retry_on``.
+
+    ``stop`` lets a stopping process give up (its work is recovered later): the last error is
+    raised then.
+    """
+    attempt = 0
+    while True:
+        try:
+            return action()
+        except retry_on as exc:
+            attempt += 1
+            if stop():
+                raise
+            delay = compute_backoff(attempt, base=base, cap=cap)
+            log.warning(_event(exc), action=what, error=str(exc), retry_in=round(delay, 2))
+            sleep(delay)
+
+
+async def retrying_async(
+    action: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    stop: Callable[[], bool] = _never,
+    retry_on: tuple[type[Exception], ...] = TRANSIENT,
+    on_failure: Callable[[], object] | None = None,
+    base: float = 0.5,
+    cap: float = 10.0,
+) -> T:
+    """:func:`retrying` for coroutines; ``on_failure`` runs after each failed try."""
+    attempt = 0
+    while True:
+        try:
+            return await action()
+        except retry_on as exc:
+            attempt += 1
+            if on_failure is not None:
+                on_failure()
+            if stop():
+                raise
+            delay = compute_backoff(attempt, base=base, cap=cap)
+            log.warning(_event(exc), action=what, error=str(exc), retry_in=round(delay, 2))
+            await asyncio.sleep(delay)
