@@ -5,29 +5,17 @@ an abstract name starting with ``@``) and, with ``WatchdogSec=``, ``WATCHDOG_USE
 sometimes ``WATCHDOG_PID``). Everything here is a no-op returning ``False`` when those are unset,
 so the same code runs unchanged in a terminal, in Docker and under systemd.
 
-Entry points pass their environment snapshot in (``Notifier(environ)``); the module-level
-helpers read ``os.environ`` at call time when given none. Only the unit's main process may
-notify (``NotifyAccess=main``): give child processes :func:`child_environ`.
+The helpers read ``os.environ`` at call time unless given an environment. Only the unit's main
+process may notify (``NotifyAccess=main``): give child processes :func:`child_environ`.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Mapping
 
-__all__ = [
-    "NOTIFY_VARIABLES",
-    "Notifier",
-    "child_environ",
-    "notify",
-    "ready",
-    "status",
-    "stopping",
-    "watchdog",
-    "watchdog_interval",
-]
+__all__ = ["NOTIFY_VARIABLES", "child_environ", "notify", "watchdog_interval"]
 
 # The variables systemd hands to the main process for this protocol.
 NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
@@ -98,84 +86,3 @@ def watchdog_interval(
 def child_environ(environ: Mapping[str, str]) -> dict[str, str]:
     """A copy of ``environ`` without the notification variables, for child processes."""
     return {key: value for key, value in environ.items() if key not in NOTIFY_VARIABLES}
-
-
-def ready(text: str | None = None, *, environ: Mapping[str, str] | None = None) -> bool:
-    """Tell systemd start-up is complete (``READY=1``), with an optional status line."""
-    return Notifier(_environ(environ)).ready(text)
-
-
-def stopping(text: str | None = None, *, environ: Mapping[str, str] | None = None) -> bool:
-    """Tell systemd a graceful stop has begun (``STOPPING=1``)."""
-    return Notifier(_environ(environ)).stopping(text)
-
-
-def watchdog(*, environ: Mapping[str, str] | None = None) -> bool:
-    """Ping the watchdog (``WATCHDOG=1``)."""
-    return Notifier(_environ(environ)).watchdog()
-
-
-def status(text: str, *, environ: Mapping[str, str] | None = None) -> bool:
-    """Set the one-line status ``systemctl status`` shows (``STATUS=...``)."""
-    return Notifier(_environ(environ)).status(text)
-
-
-class Notifier:
-    """sd_notify for one process: reads its environment once, then sends on demand."""
-
-    def __init__(self, environ: Mapping[str, str], *, pid: int | None = None) -> None:
-        self._environ = {key: environ[key] for key in NOTIFY_VARIABLES if key in environ}
-        self.watchdog_interval = watchdog_interval(self._environ, pid=pid)
-        self._last_ping: float | None = None
-
-    @property
-    def enabled(self) -> bool:
-        """Whether a notification socket is configured at all."""
-        return bool(self._environ.get("NOTIFY_SOCKET"))
-
-    def send(self, *lines: str) -> bool:
-        """Send raw ``KEY=VALUE`` lines."""
-        return notify(*lines, environ=self._environ)
-
-    def _with_status(self, line: str, text: str | None) -> bool:
-        if text is None:
-            return self.send(line)
-        return self.send(line, f"STATUS={_one_line(text)}")
-
-    def ready(self, text: str | None = None) -> bool:
-        """``READY=1`` (plus ``STATUS=``): connected, migrations checked, serving."""
-        return self._with_status("READY=1", text)
-
-    def stopping(self, text: str | None = None) -> bool:
-        """``STOPPING=1`` (plus ``STATUS=``): the first SIGTERM arrived, draining."""
-        return self._with_status("STOPPING=1", text)
-
-    def status(self, text: str) -> bool:
-        """``STATUS=text`` on one line."""
-        return self.send(f"STATUS={_one_line(text)}")
-
-    def extend_timeout(self, seconds: float) -> bool:
-        """Ask for ``seconds`` more before systemd's start/stop timeout fires."""
-        return self.send(f"EXTEND_TIMEOUT_USEC={max(0, int(seconds * 1_000_000))}")
-
-    def watchdog(self) -> bool:
-        """``WATCHDOG=1`` now; ``False`` when no watchdog is configured for this process."""
-        if self.watchdog_interval is None:
-            return False
-        self._last_ping = time.monotonic()
-        return self.send("WATCHDOG=1")
-
-    def watchdog_if_due(self, now: float | None = None) -> bool:
-        """Ping only when ``watchdog_interval`` has passed since the last ping.
-
-        Call it from the main loop as often as convenient: a hung loop then stops pinging
-        and systemd restarts the unit, which a background ping thread would hide.
-        """
-        if self.watchdog_interval is None:
-            return False
-        current = time.monotonic() if now is None else now
-        if self._last_ping is not None and current - self._last_ping < self.watchdog_interval:
-            return False
-        sent = self.send("WATCHDOG=1")
-        self._last_ping = current
-        return sent

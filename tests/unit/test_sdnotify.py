@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from hookdrop import sdnotify
-from hookdrop.sdnotify import Notifier
 
 
 class Receiver:
@@ -60,10 +59,6 @@ def abstract_receiver() -> Iterator[Receiver]:
 def test_notify_without_socket_is_a_noop() -> None:
     assert sdnotify.notify("READY=1", environ={}) is False
     assert sdnotify.notify("READY=1", environ={"NOTIFY_SOCKET": ""}) is False
-    notifier = Notifier({})
-    assert not notifier.enabled
-    assert notifier.ready("up") is False
-    assert notifier.watchdog() is False
 
 
 def test_notify_sends_lines_as_one_datagram(receiver: Receiver) -> None:
@@ -83,44 +78,6 @@ def test_notify_to_missing_socket_returns_false(tmp_path: Path) -> None:
 
 def test_unsupported_address_kind_is_ignored() -> None:
     assert sdnotify.notify("READY=1", environ={"NOTIFY_SOCKET": "vsock:2:1234"}) is False
-
-
-def test_module_helpers(receiver: Receiver) -> None:
-    env = receiver.env
-    assert sdnotify.ready("connected to Redis and PostgreSQL", environ=env)
-    assert sdnotify.status("3 files in processing/", environ=env)
-    assert sdnotify.stopping(environ=env)
-    assert receiver.messages() == [
-        ["READY=1", "STATUS=connected to Redis and PostgreSQL"],
-        ["STATUS=3 files in processing/"],
-        ["STOPPING=1"],
-    ]
-
-
-def test_module_watchdog_needs_watchdog_usec(receiver: Receiver) -> None:
-    assert sdnotify.watchdog(environ=receiver.env) is False
-    env = {**receiver.env, "WATCHDOG_USEC": "30000000"}
-    assert sdnotify.watchdog(environ=env) is True
-    assert receiver.messages() == [["WATCHDOG=1"]]
-
-
-def test_status_text_is_kept_on_one_line(receiver: Receiver) -> None:
-    Notifier(receiver.env).stopping("draining\nchunk 4")
-    assert receiver.messages() == [["STOPPING=1", "STATUS=draining chunk 4"]]
-
-
-def test_notifier_reads_its_environment_once(receiver: Receiver) -> None:
-    env = dict(receiver.env)
-    notifier = Notifier(env)
-    env.clear()
-    assert notifier.enabled
-    assert notifier.status("still here")
-    assert receiver.messages() == [["STATUS=still here"]]
-
-
-def test_extend_timeout(receiver: Receiver) -> None:
-    assert Notifier(receiver.env).extend_timeout(45)
-    assert receiver.messages() == [["EXTEND_TIMEOUT_USEC=45000000"]]
 
 
 @pytest.mark.parametrize(
@@ -144,25 +101,6 @@ def test_watchdog_interval_explicit_pid() -> None:
     env = {"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "4242"}
     assert sdnotify.watchdog_interval(env, pid=4242) == 2.0
     assert sdnotify.watchdog_interval(env, pid=4243) is None
-
-
-def test_watchdog_if_due_pings_once_per_interval(receiver: Receiver) -> None:
-    notifier = Notifier({**receiver.env, "WATCHDOG_USEC": "10000000"})
-    assert notifier.watchdog_interval == 5.0
-    assert notifier.watchdog_if_due(now=100.0) is True
-    assert notifier.watchdog_if_due(now=104.9) is False
-    assert notifier.watchdog_if_due(now=105.0) is True
-    assert receiver.messages() == [["WATCHDOG=1"], ["WATCHDOG=1"]]
-
-
-def test_watchdog_for_another_pid_stays_silent(receiver: Receiver) -> None:
-    notifier = Notifier({**receiver.env, "WATCHDOG_USEC": "10000000", "WATCHDOG_PID": "1"},
-                        pid=2)
-    assert notifier.watchdog_interval is None
-    assert notifier.watchdog() is False
-    assert notifier.watchdog_if_due() is False
-    assert notifier.ready() is True  # READY=1 still goes out: only the watchdog is per-PID
-    assert receiver.messages() == [["READY=1"]]
 
 
 def test_child_environ_drops_notify_variables() -> None:
