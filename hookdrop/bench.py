@@ -116,24 +116,48 @@ def _steady(sampler: Sampler, skip: float,
     return window[0], window[-1]
 
 
-def scenario_limited(settings: Settings, *, rate: float, seconds: float,
-                     notifiers: int) -> tuple[dict[str, Any], Sampler]:
+@dataclass(frozen=True)
+class ReceiverShape:
+    """A rate-limited receiver: its token bucket and how its 429s say when to come back."""
+
+    burst_seconds: float = 0.1  # the bucket holds this many seconds of its rate
+    retry_after: str = "seconds"  # seconds, date or none
+    configured: str = "unknown"  # hookdrop's HOOKDROP_RATE_LIMIT: unknown, or too high (5x)
+
+    @property
+    def name(self) -> str:
+        return f"burst {self.burst_seconds:g}s, Retry-After {self.retry_after}, " \
+               f"limit {self.configured}"
+
+
+SHAPES = tuple(ReceiverShape(burst, retry_after, configured)
+               for burst in (0.1, 2.0) for retry_after in ("seconds", "date", "none")
+               for configured in ("unknown", "too high"))
+
+
+def scenario_limited(settings: Settings, *, rate: float, seconds: float, notifiers: int,
+                     shape: ReceiverShape = ReceiverShape()) -> tuple[dict[str, Any], Sampler]:
+    """A job of ``seconds`` worth of rows at the receiver's limit, from first request to last."""
     rows = int(rate * seconds)
-    with _stack(settings, notifiers, ("--rate", str(rate))) as stack:
+    configured = rate * 5 if shape.configured == "too high" else 0.0
+    mock_args = ("--rate", str(rate), "--burst", str(max(1.0, rate * shape.burst_seconds)),
+                 "--retry-after", shape.retry_after)
+    with _stack(settings.replace(rate_limit=configured), notifiers, mock_args) as stack:
         with Sampler(stack) as sampler:
             drop = stack.drop(rows)
             stack.wait_done(drop.path.name, timeout=seconds * 4 + 120)
         stats = stack.mock.stats(per_user=False)
-    first, last = _steady(sampler, skip=seconds * 0.4, tail=1.0)
-    span = last["t"] - first["t"]
-    accepted = (last["accepted"] - first["accepted"]) / span
-    received = last["received"] - first["received"]
-    throttled = last["throttled"] - first["throttled"]
+    span = stats["last_accepted_at"] - stats["first_received_at"]
+    first, last = _steady(sampler, skip=span * 0.5, tail=1.0)
+    steady = last["t"] - first["t"]
     return {
-        "limit_per_s": rate, "rows": rows, "steady_seconds": round(span, 1),
-        "accepted_per_s": round(accepted, 1), "share_of_limit_used": round(accepted / rate, 3),
-        "share_429_steady": round(throttled / received, 4) if received else 0.0,
-        "share_429_overall": round(stats["throttled"] / max(1, stats["received"]), 4),
+        "receiver": shape.name, "limit_per_s": rate, "rows": rows,
+        "hookdrop_rate_limit": configured or None,
+        "seconds_first_request_to_last": round(span, 2),
+        "share_of_limit_used_whole_run": round(stats["unique"] / (rate * span), 3),
+        "share_of_limit_used_steady": round((last["accepted"] - first["accepted"])
+                                            / (steady * rate), 3) if steady > 0 else None,
+        "share_429": round(stats["throttled"] / max(1, stats["received"]), 4),
         "duplicates": stats["duplicates"], "delivered": stats["unique"],
     }, sampler
 
@@ -254,8 +278,9 @@ def plot(samplers: dict[str, Sampler], path: Path) -> None:
 class BenchSizes:
     rows: int = 200_000
     bare_requests: int = 50_000
-    limit: float = 1000.0
-    limited_seconds: float = 60.0
+    limit: float = 400.0
+    limited_seconds: float = 30.0
+    shapes: tuple[ReceiverShape, ...] = SHAPES
     high: float = 1500.0
     low: float = 750.0
     before: float = 8.0
@@ -265,8 +290,9 @@ class BenchSizes:
 
     @classmethod
     def quick(cls) -> BenchSizes:
-        return cls(rows=4_000, bare_requests=4_000, limit=300, limited_seconds=5, high=400,
-                   low=200, before=2, large_rows=30_000, large_seconds=5, latency_tries=2)
+        return cls(rows=4_000, bare_requests=4_000, limit=300, limited_seconds=5,
+                   shapes=SHAPES[:1], high=400, low=200, before=2, large_rows=30_000,
+                   large_seconds=5, latency_tries=2)
 
 
 def run_bench(settings: Settings, *, scenarios: str, notifiers: int, sizes: BenchSizes,
@@ -279,10 +305,14 @@ def run_bench(settings: Settings, *, scenarios: str, notifiers: int, sizes: Benc
         results["a_unlimited"], samplers["a: receiver unlimited"] = scenario_unlimited(
             settings, rows=sizes.rows, notifiers=notifiers, bare_requests=sizes.bare_requests)
     if "b" in scenarios:
-        progress("b: receiver limited")
-        results["b_limited"], samplers[f"b: receiver limited to {sizes.limit:g}/s"] = (
-            scenario_limited(settings, rate=sizes.limit, seconds=sizes.limited_seconds,
-                             notifiers=notifiers))
+        results["b_limited"] = []
+        for shape in sizes.shapes:
+            progress(f"b: receiver limited to {sizes.limit:g}/s, {shape.name}")
+            result, sampler = scenario_limited(settings, rate=sizes.limit,
+                                               seconds=sizes.limited_seconds,
+                                               notifiers=notifiers, shape=shape)
+            results["b_limited"].append(result)
+            samplers[f"b: {sizes.limit:g}/s, {shape.name}"] = sampler
     if "c" in scenarios:
         progress("c: limit lowered mid-run")
         results["c_lowered"], samplers[f"c: limit {sizes.high:g} -> {sizes.low:g}/s"] = (

@@ -151,7 +151,7 @@ class MockApp:
 
     async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
         counters = self._counters
-        counters.received += 1
+        counters.receive()
         if self.state.throttle_remaining > 0:
             self.state.throttle_remaining -= 1
             # Forced refusals must not eat the limiter's tokens; they say "come back in 1 s".

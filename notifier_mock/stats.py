@@ -31,8 +31,8 @@ class Counters:
     __slots__ = (
         "_clock", "_second", "_second_count", "_wall_clock", "accepted", "bad_request",
         "bad_signature", "client_gone", "counting_since", "duplicates", "errors_5xx",
-        "last_second_count", "per_user", "received", "resets", "seen_ids", "started_at",
-        "throttled", "timeouts",
+        "first_received_at", "last_accepted_at", "last_second_count", "per_user", "received",
+        "resets", "seen_ids", "started_at", "throttled", "timeouts",
     )
 
     def __init__(self, clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
@@ -56,6 +56,8 @@ class Counters:
         self.seen_ids: set[str] = set()
         self.per_user: dict[str, int] = {}
         self.counting_since = self._wall_clock()
+        self.first_received_at: float | None = None  # wall clock of the first request counted
+        self.last_accepted_at: float | None = None  # ... and of the last one accepted
         self._second = int(self._clock())
         self._second_count = 0
         self.last_second_count = 0
@@ -69,6 +71,7 @@ class Counters:
     def accept(self, msg_id: str, user: str) -> bool:
         """Count one accepted webhook; True if its id was accepted before (a duplicate)."""
         self.accepted += 1
+        self.last_accepted_at = self._wall_clock()
         seen = self.seen_ids
         duplicate = msg_id in seen
         if duplicate:
@@ -111,6 +114,15 @@ class Counters:
         data["rate_1s"] = self.rate_1s
         data["started_at"] = _iso(self.started_at)
         data["counting_since"] = _iso(self.counting_since)
+        # Unix seconds: a job's first request and last acceptance, for its whole-run rate.
+        data["first_received_at"] = self.first_received_at
+        data["last_accepted_at"] = self.last_accepted_at
         if per_user:
             data["per_user"] = dict(self.per_user)
         return data
+
+    def receive(self) -> None:
+        """Count one incoming webhook request (before its outcome is known)."""
+        self.received += 1
+        if self.first_received_at is None:
+            self.first_received_at = self._wall_clock()

@@ -17,6 +17,11 @@ bound), and ``bad``, the rate of the latest 429 (an upper bound).
   ``good``; a probe refused at once falls back to ``good``.
 
 Only the first 429 of each rate setting counts (``epoch``): the others were in flight already.
+After a cut, sending holds only ``hold_after_cut`` (the requests in flight come back meanwhile)
+and resumes at the new rate instead of waiting out the whole ``Retry-After``: the refused
+requests themselves wait for it, and the receiver sees a rate it can take. A receiver that
+refuses everything is not measuring our rate: then everybody waits for the whole pause.
+
 All times are seconds on one clock (Redis ``TIME``), so worker clocks do not matter.
 """
 
@@ -45,6 +50,7 @@ class Tuning:
     explore_step: float = 0.02
     used: float = 0.8  # share of the rate actually taken for a run to prove anything
     min_rate: float = 1.0
+    hold_after_cut: float = 0.1  # seconds everybody holds after a cut, before the new rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +61,7 @@ class RateState:
     step: float = 0.0  # climb factor while bad is 0
     since: float = 0.0  # when the rate was set
     granted_then: float = 0.0  # the limiter's granted-token total when the rate was set
-    resumed: float = 0.0  # when the pause of the latest 429 ends
+    resumed: float = 0.0  # until when nobody sends (a 429's hold or pause)
     epoch: int = 0
     explore_wait: float = 0.0
     exploring: bool = False
@@ -123,14 +129,16 @@ def refused(state: RateState, *, now: float, pause: float, sending: float, grant
             answered: bool = True, tuning: Tuning = Tuning()) -> RateState:
     """The rate after a 429 of the current epoch (the caller checks the epoch).
 
-    ``sending`` is the measured sending rate of the last second, used when no rate was in
-    force (the first 429 of a run with no configured limit). ``answered`` says whether the
-    receiver answered anything but 429 in this epoch: one that refuses everything from the
-    first request on is not measuring our rate (maintenance, a quota, a forced refusal), and
-    that 429 only pauses.
+    ``sending`` is the measured sending rate since the rate was set (or sending resumed), used
+    when no rate was in force (the first 429 of a run with no configured limit). ``answered``
+    says whether the receiver answered anything but 429 in this epoch: one that refuses
+    everything from the first request on is not measuring our rate (maintenance, a quota, a
+    forced refusal), and that 429 only pauses, for the whole ``pause``. Otherwise everybody
+    holds for ``hold_after_cut`` (at most ``pause``) and goes on at the new rate.
     """
     if not answered or (state.rate <= 0 and sending < 1):
         return replace(state, resumed=now + pause, epoch=state.epoch + 1)
+    hold = min(pause, tuning.hold_after_cut)
     rate = state.rate if state.rate > 0 else sending
     good, bad, step = state.good, rate, 0.0
     explore_wait = state.explore_wait or tuning.explore_after
@@ -158,5 +166,5 @@ def refused(state: RateState, *, now: float, pause: float, sending: float, grant
         new, good = rate * cut, 0.0
         explore_wait = tuning.explore_after
     return replace(state, rate=max(tuning.min_rate, new), good=good, bad=bad, step=step,
-                   since=now, granted_then=granted, resumed=now + pause,
+                   since=now, granted_then=granted, resumed=now + hold,
                    epoch=state.epoch + 1, explore_wait=explore_wait, exploring=False)

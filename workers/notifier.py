@@ -5,9 +5,14 @@ Per chunk:
 1. Claim the alerts in PostgreSQL (a lease): delivered, cancelled or leased-elsewhere alerts
    are left out, so a job that runs twice, or a DLQ entry re-injected twice, sends nothing twice.
 2. Send with the global rate limit; every try of an alert carries its stable ``webhook-id``.
-3. Write outcomes in bulk as they come (every few hundred ms), and renew the lease meanwhile.
+3. Record outcomes by group commit: one writer writes everything that came in while its last
+   write ran, and a sender takes its next alert only once its last outcome is written. So a
+   ``kill -9`` can re-send at most the requests in flight (``concurrency`` per process) with
+   their same ids, never outcomes that were only waiting to be written. The lease is renewed
+   meanwhile.
 
-429 pauses everybody (back-pressure flag) and is retried without using the failure budget;
+429 holds everybody briefly and cuts the global rate (see workers/adaptive.py); the refused
+alert waits for its ``Retry-After`` and is tried again without using the failure budget.
 5xx, timeouts and connection errors retry with backoff, then go to the DLQ (or end ``dead``
 when the attempt budget is spent); other 4xx are ``rejected`` at once.
 """
@@ -16,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,7 +45,7 @@ from workers.transport import make_client
 
 log = structlog.get_logger(__name__)
 
-FLUSH_EVERY = 0.25
+KEEP_EVERY = 0.25  # seconds between lease renewals, pause checks and outcome reports
 
 
 def deliver_job(file_id: int, ids: list[str]) -> dict[str, Any]:
@@ -58,6 +65,7 @@ class _Alert:
     attempts: int  # failed tries before this job
     tries: int = 0  # failed tries in this job
     done: bool = False
+    not_before: float = 0.0  # a 429 asked to wait: not sent again before this (monotonic)
 
 
 class Delivery:
@@ -81,6 +89,8 @@ class Delivery:
         self.limiter = GlobalLimiter(ctx.redis, self.settings.keys,
                                      max_rate=self.settings.rate_limit)
         self.client: httpx.AsyncClient | None = None
+        # One thread writes to PostgreSQL, so the event loop never waits on it.
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="hookdrop-results")
 
     def close(self) -> None:
         if self.client is not None and not self.loop.is_running():
@@ -91,6 +101,7 @@ class Delivery:
         for task in asyncio.all_tasks(self.loop):
             task.cancel()  # senders left behind by a stop at once
         self.loop.close()
+        self.writer.shutdown(wait=False, cancel_futures=True)
 
     def run_chunk(self, file_id: int, ids: list[str]) -> dict[str, Any]:
         claimed = retrying(
@@ -132,9 +143,16 @@ class _Chunk:
         self.file_id = file_id
         self.alerts = deque(_Alert(r.id, r.file_id, body_of(r), r.attempts) for r in rows)
         self.open: dict[str, _Alert] = {a.id: a for a in self.alerts}
-        self.results: dict[str, Result] = {}
+        # Alerts refused with a 429, by when they may be sent again (ties in arrival order).
+        self.waiting: list[tuple[float, int, _Alert]] = []
+        self._order = 0
+        # Outcomes waiting for the writer, and the future their write completes.
+        self.pending: dict[str, Result] = {}
+        self.pending_written: asyncio.Future[None] | None = None
+        self.has_pending = asyncio.Event()
         self.db_ok = asyncio.Event()
         self.db_ok.set()
+        self.unreported: list[Result] = []  # written, not yet in the Redis counters
         self.counts = {"delivered": 0, "rejected": 0, "dlq": 0, "dead": 0, "throttled": 0,
                        "retried": 0}
         self.paused = False
@@ -147,14 +165,17 @@ class _Chunk:
         client = self.engine.get_client()
         senders = [asyncio.create_task(self._sender(client))
                    for _ in range(min(self.settings.concurrency, len(self.alerts)))]
+        writer = asyncio.create_task(self._writer())
         keeper = asyncio.create_task(self._keeper())
         try:
             await asyncio.gather(*senders)
         finally:
             self.finished = True
+            self.has_pending.set()
             self.wake.set()  # the keeper ends now rather than at its next tick
-            await keeper  # it never drops a batch half-written
-        await self._flush()
+            await writer  # it never drops a batch half-written
+            await keeper
+        self._report()
         leftover = [a.id for a in self.open.values() if not a.done]
         if leftover:  # stop or pause: hand them back to the lease sweep right away
             retrying(lambda: self.engine.store.release_alerts(leftover, self.engine.owner),
@@ -172,8 +193,14 @@ class _Chunk:
         return self.engine.ctx.stopping.is_set() or self.paused or self.lost
 
     async def _sender(self, client: httpx.AsyncClient) -> None:
-        while self.alerts and not self._should_stop():
-            alert = self.alerts.popleft()
+        while (self.alerts or self.waiting) and not self._should_stop():
+            if self.waiting and self.waiting[0][0] <= time.monotonic():
+                alert = heapq.heappop(self.waiting)[2]
+            elif self.alerts:
+                alert = self.alerts.popleft()
+            else:  # only refused alerts are left: wait for the first one's Retry-After
+                await asyncio.sleep(max(0.0, self.waiting[0][0] - time.monotonic()))
+                continue
             await self._deliver(client, alert)
 
     async def _deliver(self, client: httpx.AsyncClient, alert: _Alert) -> None:
@@ -201,19 +228,22 @@ class _Chunk:
             if verdict.kind != "throttled" and verdict.code is not None:
                 limiter.answered(epoch)  # a real answer: 429s in this epoch measure our rate
             if verdict.kind == "delivered":
-                self._finish(alert, Result(alert.id, AlertStatus.DELIVERED, code=verdict.code,
-                                           latency_ms=latency))
+                await self._finish(alert, Result(alert.id, AlertStatus.DELIVERED,
+                                                 code=verdict.code, latency_ms=latency))
                 return
             if verdict.kind == "rejected":
-                self._finish(alert, Result(alert.id, AlertStatus.REJECTED, code=verdict.code,
-                                           error=verdict.error, latency_ms=latency))
                 log.warning("alert.rejected", alert_id=alert.id, code=verdict.code,
                             error=verdict.error)
+                await self._finish(alert, Result(alert.id, AlertStatus.REJECTED,
+                                                 code=verdict.code, error=verdict.error,
+                                                 latency_ms=latency))
                 return
             if verdict.kind == "throttled":
+                # Set aside until its Retry-After; the sender goes on with other alerts at
+                # the rate the controller now allows.
                 self._throttled(alert, verdict, latency, epoch)
-                continue
-            if self._failed(alert, verdict, latency):
+                return
+            if await self._failed(alert, verdict, latency):
                 return
             await asyncio.sleep(compute_backoff(alert.tries, base=0.2, cap=10.0))
 
@@ -222,6 +252,9 @@ class _Chunk:
         if pause is None:
             pause = self.settings.backpressure_seconds
         pause = min(max(pause, 0.05), self.settings.max_pause_seconds)
+        alert.not_before = time.monotonic() + pause
+        self._order += 1
+        heapq.heappush(self.waiting, (alert.not_before, self._order, alert))
         rate = self.engine.limiter.throttled(pause, epoch)
         self.counts["throttled"] += 1
         self._note(Result(alert.id, AlertStatus.THROTTLED, throttled=1, code=429,
@@ -229,7 +262,7 @@ class _Chunk:
         log.info("alert.throttled", alert_id=alert.id, pause=round(pause, 3),
                  rate=rate and round(rate, 1))
 
-    def _failed(self, alert: _Alert, verdict: Verdict, latency: float) -> bool:
+    async def _failed(self, alert: _Alert, verdict: Verdict, latency: float) -> bool:
         """Count a failed try; True when the alert leaves this job (DLQ or dead)."""
         alert.tries += 1
         total = alert.attempts + alert.tries
@@ -238,28 +271,30 @@ class _Chunk:
                           latency_ms=latency, next_at=next_at)
 
         if total >= self.settings.attempt_budget:
-            self._finish(alert, result(AlertStatus.DEAD))
+            await self._finish(alert, result(AlertStatus.DEAD))
             log.error("alert.dead", alert_id=alert.id, attempts=total, error=verdict.error)
             return True
         if alert.tries >= self.settings.max_tries:
             delay = compute_backoff(total, base=self.settings.dlq_interval / 4,
                                     cap=self.settings.dlq_interval * 20)
             next_at = datetime.now(UTC) + timedelta(seconds=delay)
-            self._finish(alert, result(AlertStatus.DLQ, next_at))
+            await self._finish(alert, result(AlertStatus.DLQ, next_at))
             log.warning("alert.dlq", alert_id=alert.id, attempts=total, error=verdict.error)
             return True
         self.counts["retried"] += 1
         self._note(result(AlertStatus.RETRYING))
         return False
 
-    def _finish(self, alert: _Alert, result: Result) -> None:
+    async def _finish(self, alert: _Alert, result: Result) -> None:
+        """The alert's last outcome in this job: return once it is written."""
         alert.done = True
         self.counts[result.status] += 1
-        self._note(result)
+        await self._note(result)
 
-    def _note(self, result: Result) -> None:
-        """Queue a result for the next bulk write, merged with any earlier one of this alert."""
-        earlier = self.results.get(result.alert_id)
+    def _note(self, result: Result) -> asyncio.Future[None]:
+        """Queue an outcome for the writer, merged with any earlier one of this alert; the
+        future completes when it is written."""
+        earlier = self.pending.get(result.alert_id)
         if earlier is not None:
             result = Result(
                 result.alert_id, result.status, failed=earlier.failed + result.failed,
@@ -267,22 +302,66 @@ class _Chunk:
                 error=result.error or earlier.error, latency_ms=result.latency_ms,
                 next_at=result.next_at,
             )
-        self.results[result.alert_id] = result
+        self.pending[result.alert_id] = result
+        if self.pending_written is None:
+            self.pending_written = asyncio.get_running_loop().create_future()
+        self.has_pending.set()
+        return self.pending_written
 
     # -- bookkeeping ------------------------------------------------------------------------
 
+    async def _writer(self) -> None:
+        """Write outcomes as they come: each write takes whatever arrived during the last."""
+        loop = asyncio.get_running_loop()
+        store, owner = self.engine.store, self.engine.owner
+        while True:
+            await self.has_pending.wait()
+            self.has_pending.clear()
+            if not self.pending:
+                if self.finished:
+                    return
+                continue
+            batch, written_future = list(self.pending.values()), self.pending_written
+            self.pending, self.pending_written = {}, None
+            assert written_future is not None
+
+            async def record(batch: list[Result] = batch) -> int:
+                return await loop.run_in_executor(self.engine.writer, store.record_results,
+                                                  batch, owner)
+
+            try:
+                # While it fails, stop sending: an outcome we cannot record could be sent
+                # twice later.
+                written = await retrying_async(record, what="record results",
+                                               retry_on=(StoreUnavailable,),
+                                               on_failure=self.db_ok.clear)
+            except BaseException as exc:
+                written_future.set_exception(exc)
+                raise
+            if written < len(batch) and not self.lost:
+                # Our lease ran out (a long PostgreSQL outage) and the sweep handed these
+                # alerts to another job: sending the rest too would send them twice.
+                self.lost = True
+                log.warning("chunk.lease_lost", file_id=self.file_id,
+                            unwritten=len(batch) - written)
+            self.db_ok.set()
+            self.unreported.extend(batch)
+            written_future.set_result(None)
+
     async def _keeper(self) -> None:
-        """Flush results, renew the lease and watch for a pause, until cancelled."""
+        """Renew the lease, watch for a pause and report outcomes, until the chunk is done."""
+        loop = asyncio.get_running_loop()
         last_renew = time.monotonic()
         while not self.finished:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), FLUSH_EVERY)
-            await self._flush()
+                await asyncio.wait_for(self.wake.wait(), KEEP_EVERY)
+            self._report()
             if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
                 holding = [a.id for a in self.open.values() if not a.done]
                 try:
-                    self.engine.store.renew_leases(holding, self.engine.owner,
-                                                   self.settings.lease_seconds)
+                    await loop.run_in_executor(
+                        self.engine.writer, self.engine.store.renew_leases, holding,
+                        self.engine.owner, self.settings.lease_seconds)
                     last_renew = time.monotonic()
                 except StoreUnavailable as exc:
                     log.warning("db.unavailable", action="renew lease", error=str(exc))
@@ -292,24 +371,11 @@ class _Chunk:
             except QueueUnavailable as exc:  # Redis away: keep sending, PostgreSQL decides
                 log.warning("redis.unavailable", action="check pause", error=str(exc))
 
-    async def _flush(self) -> None:
-        if not self.results:
+    def _report(self) -> None:
+        """Written outcomes into the shared per-second counters and latency histogram."""
+        batch, self.unreported = self.unreported, []
+        if not batch:
             return
-        batch = list(self.results.values())
-        self.results = {}
-
-        async def record() -> int:
-            return self.engine.store.record_results(batch, self.engine.owner)
-
-        # While it fails, stop sending: an outcome we cannot record could be sent twice later.
-        written = await retrying_async(record, what="record results",
-                                       retry_on=(StoreUnavailable,), on_failure=self.db_ok.clear)
-        if written < len(batch) and not self.lost:
-            # Our lease ran out (a long PostgreSQL outage) and the sweep handed these alerts to
-            # another job: sending the rest too would send them twice.
-            self.lost = True
-            log.warning("chunk.lease_lost", file_id=self.file_id, unwritten=len(batch) - written)
-        self.db_ok.set()
         ok = sum(1 for r in batch if r.status == AlertStatus.DELIVERED)
         throttled = sum(r.throttled for r in batch)
         try:

@@ -3,8 +3,10 @@
 - Tokens come from a GCRA script that runs inside Redis and reads Redis ``TIME``, so worker
   clocks do not matter and N processes together never exceed the rate. Processes take tokens
   several at a time and spread them out locally with aiolimiter.
-- The back-pressure flag (a key whose TTL is the pause) makes the script refuse every token
-  while it exists: on a 429 every notifier holds off until it expires.
+- After a 429 every notifier holds off until the controller says (``resumed`` in the control
+  hash): briefly after a cut, the whole ``Retry-After`` when the receiver refuses everything.
+  The back-pressure flag (a key whose TTL is the ``Retry-After``) shows the receiver asked
+  for a pause: the DLQ is not re-injected meanwhile, and the refused requests wait for it.
 - The rate adapts (workers/adaptive.py decides how): its state lives in one Redis hash that
   every process reads and changes with a compare-and-set on a version number, so a 429 seen
   by ten processes at once moves the rate once. With no configured limit and no 429 yet, no
@@ -24,21 +26,22 @@ from aiolimiter import AsyncLimiter
 from hookdrop.keys import Keys
 from workers import adaptive
 
-# KEYS: rl hash, backpressure flag, outcomes hash, control hash. ARGV: wanted, max rate
-# (0 = none), burst seconds.
+# KEYS: rl hash, outcomes hash, control hash. ARGV: wanted, max rate (0 = none), burst
+# seconds.
 _ACQUIRE = """
-local epoch = redis.call('HGET', KEYS[4], 'epoch') or '0'
-local pause = redis.call('PTTL', KEYS[2])
-if pause > 0 then return {0, pause, '-1', epoch} end
+local epoch = redis.call('HGET', KEYS[3], 'epoch') or '0'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local resumed = tonumber(redis.call('HGET', KEYS[3], 'resumed') or '0') * 1000
+if resumed > now then return {0, math.ceil(resumed - now), '-1', epoch} end
+redis.call('HSETNX', KEYS[1], 'first', tostring(now / 1000))
 local want = tonumber(ARGV[1])
 local max = tonumber(ARGV[2])
-local rate = tonumber(redis.call('HGET', KEYS[4], 'rate') or '0')
+local rate = tonumber(redis.call('HGET', KEYS[3], 'rate') or '0')
 if rate <= 0 and max > 0 then rate = max end
 local sec = tostring(math.floor(now / 1000))
 if rate <= 0 then
-  redis.call('HINCRBY', KEYS[3], sec .. ':granted', want)
+  redis.call('HINCRBY', KEYS[2], sec .. ':granted', want)
   redis.call('HINCRBY', KEYS[1], 'granted', want)
   return {want, 0, '0', epoch}
 end
@@ -53,7 +56,7 @@ if allowed < want then
 end
 redis.call('HSET', KEYS[1], 'tat', tostring(tat + want * interval))
 redis.call('HINCRBY', KEYS[1], 'granted', want)
-redis.call('HINCRBY', KEYS[3], sec .. ':granted', want)
+redis.call('HINCRBY', KEYS[2], sec .. ':granted', want)
 return {want, 0, tostring(rate), epoch}
 """
 
@@ -66,16 +69,14 @@ end
 return 1
 """
 
-# KEYS: control hash, rl hash, outcomes hash. Returns Redis time (ms), the tokens granted so
-# far, those granted in the last and the current second, and the control hash.
+# KEYS: control hash, rl hash. Returns Redis time (ms), the tokens granted so far, when the
+# first was, and the control hash.
 _READ = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local sec = tonumber(t[1])
 local granted = redis.call('HGET', KEYS[2], 'granted') or '0'
-local last = redis.call('HGET', KEYS[3], (sec - 1) .. ':granted') or '0'
-local this = redis.call('HGET', KEYS[3], sec .. ':granted') or '0'
-return {tostring(now), granted, last, this, redis.call('HGETALL', KEYS[1])}
+local first = redis.call('HGET', KEYS[2], 'first') or tostring(now / 1000)
+return {tostring(now), granted, first, redis.call('HGETALL', KEYS[1])}
 """
 
 # KEYS: control hash. ARGV: expected version, then field/value pairs. Writes only if nobody
@@ -117,9 +118,15 @@ class Grant:
 class _Snapshot:
     now: float  # seconds, Redis clock
     granted: float
-    sending: float  # tokens granted over the last second
+    first: float  # when the first token was granted
     state: adaptive.RateState
     version: int
+
+    @property
+    def sending(self) -> float:
+        """Tokens granted per second since the rate was set (or sending resumed)."""
+        since = max(self.state.since, self.state.resumed, self.first)
+        return (self.granted - self.state.granted_then) / max(self.now - since, 0.01)
 
 
 class GlobalLimiter:
@@ -158,8 +165,7 @@ class GlobalLimiter:
     def take(self, want: int) -> Grant:
         """One round trip to Redis for up to ``want`` tokens."""
         got, wait_ms, rate, epoch = self._acquire(
-            keys=[self.keys.ratelimit, self.keys.backpressure, self.keys.outcomes,
-                  self.keys.ratecontrol],
+            keys=[self.keys.ratelimit, self.keys.outcomes, self.keys.ratecontrol],
             args=[want, self.max_rate, self.burst_seconds],
         )
         value = float(rate)
@@ -210,14 +216,11 @@ class GlobalLimiter:
         return self._smoother
 
     def snapshot(self) -> _Snapshot:
-        now_ms, granted, last, this, flat = self._read(
-            keys=[self.keys.ratecontrol, self.keys.ratelimit, self.keys.outcomes])
+        now_ms, granted, first, flat = self._read(
+            keys=[self.keys.ratecontrol, self.keys.ratelimit])
         raw = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
-        now = float(now_ms) / 1000
-        into = now - int(now)
-        sending = float(last) * (1 - into) + float(this)
-        return _Snapshot(now, float(granted), sending, adaptive.RateState.from_fields(raw),
-                         int(raw.get("version", 0)))
+        return _Snapshot(float(now_ms) / 1000, float(granted), float(first),
+                         adaptive.RateState.from_fields(raw), int(raw.get("version", 0)))
 
     def _save(self, snap: _Snapshot, state: adaptive.RateState) -> bool:
         args: list[str | int] = [snap.version]
@@ -240,7 +243,8 @@ class GlobalLimiter:
         self._answered = (epoch, count + 1 if seen == epoch else 1)
 
     def throttled(self, pause_seconds: float, epoch: int | None = None) -> float | None:
-        """A 429 was seen: set/extend the back-pressure flag and, once per epoch, cut the rate.
+        """A 429 was seen: set/extend the back-pressure flag and, once per epoch, cut the rate
+        (the controller also says how long everybody holds).
 
         ``epoch`` is the one ``acquire`` returned for the refused request; None means the
         current one. Returns the rate now in force (None: none).

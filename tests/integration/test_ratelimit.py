@@ -38,17 +38,21 @@ def test_no_limit_grants_everything_until_a_429(rconn: redis.Redis) -> None:
     assert (grant.tokens, grant.rate) == (64, None)
 
 
-def test_back_pressure_flag_stops_every_process_until_it_expires(rconn: redis.Redis) -> None:
+def test_a_429_holds_every_process_briefly_and_the_flag_keeps_its_retry_after(
+        rconn: redis.Redis) -> None:
     keys = _keys(rconn)
     one, other = GlobalLimiter(rconn, keys), GlobalLimiter(rconn, keys)
-    one.throttled(0.4)
+    one.take(10)
+    one.answered(0)  # the receiver accepted requests before it refused one
+    one.throttled(1.0, epoch=0)
+    hold = one.tuning.hold_after_cut
     grant = other.take(10)
-    assert grant.tokens == 0
-    assert 0.2 < grant.wait_seconds <= 0.4
-    assert other.paused_for() > 0
-    # a shorter pause never shortens a longer one
+    assert grant.tokens == 0  # everybody holds ...
+    assert 0 < grant.wait_seconds <= hold  # ... briefly, then goes on at the new rate
+    assert 0.8 < other.paused_for() <= 1.0  # the flag: the receiver asked for 1 s
+    # a shorter pause never shortens a longer flag
     other.throttled(0.05)
-    assert other.paused_for() > 0.2
+    assert other.paused_for() > 0.8
 
     async def wait_for_token() -> float:
         started = time.monotonic()
@@ -56,8 +60,18 @@ def test_back_pressure_flag_stops_every_process_until_it_expires(rconn: redis.Re
         return time.monotonic() - started
 
     waited = asyncio.run(wait_for_token())
-    assert waited >= 0.15
-    assert other.paused_for() == 0
+    assert waited <= hold + 0.2
+    assert other.paused_for() > 0  # still shown while the refused requests wait
+
+
+def test_a_receiver_refusing_everything_holds_every_process_for_the_whole_pause(
+        rconn: redis.Redis) -> None:
+    keys = _keys(rconn)
+    one, other = GlobalLimiter(rconn, keys), GlobalLimiter(rconn, keys)
+    one.throttled(0.4, epoch=0)  # no answer but 429s in this epoch
+    grant = other.take(10)
+    assert grant.tokens == 0
+    assert 0.2 < grant.wait_seconds <= 0.4
 
 
 def _set_state(rconn: redis.Redis, keys: Keys, state: RateState) -> None:
@@ -101,10 +115,11 @@ def test_the_first_429_with_no_rate_starts_below_the_measured_sending_rate(
     keys = _keys(rconn)
     limiter = GlobalLimiter(rconn, keys)
     assert limiter.take(64).rate is None  # unlimited until a 429
-    now = int(rconn.time()[0])
-    rconn.hset(keys.outcomes, mapping={f"{now - 1}:granted": 900, f"{now}:granted": 0})
+    # 900 tokens granted since the first one, a second ago: sending at 900/s.
+    rconn.hset(keys.ratelimit, mapping={"granted": 900, "first": _redis_now(rconn) - 1})
     rate = limiter.throttled(0.2)
-    assert rate is not None and 0 < rate <= 900 * limiter.tuning.blind_cut + 64
+    assert rate is not None
+    assert 0.9 * 900 * limiter.tuning.blind_cut <= rate <= 900 * limiter.tuning.blind_cut
     assert limiter.paused_for() > 0
 
 

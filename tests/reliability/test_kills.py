@@ -1,17 +1,16 @@
-"""kill -9 of any hookdrop process, again and again, during one file (PRODUCT rule 5).
+"""kill -9 of any hookdrop process, again and again, during one file (docs/guarantees.md).
 
-The victims are the monitor, the batcher and the two notifier processes, each killed with
-its whole process group (RQ work-horses included), then started again, at seeded random
-moments (``HOOKDROP_CHAOS_SEED`` replays a run).
+The victims are the monitor, the batcher and the notifier processes, each killed with its
+whole process group (RQ work-horses included), then started again, at seeded random moments
+(``HOOKDROP_CHAOS_SEED`` replays a run).
 
-The bound on repeats: a notifier process runs one job at a time (SimpleWorker) and a job
-leases at most ``chunk_size`` alerts before sending them. Alerts it delivered *and recorded*
-are never claimed again; alerts it had not sent are sent once by whoever takes them over when
-the lease runs out. So a notifier kill can repeat only alerts sent but not yet recorded, all
-inside that one leased chunk: at most ``chunk_size`` (results are flushed every 0.25 s, which
-at this rate is most of a chunk, so the bound is nearly reached). Batcher and monitor kills
-send nothing themselves, and every replay they cause goes through the ledger. Hence
-``duplicates <= notifier kills x chunk_size``, each under the id of the alert it repeats.
+The bound on repeats: alerts a notifier delivered *and recorded* are never claimed again;
+alerts it had not sent are sent once by whoever takes them over when the lease runs out. A
+sender takes its next alert only once the outcome of its last one is written, so what a kill
+can repeat is what was in flight then: at most ``concurrency`` requests per notifier process.
+Batcher and monitor kills send nothing themselves, and every replay they cause goes through
+the ledger. Hence ``duplicates <= notifier kills x concurrency``, each under the id of the
+alert it repeats, counted at the receiver.
 """
 
 from __future__ import annotations
@@ -43,13 +42,15 @@ RATE_LIMIT = 800.0
 
 
 def run_kills(settings: Settings, store: Store, mock: Mock, fleet: Fleet, *, rows: int,
-              kills: tuple[int, int], every: tuple[float, float], timeout: float) -> None:
-    """Kill a random process every ``every`` seconds while the file is being delivered,
-    between ``kills[0]`` and ``kills[1]`` times; then check every row arrived."""
+              kills: tuple[int, int], every: tuple[float, float], timeout: float,
+              victims: tuple[str, ...] = VICTIMS) -> None:
+    """Kill a random one of ``victims`` every ``every`` seconds while the file is being
+    delivered, between ``kills[0]`` and ``kills[1]`` times; then check every row arrived."""
     rng, seed = chaos_rng()
+    notifiers = NOTIFIERS
     fleet.start("monitor", "monitor")
     fleet.start("batcher", "worker", "batcher")
-    for name in NOTIFIERS:
+    for name in notifiers:
         fleet.start(name, "worker", "notifier")
     wait_for(settings.processing_dir.exists, timeout=30, what="monitor ready")
     began = time.monotonic()
@@ -68,7 +69,7 @@ def run_kills(settings: Settings, store: Store, mock: Mock, fleet: Fleet, *, row
         pause(rng.uniform(*every))
         if finished():
             break
-        victim = rng.choice(VICTIMS)
+        victim = rng.choice(victims)
         fleet.kill(victim)
         schedule.append((round(time.monotonic() - began, 1), victim))
         pause(rng.uniform(0.0, 1.0))  # down for a moment, as before a supervisor restarts it
@@ -80,8 +81,8 @@ def run_kills(settings: Settings, store: Store, mock: Mock, fleet: Fleet, *, row
     file = wait_delivered(store, mock, fleet, name, rows,
                           timeout=max(60.0, deadline - time.monotonic()))
     assert fleet.dead() == {}, f"processes died on their own: {fleet.dead()} (seed {seed})"
-    notifier_kills = sum(fleet.kills[n] for n in NOTIFIERS)
-    bound = notifier_kills * settings.chunk_size
+    notifier_kills = sum(fleet.kills[n] for n in notifiers)
+    bound = notifier_kills * settings.concurrency
     outcome = check_everything_delivered(settings, store, mock, file, pairs,
                                          max_duplicates=bound)
     print(f"seed {seed}: {rows} rows, {len(schedule)} kills {dict(fleet.kills)}, "
@@ -101,6 +102,17 @@ def test_repeated_kill_9_of_any_process_loses_nothing_and_repeats_only_in_flight
     chaos = kill_settings(settings, mock)
     run_kills(chaos, store, mock, fleet_factory(chaos), rows=20_000, kills=(12, 12),
               every=(0.5, 1.5), timeout=100)
+
+
+def test_kill_9_of_a_notifier_at_full_speed_repeats_at_most_what_it_had_in_flight(
+    settings: Settings, store: Store, mock: Mock, fleet_factory: Callable[[Settings], Fleet]
+) -> None:
+    """No rate limit and the default concurrency: outcomes waiting to be written would be
+    hundreds per kill; only the requests in flight (at most 64 per process) may repeat."""
+    chaos = kill_settings(settings, mock).replace(rate_limit=0.0, concurrency=64,
+                                                  chunk_size=500, queue_high_water=20)
+    run_kills(chaos, store, mock, fleet_factory(chaos), rows=60_000, kills=(6, 6),
+              every=(0.8, 1.6), timeout=120, victims=NOTIFIERS)
 
 
 @pytest.mark.slow

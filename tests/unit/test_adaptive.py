@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import math
 from dataclasses import dataclass, field
 
 import pytest
@@ -20,11 +22,13 @@ def test_no_rate_until_the_first_429_unless_one_is_configured() -> None:
 def test_the_first_429_of_a_burst_starts_below_what_was_sent_and_climbs() -> None:
     state = refused(RateState(), now=5, pause=1, sending=800, granted=800)
     assert state.rate == 800 * T.blind_cut
-    assert (state.bad, state.epoch, state.resumed) == (0, 1, 6)
-    # paused: nothing moves
-    assert tick(state, now=5.9, granted=800, max_rate=0) is None
-    # used for climb_hold after the pause: doubles
-    up = tick(state, now=6 + T.climb_hold, granted=800 + 400 * T.climb_hold, max_rate=0)
+    # Everybody holds only briefly (the refused request itself waits its Retry-After).
+    assert (state.bad, state.epoch, state.resumed) == (0, 1, 5 + T.hold_after_cut)
+    # held: nothing moves
+    assert tick(state, now=5.05, granted=800, max_rate=0) is None
+    # used for climb_hold after the hold: doubles
+    resumed = 5 + T.hold_after_cut
+    up = tick(state, now=resumed + T.climb_hold, granted=800 + 400 * T.climb_hold, max_rate=0)
     assert up is not None and up.rate == 800 and up.good == 400
 
 
@@ -94,11 +98,16 @@ def test_state_round_trips_through_redis_fields() -> None:
 
 @dataclass
 class Receiver:
-    """A token bucket of ``burst`` seconds of its rate, or a counter per whole second."""
+    """A token bucket of ``burst`` seconds of its rate, or a counter per whole second.
+
+    A refusal says when to come back (``Retry-After``) as the receiver's modes do: whole
+    seconds rounded up, an HTTP date (whole seconds, so anything from 0 to 1 s), or not at all.
+    """
 
     limit: float
     burst: float = 0.1
     kind: str = "bucket"
+    retry_after: str = "seconds"
     tokens: float = 0.0
     second: int = -1
 
@@ -115,11 +124,17 @@ class Receiver:
         elif int(t) != self.second:
             self.second, self.tokens = int(t), self.limit
 
-    def accept(self) -> bool:
+    def accept(self, t: float) -> float | None:
+        """None when accepted, else the pause the refusal asks for (``Retry-After``)."""
         if self.tokens >= 1:
             self.tokens -= 1
-            return True
-        return False
+            return None
+        wait = (1 - self.tokens) / self.limit if self.kind == "bucket" else 1 - (t % 1)
+        if self.retry_after == "seconds":
+            return float(max(1, math.ceil(wait)))
+        if self.retry_after == "date":
+            return max(0.05, math.floor(t + wait + 1) - t)
+        return 1.0  # no Retry-After: hookdrop's default pause
 
 
 @dataclass
@@ -127,52 +142,88 @@ class Run:
     accepted: list[int] = field(default_factory=list)
     sent: list[int] = field(default_factory=list)
     refused: int = 0
+    first: float = 0.0  # first request
+    last: float = 0.0  # last accepted request
 
     def use(self, first: int, last: int, limit: float) -> float:
         return sum(self.accepted[first:last]) / (limit * (last - first))
 
+    def whole_run(self, rows: int, limit: float) -> float:
+        """Share of the limit used from the first request to the last."""
+        return rows / (limit * (self.last - self.first))
+
+    @property
+    def refused_share(self) -> float:
+        return self.refused / max(1, sum(self.sent))
+
 
 def simulate(receiver: Receiver, seconds: int, *, changes: dict[int, float] | None = None,
-             unlimited: float = 3000.0, latency: float = 0.004, pause: float = 1.0,
-             dt: float = 0.0005) -> Run:
-    """Senders that use every token, a receiver, the controller ticking every 0.1 s."""
-    state, run = RateState(), Run([0] * seconds, [0] * seconds)
-    t, credit, granted, paused_until, next_tick = 0.0, 0.0, 0, 0.0, 0.0
-    in_flight: list[tuple[float, bool, int]] = []
-    per_second = [0] * (seconds + 1)
+             rows: int | None = None, max_rate: float = 0.0, slots: int = 128,
+             latency: float = 0.005, dt: float = 0.0005) -> Run:
+    """Notifiers with ``slots`` requests in flight against a receiver, in virtual time.
+
+    As the notifiers do: tokens come at the rate in force (none before the first 429 unless
+    ``max_rate``), nothing is sent while the state says to hold, the first 429 of an epoch
+    moves the rate (with the sending rate measured since the rate was set), a refused
+    request waits for its own ``Retry-After`` before it is sent again, and the controller
+    ticks every 0.25 s. ``rows``: a job of that many alerts (else the sending never ends).
+    """
+    state, run = RateState(), Run([0] * (seconds + 1), [0] * (seconds + 1))
+    credit, granted, in_flight, next_tick = 0.0, 0, 0, 0.0
+    started, answered = {0: (0.0, 0)}, set()
+    waiting: list[float] = []  # when each refused alert may be sent again
+    answers: list[tuple[float, float | None, int]] = []  # (back, refusal pause, epoch)
+    left = rows if rows is not None else 1 << 62
+    delivered = 0
     for step in range(int(seconds / dt)):
         t = step * dt
         if changes and step and int(t) != int(t - dt) and int(t) in changes:
             receiver.set_limit(changes[int(t)])
         receiver.advance(t, dt)
-        keep = []
-        for back, ok, epoch in in_flight:
-            if back > t:
-                keep.append((back, ok, epoch))
-            elif not ok:
-                paused_until = max(paused_until, t + pause)
-                if epoch == state.epoch:
-                    into = t - int(t)
-                    sending = per_second[int(t) - 1] * (1 - into) + per_second[int(t)]
-                    state = refused(state, now=t, pause=pause, sending=sending, granted=granted)
-                    credit = 0.0
-        in_flight = keep
+        while answers and answers[0][0] <= t:
+            _back, pause, epoch = answers.pop(0)
+            in_flight -= 1
+            if pause is None:
+                answered.add(epoch)
+                delivered += 1
+                run.last = t
+                continue
+            heapq.heappush(waiting, t + pause)
+            if epoch == state.epoch:
+                since, granted_then = started[epoch]
+                sending = (granted - granted_then) / max(t - since, dt)
+                state = refused(state, now=t, pause=pause, sending=sending, granted=granted,
+                                answered=epoch in answered)
+                started[state.epoch] = (t, granted)
+                credit = 0.0
+        if rows is not None and delivered >= rows:
+            break
         if t >= next_tick:
-            state = tick(state, now=t, granted=granted, max_rate=0) or state
-            next_tick = t + 0.1
-        if t < paused_until:
+            new = tick(state, now=t, granted=granted, max_rate=max_rate)
+            if new is not None and new.epoch == state.epoch:
+                state = new
+            next_tick = t + 0.25
+        if t < state.resumed:
             continue
-        rate = state.rate or unlimited
+        rate = state.rate or max_rate or 1e9
         credit = min(credit + rate * dt, max(1.0, rate * 0.05))
-        while credit >= 1:
+        while credit >= 1 and in_flight < slots:
+            if waiting and waiting[0] <= t:
+                heapq.heappop(waiting)
+            elif left > 0:
+                left -= 1
+            else:
+                break
             credit -= 1
             granted += 1
-            per_second[int(t)] += 1
+            in_flight += 1
+            if not run.first:
+                run.first = t or dt
+            pause = receiver.accept(t)
             run.sent[int(t)] += 1
-            ok = receiver.accept()
-            run.accepted[int(t)] += ok
-            run.refused += not ok
-            in_flight.append((t + latency, ok, state.epoch))
+            run.accepted[int(t)] += pause is None
+            run.refused += pause is not None
+            answers.append((t + latency, pause, state.epoch))
     return run
 
 
@@ -226,3 +277,20 @@ def test_a_receiver_refusing_everything_from_the_first_request_only_pauses_us() 
     after = refused(state, now=10.01, pause=1, sending=1000, granted=0, answered=False)
     assert (after.rate, after.good, after.bad) == (1000, 1000, 1020)
     assert (after.epoch, after.resumed) == (3, 11.01)
+
+
+@pytest.mark.parametrize("burst", [0.1, 2.0], ids=["burst-0.1s", "burst-2s"])
+@pytest.mark.parametrize("retry_after", ["seconds", "date", "none"])
+@pytest.mark.parametrize("max_rate", [0.0, 2000.0], ids=["limit-unknown", "limit-too-high"])
+def test_a_30_second_job_uses_the_receivers_limit_from_its_first_request_to_its_last(
+        burst: float, retry_after: str, max_rate: float) -> None:
+    """Target: >= 90% of the limit over the whole run, <= 2% of requests answered 429,
+    >= 97% at steady state; the first 429 of an unknown limit is fine."""
+    limit, rows = 400.0, 12_000
+    run = simulate(Receiver(limit, burst=burst, retry_after=retry_after), 60, rows=rows,
+                   max_rate=max_rate)
+    assert run.last, "the job did not finish"
+    assert run.whole_run(rows, limit) >= 0.9
+    assert run.refused_share <= 0.02
+    end = int(run.last)
+    assert run.use(end - 10, end, limit) >= 0.97
