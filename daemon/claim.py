@@ -91,7 +91,8 @@ class Claimer:
                 return self.intake.set_aside(target, name, f"{name} was replaced while it was "
                                                            "being claimed; not read")
             log.info("file.claimed", name=name, size=opened.st_size)
-            return self.intake.register_open(fd, opened, target, name)
+            # After the rename, which moves the change time: the identity the batcher checks.
+            return self.intake.register_open(fd, os.fstat(fd), target, name)
         finally:
             os.close(fd)
 
@@ -108,6 +109,8 @@ class Claimer:
                 continue  # another monitor may be registering it right now
             if self.store.is_registered(entry.path):
                 continue
+            if self.intake.redis.exists(self.settings.keys.claiming(entry.name)):
+                continue  # still being hashed by the monitor that claimed it
             name = original_name(entry.name)
             target = self.settings.processing_dir / disk_name(uuid.uuid4().hex[:12], name)
             try:

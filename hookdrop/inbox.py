@@ -90,15 +90,21 @@ def kind_of(mode: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class FileIdentity:
-    """Which file, and which version of it: compared before a claimed file is read."""
+    """Which file, and which version of it: compared before a claimed file is read.
+
+    The change time catches what size and mtime cannot: its owner can write the same number
+    of bytes and set the mtime back, but any write or ``utimensat`` moves the ctime, and
+    nobody can set it back.
+    """
 
     key: str  # "<device>:<inode>"
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     @classmethod
     def of(cls, st: os.stat_result) -> FileIdentity:
-        return cls(f"{st.st_dev}:{st.st_ino}", st.st_size, st.st_mtime_ns)
+        return cls(f"{st.st_dev}:{st.st_ino}", st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class NotRegularFile(OSError):
@@ -141,4 +147,6 @@ def describe_change(expected: FileIdentity, found: FileIdentity) -> str:
         return "another file is in its place"
     if found.size != expected.size:
         return f"{found.size} bytes, claimed with {expected.size}"
-    return "same size, new modification time"
+    if found.mtime_ns != expected.mtime_ns:
+        return "same size, new modification time"
+    return "same size, written to or touched since (new change time)"

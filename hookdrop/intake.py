@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import os
 import stat
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from hookdrop.store import Store
 log = structlog.get_logger(__name__)
 
 _HASH_BLOCK = 1 << 20
+CLAIM_BEAT_SECONDS = 5.0  # a claim in progress says so this often (see Keys.claiming)
 
 
 class ClaimInterrupted(Exception):
@@ -63,13 +65,21 @@ def ensure_dirs(settings: Settings) -> None:
             raise NotADirectoryError(f"{folder} must be a directory, not a link or a file")
 
 
-def sha256_of(fd: int, size: int, stopping: Callable[[], bool]) -> str:
-    """SHA-256 of the first ``size`` bytes behind ``fd``; ChangedFile if it has fewer."""
+def sha256_of(fd: int, size: int, stopping: Callable[[], bool],
+              alive: Callable[[], None] = lambda: None) -> str:
+    """SHA-256 of the first ``size`` bytes behind ``fd``; ChangedFile if it has fewer.
+
+    ``alive`` is called every few seconds of hashing.
+    """
     digest = hashlib.sha256()
     offset = 0
+    beat = time.monotonic()
     while offset < size:
         if stopping():
             raise ClaimInterrupted
+        if time.monotonic() - beat > CLAIM_BEAT_SECONDS:
+            alive()
+            beat = time.monotonic()
         block = os.pread(fd, min(_HASH_BLOCK, size - offset), offset)
         if not block:
             raise ChangedFile(f"shrank while it was being claimed ({offset} of {size} bytes)")
@@ -112,9 +122,23 @@ class Intake:
     def register_open(self, fd: int, opened: os.stat_result, target: Path, name: str, *,
                       generation: int = 0) -> Registered | None:
         """Record the file behind ``fd`` (now at ``target``) and queue it, or set it aside."""
+        claiming = self.settings.keys.claiming(target.name)
+        ttl = int(CLAIM_BEAT_SECONDS * 6)
+
+        def alive() -> None:
+            self.redis.set(claiming, self.owner, ex=ttl)
+
+        alive()
+        try:
+            return self._register_open(fd, opened, target, name, generation, alive)
+        finally:
+            self.redis.delete(claiming)
+
+    def _register_open(self, fd: int, opened: os.stat_result, target: Path, name: str,
+                       generation: int, alive: Callable[[], None]) -> Registered | None:
         identity = FileIdentity.of(opened)
         try:
-            sha = sha256_of(fd, opened.st_size, self.stopping)
+            sha = sha256_of(fd, opened.st_size, self.stopping, alive)
             now = FileIdentity.of(os.fstat(fd))
             if now != identity:
                 raise ChangedFile(f"written to while it was being claimed "
@@ -133,8 +157,7 @@ class Intake:
         file_id = self.store.insert_file(
             name=name, sha=sha, generation=generation, size=opened.st_size,
             layout=dataclasses.asdict(layout), chunk_size=self.settings.chunk_size,
-            path=str(target), claimed_by=self.owner, file_key=identity.key,
-            mtime_ns=identity.mtime_ns)
+            path=str(target), claimed_by=self.owner, identity=identity)
         if file_id is None:
             return self._duplicate(target, name, sha, generation, opened.st_size)
         self.redis.set(self.settings.keys.read_queued(file_id), "1", ex=600)

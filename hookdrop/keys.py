@@ -82,3 +82,8 @@ class Keys:
     # Set when a read job is queued, cleared when a batcher starts it: avoids piling up jobs.
     def read_queued(self, file_id: int) -> str:
         return f"{self.prefix}:read-queued:{file_id}"
+
+    # A claim in progress of a file in processing/ (value: the monitor; TTL renewed while it
+    # is hashed), so orphan adoption leaves it alone however long the hashing takes.
+    def claiming(self, processing_name: str) -> str:
+        return f"{self.prefix}:claiming:{processing_name}"

@@ -141,7 +141,7 @@ def ledger_file(store: Store, count: int, *, name: str = "t.csv", sha: str | Non
     sha = sha or f"sha-{name}-{count}"
     file_id = store.insert_file(name=name, sha=sha, generation=0, size=1, layout={},
                                 chunk_size=chunk_size, path="/nonexistent", claimed_by="t",
-                                file_key=None, mtime_ns=None)
+                                identity=None)
     assert file_id is not None
     if status != "claimed":
         with store.transaction() as conn:

@@ -36,7 +36,13 @@ import structlog
 from hookdrop.alerts import alert_id
 from hookdrop.errors import QueueUnavailable, UnreadableFile
 from hookdrop.formats import Gap, Item, Layout, Position, RowError, read_rows
-from hookdrop.inbox import ChangedFile, FileIdentity, NotRegularFile, open_regular
+from hookdrop.inbox import (
+    ChangedFile,
+    FileIdentity,
+    NotRegularFile,
+    describe_change,
+    open_regular,
+)
 from hookdrop.queues import notifier_jobs, notifier_queue
 from hookdrop.retry import retrying
 from hookdrop.store import TERMINAL, AlertInput, FileRow, FileStatus
@@ -46,6 +52,9 @@ log = structlog.get_logger(__name__)
 
 # A run of this many bytes of blank lines ends a chunk, so the checkpoint moves past it.
 GAP_BYTES = 8 << 20
+# A chunk also ends once it spans this many bytes of the file, so one chunk's write stays
+# small whatever the rows (up to 1 MiB each) carry.
+CHUNK_BYTES = 8 << 20
 
 
 class LostLock(Exception):
@@ -54,6 +63,10 @@ class LostLock(Exception):
 
 class FileCancelled(Exception):
     """The operator cancelled the file: stop reading it."""
+
+
+class ReadInterrupted(Exception):
+    """A stop was asked for in the middle of a long stretch (a long line, blank lines)."""
 
 
 @dataclass(slots=True)
@@ -163,6 +176,18 @@ class Batcher:
         except FileCancelled:
             bound.info("batch.cancelled")
             return {"file_id": file_id, "skipped": "cancelled"}
+        except ReadInterrupted:
+            bound.info("batch.interrupted")
+            return {"file_id": file_id, "interrupted": True}
+        except Exception as exc:
+            # A fault of ours with this file: end its reading with the error (what was read
+            # goes out), rather than fail the job and be re-queued into the same fault forever.
+            bound.error("batch.failed", error=repr(exc), exc_info=True)
+            retrying(lambda: self.store.finish_read(
+                file_id, rows=0, invalid=0, alerts=0,
+                error=f"internal error while reading this file: {exc!r}"[:500]),
+                what="finish file")
+            return {"file_id": file_id, "error": repr(exc)}
         finally:
             self._release(file_id)
 
@@ -187,6 +212,8 @@ class Batcher:
                         return {"file_id": file_id, "interrupted": True,
                                 "records": ckpt.records}
                     self._wait_for_room(file_id)
+                    # Rows read after a write to the file are never committed.
+                    _check_unchanged(fd, file)
                     ckpt = self._commit_chunk(file, records, ckpt)
             finally:
                 os.close(fd)
@@ -212,15 +239,25 @@ class Batcher:
     def _chunks(
         self, fd: int, layout: Layout, start: Position | None, size: int, file_id: int
     ) -> Iterator[list[tuple[Item, Position]]]:
-        """Chunks of ``size`` records; a Gap ends a chunk early (possibly an empty one)."""
+        """Chunks of ``size`` records, ended early by a Gap (possibly an empty chunk) or by
+        CHUNK_BYTES of the file: both depend only on the file, so a replay cuts it the same."""
         batch: list[tuple[Item, Position]] = []
+        chunk_start = start.offset if start is not None else 0
+
+        def progress(_offset: int) -> None:
+            if self.ctx.stopping.is_set():
+                raise ReadInterrupted(file_id)
+            self._renew(file_id)
+
         try:
             for item, position in read_rows(fd, layout, start, gap_bytes=GAP_BYTES,
-                                            on_progress=lambda _: self._renew(file_id)):
+                                            on_progress=progress):
                 batch.append((item, position))
-                if isinstance(item, Gap) or len(batch) >= size:
+                if (isinstance(item, Gap) or len(batch) >= size
+                        or position.offset - chunk_start >= CHUNK_BYTES):
                     yield batch
                     batch = []
+                    chunk_start = position.offset
         except UnreadableFile:
             if batch:  # what was read before the damage still goes out
                 yield batch
@@ -318,13 +355,25 @@ class Batcher:
         self._renewed = time.monotonic()
 
 
+def _check_unchanged(fd: int, file: FileRow) -> None:
+    expected = file.identity
+    if expected is None:
+        return
+    st = os.fstat(fd)
+    found = FileIdentity.of(st)
+    if st.st_nlink == 0:
+        # Deleted from processing/ while read: the unlink moved the change time, and with no
+        # name left nobody can open it to write; the content is what was claimed.
+        found = FileIdentity(found.key, found.size, found.mtime_ns, expected.ctime_ns)
+    if found != expected:
+        raise UnreadableFile(f"the file in processing/ changed while it was being read "
+                             f"({describe_change(expected, found)}); it was not read further")
+
+
 def _open_claimed(path: Path, file: FileRow) -> int:
     """A descriptor of the claimed file, or UnreadableFile if something else is there now."""
-    expect = None
-    if file.file_key is not None and file.mtime_ns is not None:
-        expect = FileIdentity(file.file_key, file.size_bytes, file.mtime_ns)
     try:
-        fd, st = open_regular(path, expect)
+        fd, st = open_regular(path, file.identity)
     except (ChangedFile, NotRegularFile) as exc:
         raise UnreadableFile(f"the file in processing/ changed after it was claimed ({exc}); "
                              "it was not read further") from None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import json
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -128,10 +129,14 @@ class Delivery:
 
 
 def body_of(alert: AlertToSend) -> bytes:
+    """The JSON body: the extra fields, then ``userId`` and ``alertMessage``."""
     payload = dict(alert.extra or {})
     payload["userId"] = alert.user_id
     payload["alertMessage"] = alert.message
-    return orjson.dumps(payload)
+    try:
+        return orjson.dumps(payload)
+    except TypeError:  # orjson refuses integers beyond 64 bits; the stdlib keeps them exact
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class _Chunk:
@@ -141,7 +146,15 @@ class _Chunk:
         self.engine = engine
         self.settings = engine.settings
         self.file_id = file_id
-        self.alerts = deque(_Alert(r.id, r.file_id, body_of(r), r.attempts) for r in rows)
+        self.alerts: deque[_Alert] = deque()
+        unsendable: list[Result] = []
+        for row in rows:
+            try:
+                self.alerts.append(_Alert(row.id, row.file_id, body_of(row), row.attempts))
+            except (TypeError, ValueError, RecursionError) as exc:
+                # One alert that cannot be encoded never holds up its chunk.
+                unsendable.append(Result(row.id, AlertStatus.REJECTED,
+                                         error=f"cannot build the webhook body: {exc}"[:200]))
         self.open: dict[str, _Alert] = {a.id: a for a in self.alerts}
         # Alerts refused with a 429, by when they may be sent again (ties in arrival order).
         self.waiting: list[tuple[float, int, _Alert]] = []
@@ -153,6 +166,7 @@ class _Chunk:
         self.db_ok = asyncio.Event()
         self.db_ok.set()
         self.unreported: list[Result] = []  # written, not yet in the Redis counters
+        self.unsendable = unsendable
         self.counts = {"delivered": 0, "rejected": 0, "dlq": 0, "dead": 0, "throttled": 0,
                        "retried": 0}
         self.paused = False
@@ -167,6 +181,10 @@ class _Chunk:
                    for _ in range(min(self.settings.concurrency, len(self.alerts)))]
         writer = asyncio.create_task(self._writer())
         keeper = asyncio.create_task(self._keeper())
+        for result in self.unsendable:
+            self.counts["rejected"] += 1
+            log.warning("alert.rejected", alert_id=result.alert_id, error=result.error)
+            self._note(result)
         try:
             await asyncio.gather(*senders)
         finally:

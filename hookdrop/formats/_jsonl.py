@@ -32,6 +32,8 @@ from hookdrop.formats._stream import (
 
 _USER: Final = 1
 _MESSAGE: Final = 2
+#: Deeper JSON is refused per row: alert payloads are shallow, and every encoder has a limit.
+MAX_JSON_DEPTH: Final = 32
 
 
 def jsonl_records(
@@ -91,8 +93,8 @@ def json_item(raw: bytes, line: int) -> Row | RowError:
     if problem is None:
         if not isinstance(value, dict):
             return RowError(line, "not a JSON object", excerpt(raw))
-        if "\\u0000" in text and _has_nul(value):
-            return RowError(line, NUL_REASON, excerpt(raw))
+        problem = _unsendable(value)
+    if problem is None:
         result = _row_from_object(value, line)
         if isinstance(result, Row):
             return result
@@ -119,29 +121,46 @@ def _parse_json(text: str) -> tuple[object, str | None]:
         return None, f"broken JSON: {exc}"
     except RecursionError:
         return None, "broken JSON: nested too deeply"
-    if "\\u" in text and _has_lone_surrogate(value):
-        # A \ud800 escape decodes to a lone surrogate that no UTF-8 payload can carry.
-        return None, "broken JSON: invalid unicode escape (lone surrogate)"
     return value, None
 
 
-def _has_lone_surrogate(value: object) -> bool:
+def _unsendable(value: object) -> str | None:
+    """Why a decoded object cannot travel as an alert, or None.
+
+    Walks it without recursion (nesting is bounded here, not by the interpreter's stack): too
+    deep, a NUL character (no store holds it), a lone surrogate from a ``\\ud800`` escape (no
+    UTF-8 payload carries it), in keys or values.
+    """
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"broken JSON: nested more than {MAX_JSON_DEPTH} levels deep"
+        if isinstance(item, str):
+            problem = _string_problem(item)
+            if problem is not None:
+                return problem
+        elif isinstance(item, dict):
+            for key, member in item.items():
+                problem = _string_problem(key)
+                if problem is not None:
+                    return problem
+                stack.append((member, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((member, depth + 1) for member in item)
+    return None
+
+
+def _string_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return NUL_REASON
+    if text.isascii():
+        return None
     try:
-        json.dumps(value, ensure_ascii=False).encode()
+        text.encode()
     except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _has_nul(value: object) -> bool:
-    """True when a NUL character hides in any string of ``value`` (keys included)."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any("\x00" in key or _has_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
+        return "broken JSON: invalid unicode escape (lone surrogate)"
+    return None
 
 
 @functools.lru_cache(maxsize=1024)  # keys repeat on every line; bounded for odd files

@@ -26,10 +26,13 @@ Source = Path | int | BinaryIO
 ProgressCallback = Callable[[int], None]
 
 PROGRESS_EVERY: Final = 4 << 20
+#: Longest line followed to its end; no record is this long (see DEFAULT_MAX_RECORD_BYTES).
+MAX_LINE_BYTES: Final = 64 << 20
 BOM: Final = codecs.BOM_UTF8
 COMPRESSION_ERRORS: Final = (EOFError, gzip.BadGzipFile, zlib.error)
 _READ_BUFFER: Final = 1 << 20
 _SKIP_CHUNK: Final = 64 * 1024
+_INFLATE_STEP: Final = 64 * 1024
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _BLANK: Final = b" \t\r\n\f\v"
 #: Blank lines read one by one before the rest of a run is skipped in bulk.
@@ -92,7 +95,8 @@ class _Inflated(io.RawIOBase):
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._unzipped.read1(len(buffer))
+        # A small step: data inflated before a corrupt spot comes out before the error does.
+        data = self._unzipped.read1(min(len(buffer), _INFLATE_STEP))
         buffer[: len(data)] = data
         return len(data)
 
@@ -144,7 +148,11 @@ def begin(stream: ByteStream, start_offset: int | None, meter: Meter) -> int:
 
 
 def skip_line(stream: ByteStream, offset: int, meter: Meter) -> int:
-    """Read to just after the next newline (or the end) in bounded steps; return bytes read."""
+    """Read to just after the next newline (or the end) in bounded steps; return bytes read.
+
+    A line longer than MAX_LINE_BYTES (a hole in a sparse file, a stream of one character) is
+    not followed to its end: UnreadableFile, and the rest of the file is not read.
+    """
     skipped = 0
     while True:
         chunk = stream.readline(_SKIP_CHUNK)
@@ -152,6 +160,9 @@ def skip_line(stream: ByteStream, offset: int, meter: Meter) -> int:
         meter.tick(offset + skipped)
         if not chunk or chunk.endswith(b"\n"):
             return skipped
+        if skipped > MAX_LINE_BYTES:
+            raise UnreadableFile(f"a line longer than {MAX_LINE_BYTES >> 20} MiB at byte "
+                                 f"{offset:,}; the rest of the file was not read")
 
 
 def _first_content(buf: bytes) -> int:

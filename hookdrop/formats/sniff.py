@@ -35,6 +35,8 @@ from hookdrop.formats._stream import (
 )
 
 SNIFF_BUDGET_BYTES: Final = 16 << 20
+#: Columns of a CSV header read at most: every other one travels with each alert.
+MAX_COLUMNS: Final = 256
 _DELIMITERS: Final = (",", "\t", ";")  # order breaks ties: comma is by far the most common
 _BINARY_PROBE_BYTES: Final = 8 * 1024
 _SAMPLE_BYTES: Final = 64 * 1024
@@ -152,12 +154,18 @@ def _looks_like_json_array(text: str) -> bool:
 
 
 def _sniff_csv(lines: list[bytes], compressed: bool) -> Layout:
+    if len(lines) == 1 and b"\r" in lines[0].rstrip(b"\r\n") and b"\n" not in lines[0]:
+        raise UnreadableFile("lines end with a carriage return only (old Mac style), which is "
+                             "not supported; save the file with LF or CRLF line ends")
     texts = [raw.decode("utf-8", "surrogateescape") for raw in lines]
     samples = {delim: _sample_records(texts, delim) for delim in _DELIMITERS}
     firsts = {delim: (records[0] if records else []) for delim, records in samples.items()}
     for delim, first in firsts.items():
         user_col, message_col = find_columns(first)
         if user_col is not None and message_col is not None:
+            if len(first) > MAX_COLUMNS:
+                raise UnreadableFile(f"the CSV header has {len(first):,} columns; at most "
+                                     f"{MAX_COLUMNS} are read")
             return Layout("csv", compressed, tuple(first), user_col, message_col, delim)
     for first in firsts.values():
         user_col, message_col = find_columns(first)

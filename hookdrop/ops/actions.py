@@ -25,7 +25,7 @@ import redis
 import structlog
 from rq import Worker
 
-from hookdrop.inbox import disk_name
+from hookdrop.inbox import NotRegularFile, disk_name, open_regular
 from hookdrop.intake import Intake, ensure_dirs
 from hookdrop.keys import Keys
 from hookdrop.ops.dropbox import COPY_BLOCK, InboxWriter
@@ -195,14 +195,22 @@ class Control:
         if row.status not in FINISHED_FILES:
             raise Conflict(f"file {file_id} is {row.status}: wait until it is finished "
                            "(or cancel it) before resending")
-        if not row.final_path or not Path(row.final_path).is_file():
-            raise Conflict(f"file {file_id}: its copy ({row.final_path or 'none'}) is no "
-                           "longer on disk")
+        if not row.final_path:
+            raise Conflict(f"file {file_id}: no copy of it was kept")
+        try:
+            # The copy in done/ or failed/ is read without following a link: what was set
+            # aside as a link (or replaced by one) is never read through it.
+            fd, _st = open_regular(Path(row.final_path))
+        except NotRegularFile as exc:
+            raise Conflict(f"file {file_id}: {exc}; nothing to resend") from None
+        except OSError as exc:
+            raise Conflict(f"file {file_id}: its copy ({row.final_path}) cannot be read: "
+                           f"{exc.strerror or exc}") from None
         ensure_dirs(self.settings)
         generation = self.store.next_generation(row.content_sha256)
         # Copy beside the inbox under a hidden name (the monitor ignores it, and orphan
         # adoption never sees a half-copied file), then rename into processing/.
-        with Path(row.final_path).open("rb") as handle, InboxWriter(
+        with os.fdopen(fd, "rb") as handle, InboxWriter(
                 self.settings.inbox, row.name, check=False) as writer:
             for block in iter(lambda: handle.read(COPY_BLOCK), b""):
                 writer.write(block)

@@ -20,6 +20,7 @@ from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
 from hookdrop.errors import ConfigError, StoreError, StoreUnavailable
+from hookdrop.inbox import FileIdentity
 from hookdrop.store._sql import migrations, queries
 from hookdrop.store.rows import (
     ActiveFile,
@@ -154,12 +155,15 @@ class Store:
 
     def insert_file(self, *, name: str, sha: str, generation: int, size: int,
                     layout: dict[str, Any], chunk_size: int, path: str, claimed_by: str,
-                    file_key: str | None, mtime_ns: int | None) -> int | None:
+                    identity: FileIdentity | None) -> int | None:
         """Record a claimed file; None when this content (and generation) is known already."""
         return self._value("insert_file", {
             "name": name, "sha": sha, "generation": generation, "size": size,
             "layout": Jsonb(layout), "chunk_size": chunk_size, "status": FileStatus.CLAIMED,
-            "path": path, "claimed_by": claimed_by, "file_key": file_key, "mtime_ns": mtime_ns,
+            "path": path, "claimed_by": claimed_by,
+            "file_key": identity.key if identity else None,
+            "mtime_ns": identity.mtime_ns if identity else None,
+            "ctime_ns": identity.ctime_ns if identity else None,
         })
 
     def find_file_by_content(self, sha: str, generation: int) -> FileRef | None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from hookdrop.inbox import FileIdentity
 from hookdrop.store.statuses import AlertStatus, FileStatus
 
 
@@ -42,6 +43,14 @@ class FileRow:
     updated_at: datetime
     file_key: str | None
     mtime_ns: int | None
+    ctime_ns: int | None
+
+    @property
+    def identity(self) -> FileIdentity | None:
+        """What the claimed file was (None for files claimed before identities were kept)."""
+        if self.file_key is None or self.mtime_ns is None or self.ctime_ns is None:
+            return None
+        return FileIdentity(self.file_key, self.size_bytes, self.mtime_ns, self.ctime_ns)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", FileStatus(self.status))

@@ -588,3 +588,50 @@ def test_gzip_of_newlines_is_refused_by_sniffing_without_inflating_it(tmp_path: 
 def test_a_line_that_never_ends_is_refused_by_sniffing_within_its_budget(tmp_path: Path) -> None:
     path = write(tmp_path, b"x" * (40 << 20), "endless.csv")
     assert "only one column" in unreadable(path)
+
+
+@pytest.mark.parametrize("depth", [40, 600, 5000])
+def test_deeply_nested_json_is_one_row_error_whatever_the_depth(tmp_path: Path,
+                                                                depth: int) -> None:
+    nested = "[" * depth + "]" * depth
+    path = write(tmp_path, '{"userId": "a", "message": "ok"}\n'
+                           f'{{"userId": "b", "message": "m", "x": {nested}, "w": "\\u0000"}}\n'
+                           '{"userId": "c", "message": "ok"}\n')
+    found = items(path)
+    assert [i.line for i in found] == [1, 2, 3]
+    assert isinstance(found[1], RowError)
+    assert "nested" in found[1].reason or "NUL" in found[1].reason
+
+
+def test_a_big_integer_in_json_lines_travels_unchanged(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"userId": "a", "message": "m", "ref": 123456789012345678901234567890}\n')
+    (row,) = rows(path)
+    assert row[3] == {"ref": 123456789012345678901234567890}
+
+
+def test_carriage_return_only_line_ends_are_named_as_such(tmp_path: Path) -> None:
+    assert "carriage return only" in unreadable(write(tmp_path, b"user_id,message\ru1,hi\r"))
+
+
+def test_a_csv_header_of_too_many_columns_is_refused(tmp_path: Path) -> None:
+    header = "user_id,message," + ",".join(f"c{n}" for n in range(300))
+    assert "at most 256 are read" in unreadable(write(tmp_path, header + "\nu1,hi" + "," * 300))
+
+
+def test_a_line_that_never_ends_is_followed_only_so_far(tmp_path: Path) -> None:
+    path = write(tmp_path, b"user_id,message\nu1,before\nu2," + b"x" * (80 << 20))
+    got: list[Item] = []
+    with pytest.raises(UnreadableFile, match="a line longer than 64 MiB"):
+        got.extend(item for item, _pos in read_rows(path, sniff(path)))
+    assert [(i.line, type(i).__name__) for i in got] == [(2, "Row")]
+
+
+def test_rows_before_damage_in_the_middle_of_a_gzip_stream_are_read(tmp_path: Path) -> None:
+    body = "user_id,message\n" + "".join(f"u{n},row {n}\n" for n in range(40_000))
+    blob = bytearray(gzip.compress(body.encode(), compresslevel=1, mtime=0))
+    blob[len(blob) // 2] ^= 0xFF  # one flipped byte, mid-stream
+    path = write(tmp_path, bytes(blob), "drop.csv.gz")
+    got: list[Item] = []
+    with pytest.raises(UnreadableFile, match="corrupt|truncated"):
+        got.extend(item for item, _pos in read_rows(path, sniff(path)))
+    assert len(got) > 10_000

@@ -3,9 +3,9 @@
 
 -- name: insert_file
 INSERT INTO files (name, content_sha256, generation, size_bytes, layout, chunk_size, status,
-                   processing_path, claimed_by, file_key, mtime_ns)
+                   processing_path, claimed_by, file_key, mtime_ns, ctime_ns)
 VALUES (%(name)s, %(sha)s, %(generation)s, %(size)s, %(layout)s, %(chunk_size)s, %(status)s,
-        %(path)s, %(claimed_by)s, %(file_key)s, %(mtime_ns)s)
+        %(path)s, %(claimed_by)s, %(file_key)s, %(mtime_ns)s, %(ctime_ns)s)
 ON CONFLICT (content_sha256, generation) WHERE status <> 'duplicate' DO NOTHING
 RETURNING id;
 
@@ -75,8 +75,8 @@ RETURNING status;
 -- name: file_read_complete
 UPDATE files SET
     status = CASE WHEN status IN ('claimed', 'reading') THEN 'delivering' ELSE status END,
-    rows_total = %(rows)s, rows_invalid = %(invalid)s, alerts_total = %(alerts)s,
-    read_complete = true, read_done_at = coalesce(read_done_at, now()),
+    rows_total = greatest(rows_total, %(rows)s), rows_invalid = greatest(rows_invalid, %(invalid)s),
+    alerts_total = greatest(alerts_total, %(alerts)s), read_complete = true, read_done_at = coalesce(read_done_at, now()),
     error = coalesce(%(error)s, error), updated_at = now()
 WHERE id = %(id)s;
 
