@@ -161,15 +161,16 @@ def register(cli: click.Group) -> None:
 
         quiet = settings.replace(log_level="warning") if settings.log_level == "info" else settings
         configure_logs(quiet, "cli")
-        settings = connect(settings)
-        conn = redis.Redis.from_url(settings.redis_url)  # type: ignore[arg-type]
-        store = Store(settings.database_url,  # type: ignore[arg-type]
-                      application_name="hookdrop-cli")
-        try:
-            yield Control(settings, store, conn)
-        finally:
-            store.close()
-            conn.close()
+        # These commands act on a running hookdrop: they never start embedded servers.
+        with connect(settings, start=False) as live:
+            conn = redis.Redis.from_url(live.redis_url)  # type: ignore[arg-type]
+            store = Store(live.database_url,  # type: ignore[arg-type]
+                          application_name="hookdrop-cli")
+            try:
+                yield Control(live, store, conn)
+            finally:
+                store.close()
+                conn.close()
 
     @cli.command("status")
     @click.argument("file_id", type=click.IntRange(1), required=False)
