@@ -21,6 +21,7 @@ import httpx
 import psycopg
 import redis
 
+from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from hookdrop.supervise import Supervisor
@@ -134,10 +135,7 @@ class Stack:
                 admin.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')  # type: ignore[arg-type]
             shutil.rmtree(self.root, ignore_errors=True)
             conn = redis.Redis.from_url(self.settings.redis_url or "")
-            prefix = self.settings.key_prefix
-            for pattern in (f"{prefix}:*", f"rq:*{prefix}-*"):
-                for key in conn.scan_iter(match=pattern, count=1000):
-                    conn.delete(key)
+            forget_deployment(conn, self.settings.keys)
             conn.close()
 
     def __enter__(self) -> Stack:

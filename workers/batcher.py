@@ -290,7 +290,7 @@ class Batcher:
                     pipe.multi()
                     if ids:
                         self.queue.enqueue_many(
-                            notifier_jobs(self.queue, file_id, ids, self.settings.chunk_size),
+                            notifier_jobs(self.keys, file_id, ids, self.settings.chunk_size),
                             pipeline=pipe,
                         )
                     pipe.hset(self.keys.checkpoint(file_id), mapping=new.mapping())

@@ -64,7 +64,8 @@ def make_worker(ctx: context.WorkerContext, kind: str) -> HookdropWorker:
     keys = ctx.settings.keys
     queue = batcher_queue(ctx.redis, keys) if kind == "batcher" else notifier_queue(ctx.redis, keys)
     worker = HookdropWorker(
-        [queue], connection=ctx.redis, worker_ttl=WORKER_TTL, maintenance_interval=30,
+        [queue], name=keys.new_worker_name(kind), connection=ctx.redis, worker_ttl=WORKER_TTL,
+        maintenance_interval=30,
         job_monitoring_interval=5,
     )
     worker.hookdrop_context = ctx

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from hookdrop.settings import Settings
+from tests.helpers import run_hookdrop
 
 pytestmark = pytest.mark.e2e
 
@@ -25,10 +24,8 @@ def _env(settings: Settings, tmp_path: Path) -> dict[str, str]:
 
 
 def test_demo_delivers_every_row_once_and_says_so(settings: Settings, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "hookdrop", "demo", "--rows", "3000", "--json"],
-        env=_env(settings, tmp_path), cwd=tmp_path, capture_output=True, text=True,
-        timeout=240, check=False)
+    done = run_hookdrop("demo", "--rows", "3000", "--json", env=_env(settings, tmp_path),
+                        cwd=tmp_path, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)
     assert summary["ok"] is True
@@ -41,10 +38,8 @@ def test_demo_delivers_every_row_once_and_says_so(settings: Settings, tmp_path: 
 
 def test_bench_quick_runs_every_scenario(settings: Settings, tmp_path: Path) -> None:
     plot = tmp_path / "plot.png"
-    done = subprocess.run(
-        [sys.executable, "-m", "hookdrop", "bench", "--quick", "--json", "--plot", str(plot)],
-        env=_env(settings, tmp_path), cwd=tmp_path, capture_output=True, text=True,
-        timeout=420, check=False)
+    done = run_hookdrop("bench", "--quick", "--json", "--plot", str(plot),
+                        env=_env(settings, tmp_path), cwd=tmp_path, timeout=420)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(done.stdout)
     a, b, c = results["a_unlimited"], results["b_limited"], results["c_lowered"]
