@@ -66,8 +66,9 @@ def run_demo(settings: Settings, *, rows: int, notifiers: int, as_json: bool,
                 if file is not None:
                     progress.update(read, completed=int(file["rows_total"]))
                 if stats:
+                    # The receiver's rate over the last second; the summary gives the average.
                     progress.update(sent, completed=int(stats["unique"]),
-                                    rate=f"{stats.get('rate_1s', 0):,}/s")
+                                    rate=f"now {stats.get('rate_1s', 0):,}/s")
 
             file = stack.wait_done(drop.path.name, timeout=timeout, progress=update)
             finished = time.time()
@@ -82,8 +83,9 @@ def run_demo(settings: Settings, *, rows: int, notifiers: int, as_json: bool,
         verdict = "[green]OK[/]" if summary.ok else "[red]FAILED[/]"
         console.print(
             f"{verdict}  rows {summary.rows:,}  delivered {summary.delivered:,}  "
-            f"missed {summary.missed}  duplicates {summary.duplicates}  "
-            f"{summary.deliveries_per_second:,.0f} deliveries/s  "
-            f"({summary.seconds:.1f} s from drop to last delivery; first webhook after "
-            f"{summary.first_webhook_seconds} s)")
+            f"missed {summary.missed}  duplicates {summary.duplicates}\n"
+            f"average {summary.deliveries_per_second:,.0f} deliveries/s from the first "
+            f"delivery to the last (the bar shows the last second's rate); "
+            f"{summary.seconds:.1f} s from drop to last delivery; first webhook after "
+            f"{summary.first_webhook_seconds} s")
     return summary
