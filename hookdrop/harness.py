@@ -91,19 +91,29 @@ class Stack:
         self.schema = f"hookdrop_run_{run}"
         self.admin_url = base.database_url or ""
         self.settings = base.replace(
-            inbox=root / "inbox", key_prefix=f"run-{run}", webhook_url=webhook,
+            inbox=root / "inbox",
+            key_prefix=f"run-{run}",
+            webhook_url=webhook,
             api_listen=("127.0.0.1", free_port()),
             database_url=with_search_path(self.admin_url, self.schema),
         )
         self.keep = keep
         self.root = root
         self.with_mock = with_mock
-        self.supervisor = Supervisor(self.settings, environ or dict(os.environ),
-                                     stop_timeout=30)
+        self.supervisor = Supervisor(self.settings, environ or dict(os.environ), stop_timeout=30)
         self.logs = root / "logs"
         if with_mock:
-            self.supervisor.add("mock", ["mock", "--port", str(self.mock_port),
-                                         "--audit", str(root / "accepted.tsv"), *mock_args])
+            self.supervisor.add(
+                "mock",
+                [
+                    "mock",
+                    "--port",
+                    str(self.mock_port),
+                    "--audit",
+                    str(root / "accepted.tsv"),
+                    *mock_args,
+                ],
+            )
         self.supervisor.add("monitor", ["monitor"])
         self.supervisor.add("batcher", ["worker", "batcher"])
         self.supervisor.add("notifier", ["worker", "notifier", "--processes", str(notifiers)])
@@ -160,7 +170,8 @@ class Stack:
             return conn.execute(
                 "SELECT * FROM files WHERE name = %s AND status <> 'duplicate'"
                 " AND processing_path LIKE %s ORDER BY id DESC LIMIT 1",
-                (name, f"{self.settings.processing_dir}/%")).fetchone()
+                (name, f"{self.settings.processing_dir}/%"),
+            ).fetchone()
 
     def wait_done(
         self,

@@ -42,8 +42,11 @@ class Keys:
     def scan_patterns(self) -> tuple[str, ...]:
         """SCAN patterns that find every key of this deployment (and maybe others: filter
         with :meth:`owns`)."""
-        return tuple(dict.fromkeys(
-            (f"{self.prefix}:*", f"rq:*:{self.prefix}-*", f"rq:*:{self.rq_id_prefix}*")))
+        return tuple(
+            dict.fromkeys(
+                (f"{self.prefix}:*", f"rq:*:{self.prefix}-*", f"rq:*:{self.rq_id_prefix}*")
+            )
+        )
 
     def owns(self, key: str) -> bool:
         """True for this deployment's keys: its own, and RQ's keys of its queues, jobs and
@@ -54,8 +57,10 @@ class Keys:
     def _rq_key(self) -> re.Pattern[str]:
         ids = re.escape(self.rq_id_prefix)
         queues = "|".join(re.escape(q) for q in (self.batcher_queue, self.notifier_queue))
-        return re.compile(rf"rq:[a-z_-]+:(?:{queues}|{ids}[0-9a-f]{{32}}"
-                          rf"|{ids}(?:batcher|notifier)-[0-9a-f]{{12}})(?::.*)?")
+        return re.compile(
+            rf"rq:[a-z_-]+:(?:{queues}|{ids}[0-9a-f]{{32}}"
+            rf"|{ids}(?:batcher|notifier)-[0-9a-f]{{12}})(?::.*)?"
+        )
 
     # Set once when this Redis first serves hookdrop; its absence means Redis lost its data.
     @property

@@ -54,9 +54,7 @@ def chunked(ids: Sequence[str], size: int) -> Iterable[Sequence[str]]:
         yield ids[start : start + size]
 
 
-def notifier_jobs(
-    keys: Keys, file_id: int, ids: Sequence[str], chunk_size: int
-) -> list[Any]:
+def notifier_jobs(keys: Keys, file_id: int, ids: Sequence[str], chunk_size: int) -> list[Any]:
     """Job data (for ``Queue.enqueue_many``) delivering ``ids`` in chunks."""
     return [
         Queue.prepare_data(
@@ -92,12 +90,15 @@ def forget_deployment(conn: redis.Redis, keys: Keys) -> int:
     shared sets of queues and workers. Returns how many keys were deleted. For a deployment
     (a test, a demo run) whose processes have all stopped.
     """
-    found = {key.decode() for pattern in keys.scan_patterns
-             for key in conn.scan_iter(match=pattern, count=1000)}
+    found = {
+        key.decode()
+        for pattern in keys.scan_patterns
+        for key in conn.scan_iter(match=pattern, count=1000)
+    }
     owned = sorted(key for key in found if keys.owns(key))
     with conn.pipeline(transaction=False) as pipe:
         for start in range(0, len(owned), 500):
-            pipe.delete(*owned[start:start + 500])
+            pipe.delete(*owned[start : start + 500])
         for shared in ("rq:queues", "rq:workers"):
             members = [m for m in conn.smembers(shared) if keys.owns(m.decode())]
             if members:

@@ -70,8 +70,9 @@ def servers() -> Iterator[Servers]:
             state_dir.chmod(0o755)
             session.callback(shutil.rmtree, state_dir, ignore_errors=True)
             try:
-                embedded = session.enter_context(embedded_servers(
-                    state_dir, redis=not redis_url, postgres=not pg_url))
+                embedded = session.enter_context(
+                    embedded_servers(state_dir, redis=not redis_url, postgres=not pg_url)
+                )
             except ConfigError as exc:
                 _unavailable(f"REDIS_URL/DATABASE_URL not set, no embedded servers: {exc}")
             redis_url = redis_url or embedded.redis_url

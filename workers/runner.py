@@ -64,7 +64,10 @@ def make_worker(ctx: context.WorkerContext, kind: str) -> HookdropWorker:
     keys = ctx.settings.keys
     queue = batcher_queue(ctx.redis, keys) if kind == "batcher" else notifier_queue(ctx.redis, keys)
     worker = HookdropWorker(
-        [queue], name=keys.new_worker_name(kind), connection=ctx.redis, worker_ttl=WORKER_TTL,
+        [queue],
+        name=keys.new_worker_name(kind),
+        connection=ctx.redis,
+        worker_ttl=WORKER_TTL,
         maintenance_interval=30,
         job_monitoring_interval=5,
     )
@@ -103,8 +106,9 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
             # lose nothing (PostgreSQL has it all): wait for Redis and work on with a new worker.
             _wait_for_redis(ctx)
             worker = make_worker(ctx, kind)
-            log.warning("worker.restarted", kind=kind, worker=worker.name,
-                        reason="Redis was unavailable")
+            log.warning(
+                "worker.restarted", kind=kind, worker=worker.name, reason="Redis was unavailable"
+            )
     finally:
         stop.set()
         context.install(None)
@@ -183,4 +187,3 @@ def run_pool(settings: Settings, kind: str, processes: int, env: Mapping[str, st
             time.sleep(0.2)
     finally:
         stop.set()
-

@@ -84,8 +84,9 @@ def embedded_servers(
     state_dir = _state.prepare(state_dir)
     children: list[_process.Child] = []
     try:
-        yield _ensure(state_dir, want_redis=redis, want_postgres=postgres, detach=False,
-                      children=children)
+        yield _ensure(
+            state_dir, want_redis=redis, want_postgres=postgres, detach=False, children=children
+        )
     finally:
         _stop_children(state_dir, children)
 
@@ -107,10 +108,12 @@ def find_running(state_dir: Path) -> EmbeddedServers:
     layout = _postgres.Layout(_postgres.postgres_dir(state_dir, state))
     return EmbeddedServers(
         state_dir=state_dir,
-        redis_url=_redis.url(redis_port) if redis_port and _redis.running(
-            state_dir / "redis", redis_port) else None,
-        database_url=_postgres.url(pg_port) if pg_port and _postgres.running(
-            layout, pg_port) else None,
+        redis_url=_redis.url(redis_port)
+        if redis_port and _redis.running(state_dir / "redis", redis_port)
+        else None,
+        database_url=_postgres.url(pg_port)
+        if pg_port and _postgres.running(layout, pg_port)
+        else None,
     )
 
 
@@ -176,7 +179,11 @@ def postgres_reachable(url: str, timeout: float = 2.0) -> bool:
 
 
 def _ensure(
-    state_dir: Path, *, want_redis: bool, want_postgres: bool, detach: bool,
+    state_dir: Path,
+    *,
+    want_redis: bool,
+    want_postgres: bool,
+    detach: bool,
     children: list[_process.Child],
 ) -> EmbeddedServers:
     """Reuse or start the wanted servers; the ones started as children go into ``children``
@@ -189,7 +196,8 @@ def _ensure(
         state = _state.read(state_dir)
         if want_redis:
             redis_port, child, fresh = _redis.ensure(
-                state_dir / "redis", _state.port(state, "redis_port"), detach=detach)
+                state_dir / "redis", _state.port(state, "redis_port"), detach=detach
+            )
             if child is not None:
                 children.append(child)
             if fresh:
@@ -202,18 +210,26 @@ def _ensure(
             state["postgres_dir"] = str(layout.root)
             _state.write(state_dir, state)
             pg_port, child, fresh = _postgres.ensure(
-                layout, _state.port(state, "postgres_port"), detach=detach)
+                layout, _state.port(state, "postgres_port"), detach=detach
+            )
             if child is not None:
                 children.append(child)
             if fresh:
                 started.append(POSTGRES)
             state["postgres_port"] = pg_port
             _state.write(state_dir, state)
-    reused = [name for name, port in ((REDIS, redis_port), (POSTGRES, pg_port))
-              if port is not None and name not in started]
+    reused = [
+        name
+        for name, port in ((REDIS, redis_port), (POSTGRES, pg_port))
+        if port is not None and name not in started
+    ]
     if reused:
-        log.info("embedded.reused", state_dir=str(state_dir), servers=reused,
-                 seconds=round(time.monotonic() - began, 3))
+        log.info(
+            "embedded.reused",
+            state_dir=str(state_dir),
+            servers=reused,
+            seconds=round(time.monotonic() - began, 3),
+        )
     return EmbeddedServers(
         state_dir=state_dir,
         redis_url=_redis.url(redis_port) if redis_port is not None else None,

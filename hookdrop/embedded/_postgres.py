@@ -183,14 +183,19 @@ def _binaries_for(layout: Layout, run_as: RunAs | None) -> Path:
         return install / "bin"
     source = install / "bin" / "postgres"
     info = source.stat()
-    digest = hashlib.sha256(
-        f"{install}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{install}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[
+        :16
+    ]
     copy = layout.root.parent / f"pgbin-{digest}"
     bindir = copy / _relative_install(install) / "bin"
     if not (bindir / "postgres").exists():
         _copy_install(install, copy)
-        log.info("embedded.postgres.binaries_copied", source=str(install), dir=str(copy),
-                 run_as=run_as.name)
+        log.info(
+            "embedded.postgres.binaries_copied",
+            source=str(install),
+            dir=str(copy),
+            run_as=run_as.name,
+        )
     if not can_traverse(bindir, run_as):
         raise ConfigError(
             f"user {run_as.name} cannot reach the PostgreSQL binaries in {install} nor their "
@@ -219,8 +224,7 @@ def _copy_install(install: Path, target: Path) -> None:
         parts = [_relative_install(install) / part for part in _INSTALL_PARTS]
         parts += [Path(p.name) for p in site.glob(f"{install.parent.name}.libs")]
         for part in parts:
-            shutil.copytree(site / part, staging / part, symlinks=True,
-                            copy_function=_link_or_copy)
+            shutil.copytree(site / part, staging / part, symlinks=True, copy_function=_link_or_copy)
         for folder, _dirs, _files in os.walk(staging):
             os.chmod(folder, 0o755)
         try:
@@ -243,8 +247,9 @@ def _link_or_copy(source: str, target: str) -> None:
         except OSError:
             pass  # another file system, or links not allowed: copy instead
     shutil.copy2(source, target)
-    extra = stat.S_IROTH | stat.S_IRGRP | (stat.S_IXOTH | stat.S_IXGRP if mode & stat.S_IXUSR
-                                           else 0)
+    extra = (
+        stat.S_IROTH | stat.S_IRGRP | (stat.S_IXOTH | stat.S_IXGRP if mode & stat.S_IXUSR else 0)
+    )
     os.chmod(target, stat.S_IMODE(mode) | extra)
 
 
@@ -279,8 +284,11 @@ def ensure(
     _prepare_root(layout, run_as)
     bindir = _binaries_for(layout, run_as)
     if relocated(layout) and not layout.data.exists():
-        log.warning("embedded.postgres.relocated", dir=str(layout.root),
-                    run_as=run_as.name if run_as else None)
+        log.warning(
+            "embedded.postgres.relocated",
+            dir=str(layout.root),
+            run_as=run_as.name if run_as else None,
+        )
     if not (layout.data / "PG_VERSION").exists():
         _initdb(bindir, layout, run_as)
     _remove_stale_pidfile(layout)
@@ -299,9 +307,14 @@ def ensure(
             if child is not None:
                 _process.stop_child(child, STOP_TIMEOUT)
             raise
-        log.info("embedded.postgres.started", port=port, dir=str(layout.root),
-                 run_as=run_as.name if run_as else None, detached=detach,
-                 seconds=round(time.monotonic() - began, 3))
+        log.info(
+            "embedded.postgres.started",
+            port=port,
+            dir=str(layout.root),
+            run_as=run_as.name if run_as else None,
+            detached=detach,
+            seconds=round(time.monotonic() - began, 3),
+        )
         return port, child, True
     raise ConfigError(
         f"embedded PostgreSQL failed to start: no free port after {_PORT_ATTEMPTS} attempts; "
@@ -319,8 +332,10 @@ def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
     code, output = _process.run(
         [
             str(bindir / "initdb"),
-            "-D", str(staging),
-            "-U", DATABASE_ROLE,
+            "-D",
+            str(staging),
+            "-U",
+            DATABASE_ROLE,
             "--auth=trust",
             "--encoding=UTF8",
             "--locale=C",
@@ -349,12 +364,16 @@ def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
         encoding="utf-8",
     )
     staging.rename(layout.data)
-    log.info("embedded.postgres.initialised", dir=str(layout.data),
-             seconds=round(time.monotonic() - began, 3))
+    log.info(
+        "embedded.postgres.initialised",
+        dir=str(layout.data),
+        seconds=round(time.monotonic() - began, 3),
+    )
 
 
-def _start(bindir: Path, layout: Layout, run_as: RunAs | None, port: int,
-           *, detach: bool) -> _process.Child | None:
+def _start(
+    bindir: Path, layout: Layout, run_as: RunAs | None, port: int, *, detach: bool
+) -> _process.Child | None:
     offset = _process.size_of(layout.log)
     if detach:
         _pg_ctl_start(bindir, layout, run_as, port, offset)
@@ -363,7 +382,10 @@ def _start(bindir: Path, layout: Layout, run_as: RunAs | None, port: int,
     # shutdown: clients are disconnected, a checkpoint is written, the server exits.
     child = _process.spawn_owned(
         [str(bindir / "postgres"), "-D", str(layout.data), "-p", str(port)],
-        name="postgres", cwd=layout.root, log_path=layout.log, stop_signal=signal.SIGINT,
+        name="postgres",
+        cwd=layout.root,
+        log_path=layout.log,
+        stop_signal=signal.SIGINT,
         run_as=run_as,
     )
     deadline = time.monotonic() + START_TIMEOUT
@@ -379,15 +401,21 @@ def _start(bindir: Path, layout: Layout, run_as: RunAs | None, port: int,
     return child
 
 
-def _pg_ctl_start(bindir: Path, layout: Layout, run_as: RunAs | None, port: int,
-                  offset: int) -> None:
+def _pg_ctl_start(
+    bindir: Path, layout: Layout, run_as: RunAs | None, port: int, offset: int
+) -> None:
     code, output = _process.run(
         [
             str(bindir / "pg_ctl"),
-            "-D", str(layout.data),
-            "-l", str(layout.log),
-            "-w", "-t", str(int(START_TIMEOUT)),
-            "-o", f"-p {port}",
+            "-D",
+            str(layout.data),
+            "-l",
+            str(layout.log),
+            "-w",
+            "-t",
+            str(int(START_TIMEOUT)),
+            "-o",
+            f"-p {port}",
             "start",
         ],
         run_as=run_as,
@@ -407,8 +435,12 @@ def _answers(port: int, data: Path) -> bool:
     """True when the server on ``port`` answers and serves ``data`` (not another server)."""
     try:
         with psycopg.connect(
-            host=_process.LOOPBACK, port=port, user=DATABASE_ROLE, dbname="postgres",
-            connect_timeout=2, autocommit=True,
+            host=_process.LOOPBACK,
+            port=port,
+            user=DATABASE_ROLE,
+            dbname="postgres",
+            connect_timeout=2,
+            autocommit=True,
         ) as conn:
             row = conn.execute("select current_setting('data_directory')").fetchone()
     except psycopg.OperationalError as exc:
@@ -419,8 +451,12 @@ def _answers(port: int, data: Path) -> bool:
 
 def _create_database(port: int) -> None:
     with psycopg.connect(
-        host=_process.LOOPBACK, port=port, user=DATABASE_ROLE, dbname="postgres",
-        connect_timeout=5, autocommit=True,
+        host=_process.LOOPBACK,
+        port=port,
+        user=DATABASE_ROLE,
+        dbname="postgres",
+        connect_timeout=5,
+        autocommit=True,
     ) as conn:
         exists = conn.execute(
             "select 1 from pg_database where datname = %s", (DATABASE_NAME,)

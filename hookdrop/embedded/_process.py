@@ -81,7 +81,12 @@ def _die_with_parent(stop_signal: int) -> Callable[[], None] | None:
 
 
 def spawn_owned(
-    command: list[str], *, name: str, cwd: Path, log_path: Path, stop_signal: int,
+    command: list[str],
+    *,
+    name: str,
+    cwd: Path,
+    log_path: Path,
+    stop_signal: int,
     run_as: RunAs | None,
 ) -> Child:
     """Start ``command`` as a child that stops when this process stops (or dies)."""
@@ -89,8 +94,13 @@ def spawn_owned(
     with log_path.open("ab") as output:
         try:
             process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                cwd=cwd, env=server_environ(), start_new_session=True,
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=server_environ(),
+                start_new_session=True,
                 # The function makes two system calls and takes no lock, which is what
                 # makes a preexec function safe in a process with threads.
                 preexec_fn=_die_with_parent(stop_signal),  # noqa: PLW1509
@@ -108,25 +118,34 @@ def stop_child(child: Child, timeout: float) -> bool:
     try:
         child.process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        log.error(f"embedded.{child.name}.killed", pid=child.process.pid,
-                  reason=f"did not stop within {timeout:.0f} s", log=str(child.log))
+        log.error(
+            f"embedded.{child.name}.killed",
+            pid=child.process.pid,
+            reason=f"did not stop within {timeout:.0f} s",
+            log=str(child.log),
+        )
         child.process.kill()
         child.process.wait()
         return False
     return True
 
 
-def run(
-    command: list[str], *, run_as: RunAs | None, cwd: Path, timeout: float
-) -> tuple[int, str]:
+def run(command: list[str], *, run_as: RunAs | None, cwd: Path, timeout: float) -> tuple[int, str]:
     """Run ``command`` (as ``run_as`` if given); return its exit code and merged output."""
     extra = run_as.subprocess_kwargs() if run_as is not None else {}
     # A file, not a pipe: a server forked off the command could keep a pipe open forever.
     with tempfile.TemporaryFile() as output:
         try:
             result = subprocess.run(
-                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                cwd=cwd, env=server_environ(), timeout=timeout, check=False, **extra,
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=server_environ(),
+                timeout=timeout,
+                check=False,
+                **extra,
             )
         except subprocess.TimeoutExpired as exc:
             raise ConfigError(

@@ -61,8 +61,7 @@ def ensure(
         # Alive but not answering yet, e.g. still loading a big AOF after a restart: wait
         # rather than start a second server on the same files.
         known = port
-        if known is not None and _process.wait_until(lambda: _is_ours(known, conf),
-                                                     START_TIMEOUT):
+        if known is not None and _process.wait_until(lambda: _is_ours(known, conf), START_TIMEOUT):
             return known, None, False
         raise ConfigError(
             f"embedded Redis (pid {pid}) runs but does not answer on port {port}; "
@@ -78,8 +77,13 @@ def ensure(
         except _PortInUse:
             log.warning("embedded.redis.port_taken", port=port)
             continue
-        log.info("embedded.redis.started", port=port, dir=str(rdir), detached=detach,
-                 seconds=round(time.monotonic() - began, 3))
+        log.info(
+            "embedded.redis.started",
+            port=port,
+            dir=str(rdir),
+            detached=detach,
+            seconds=round(time.monotonic() - began, 3),
+        )
         return port, child, True
     raise ConfigError(
         f"embedded Redis failed to start: no free port after {_PORT_ATTEMPTS} attempts; "
@@ -87,8 +91,9 @@ def ensure(
     )
 
 
-def _launch(binary: Path, rdir: Path, conf: Path, port: int,
-            *, detach: bool) -> _process.Child | None:
+def _launch(
+    binary: Path, rdir: Path, conf: Path, port: int, *, detach: bool
+) -> _process.Child | None:
     pidfile = rdir / "redis.pid"
     logfile = rdir / "redis.log"
     # A live server was ruled out by the caller, so any pidfile is left over from a crash.
@@ -100,12 +105,20 @@ def _launch(binary: Path, rdir: Path, conf: Path, port: int,
         code, output = _process.run([str(binary), str(conf)], run_as=None, cwd=rdir, timeout=30)
         if code != 0:
             # Config errors are reported before daemonizing, on the launcher's own output.
-            raise ConfigError(f"embedded Redis failed to start: "
-                              f"{_process.last_line(output) or 'no output'}; see {logfile}")
+            raise ConfigError(
+                f"embedded Redis failed to start: "
+                f"{_process.last_line(output) or 'no output'}; see {logfile}"
+            )
     else:
         # SIGTERM is Redis's graceful stop: it fsyncs the AOF, removes its pidfile and exits.
-        child = _process.spawn_owned([str(binary), str(conf)], name="redis", cwd=rdir,
-                                     log_path=logfile, stop_signal=signal.SIGTERM, run_as=None)
+        child = _process.spawn_owned(
+            [str(binary), str(conf)],
+            name="redis",
+            cwd=rdir,
+            log_path=logfile,
+            stop_signal=signal.SIGTERM,
+            run_as=None,
+        )
     deadline = time.monotonic() + START_TIMEOUT
     pid = child.process.pid if child is not None else None
     while not _is_ours(port, conf):
@@ -177,7 +190,10 @@ def no_retry() -> Retry:
 
 def _local_client(port: int) -> redis.Redis:
     return redis.Redis(
-        host=_process.LOOPBACK, port=port, socket_timeout=1.0, socket_connect_timeout=1.0,
+        host=_process.LOOPBACK,
+        port=port,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
         retry=no_retry(),
     )
 
@@ -192,8 +208,9 @@ def stop(rdir: Path, port: int | None) -> int | None:
     if pid is None or not _process.is_our_process(pid, "redis-server", rdir):
         return None
     os.kill(pid, signal.SIGTERM)
-    if not _process.wait_until(lambda: not _process.is_our_process(pid, "redis-server", rdir),
-                               STOP_TIMEOUT):
+    if not _process.wait_until(
+        lambda: not _process.is_our_process(pid, "redis-server", rdir), STOP_TIMEOUT
+    ):
         raise HookdropError(
             f"embedded Redis (pid {pid}) did not exit within {STOP_TIMEOUT:.0f} s; "
             f"see {rdir / 'redis.log'}"

@@ -54,8 +54,11 @@ def home() -> Iterator[Path]:
 
 def _env(home: Path) -> dict[str, str]:
     """No server configured: the embedded ones of ``home/.hookdrop`` are the only ones."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("HOOKDROP_", "REDIS_", "DATABASE_"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("HOOKDROP_", "REDIS_", "DATABASE_"))
+    }
     env.update(HOOKDROP_LOG_FORMAT="json", HOOKDROP_API_LISTEN=f"127.0.0.1:{_free_port()}")
     return env
 
@@ -69,8 +72,11 @@ def _left_in(home: Path) -> list[str]:
     found = []
     for process in psutil.process_iter(["name", "cwd", "status"]):
         cwd = process.info["cwd"]
-        if cwd and process.info["status"] != psutil.STATUS_ZOMBIE and any(
-                Path(cwd).is_relative_to(folder) for folder in folders):
+        if (
+            cwd
+            and process.info["status"] != psutil.STATUS_ZOMBIE
+            and any(Path(cwd).is_relative_to(folder) for folder in folders)
+        ):
             found.append(f"{process.pid} {process.info['name']}")
     return found
 
@@ -78,10 +84,23 @@ def _left_in(home: Path) -> list[str]:
 def _start_up(home: Path) -> subprocess.Popen[bytes]:
     with (home / "up.log").open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "hookdrop", "up", "--mock", "--mock-port", str(_free_port()),
-             "--notifiers", "1"],
-            cwd=home, env=_env(home), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "hookdrop",
+                "up",
+                "--mock",
+                "--mock-port",
+                str(_free_port()),
+                "--notifiers",
+                "1",
+            ],
+            cwd=home,
+            env=_env(home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _wait_running(home: Path, up: subprocess.Popen[bytes]) -> EmbeddedServers:

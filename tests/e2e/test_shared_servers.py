@@ -31,7 +31,8 @@ PART = (
     "tests/integration/test_delivery.py",
     "tests/integration/test_ratelimit.py",
     "tests/e2e/test_pipeline.py",
-    "-k", "not kill_9 and not large_cp",
+    "-k",
+    "not kill_9 and not large_cp",
 )
 
 
@@ -50,11 +51,29 @@ def test_two_test_runs_at_once_on_the_same_servers_both_pass(
         for n in (1, 2):
             output = tmp_path / f"run{n}.txt"
             with output.open("wb") as out:
-                runs.append((subprocess.Popen(
-                    [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                     "--basetemp", str(tmp_path / f"run{n}"), *PART],
-                    cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True), output))
+                runs.append(
+                    (
+                        subprocess.Popen(
+                            [
+                                sys.executable,
+                                "-m",
+                                "pytest",
+                                "-q",
+                                "-p",
+                                "no:cacheprovider",
+                                "--basetemp",
+                                str(tmp_path / f"run{n}"),
+                                *PART,
+                            ],
+                            cwd=REPO,
+                            env=env,
+                            stdout=out,
+                            stderr=subprocess.STDOUT,
+                            start_new_session=True,
+                        ),
+                        output,
+                    )
+                )
         deadline = time.monotonic() + 600
         for process, _ in runs:
             process.wait(timeout=max(1.0, deadline - time.monotonic()))

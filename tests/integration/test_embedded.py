@@ -95,8 +95,7 @@ def _server_ids(servers: EmbeddedServers) -> tuple[str, str]:
 
 def _both_down(servers: EmbeddedServers) -> bool:
     assert servers.redis_url and servers.database_url
-    return not redis_reachable(servers.redis_url) and not postgres_reachable(
-        servers.database_url)
+    return not redis_reachable(servers.redis_url) and not postgres_reachable(servers.database_url)
 
 
 def _processes_in(folder: Path) -> list[str]:
@@ -104,8 +103,11 @@ def _processes_in(folder: Path) -> list[str]:
     found = []
     for process in psutil.process_iter(["name", "cwd", "status"]):
         cwd = process.info["cwd"]
-        if cwd and Path(cwd).is_relative_to(folder.resolve()) and (
-                process.info["status"] != psutil.STATUS_ZOMBIE):
+        if (
+            cwd
+            and Path(cwd).is_relative_to(folder.resolve())
+            and (process.info["status"] != psutil.STATUS_ZOMBIE)
+        ):
             found.append(f"{process.pid} {process.info['name']}")
     return found
 
@@ -122,9 +124,14 @@ def _python(script: str, *args: str, extra_path: Path | None = None) -> subproce
     env = dict(os.environ)
     paths = [str(extra_path)] if extra_path else []
     env["PYTHONPATH"] = os.pathsep.join([*paths, str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    return subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_cold_start_serves_both_urls(state_dir: Path) -> None:
@@ -133,8 +140,9 @@ def test_cold_start_serves_both_urls(state_dir: Path) -> None:
         assert servers.started == ("redis", "postgres")
         assert servers.redis_url and servers.database_url
         assert re.fullmatch(r"redis://127\.0\.0\.1:\d+/0", servers.redis_url)
-        assert re.fullmatch(r"postgresql://hookdrop@127\.0\.0\.1:\d+/hookdrop",
-                            servers.database_url)
+        assert re.fullmatch(
+            r"postgresql://hookdrop@127\.0\.0\.1:\d+/hookdrop", servers.database_url
+        )
         with redis.Redis.from_url(servers.redis_url) as client:
             assert client.ping()
             assert client.config_get("appendonly") == {"appendonly": "yes"}
@@ -146,7 +154,8 @@ def test_cold_start_serves_both_urls(state_dir: Path) -> None:
 def test_servers_started_for_a_block_stop_when_it_ends(state_dir: Path) -> None:
     with embedded_servers(state_dir) as servers:
         assert find_running(state_dir) == EmbeddedServers(
-            state_dir.resolve(), servers.redis_url, servers.database_url)
+            state_dir.resolve(), servers.redis_url, servers.database_url
+        )
 
     assert _both_down(servers)
     assert find_running(state_dir) == EmbeddedServers(state_dir.resolve())
@@ -222,8 +231,11 @@ def test_a_kill_9_of_the_owner_stops_its_servers(state_dir: Path) -> None:
         servers = EmbeddedServers(state_dir, redis_url, database_url)
         wait_for(lambda: _both_down(servers), timeout=30, what="servers stopped")
         wait_for(lambda: not _processes_in(state_dir), timeout=30, what="Redis gone")
-        wait_for(lambda: not _processes_in(embedded_postgres_dir(state_dir)), timeout=30,
-                 what="PostgreSQL gone")
+        wait_for(
+            lambda: not _processes_in(embedded_postgres_dir(state_dir)),
+            timeout=30,
+            what="PostgreSQL gone",
+        )
     finally:
         kill_group(owner)  # type: ignore[arg-type]
         if owner.stdout is not None:
@@ -273,8 +285,7 @@ def test_unusable_state_dir_raises_config_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
 
-    with pytest.raises(ConfigError, match="HOOKDROP_STATE_DIR"), \
-            embedded_servers(blocker / "st"):
+    with pytest.raises(ConfigError, match="HOOKDROP_STATE_DIR"), embedded_servers(blocker / "st"):
         pass
 
 
@@ -287,8 +298,10 @@ def test_failing_postgres_raises_config_error_and_stops_the_redis_started_with_i
     with conf.open("a", encoding="utf-8") as handle:
         handle.write("this is not = a valid = line\n")
 
-    with pytest.raises(ConfigError, match=r"embedded PostgreSQL failed to start: .*postgres\.log"
-                       ), embedded_servers(state_dir):
+    with (
+        pytest.raises(ConfigError, match=r"embedded PostgreSQL failed to start: .*postgres\.log"),
+        embedded_servers(state_dir),
+    ):
         pass
 
     assert find_running(state_dir) == EmbeddedServers(state_dir.resolve())
@@ -387,4 +400,3 @@ def _link_or_copy(source: str, target: str) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
-

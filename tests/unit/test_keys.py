@@ -26,11 +26,20 @@ def test_a_deployment_owns_its_keys_and_rq_keys_of_its_queues_jobs_and_workers(
     keys = Keys(prefix)
     job, worker = keys.new_job_id(), keys.new_worker_name("batcher")
 
-    for key in (keys.checkpoint(7), keys.epoch, f"rq:queue:{keys.notifier_queue}",
-                f"rq:wip:{keys.batcher_queue}", f"rq:queue:{keys.batcher_queue}:intermediate",
-                f"rq:job:{job}", f"rq:job:{job}:dependents", f"rq:results:{job}",
-                f"rq:execution:{job}:1a2b", f"rq:worker:{worker}",
-                f"rq:worker:{worker}:executions", f"rq:workers:{keys.notifier_queue}"):
+    for key in (
+        keys.checkpoint(7),
+        keys.epoch,
+        f"rq:queue:{keys.notifier_queue}",
+        f"rq:wip:{keys.batcher_queue}",
+        f"rq:queue:{keys.batcher_queue}:intermediate",
+        f"rq:job:{job}",
+        f"rq:job:{job}:dependents",
+        f"rq:results:{job}",
+        f"rq:execution:{job}:1a2b",
+        f"rq:worker:{worker}",
+        f"rq:worker:{worker}:executions",
+        f"rq:workers:{keys.notifier_queue}",
+    ):
         assert keys.owns(key), key
         assert any(fnmatch.fnmatchcase(key, pattern) for pattern in keys.scan_patterns), key
 
@@ -38,8 +47,16 @@ def test_a_deployment_owns_its_keys_and_rq_keys_of_its_queues_jobs_and_workers(
 def test_a_deployment_owns_no_key_of_another_prefix_nor_rq_shared_keys() -> None:
     keys, other = Keys("hookdrop"), Keys("hookdrop-batcher")
     # The other prefix starts like ours followed by one of our queue names.
-    for key in (other.checkpoint(7), f"rq:queue:{other.batcher_queue}",
-                f"rq:job:{other.new_job_id()}", f"rq:worker:{other.new_worker_name('batcher')}",
-                f"rq:job:{Keys('hookdrop_2').new_job_id()}", "rq:queues", "rq:workers",
-                "rq:suspended", "hookdropx:epoch", f"rq:job:{Keys('x').new_job_id()}"):
+    for key in (
+        other.checkpoint(7),
+        f"rq:queue:{other.batcher_queue}",
+        f"rq:job:{other.new_job_id()}",
+        f"rq:worker:{other.new_worker_name('batcher')}",
+        f"rq:job:{Keys('hookdrop_2').new_job_id()}",
+        "rq:queues",
+        "rq:workers",
+        "rq:suspended",
+        "hookdropx:epoch",
+        f"rq:job:{Keys('x').new_job_id()}",
+    ):
         assert not keys.owns(key), key
