@@ -91,7 +91,7 @@ def forget_deployment(conn: redis.Redis, keys: Keys) -> int:
     (a test, a demo run) whose processes have all stopped.
     """
     found = {
-        key.decode()
+        _text(key)
         for pattern in keys.scan_patterns
         for key in conn.scan_iter(match=pattern, count=1000)
     }
@@ -100,8 +100,12 @@ def forget_deployment(conn: redis.Redis, keys: Keys) -> int:
         for start in range(0, len(owned), 500):
             pipe.delete(*owned[start : start + 500])
         for shared in ("rq:queues", "rq:workers"):
-            members = [m for m in conn.smembers(shared) if keys.owns(m.decode())]
+            members = [m for m in conn.smembers(shared) if keys.owns(_text(m))]
             if members:
                 pipe.srem(shared, *members)
         pipe.execute()
     return len(owned)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
