@@ -79,7 +79,9 @@ def embedded_servers(
     """Servers for ``state_dir`` while the block runs: reused if running, else started and
     owned by this process, which stops them at the end of the block (or by dying).
 
-    Raises ConfigError when a server cannot start; what was started is stopped again.
+    Raises ConfigError when a server cannot start; what was started is stopped again. Enter
+    it from a thread that lives as long as the block, such as the main thread: the kernel's
+    signal goes out when the thread that started a server ends.
     """
     state_dir = _state.prepare(state_dir)
     children: list[_process.Child] = []
