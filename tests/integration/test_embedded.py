@@ -62,10 +62,14 @@ def _clean_up(state_dir: Path, owned: Path) -> None:
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
     directory = tmp_path / "st"
+    copies_before = set(RELOCATED.glob("pgbin-*"))
     try:
         yield directory
     finally:
         _clean_up(directory, tmp_path)
+        # Binaries copied for PostgreSQL's user (when the virtualenv is out of its reach).
+        for copy in set(RELOCATED.glob("pgbin-*")) - copies_before:
+            shutil.rmtree(copy, ignore_errors=True)
 
 
 @pytest.fixture
