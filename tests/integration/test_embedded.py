@@ -47,29 +47,32 @@ REPO_ROOT = Path(hookdrop.embedded.__file__).resolve().parents[2]
 RELOCATED = Path("/var/lib/hookdrop/embedded-postgres")
 
 
-def _clean_up(state_dir: Path, owned: Path) -> None:
-    """Stop the servers and delete PostgreSQL's files when they were put outside ``owned``."""
-    if not state_dir.exists():
-        return
-    pg_dir = embedded_postgres_dir(state_dir)
+def _clean_up(state_dir: Path, owned: Path, copies: set[Path] | None = None) -> None:
+    """Stop the servers and delete PostgreSQL's files when they were put outside ``owned``,
+    and the copies of its binaries that are not in ``copies`` (those there before)."""
     try:
-        stop_embedded(state_dir)
+        if not state_dir.exists():
+            return
+        pg_dir = embedded_postgres_dir(state_dir)
+        try:
+            stop_embedded(state_dir)
+        finally:
+            if pg_dir.exists() and not pg_dir.is_relative_to(owned):
+                shutil.rmtree(pg_dir)
     finally:
-        if pg_dir.exists() and not pg_dir.is_relative_to(owned):
-            shutil.rmtree(pg_dir)
+        if copies is not None:
+            for copy in set(RELOCATED.glob("pgbin-*")) - copies:
+                shutil.rmtree(copy, ignore_errors=True)
 
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
     directory = tmp_path / "st"
-    copies_before = set(RELOCATED.glob("pgbin-*"))
+    copies = set(RELOCATED.glob("pgbin-*"))
     try:
         yield directory
     finally:
-        _clean_up(directory, tmp_path)
-        # Binaries copied for PostgreSQL's user (when the virtualenv is out of its reach).
-        for copy in set(RELOCATED.glob("pgbin-*")) - copies_before:
-            shutil.rmtree(copy, ignore_errors=True)
+        _clean_up(directory, tmp_path, copies)
 
 
 @pytest.fixture
@@ -330,6 +333,7 @@ def test_root_moves_postgres_out_of_an_unreachable_state_dir(tmp_path: Path) -> 
     hidden.mkdir(mode=0o700)
     hidden.chmod(0o700)
     state = hidden / "st"
+    copies = set(RELOCATED.glob("pgbin-*"))
     try:
         with embedded_servers(state) as servers:
             pg_dir = embedded_postgres_dir(state)
@@ -339,7 +343,7 @@ def test_root_moves_postgres_out_of_an_unreachable_state_dir(tmp_path: Path) -> 
             assert servers.database_url and postgres_reachable(servers.database_url)
             assert embedded_postgres_dir(state) == pg_dir
     finally:
-        _clean_up(state, tmp_path)
+        _clean_up(state, tmp_path, copies)
 
 
 @needs_root
