@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from hookdrop.errors import ConfigError, HookdropError
+from hookdrop.errors import ConfigError, HookdropError, NotRunning
 from hookdrop.lifeline import follow_parent
 from hookdrop.settings import SETTINGS, Settings, environ_snapshot
 
@@ -44,26 +45,63 @@ def with_settings(func: F) -> F:
     return wrapper
 
 
-def connect(settings: Settings, *, migrate: bool = False) -> Settings:
-    """Fill in server URLs (embedded when unset), check they answer, optionally migrate."""
-    from hookdrop.embedded import postgres_reachable, redis_reachable, resolve_servers
+@contextlib.contextmanager
+def connect(settings: Settings, *, migrate: bool = False, schema: bool = True,
+            start: bool = True) -> Iterator[Settings]:
+    """The settings with both server URLs, for as long as the block runs.
+
+    A URL that is not set means the embedded server of HOOKDROP_STATE_DIR: reused when it
+    runs, else (``start``) started for this command and stopped when the block ends. Without
+    ``start`` nothing is started: with no server running the command ends in one line.
+    Checks both servers answer, then migrates (``migrate``) or checks (``schema``) the schema.
+    """
+    from hookdrop.embedded import embedded_servers, find_running
     from hookdrop.store import Store
 
-    redis_url, database_url = resolve_servers(
-        settings.redis_url, settings.database_url, settings.state_dir
-    )
-    settings = settings.replace(redis_url=redis_url, database_url=database_url)
-    if not redis_reachable(redis_url):
-        raise ConfigError(f"REDIS_URL={redis_url}: cannot connect to Redis")
-    if not postgres_reachable(database_url):
+    with contextlib.ExitStack() as owned:
+        # Given URLs first: a wrong one fails the command before anything is started.
+        _check_reachable(settings.redis_url, settings.database_url)
+        missing = [name for name, url in (("REDIS_URL", settings.redis_url),
+                                          ("DATABASE_URL", settings.database_url)) if not url]
+        if missing and start:
+            servers = owned.enter_context(embedded_servers(
+                settings.state_dir, redis=not settings.redis_url,
+                postgres=not settings.database_url))
+        elif missing:
+            servers = find_running(settings.state_dir)
+            absent = [name for name, given, found in
+                      (("Redis", settings.redis_url, servers.redis_url),
+                       ("PostgreSQL", settings.database_url, servers.database_url))
+                      if not given and not found]
+            if absent:
+                raise NotRunning(
+                    f"no {' and no '.join(absent)}: {' and '.join(missing)} not set and "
+                    f"no embedded server runs in {settings.state_dir} (start them with "
+                    "`hookdrop up` or `hookdrop servers start`)")
+        if missing:
+            settings = settings.replace(
+                redis_url=settings.redis_url or servers.redis_url,
+                database_url=settings.database_url or servers.database_url)
+            _check_reachable(settings.redis_url, settings.database_url)
+        database_url = settings.database_url
+        assert database_url is not None
+        if migrate or schema:
+            with Store(database_url) as store:
+                if migrate:
+                    store.migrate()
+                else:
+                    store.check_schema()
+        yield settings
+
+
+def _check_reachable(redis_url: str | None, database_url: str | None) -> None:
+    from hookdrop.embedded import postgres_reachable, redis_reachable
+
+    if redis_url and not redis_reachable(redis_url):
+        raise ConfigError(f"REDIS_URL={_hide_password(redis_url)}: cannot connect to Redis")
+    if database_url and not postgres_reachable(database_url):
         raise ConfigError(f"DATABASE_URL={_hide_password(database_url)}: cannot connect to "
                           "PostgreSQL")
-    with Store(database_url) as store:
-        if migrate:
-            store.migrate()
-        else:
-            store.check_schema()
-    return settings
 
 
 def check_inbox(settings: Settings) -> None:
@@ -110,10 +148,10 @@ def monitor(settings: Settings) -> None:
     """Watch the inbox, claim complete files, re-inject the DLQ, serve the HTTP API."""
     configure_logs(settings, "monitor")
     check_inbox(settings)
-    settings = connect(settings, migrate=True)
     from daemon.service import run_monitor
 
-    run_monitor(settings)
+    with connect(settings, migrate=True) as live:
+        run_monitor(live)
 
 
 @cli.command()
@@ -127,13 +165,13 @@ def worker(settings: Settings, kind: str, processes: int, burst: bool) -> None:
     configure_logs(settings, kind)
     if kind == "notifier":
         settings.require("webhook_url")
-    settings = connect(settings)
     from workers.runner import run_pool, run_worker
 
-    if burst:
-        run_worker(settings, kind, burst=True)
-        return
-    sys.exit(run_pool(settings, kind, processes, environ_snapshot()))
+    with connect(settings) as live:
+        if burst:
+            run_worker(live, kind, burst=True)
+            return
+        sys.exit(run_pool(live, kind, processes, environ_snapshot()))
 
 
 @cli.group()
@@ -146,8 +184,8 @@ def db() -> None:
 def db_migrate(settings: Settings) -> None:
     """Apply pending migrations (safe to run any number of times, from any host)."""
     configure_logs(settings, "migrate")
-    settings = connect(settings, migrate=True)
-    click.echo("schema up to date")
+    with connect(settings, migrate=True):
+        click.echo("schema up to date")
 
 
 @cli.command()
@@ -193,20 +231,23 @@ def up(settings: Settings, with_mock: bool, mock_port: int, notifiers: int,
         settings = settings.replace(webhook_url=f"http://127.0.0.1:{mock_port}/")
     settings.require("webhook_url")
     check_inbox(settings)
-    settings = connect(settings, migrate=True)
     from hookdrop.supervise import Supervisor
 
-    sup = Supervisor({**environ_snapshot(), **settings.to_environ()})
-    if with_mock:
-        sup.add("mock", ["mock", "--port", str(mock_port)])
-    sup.add("monitor", ["monitor"])
-    for n in range(batchers):
-        sup.add(f"batcher-{n + 1}", ["worker", "batcher"])
-    for n in range(notifiers):
-        sup.add(f"notifier-{n + 1}", ["worker", "notifier"])
-    click.echo(f"hookdrop up: inbox {settings.inbox}, webhook {settings.webhook_url}, "
-               f"API http://{settings.api_listen[0]}:{settings.api_listen[1]}/ (Ctrl+C stops)")
-    sys.exit(sup.run())
+    # Embedded servers started here stop when everything below has stopped; the children
+    # get the URLs in their environment and never start servers of their own.
+    with connect(settings, migrate=True) as live:
+        sup = Supervisor({**environ_snapshot(), **live.to_environ()})
+        if with_mock:
+            sup.add("mock", ["mock", "--port", str(mock_port)])
+        sup.add("monitor", ["monitor"])
+        for n in range(batchers):
+            sup.add(f"batcher-{n + 1}", ["worker", "batcher"])
+        for n in range(notifiers):
+            sup.add(f"notifier-{n + 1}", ["worker", "notifier"])
+        click.echo(f"hookdrop up: inbox {live.inbox}, webhook {live.webhook_url}, "
+                   f"API http://{live.api_listen[0]}:{live.api_listen[1]}/ "
+                   "(Ctrl+C stops)")
+        sys.exit(sup.run())
 
 
 @cli.command()
@@ -222,11 +263,12 @@ def demo(settings: Settings, rows: int, notifiers: int, as_json: bool, timeout: 
     """Start mock, monitor and workers, drop a file, show it delivered; exit 0 only if nothing
     was missed or duplicated."""
     configure_logs(settings, "demo")
-    settings = connect(settings, migrate=True)
     from hookdrop.demo import run_demo
 
-    summary = run_demo(settings, rows=rows, notifiers=notifiers, as_json=as_json,
-                       timeout=timeout)
+    # The run migrates a schema of its own in the database; the database's own is not used.
+    with connect(settings, schema=False) as live:
+        summary = run_demo(live, rows=rows, notifiers=notifiers, as_json=as_json,
+                           timeout=timeout)
     sys.exit(0 if summary.ok else 1)
 
 
@@ -250,7 +292,6 @@ def bench(settings: Settings, scenarios: str, notifiers: int, quick: bool, rows:
     import json
 
     configure_logs(settings, "bench")
-    settings = connect(settings, migrate=True)
     from hookdrop.bench import BenchSizes, run_bench
 
     sizes = BenchSizes.quick() if quick else BenchSizes()
@@ -258,10 +299,64 @@ def bench(settings: Settings, scenarios: str, notifiers: int, quick: bool, rows:
                if v is not None}
     sizes = dataclasses.replace(sizes, **changes)
     plot_path.parent.mkdir(parents=True, exist_ok=True)
-    results = run_bench(settings, scenarios=scenarios, notifiers=notifiers, sizes=sizes,
-                        plot_path=plot_path,
-                        progress=lambda text: None if as_json else click.echo(text, err=True))
+    # Each run migrates a schema of its own, as in the demo.
+    with connect(settings, schema=False) as live:
+        results = run_bench(live, scenarios=scenarios, notifiers=notifiers, sizes=sizes,
+                            plot_path=plot_path,
+                            progress=lambda text: None if as_json else click.echo(text,
+                                                                                  err=True))
     click.echo(json.dumps(results, indent=2))
+
+
+@cli.group()
+def servers() -> None:
+    """The embedded Redis and PostgreSQL of HOOKDROP_STATE_DIR (used when no URLs are set).
+
+    Every command that needs them starts them itself and stops them when it ends; start them
+    here to keep them running across commands (they are then reused and left running).
+    """
+
+
+def _server_lines(redis_url: str | None, database_url: str | None) -> list[str]:
+    return [f"{name}: {url or 'not running'}"
+            for name, url in (("redis", redis_url), ("postgresql", database_url))]
+
+
+@servers.command("start")
+@with_settings
+def servers_start(settings: Settings) -> None:
+    """Start them (if they do not run yet) to run until `hookdrop servers stop`."""
+    from hookdrop.embedded import start_detached
+
+    configure_logs(settings, "servers")
+    found = start_detached(settings.state_dir)
+    click.echo("\n".join(_server_lines(found.redis_url, found.database_url)))
+
+
+@servers.command("stop")
+@with_settings
+def servers_stop(settings: Settings) -> None:
+    """Stop them, whoever started them (their data stays in the state folder)."""
+    from hookdrop.embedded import stop_embedded
+
+    configure_logs(settings, "servers")
+    stopped = stop_embedded(settings.state_dir)
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else
+               f"no embedded server runs in {settings.state_dir}")
+
+
+@servers.command("status")
+@with_settings
+def servers_status(settings: Settings) -> None:
+    """Say which run and their URLs; exit 3 when neither runs."""
+    from hookdrop.embedded import find_running
+
+    configure_logs(settings, "servers")
+    found = find_running(settings.state_dir)
+    click.echo(f"state folder {found.state_dir}")
+    click.echo("\n".join(_server_lines(found.redis_url, found.database_url)))
+    if not (found.redis_url or found.database_url):
+        sys.exit(3)
 
 
 def main() -> None:

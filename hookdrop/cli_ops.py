@@ -50,6 +50,16 @@ def _rate(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:,.1f}/s"
 
 
+def table_console() -> Any:
+    """A console for tables: the terminal's width, or as wide as the table when piped."""
+    from rich.console import Console
+
+    console = Console()
+    # Piped, rich assumes 80 columns and would cut the table; a wide page lets each
+    # column take what its content needs.
+    return console if console.is_terminal else Console(width=10_000)
+
+
 def files_table(files: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
@@ -159,14 +169,15 @@ def register(cli: click.Group) -> None:
 
         quiet = settings.replace(log_level="warning") if settings.log_level == "info" else settings
         configure_logs(quiet, "cli")
-        settings = connect(settings)
-        conn = connect_redis(settings, name="hookdrop-cli")
-        store = connect_store(settings, name="hookdrop-cli")
-        try:
-            yield Control(settings, store, conn)
-        finally:
-            store.close()
-            conn.close()
+        # These commands act on a running hookdrop: they never start embedded servers.
+        with connect(settings, start=False) as live:
+            conn = connect_redis(live, name="hookdrop-cli")
+            store = connect_store(live, name="hookdrop-cli")
+            try:
+                yield Control(live, store, conn)
+            finally:
+                store.close()
+                conn.close()
 
     @cli.command("status")
     @click.argument("file_id", type=click.IntRange(1), required=False)
@@ -176,7 +187,6 @@ def register(cli: click.Group) -> None:
     @with_settings
     def status(settings: Settings, file_id: int | None, watching: bool, as_json: bool) -> None:
         """The whole system (no ID) or one file: counts, rate, ETA."""
-        from rich.console import Console
 
         with control_for(settings) as control:
             if watching:
@@ -203,7 +213,7 @@ def register(cli: click.Group) -> None:
             if as_json:
                 _print_json({"overview": overview, "files": files})
                 return
-            console = Console()
+            console = table_console()
             console.print(overview_text(overview), highlight=False)
             if files:
                 console.print(files_table(files))
@@ -215,14 +225,13 @@ def register(cli: click.Group) -> None:
     @with_settings
     def files(settings: Settings, limit: int, offset: int, as_json: bool) -> None:
         """List files, newest first."""
-        from rich.console import Console
 
         with control_for(settings) as control:
             rows = control.list_files(limit, offset)
         if as_json:
             _print_json(rows)
         elif rows:
-            Console().print(files_table(rows))
+            table_console().print(files_table(rows))
         else:
             click.echo("no files")
 

@@ -13,6 +13,10 @@ class ConfigError(HookdropError):
     """A setting is missing or wrong; the message names the setting and says what is wrong."""
 
 
+class NotRunning(HookdropError):
+    """A command that only looks at a running hookdrop found no servers to look at."""
+
+
 class StoreUnavailable(HookdropError):
     """PostgreSQL cannot be reached right now; the caller pauses and retries."""
 

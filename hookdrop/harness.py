@@ -22,6 +22,7 @@ import psycopg
 import redis
 
 from hookdrop.connections import connect_store
+from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
 from hookdrop.store import FileRow, FileStatus
 from hookdrop.supervise import Supervisor
@@ -94,7 +95,9 @@ class Stack:
         self.schema = f"hookdrop_run_{run}"
         self.admin_url = base.database_url or ""
         self.settings = base.replace(
-            inbox=root / "inbox", key_prefix=f"run-{run}", webhook_url=webhook,
+            inbox=root / "inbox",
+            key_prefix=f"run-{run}",
+            webhook_url=webhook,
             api_listen=("127.0.0.1", free_port()),
             database_url=with_search_path(self.admin_url, self.schema),
         )
@@ -105,8 +108,17 @@ class Stack:
                                      stop_timeout=30)
         self.logs = root / "logs"
         if with_mock:
-            self.supervisor.add("mock", ["mock", "--port", str(self.mock_port),
-                                         "--audit", str(root / "accepted.tsv"), *mock_args])
+            self.supervisor.add(
+                "mock",
+                [
+                    "mock",
+                    "--port",
+                    str(self.mock_port),
+                    "--audit",
+                    str(root / "accepted.tsv"),
+                    *mock_args,
+                ],
+            )
         self.supervisor.add("monitor", ["monitor"])
         self.supervisor.add("batcher", ["worker", "batcher"])
         self.supervisor.add("notifier", ["worker", "notifier", "--processes", str(notifiers)])
@@ -138,10 +150,7 @@ class Stack:
                 admin.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')  # type: ignore[arg-type]
             shutil.rmtree(self.root, ignore_errors=True)
             conn = redis.Redis.from_url(self.settings.redis_url or "")
-            prefix = self.settings.key_prefix
-            for pattern in (f"{prefix}:*", f"rq:*{prefix}-*"):
-                for key in conn.scan_iter(match=pattern, count=1000):
-                    conn.delete(key)
+            forget_deployment(conn, self.settings.keys)
             conn.close()
 
     def __enter__(self) -> Stack:

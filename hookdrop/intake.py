@@ -130,11 +130,12 @@ class Intake:
 
         alive()
         try:
-            return self._register_open(fd, opened, target, name, generation, alive)
+            return self._register_open(fd, opened, target, name, generation=generation,
+                                       alive=alive)
         finally:
             self.redis.delete(claiming)
 
-    def _register_open(self, fd: int, opened: os.stat_result, target: Path, name: str,
+    def _register_open(self, fd: int, opened: os.stat_result, target: Path, name: str, *,
                        generation: int, alive: Callable[[], None]) -> Registered | None:
         identity = FileIdentity.of(opened)
         try:

@@ -1,12 +1,15 @@
 """Every Redis key hookdrop uses, in one place.
 
 All keys start with the configured prefix (``HOOKDROP_KEY_PREFIX``, default ``hookdrop``), so
-several deployments or test runs can share one Redis. RQ's own keys (``rq:job:*``,
-``rq:queue:*``, ...) are named after the queues below.
+several deployments or test runs can share one Redis. RQ's own keys (``rq:<kind>:<name>...``)
+are named after the queues, job ids and worker names below, which all start with the prefix
+too: :meth:`Keys.owns` tells a deployment's keys from everyone else's.
 """
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass
 
 
@@ -22,6 +25,42 @@ class Keys:
     @property
     def notifier_queue(self) -> str:
         return f"{self.prefix}-notifier"
+
+    # RQ job ids and worker names: "<id prefix><32 hex>" and "<id prefix><kind>-<12 hex>".
+    # The id prefix is the prefix with '.' as '_' (RQ ids allow letters, digits, '_', '-').
+    @property
+    def rq_id_prefix(self) -> str:
+        return self.prefix.replace(".", "_") + "-"
+
+    def new_job_id(self) -> str:
+        return f"{self.rq_id_prefix}{uuid.uuid4().hex}"
+
+    def new_worker_name(self, kind: str) -> str:
+        return f"{self.rq_id_prefix}{kind}-{uuid.uuid4().hex[:12]}"
+
+    @property
+    def scan_patterns(self) -> tuple[str, ...]:
+        """SCAN patterns that find every key of this deployment (and maybe others: filter
+        with :meth:`owns`)."""
+        return tuple(
+            dict.fromkeys(
+                (f"{self.prefix}:*", f"rq:*:{self.prefix}-*", f"rq:*:{self.rq_id_prefix}*")
+            )
+        )
+
+    def owns(self, key: str) -> bool:
+        """True for this deployment's keys: its own, and RQ's keys of its queues, jobs and
+        workers. Never true for another prefix's keys or RQ's shared sets."""
+        return key.startswith(f"{self.prefix}:") or bool(self._rq_key.fullmatch(key))
+
+    @property
+    def _rq_key(self) -> re.Pattern[str]:
+        ids = re.escape(self.rq_id_prefix)
+        queues = "|".join(re.escape(q) for q in (self.batcher_queue, self.notifier_queue))
+        return re.compile(
+            rf"rq:[a-z_-]+:(?:{queues}|{ids}[0-9a-f]{{32}}"
+            rf"|{ids}(?:batcher|notifier)-[0-9a-f]{{12}})(?::.*)?"
+        )
 
     # Set once when this Redis first serves hookdrop; its absence means Redis lost its data.
     @property

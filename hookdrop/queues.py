@@ -41,6 +41,7 @@ def enqueue_read(conn: redis.Redis, keys: Keys, file_id: int) -> Job:
     return batcher_queue(conn, keys).enqueue_call(
         BATCHER_JOB,
         args=(file_id,),
+        job_id=keys.new_job_id(),
         timeout=BATCHER_TIMEOUT,
         result_ttl=RESULT_TTL,
         failure_ttl=FAILURE_TTL,
@@ -53,14 +54,13 @@ def chunked(ids: Sequence[str], size: int) -> Iterable[Sequence[str]]:
         yield ids[start : start + size]
 
 
-def notifier_jobs(
-    queue: Queue, file_id: int, ids: Sequence[str], chunk_size: int
-) -> list[Any]:
+def notifier_jobs(keys: Keys, file_id: int, ids: Sequence[str], chunk_size: int) -> list[Any]:
     """Job data (for ``Queue.enqueue_many``) delivering ``ids`` in chunks."""
     return [
         Queue.prepare_data(
             NOTIFIER_JOB,
             args=(file_id, list(chunk)),
+            job_id=keys.new_job_id(),
             timeout=NOTIFIER_TIMEOUT,
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,
@@ -78,6 +78,34 @@ def enqueue_deliveries(
         return 0
     queue = notifier_queue(conn, keys)
     with conn.pipeline(transaction=True) as pipe:
-        jobs = queue.enqueue_many(notifier_jobs(queue, file_id, ids, chunk_size), pipeline=pipe)
+        jobs = queue.enqueue_many(notifier_jobs(keys, file_id, ids, chunk_size), pipeline=pipe)
         pipe.execute()
     return len(jobs)
+
+
+def forget_deployment(conn: redis.Redis, keys: Keys) -> int:
+    """Delete every Redis key of the deployment ``keys`` belongs to, and nothing else.
+
+    Its own keys and RQ's keys of its queues, jobs and workers go; its members leave RQ's
+    shared sets of queues and workers. Returns how many keys were deleted. For a deployment
+    (a test, a demo run) whose processes have all stopped.
+    """
+    found = {
+        _text(key)
+        for pattern in keys.scan_patterns
+        for key in conn.scan_iter(match=pattern, count=1000)
+    }
+    owned = sorted(key for key in found if keys.owns(key))
+    with conn.pipeline(transaction=False) as pipe:
+        for start in range(0, len(owned), 500):
+            pipe.delete(*owned[start : start + 500])
+        for shared in ("rq:queues", "rq:workers"):
+            members = [m for m in conn.smembers(shared) if keys.owns(_text(m))]
+            if members:
+                pipe.srem(shared, *members)
+        pipe.execute()
+    return len(owned)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

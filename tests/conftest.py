@@ -1,78 +1,55 @@
 """Shared fixtures: real Redis and PostgreSQL, isolated per test.
 
-Servers: ``REDIS_URL`` / ``DATABASE_URL`` when set; else the local defaults
-(127.0.0.1:6379 and 127.0.0.1:5432); else embedded servers in a state folder. Under CI
-(``CI`` set) a server that cannot be reached fails the run instead of being skipped.
+Servers follow hookdrop's own rule: ``REDIS_URL`` / ``DATABASE_URL`` when set; otherwise
+embedded servers, started for the session in a state folder of its own and stopped at its end.
+A server that cannot be had skips the tests that need it, and fails the run under CI (``CI``
+set).
 
-Isolation: one empty Redis database for the session, flushed before each test, plus a key
-prefix per test; one PostgreSQL database per test, cloned from a migrated template.
+Isolation holds with several test runs on the same servers at once: each test has a key prefix
+of its own (every Redis key it makes starts with it, RQ's job, queue and worker keys included)
+and exactly those keys are deleted when it ends; nothing is flushed. Each test has its own
+PostgreSQL database, cloned from a migrated template. Every hookdrop process a test starts
+with ``hookdrop_process`` is killed with its process group when the test ends, pass or fail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 import redis
 
+from hookdrop.errors import ConfigError
+from hookdrop.harness import free_port
+from hookdrop.keys import Keys
+from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
 from hookdrop.store import Store, migrations
-
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
-LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+from tests.helpers import reap_processes
 
 
 @dataclass(frozen=True)
 class Servers:
-    redis_url: str  # base URL; tests get their own db number
+    redis_url: str  # shared by every test; isolation is by key prefix
     admin_url: str  # PostgreSQL database used to create and drop test databases
-    redis_db: int
 
 
-def _reachable_redis(url: str) -> bool:
-    from hookdrop.embedded import redis_reachable
-
-    return redis_reachable(url)
-
-
-def _reachable_pg(url: str) -> bool:
-    from hookdrop.embedded import postgres_reachable
-
-    return postgres_reachable(url)
-
-
-def _find_servers(state_dir: Path) -> tuple[str, str]:
-    redis_url = os.environ.get("REDIS_URL")
-    pg_url = os.environ.get("DATABASE_URL")
-    if not redis_url and _reachable_redis(LOCAL_REDIS):
-        redis_url = LOCAL_REDIS
-    if not pg_url and _reachable_pg(LOCAL_POSTGRES):
-        pg_url = LOCAL_POSTGRES
-    if not redis_url or not pg_url:
-        from hookdrop.embedded import resolve_servers
-
-        redis_url, pg_url = resolve_servers(redis_url, pg_url, state_dir)
-    for name, url, ok in (("REDIS_URL", redis_url, _reachable_redis(redis_url)),
-                          ("DATABASE_URL", pg_url, _reachable_pg(pg_url))):
-        if not ok:
-            message = f"{name}={url}: server not reachable"
-            if os.environ.get("CI"):
-                pytest.fail(message, pytrace=False)
-            pytest.skip(message)
-    return redis_url, pg_url
-
-
-def _with_db(url: str, db: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{db}"))
+def _unavailable(message: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
 
 
 def _with_database(url: str, name: str) -> str:
@@ -81,21 +58,31 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Servers:
-    state_dir = Path(os.environ.get("HOOKDROP_TEST_STATE_DIR", ".hookdrop-test"))
-    redis_url, pg_url = _find_servers(state_dir.absolute())
-    probe = redis.Redis.from_url(redis_url)
-    databases = int(probe.config_get("databases").get("databases", 16))
-    for db in range(databases - 1, 0, -1):
-        conn = redis.Redis.from_url(_with_db(redis_url, db))
-        empty = conn.dbsize() == 0
-        conn.close()
-        if empty:
-            break
-    else:
-        pytest.fail("no empty Redis database left for the tests", pytrace=False)
-    probe.close()
-    return Servers(redis_url=redis_url, admin_url=pg_url, redis_db=db)
+def servers() -> Iterator[Servers]:
+    from hookdrop.embedded import embedded_servers, postgres_reachable, redis_reachable
+
+    redis_url = os.environ.get("REDIS_URL") or None
+    pg_url = os.environ.get("DATABASE_URL") or None
+    with contextlib.ExitStack() as session:
+        if not (redis_url and pg_url):
+            # Readable by the server user PostgreSQL runs as under root.
+            state_dir = Path(tempfile.mkdtemp(prefix="hookdrop-test-"))
+            state_dir.chmod(0o755)
+            session.callback(shutil.rmtree, state_dir, ignore_errors=True)
+            try:
+                embedded = session.enter_context(
+                    embedded_servers(state_dir, redis=not redis_url, postgres=not pg_url)
+                )
+            except ConfigError as exc:
+                _unavailable(f"REDIS_URL/DATABASE_URL not set, no embedded servers: {exc}")
+            redis_url = redis_url or embedded.redis_url
+            pg_url = pg_url or embedded.database_url
+        assert redis_url and pg_url
+        if not redis_reachable(redis_url):
+            _unavailable(f"REDIS_URL={redis_url}: server not reachable")
+        if not postgres_reachable(pg_url):
+            _unavailable(f"DATABASE_URL={pg_url}: server not reachable")
+        yield Servers(redis_url=redis_url, admin_url=pg_url)
 
 
 @pytest.fixture(scope="session")
@@ -128,13 +115,20 @@ def database_url(servers: Servers, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url(servers: Servers) -> Iterator[str]:
-    url = _with_db(servers.redis_url, servers.redis_db)
-    conn = redis.Redis.from_url(url)
-    conn.flushdb()
-    yield url
-    conn.flushdb()
-    conn.close()
+def key_prefix() -> str:
+    """This test's Redis key prefix (``HOOKDROP_KEY_PREFIX``)."""
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def redis_url(servers: Servers, key_prefix: str) -> Iterator[str]:
+    yield servers.redis_url
+    reap_processes()  # before the keys go: a live worker would make new ones
+    conn = redis.Redis.from_url(servers.redis_url)
+    try:
+        forget_deployment(conn, Keys(key_prefix))
+    finally:
+        conn.close()
 
 
 @pytest.fixture
@@ -151,14 +145,15 @@ def store(database_url: str) -> Iterator[Store]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, redis_url: str, database_url: str) -> Settings:
+def settings(tmp_path: Path, redis_url: str, database_url: str, key_prefix: str) -> Settings:
     return Settings(
         inbox=tmp_path / "inbox",
         state_dir=tmp_path / "state",
         redis_url=redis_url,
         database_url=database_url,
-        key_prefix=f"t{uuid.uuid4().hex[:8]}",
+        key_prefix=key_prefix,
         webhook_url="http://127.0.0.1:9/",
+        api_listen=("127.0.0.1", free_port()),
         settle_seconds=0.3,
         scan_interval=0.5,
         chunk_size=100,
@@ -167,6 +162,13 @@ def settings(tmp_path: Path, redis_url: str, database_url: str) -> Settings:
         dlq_interval=1.0,
         log_format="console",
     )
+
+
+@pytest.fixture(autouse=True)
+def _no_process_leaks() -> Iterator[None]:
+    """Every ``hookdrop_process`` a test started is killed with its group when it ends."""
+    yield
+    reap_processes()
 
 
 @pytest.fixture(autouse=True)

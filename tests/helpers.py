@@ -28,8 +28,13 @@ from workers.runner import build_context, make_worker
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05,
-             what: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
     """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -95,17 +100,63 @@ def file_rows(store: Store) -> list[dict[str, Any]]:
         return conn.execute("SELECT * FROM files ORDER BY id").fetchall()
 
 
-def hookdrop_process(settings: Settings, *args: str, extra_env: dict[str, str] | None = None,
-                     log_path: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start a real ``hookdrop`` command in its own process group."""
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def hookdrop_process(
+    settings: Settings,
+    *args: str,
+    extra_env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a real ``hookdrop`` command in its own process group.
+
+    The group is killed when the test ends, pass or fail (see :func:`reap_processes`).
+    """
     env = {**os.environ, **settings.to_environ(), **(extra_env or {})}
+    command = [sys.executable, "-m", "hookdrop", *args]
     if log_path is None:
-        return subprocess.Popen([sys.executable, "-m", "hookdrop", *args], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-    with log_path.open("ab") as out:  # the child keeps its own copy of the handle
-        return subprocess.Popen([sys.executable, "-m", "hookdrop", *args], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    else:
+        with log_path.open("ab") as out:  # the child keeps its own copy of the handle
+            process = subprocess.Popen(
+                command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+    _STARTED.append(process)
+    return process
+
+
+def run_hookdrop(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run ``hookdrop ARGS`` to its end in its own process group; on a timeout, or if the
+    test is interrupted, the whole group (servers, workers, mock) is killed."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hookdrop", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        kill_group(process)  # type: ignore[arg-type]
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def reap_processes() -> None:
+    """Kill the process group of every ``hookdrop_process`` started so far, and wait."""
+    while _STARTED:
+        kill_group(_STARTED.pop())
 
 
 def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
@@ -115,8 +166,9 @@ def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> N
     process.wait(timeout=30)
 
 
-def write_csv(path: Path, rows: int, *, header: bool = True,
-              start: int = 0) -> set[tuple[str, str]]:
+def write_csv(
+    path: Path, rows: int, *, header: bool = True, start: int = 0
+) -> set[tuple[str, str]]:
     """A CSV of ``rows`` distinct alerts; returns the (user, message) pairs written."""
     pairs = set()
     tmp = path.with_name("." + path.name + ".tmp")

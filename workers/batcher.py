@@ -179,15 +179,14 @@ class Batcher:
         except ReadInterrupted:
             bound.info("batch.interrupted")
             return {"file_id": file_id, "interrupted": True}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback, then recorded
             # A fault of ours with this file: end its reading with the error (what was read
             # goes out), rather than fail the job and be re-queued into the same fault forever.
             bound.error("batch.failed", error=repr(exc), exc_info=True)
-            retrying(lambda: self.store.finish_read(
-                file_id, rows=0, invalid=0, alerts=0,
-                error=f"internal error while reading this file: {exc!r}"[:500]),
-                what="finish file")
-            return {"file_id": file_id, "error": repr(exc)}
+            error = f"internal error while reading this file: {exc!r}"[:500]
+            retrying(lambda: self.store.finish_read(file_id, rows=0, invalid=0, alerts=0,
+                                                    error=error), what="finish file")
+            return {"file_id": file_id, "error": error}
         finally:
             self._release(file_id)
 
@@ -342,7 +341,7 @@ class Batcher:
                     pipe.multi()
                     if ids:
                         self.queue.enqueue_many(
-                            notifier_jobs(self.queue, file_id, ids, self.settings.chunk_size),
+                            notifier_jobs(self.keys, file_id, ids, self.settings.chunk_size),
                             pipeline=pipe,
                         )
                     pipe.hset(self.keys.checkpoint(file_id), mapping=new.mapping())

@@ -69,7 +69,11 @@ def make_worker(ctx: context.WorkerContext, kind: str) -> HookdropWorker:
     keys = ctx.settings.keys
     queue = batcher_queue(ctx.redis, keys) if kind == "batcher" else notifier_queue(ctx.redis, keys)
     worker = HookdropWorker(
-        [queue], connection=ctx.redis, worker_ttl=WORKER_TTL, maintenance_interval=30,
+        [queue],
+        name=keys.new_worker_name(kind),
+        connection=ctx.redis,
+        worker_ttl=WORKER_TTL,
+        maintenance_interval=30,
         job_monitoring_interval=5,
     )
     worker.hookdrop_context = ctx
@@ -119,8 +123,9 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
             # lose nothing (PostgreSQL has it all): wait for Redis and work on with a new worker.
             _wait_for_redis(ctx)
             worker = make_worker(ctx, kind)
-            log.warning("worker.restarted", kind=kind, worker=worker.name,
-                        reason="Redis was unavailable")
+            log.warning(
+                "worker.restarted", kind=kind, worker=worker.name, reason="Redis was unavailable"
+            )
     finally:
         stop.set()
         context.install(None)

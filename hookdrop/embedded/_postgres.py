@@ -1,0 +1,524 @@
+"""The embedded PostgreSQL: the binaries of the ``pgserver`` package, data in ``<state>/pg``.
+
+PostgreSQL refuses to run as root, so under root it runs as the ``postgres`` system user (or
+``nobody``). That user must reach both its data folder and the binaries:
+
+- data: when it cannot traverse the folders leading to the state folder (a 0700 home or
+  ``mktemp -d``), the data goes to ``/var/lib/hookdrop/embedded-postgres/<name>-<hash>``;
+- binaries: when it cannot reach the installed package (a virtualenv inside such a folder),
+  it runs a copy of pgserver's ``bin``, ``lib``, ``share`` and bundled libraries (hard links
+  where the file system allows), kept beside the data folder and made once per installation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+import structlog
+from psycopg import sql
+
+from hookdrop.embedded import _process
+from hookdrop.embedded._package import package_dir
+from hookdrop.embedded._process import RunAs
+from hookdrop.errors import ConfigError, HookdropError
+
+log = structlog.get_logger(__name__)
+
+DATABASE_NAME = "hookdrop"
+"""Database created in the embedded PostgreSQL and named in its URL."""
+
+DATABASE_ROLE = "hookdrop"
+"""Superuser role of the embedded PostgreSQL (``initdb -U``)."""
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 60.0
+_PORT_ATTEMPTS = 3
+# Where PostgreSQL's files go when hookdrop runs as root and the unprivileged server user
+# cannot reach the state folder.
+_ROOT_PG_PARENTS = (Path("/var/lib/hookdrop"), Path("/var/lib/hookdrop/embedded-postgres"))
+_INSTALL_PARTS = ("bin", "lib", "share")
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "postgres.log"
+
+
+class _PortInUse(Exception):
+    """The chosen port was taken between choosing it and the server binding it."""
+
+
+def url(port: int) -> str:
+    return f"postgresql://{DATABASE_ROLE}@{_process.LOOPBACK}:{port}/{DATABASE_NAME}"
+
+
+# --------------------------------------------------------------------------- where things are
+
+
+def install_dir() -> Path:
+    """pgserver's installation (``bin``, ``lib``, ``share``)."""
+    # Located without importing: importing pgserver sets up its own locks and atexit hooks.
+    root = package_dir("pgserver", "DATABASE_URL") / "pginstall"
+    if not os.access(root / "bin" / "postgres", os.X_OK):
+        raise ConfigError(f"DATABASE_URL is not set and {root / 'bin' / 'postgres'} is missing")
+    return root
+
+
+def postgres_dir(state_dir: Path, state: dict[str, Any]) -> Path:
+    """Folder holding ``data/`` and ``postgres.log``; recorded once, never moved."""
+    recorded = state.get("postgres_dir")
+    if isinstance(recorded, str) and recorded:
+        return Path(recorded)
+    inside = state_dir / "pg"
+    if os.geteuid() != 0:
+        return inside
+    fallback = _ROOT_PG_PARENTS[-1] / _fallback_name(state_dir)
+    for candidate in (inside, fallback):
+        if (candidate / "data").exists():
+            return candidate
+    return inside if can_traverse(state_dir, _default_run_as()) else fallback
+
+
+def relocated(layout: Layout) -> bool:
+    return layout.root.parent == _ROOT_PG_PARENTS[-1]
+
+
+def _fallback_name(state_dir: Path) -> str:
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", state_dir.name)[:40] or "state"
+    return f"{name}-{digest}"
+
+
+def _default_run_as() -> RunAs:
+    for name in ("postgres", "nobody"):
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return RunAs(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
+    raise ConfigError(
+        "hookdrop runs as root and PostgreSQL refuses to; no 'postgres' or 'nobody' user "
+        "exists to run the embedded PostgreSQL as. Set DATABASE_URL or run as another user"
+    )
+
+
+def _run_as_for(layout: Layout) -> RunAs | None:
+    if os.geteuid() != 0:
+        return None
+    if layout.data.exists():
+        # PostgreSQL only starts as the owner of its data folder, so keep using that owner.
+        info = layout.data.stat()
+        if info.st_uid == 0:
+            raise ConfigError(f"{layout.data} belongs to root; PostgreSQL cannot run as root")
+        try:
+            name = pwd.getpwuid(info.st_uid).pw_name
+        except KeyError:
+            name = str(info.st_uid)
+        return RunAs(name=name, uid=info.st_uid, gid=info.st_gid)
+    return _default_run_as()
+
+
+def can_traverse(path: Path, user: RunAs) -> bool:
+    """True when ``user`` may enter ``path`` and every folder above it (ACLs not considered)."""
+    groups = set(os.getgrouplist(user.name, user.gid)) if user.name != str(user.uid) else set()
+    groups.add(user.gid)
+    for folder in (path, *path.parents):
+        try:
+            info = folder.stat()
+        except OSError:
+            return False
+        if info.st_uid == user.uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid in groups:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            return False
+    return True
+
+
+def _prepare_root(layout: Layout, run_as: RunAs | None) -> None:
+    if run_as is not None and relocated(layout):
+        for parent in _ROOT_PG_PARENTS:
+            if not parent.exists():
+                parent.mkdir(mode=0o755)
+                parent.chmod(0o755)  # mkdir's mode is filtered by the umask
+    layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if run_as is None:
+        return
+    if layout.root.stat().st_uid != run_as.uid:
+        os.chown(layout.root, run_as.uid, run_as.gid)
+    if not can_traverse(layout.root, run_as):
+        raise ConfigError(
+            f"user {run_as.name} cannot reach {layout.root}; make its parent folders "
+            "traversable, choose another HOOKDROP_STATE_DIR or set DATABASE_URL"
+        )
+
+
+def _binaries_for(layout: Layout, run_as: RunAs | None) -> Path:
+    """A ``bin`` folder whose programs ``run_as`` can run: pgserver's own, or our copy."""
+    install = install_dir()
+    if run_as is None or can_traverse(install / "bin", run_as):
+        return install / "bin"
+    source = install / "bin" / "postgres"
+    info = source.stat()
+    digest = hashlib.sha256(f"{install}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[
+        :16
+    ]
+    copy = layout.root.parent / f"pgbin-{digest}"
+    bindir = copy / _relative_install(install) / "bin"
+    if not (bindir / "postgres").exists():
+        _copy_install(install, copy)
+        log.info(
+            "embedded.postgres.binaries_copied",
+            source=str(install),
+            dir=str(copy),
+            run_as=run_as.name,
+        )
+    if not can_traverse(bindir, run_as):
+        raise ConfigError(
+            f"user {run_as.name} cannot reach the PostgreSQL binaries in {install} nor their "
+            f"copy in {copy}; choose another HOOKDROP_STATE_DIR or set DATABASE_URL"
+        )
+    return bindir
+
+
+def _relative_install(install: Path) -> Path:
+    """``pgserver/pginstall``: the installation's place in site-packages."""
+    return Path(install.parent.name, install.name)
+
+
+def _copy_install(install: Path, target: Path) -> None:
+    """Copy (hard-link where possible) pgserver's installation to ``target``, atomically.
+
+    The programs find ``lib/`` and ``share/`` relative to their own path, and their shared
+    libraries in ``pgserver.libs`` beside the package (an rpath relative to the program), so
+    the copy keeps the layout of site-packages. Hard links, unlike symbolic ones, resolve to
+    the copy's own path.
+    """
+    site = install.parent.parent
+    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        parts = [_relative_install(install) / part for part in _INSTALL_PARTS]
+        parts += [Path(p.name) for p in site.glob(f"{install.parent.name}.libs")]
+        for part in parts:
+            shutil.copytree(site / part, staging / part, symlinks=True, copy_function=_link_or_copy)
+        for folder, _dirs, _files in os.walk(staging):
+            os.chmod(folder, 0o755)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / _relative_install(install) / "bin" / "postgres").exists():
+                raise
+            # Another process made the same copy meanwhile: use theirs.
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    mode = os.stat(source).st_mode
+    readable = mode & stat.S_IROTH and (not mode & stat.S_IXUSR or mode & stat.S_IXOTH)
+    if readable:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass  # another file system, or links not allowed: copy instead
+    shutil.copy2(source, target)
+    extra = (
+        stat.S_IROTH | stat.S_IRGRP | (stat.S_IXOTH | stat.S_IXGRP if mode & stat.S_IXUSR else 0)
+    )
+    os.chmod(target, stat.S_IMODE(mode) | extra)
+
+
+# --------------------------------------------------------------------------- start and stop
+
+
+def running(layout: Layout, port: int | None) -> bool:
+    """True when the PostgreSQL of ``layout`` answers on ``port``."""
+    return port is not None and _answers(port, layout.data)
+
+
+def ensure(
+    layout: Layout, port: int | None, *, detach: bool
+) -> tuple[int, _process.Child | None, bool]:
+    """Reuse the running server or start one: ``(port, child to stop or None, started)``."""
+    if port is not None and _answers(port, layout.data):
+        _create_database(port)
+        return port, None, False
+    live = _postmaster(layout.data)
+    if live is not None:
+        # Alive but not answering yet (starting, recovering): wait rather than start again.
+        live_port = live[1]
+        if _process.wait_until(lambda: _answers(live_port, layout.data), START_TIMEOUT):
+            _create_database(live_port)
+            return live_port, None, False
+        raise ConfigError(
+            f"embedded PostgreSQL (pid {live[0]}) runs but does not answer on port "
+            f"{live_port}; see {layout.log}"
+        )
+    install_dir()  # a missing package is reported before anything is created
+    run_as = _run_as_for(layout)
+    _prepare_root(layout, run_as)
+    bindir = _binaries_for(layout, run_as)
+    if relocated(layout) and not layout.data.exists():
+        log.warning(
+            "embedded.postgres.relocated",
+            dir=str(layout.root),
+            run_as=run_as.name if run_as else None,
+        )
+    if not (layout.data / "PG_VERSION").exists():
+        _initdb(bindir, layout, run_as)
+    _remove_stale_pidfile(layout)
+    for attempt in range(_PORT_ATTEMPTS):
+        if attempt > 0 or port is None or not _process.port_free(port):
+            port = _process.free_port()
+        began = time.monotonic()
+        try:
+            child = _start(bindir, layout, run_as, port, detach=detach)
+        except _PortInUse:
+            log.warning("embedded.postgres.port_taken", port=port)
+            continue
+        try:
+            _create_database(port)
+        except BaseException:
+            if child is not None:
+                _process.stop_child(child, STOP_TIMEOUT)
+            raise
+        log.info(
+            "embedded.postgres.started",
+            port=port,
+            dir=str(layout.root),
+            run_as=run_as.name if run_as else None,
+            detached=detach,
+            seconds=round(time.monotonic() - began, 3),
+        )
+        return port, child, True
+    raise ConfigError(
+        f"embedded PostgreSQL failed to start: no free port after {_PORT_ATTEMPTS} attempts; "
+        f"see {layout.log}"
+    )
+
+
+def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
+    began = time.monotonic()
+    staging = layout.root / "data.initdb"
+    # initdb into a side folder and rename, so an interrupted initdb never leaves a
+    # half-made data folder that later starts would trip over.
+    if staging.exists():
+        shutil.rmtree(staging)
+    code, output = _process.run(
+        [
+            str(bindir / "initdb"),
+            "-D",
+            str(staging),
+            "-U",
+            DATABASE_ROLE,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-instructions",
+        ],
+        run_as=run_as,
+        cwd=layout.root,
+        timeout=120,
+    )
+    if code != 0:
+        raise ConfigError(
+            f"embedded PostgreSQL initdb failed: {_process.last_line(output) or 'no output'}"
+        )
+    with (staging / "postgresql.conf").open("a", encoding="utf-8") as conf:
+        conf.write(
+            "\n# Added by hookdrop: loopback TCP only. No unix socket, so the length of\n"
+            "# the state folder's path never matters; the port is given at start.\n"
+            f"listen_addresses = '{_process.LOOPBACK}'\n"
+            "unix_socket_directories = ''\n"
+        )
+    # Trust connections from this machine only; nothing else can reach loopback anyway.
+    (staging / "pg_hba.conf").write_text(
+        "# Written by hookdrop: trust local TCP connections only.\n"
+        "host all all 127.0.0.1/32 trust\n"
+        "host all all ::1/128 trust\n",
+        encoding="utf-8",
+    )
+    staging.rename(layout.data)
+    log.info(
+        "embedded.postgres.initialised",
+        dir=str(layout.data),
+        seconds=round(time.monotonic() - began, 3),
+    )
+
+
+def _start(
+    bindir: Path, layout: Layout, run_as: RunAs | None, port: int, *, detach: bool
+) -> _process.Child | None:
+    offset = _process.size_of(layout.log)
+    if detach:
+        _pg_ctl_start(bindir, layout, run_as, port, offset)
+        return None
+    # The postmaster itself, not pg_ctl, so that it is our child. SIGINT is its fast
+    # shutdown: clients are disconnected, a checkpoint is written, the server exits.
+    child = _process.spawn_owned(
+        [str(bindir / "postgres"), "-D", str(layout.data), "-p", str(port)],
+        name="postgres",
+        cwd=layout.root,
+        log_path=layout.log,
+        stop_signal=signal.SIGINT,
+        run_as=run_as,
+    )
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _answers(port, layout.data):
+        if child.process.poll() is not None or time.monotonic() > deadline:
+            _process.stop_child(child, 5)
+            new_log = _process.read_from(layout.log, offset)
+            if "Address already in use" in new_log:
+                raise _PortInUse
+            reason = _process.last_line(new_log) or "no answer within 60 s"
+            raise ConfigError(f"embedded PostgreSQL failed to start: {reason}; see {layout.log}")
+        time.sleep(0.05)
+    return child
+
+
+def _pg_ctl_start(
+    bindir: Path, layout: Layout, run_as: RunAs | None, port: int, offset: int
+) -> None:
+    code, output = _process.run(
+        [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(layout.data),
+            "-l",
+            str(layout.log),
+            "-w",
+            "-t",
+            str(int(START_TIMEOUT)),
+            "-o",
+            f"-p {port}",
+            "start",
+        ],
+        run_as=run_as,
+        cwd=layout.root,
+        timeout=START_TIMEOUT + 30,
+    )
+    if code == 0:
+        return
+    new_log = _process.read_from(layout.log, offset)
+    if "Address already in use" in new_log:
+        raise _PortInUse
+    reason = _process.last_line(new_log) or _process.last_line(output) or "no output"
+    raise ConfigError(f"embedded PostgreSQL failed to start: {reason}; see {layout.log}")
+
+
+def _answers(port: int, data: Path) -> bool:
+    """True when the server on ``port`` answers and serves ``data`` (not another server)."""
+    try:
+        with psycopg.connect(
+            host=_process.LOOPBACK,
+            port=port,
+            user=DATABASE_ROLE,
+            dbname="postgres",
+            connect_timeout=2,
+            autocommit=True,
+        ) as conn:
+            row = conn.execute("select current_setting('data_directory')").fetchone()
+    except psycopg.OperationalError as exc:
+        log.debug("embedded.postgres.not_ours", port=port, error=str(exc).strip())
+        return False
+    return row is not None and Path(str(row[0])).resolve() == data.resolve()
+
+
+def _create_database(port: int) -> None:
+    with psycopg.connect(
+        host=_process.LOOPBACK,
+        port=port,
+        user=DATABASE_ROLE,
+        dbname="postgres",
+        connect_timeout=5,
+        autocommit=True,
+    ) as conn:
+        exists = conn.execute(
+            "select 1 from pg_database where datname = %s", (DATABASE_NAME,)
+        ).fetchone()
+        if exists is None:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(DATABASE_NAME)))
+            log.info("embedded.postgres.database_created", database=DATABASE_NAME)
+
+
+def _postmaster(data: Path) -> tuple[int, int] | None:
+    """(pid, port) of the live postmaster of ``data``, from its postmaster.pid."""
+    try:
+        lines = (data / "postmaster.pid").read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return None
+    try:
+        pid, port = int(lines[0]), int(lines[3])
+    except (IndexError, ValueError):
+        return None  # being written right now, or truncated by a crash
+    return (pid, port) if _process.is_our_process(pid, "postgres", data) else None
+
+
+def _remove_stale_pidfile(layout: Layout) -> None:
+    """Delete the postmaster.pid of a crashed server once none of its processes is left.
+
+    PostgreSQL refuses to start while the pid in that file exists, and a crashed postmaster
+    can linger as a zombie forever in containers whose init does not reap orphans.
+    PostgreSQL's own guard against old backends still writing is the shared memory check
+    that this file points at, so the file only goes once no live process works in the data
+    folder any more.
+    """
+    stale = layout.data / "postmaster.pid"
+    if not stale.exists():
+        return
+
+    def leftovers() -> list[int]:
+        return [
+            process.pid
+            for process in psutil.process_iter()
+            if _process.is_our_process(process.pid, "postgres", layout.data)
+        ]
+
+    if not _process.wait_until(lambda: not leftovers(), 10.0):
+        raise ConfigError(
+            f"embedded PostgreSQL crashed but its processes {leftovers()} still run; stop them "
+            f"and try again (see {layout.log})"
+        )
+    log.warning("embedded.postgres.stale_pidfile", path=str(stale))
+    stale.unlink()
+
+
+def stop(layout: Layout) -> int | None:
+    """Stop the PostgreSQL of ``layout`` wherever it was started from; its pid, if any."""
+    live = _postmaster(layout.data)
+    if live is None:
+        return None
+    pid = live[0]
+    os.kill(pid, signal.SIGINT)  # fast shutdown
+    if not _process.wait_until(lambda: _postmaster(layout.data) is None, STOP_TIMEOUT):
+        raise HookdropError(
+            f"embedded PostgreSQL (pid {pid}) did not stop within {STOP_TIMEOUT:.0f} s; "
+            f"see {layout.log}"
+        )
+    log.info("embedded.postgres.stopped", pid=pid)
+    return pid

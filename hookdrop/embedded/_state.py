@@ -1,0 +1,88 @@
+"""The state folder's lock and its record of ports and folders (``embedded.json``)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hookdrop.errors import ConfigError
+
+_LOCK_FILE = "embedded.lock"
+_STATE_FILE = "embedded.json"
+_LOCK_TIMEOUT = 180.0
+
+
+def prepare(state_dir: Path) -> Path:
+    """The state folder, resolved and created."""
+    state_dir = state_dir.expanduser().resolve()
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"HOOKDROP_STATE_DIR {state_dir} cannot be used: {exc}") from exc
+    return state_dir
+
+
+@contextlib.contextmanager
+def locked(state_dir: Path) -> Iterator[None]:
+    """Hold the fcntl lock that serialises starting and stopping across processes."""
+    path = state_dir / _LOCK_FILE
+    try:
+        # Python opens files close-on-exec, so the servers started under the lock never
+        # inherit (and never hold on to) it.
+        handle = path.open("a")
+    except OSError as exc:
+        raise ConfigError(f"HOOKDROP_STATE_DIR {state_dir} cannot be used: {exc}") from exc
+    with handle:
+        deadline = time.monotonic() + _LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConfigError(
+                        f"another process has held {path} for over {_LOCK_TIMEOUT:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def read(state_dir: Path) -> dict[str, Any]:
+    path = state_dir / _STATE_FILE
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    try:
+        state = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not valid JSON ({exc}); delete it to choose new ports"
+        ) from exc
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path} must hold a JSON object; delete it to choose new ports")
+    return state
+
+
+def write(state_dir: Path, state: dict[str, Any]) -> None:
+    path = state_dir / _STATE_FILE
+    temporary = path.with_suffix(".json.tmp")
+    # Replace atomically: readers that skip the lock never see half a file.
+    temporary.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def port(state: dict[str, Any], key: str) -> int | None:
+    value = state.get(key)
+    return value if isinstance(value, int) and 0 < value < 65536 else None
