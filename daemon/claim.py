@@ -33,7 +33,7 @@ from hookdrop.inbox import (
     original_name,
     safe_name,
 )
-from hookdrop.intake import Intake, Registered
+from hookdrop.intake import Intake, Registered, ensure_dirs
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 
@@ -83,7 +83,7 @@ class Claimer:
                                                          "(a mount inside the inbox); not read")
             target = self.settings.processing_dir / disk_name(uuid.uuid4().hex[:12], name)
             try:
-                os.rename(path, target)
+                self._rename_into_processing(path, target)
             except FileNotFoundError:
                 log.info("file.claim_lost", name=name)
                 return None
@@ -95,6 +95,17 @@ class Claimer:
             return self.intake.register_open(fd, os.fstat(fd), target, name)
         finally:
             os.close(fd)
+
+    def _rename_into_processing(self, path: Path, target: Path) -> None:
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            if not os.path.lexists(path) or self.settings.processing_dir.is_dir():
+                raise  # the file is gone: another monitor got it
+            # processing/ itself went (renamed or removed by hand): make it again, loudly.
+            log.error("inbox.folder_recreated", folder=str(self.settings.processing_dir))
+            ensure_dirs(self.settings)
+            os.rename(path, target)
 
     def adopt_orphans(self) -> list[Registered]:
         """Finish claims that a crashed monitor left half done in processing/."""

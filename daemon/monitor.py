@@ -42,7 +42,11 @@ from hookdrop.store import Store
 log = structlog.get_logger(__name__)
 
 TICK = 0.2
-CLAIM_THREADS = 2
+SMALL_CLAIM_THREADS = 2
+# Files this large are claimed on a lane of their own: hashing them takes a while, and a few
+# huge files (or sparse ones) must not hold up every small one behind them.
+LARGE_FILE_BYTES = 64 << 20
+MAX_NOTED = 1000  # ignored entries logged one by one
 
 
 class _Hints(FileSystemEventHandler):
@@ -74,7 +78,8 @@ def _entry_key(path: Path) -> tuple[int, int, int, int] | None:
 
 
 class ClaimPool:
-    """Claims files on a few threads, each with its own Claimer and PostgreSQL connection."""
+    """Claims files on a few threads, each with its own Claimer and PostgreSQL connection:
+    two for small files, one for large ones."""
 
     def __init__(self, settings: Settings, conn: redis.Redis, owner: str, stopping: StopFlag,
                  store_factory: Callable[[], Store]) -> None:
@@ -86,7 +91,8 @@ class ClaimPool:
         self._local = threading.local()
         self._stores: list[Store] = []
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(CLAIM_THREADS, thread_name_prefix="hookdrop-claim")
+        self._small = ThreadPoolExecutor(SMALL_CLAIM_THREADS, thread_name_prefix="hookdrop-claim")
+        self._large = ThreadPoolExecutor(1, thread_name_prefix="hookdrop-claim-large")
 
     def claimer(self) -> Claimer:
         found: Claimer | None = getattr(self._local, "claimer", None)
@@ -99,11 +105,13 @@ class ClaimPool:
             self._local.claimer = found
         return found
 
-    def submit(self, work: Callable[[Claimer], object]) -> Future[object]:
-        return self._executor.submit(lambda: work(self.claimer()))
+    def submit(self, work: Callable[[Claimer], object], *, large: bool = False) -> Future[object]:
+        executor = self._large if large else self._small
+        return executor.submit(lambda: work(self.claimer()))
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._small.shutdown(wait=True, cancel_futures=True)
+        self._large.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for store in self._stores:
                 store.close()
@@ -160,8 +168,12 @@ class Monitor:
     def _note_ignored(self, name: str, reason: str, *, level: str = "info") -> None:
         if name in self._noted:
             return
-        if len(self._noted) > 10_000:
-            self._noted.clear()  # bounded: a name seen again is only logged again
+        if len(self._noted) >= MAX_NOTED:
+            if len(self._noted) == MAX_NOTED:
+                self._noted.add("")  # said once: the log is not the place for the rest
+                log.warning("inbox.ignored_many", count=MAX_NOTED,
+                            reason="more ignored entries than this are not logged one by one")
+            return
         self._noted.add(name)
         getattr(log, level)("inbox.ignored", name=name, reason=reason)
 
@@ -211,7 +223,9 @@ class Monitor:
             if _entry_key(path) == self._set_aside[path]:
                 return
             del self._set_aside[path]  # it changed: look at it again
-        self._claims[path] = self.claims.submit(lambda claimer: claimer.claim(path))
+        key = _entry_key(path)
+        large = key is not None and key[2] >= LARGE_FILE_BYTES
+        self._claims[path] = self.claims.submit(lambda claimer: claimer.claim(path), large=large)
 
     def _collect(self) -> None:
         """Look at the claims that finished since the last pass."""
@@ -246,7 +260,8 @@ class Monitor:
 
     def _adopt_orphans(self) -> None:
         if self._adoption is None:
-            self._adoption = self.claims.submit(lambda claimer: claimer.adopt_orphans())
+            self._adoption = self.claims.submit(lambda claimer: claimer.adopt_orphans(),
+                                                large=True)
 
     def run(self) -> None:
         """Watch and claim until asked to stop; outages pause the loop, never end it."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from hookdrop.errors import ConfigError
 from hookdrop.settings import Settings
@@ -72,7 +73,7 @@ def files_table(files: list[dict[str, Any]]) -> Any:
     for f in files:
         c = f["counts"]
         status = "paused" if f["paused"] and not f["finished"] else f["status"]
-        table.add_row(str(f["id"]), f["name"], status, f"{f['percent']}%",
+        table.add_row(str(f["id"]), escape(f["name"]), status, f"{f['percent']}%",
                       f"{c['delivered']:,}/{c['alerts']:,}", f"{c['invalid']:,}",
                       f"{c['dlq']:,}", f"{c['dead']:,}", f"{c['rejected']:,}",
                       "-" if f["finished"] else _rate(f["rate"]),
@@ -139,7 +140,7 @@ def watch(fetch: Callable[[], list[dict[str, Any]]], as_json: bool) -> None:
                     "rate": "" if f["finished"] else _rate(f["rate"]),
                     "eta": "done" if f["finished"] else _eta(f["eta_seconds"]),
                 }
-                label = f"{f['id']} {f['name'][:30]} {f['status']}"
+                label = escape(f"{f['id']} {f['name'][:30]} {f['status']}")
                 if f["id"] not in tasks:
                     tasks[f["id"]] = progress.add_task(label, total=total, completed=done,
                                                        **fields)

@@ -66,7 +66,7 @@ def run_demo(
             f"[bold]hookdrop demo[/]: {rows:,} rows -> mock receiver at "
             f"{stack.settings.webhook_url} ({notifiers} notifier processes)"
         )
-        console.print(f"inbox {stack.settings.inbox}   logs {stack.logs}")
+        console.print(f"inbox {stack.settings.inbox}   logs {stack.logs}", markup=False)
         drop = stack.drop(rows)
         first_seen: list[float] = []
         with Progress(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -12,9 +12,40 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
+class _Stream:
+    """stderr that survives its reader going away (``hookdrop up 2>&1 | head``).
+
+    A closed pipe must not take the process, and its children, down with it: once writing
+    fails, log lines are dropped and the process goes on.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._broken = False
+
+    def write(self, text: str) -> int:
+        if not self._broken:
+            try:
+                return self._stream.write(text)
+            except OSError:
+                self._broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._broken:
+            try:
+                self._stream.flush()
+            except OSError:
+                self._broken = True
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
 def configure(fmt: str = "auto", level: str = "info", *, process: str | None = None) -> None:
     """Configure structlog (and the stdlib loggers of rq and friends) once per process."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    stream: Any = _Stream(sys.stderr)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -31,10 +62,10 @@ def configure(fmt: str = "auto", level: str = "info", *, process: str | None = N
         processors=[*shared, structlog.processors.format_exc_info, renderer]
         if use_json else [*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
     # rq logs through the stdlib; keep its chatter at warning so our events stand out.
-    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=sys.stderr,
+    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=stream,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("rq").setLevel(max(_LEVELS[level], logging.WARNING))

@@ -1,7 +1,13 @@
-"""The API token: a bearer header, or the cookie the status page sets after ``/?token=``."""
+"""The API token: a bearer header, or the cookie the status page sets after ``/?token=``.
+
+The cookie never holds the token itself (browsers send a host's cookies to every port of it,
+so any local web server could collect it): it holds a value derived from the token, which
+only reads. Changing anything takes ``Authorization: Bearer <token>``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from urllib.parse import parse_qs
 
@@ -16,16 +22,31 @@ TOKEN_COOKIE = "hookdrop_token"
 OPEN_PATHS = frozenset({"/healthz"})
 
 
+READING_METHODS = frozenset({"GET", "HEAD"})
+READ_ONLY_ERROR = ("the status page's cookie only reads; to change anything send "
+                   "Authorization: Bearer <HOOKDROP_API_TOKEN>")
+
+
+def session_value(token: str) -> str:
+    """The status page's cookie for ``token``: derived from it, never the token itself."""
+    return hmac.new(token.encode(), b"hookdrop status page", hashlib.sha256).hexdigest()
+
+
+def _same(supplied: str | None, expected: str) -> bool:
+    return supplied is not None and hmac.compare_digest(supplied.encode(), expected.encode())
+
+
 class TokenAuth:
-    """Bearer token on every path but /healthz; the page may pass ``?token=`` once."""
+    """Bearer token on every path but /healthz; the page may pass ``?token=`` once and then
+    reads with a cookie."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.token = token
+        self.session = session_value(token) if token else ""
 
     def _ok(self, supplied: str | None) -> bool:
-        return supplied is not None and hmac.compare_digest(supplied.encode(),
-                                                            (self.token or "").encode())
+        return _same(supplied, self.token or "")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self.token is None or scope["type"] not in ("http", "websocket")
@@ -34,15 +55,22 @@ class TokenAuth:
             return
         headers = Headers(scope=scope)
         scheme, _, credentials = headers.get("authorization", "").partition(" ")
-        cookie = _cookie(headers.get("cookie", ""), TOKEN_COOKIE)
-        if (scheme.lower() == "bearer" and self._ok(credentials.strip())) or self._ok(cookie):
+        if scheme.lower() == "bearer" and self._ok(credentials.strip()):
             await self.app(scope, receive, send)
+            return
+        if _same(_cookie(headers.get("cookie", ""), TOKEN_COOKIE), self.session):
+            if scope["type"] == "websocket" or scope["method"] in READING_METHODS:
+                await self.app(scope, receive, send)
+                return
+            log.info("api.unauthorized", path=scope["path"], reason="cookie reads only")
+            await JSONResponse({"error": READ_ONLY_ERROR}, status_code=401,
+                               headers={"www-authenticate": "Bearer"})(scope, receive, send)
             return
         query_token = _query_token(scope)
         if scope["type"] == "http" and scope["path"] == "/" and self._ok(query_token):
             # Keep the token out of the address bar and history: cookie, then back to /.
             response: Response = Response(status_code=303, headers={"location": "/"})
-            response.set_cookie(TOKEN_COOKIE, self.token or "", httponly=True,
+            response.set_cookie(TOKEN_COOKIE, self.session, httponly=True,
                                 samesite="strict", path="/")
             await response(scope, receive, send)
             return

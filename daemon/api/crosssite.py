@@ -10,6 +10,8 @@ routing and before the token is looked at:
 - A state change must be a request no page can send without a CORS preflight (which the API
   never grants): one with ``Authorization`` or ``X-Hookdrop-Request``, or with a body type a
   form cannot have. Anything else gets 403.
+- No answer may be shown in a frame (``X-Frame-Options``, ``frame-ancestors``): a page could
+  otherwise lay the API's own ``/docs`` under its buttons.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from urllib.parse import urlsplit
 import structlog
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hookdrop.settings import split_host
 
@@ -82,6 +84,8 @@ class CrossSiteGuard:
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            send = _no_framing(send)
         if scope["type"] not in ("http", "websocket") or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
@@ -121,6 +125,20 @@ class CrossSiteGuard:
         if scope["type"] == "http" and _forgeable(headers):
             return 403, "simple_request", SIMPLE_ERROR
         return None
+
+
+# No page may show the API in a frame: a framed /docs could be clicked through by a page.
+_FRAMING_HEADERS = ((b"x-frame-options", b"DENY"),
+                    (b"content-security-policy", b"frame-ancestors 'none'"))
+
+
+def _no_framing(send: Send) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *_FRAMING_HEADERS]}
+        await send(message)
+
+    return sending
 
 
 def _http_scheme(scope: Scope) -> str:

@@ -202,9 +202,9 @@ ATTACKS = """async ([api, fileId]) => {
   });
 }"""
 
-OWN_PAGE = """async (fileId) => {
+OWN_PAGE = """async ([fileId, token]) => {
   const pause = await fetch(`/files/${fileId}/pause`,
-                            {method: "POST", headers: {"X-Hookdrop-Request": "1"}});
+                            {method: "POST", headers: {"Authorization": `Bearer ${token}`}});
   const update = await new Promise((done) => {
     const ws = new WebSocket(`ws://${location.host}/ws`);
     ws.onopen = () => ws.send(JSON.stringify({subscribe: fileId}));
@@ -237,7 +237,7 @@ def test_a_page_on_another_local_port_cannot_use_the_cookie_to_change_anything(
             assert refused == {("/files", "origin"), ("/dlq/replay", "origin"),
                                (f"/files/{file_id}/pause", "origin"), ("/ws", "origin")}
 
-            status, update = own.evaluate(OWN_PAGE, file_id)
+            status, update = own.evaluate(OWN_PAGE, [file_id, TOKEN])
             assert status == 200
             assert rconn.exists(settings.keys.paused(file_id))
             assert update["id"] == file_id and update["paused"] is True

@@ -22,6 +22,7 @@ from websockets.sync.client import connect as ws_connect
 from websockets.typing import Origin
 
 from daemon.api import ApiServer, run_api_in_thread
+from daemon.api.auth import session_value
 from hookdrop.intake import ensure_dirs
 from hookdrop.ops import Control
 from hookdrop.settings import Settings
@@ -269,12 +270,30 @@ def test_the_cookie_with_another_local_port_as_origin_is_refused(
         )
         assert_refused(refused, 403)
         assert not rconn.exists(paused_key)
+        # The cookie only reads, even from the API's own origin: changes take the token.
         own = browser.post(
             f"/files/{file_id}/pause", headers={**REQUEST_HEADER, "origin": own_origin(token_api)}
         )
-        assert own.status_code == 200, own.text
-        assert own.json()["paused"] is True
+        assert own.status_code == 401
+        assert not rconn.exists(paused_key)
+        assert browser.get(f"/files/{file_id}").status_code == 200
+        with_token = browser.post(
+            f"/files/{file_id}/pause", headers={"authorization": f"Bearer {TOKEN}",
+                                                "origin": own_origin(token_api)}
+        )
+        assert with_token.status_code == 200, with_token.text
         assert rconn.exists(paused_key)
+
+
+def test_the_cookie_holds_no_token_and_no_answer_may_be_framed(token_api: ApiServer) -> None:
+    with http(token_api) as browser:
+        first = browser.get("/", params={"token": TOKEN})
+        assert TOKEN not in first.headers["set-cookie"]
+        for path in ("/", "/docs", "/files"):
+            answer = browser.get(path)
+            assert answer.status_code == 200
+            assert answer.headers["x-frame-options"] == "DENY"
+            assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
 
 
 def test_curl_like_requests_with_the_request_header_work(
@@ -342,7 +361,7 @@ def test_a_websocket_with_the_cookie_and_another_origin_is_refused(
 ) -> None:
     file_id, _ = make_file(store, 2)
     url = f"ws://127.0.0.1:{token_api.port}/ws"
-    cookie = {"cookie": f"hookdrop_token={TOKEN}"}
+    cookie = {"cookie": f"hookdrop_token={session_value(TOKEN)}"}
     other = Origin(f"http://127.0.0.1:{other_local_port(token_api)}")
     with (
         pytest.raises(InvalidStatus) as refused,
