@@ -7,6 +7,7 @@ file never holds up the others or a stop request.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import queue
 import socket
@@ -107,7 +108,9 @@ class ClaimPool:
 
     def submit(self, work: Callable[[Claimer], object], *, large: bool = False) -> Future[object]:
         executor = self._large if large else self._small
-        return executor.submit(lambda: work(self.claimer()))
+        # In this thread's log context (the process name), copied for the claim's thread.
+        context = contextvars.copy_context()
+        return executor.submit(context.run, lambda: work(self.claimer()))
 
     def close(self) -> None:
         self._small.shutdown(wait=True, cancel_futures=True)

@@ -479,3 +479,102 @@ def test_a_web_page_cannot_drive_the_running_daemon_s_api(
         assert conn.execute("SELECT count(*) AS n FROM files").fetchone()["n"] == 1  # no resend
     assert "web-evil" not in received_users(mock)
     assert fleet.dead() == {}
+
+
+# -- found by attacking the above ---------------------------------------------------------
+
+
+def test_resending_a_link_set_aside_in_failed_reads_nothing_outside_the_inbox(
+    hostile: tuple[Settings, Fleet], mock: Mock, store: Store, tmp_path: Path
+) -> None:
+    from hookdrop.ops import Conflict, Control
+
+    settings, _fleet = hostile
+    secret = tmp_path / "secret.csv"
+    secret.write_bytes(b"user_id,message\nleak-resend,outside\n")
+    (settings.inbox / "report.csv").symlink_to(secret)
+    row = wait_for(lambda: (r := file_row(store, "report.csv")) and r["status"] == "failed"
+                   and r, timeout=PROMPT_SECONDS, what="the link set aside")
+    import redis as redis_client
+
+    conn = redis_client.Redis.from_url(settings.redis_url or "")
+    try:
+        with pytest.raises(Conflict, match="symbolic link"):
+            Control(settings, store, conn).resend(row["id"])
+    finally:
+        conn.close()
+    assert [p for p in settings.processing_dir.iterdir()] == []
+    _good, users = good_file(settings, "after-resend")
+    wait_received(mock, users)
+    assert "leak-resend" not in received_users(mock)
+
+
+def test_one_unsendable_json_row_costs_only_itself(
+    hostile: tuple[Settings, Fleet], mock: Mock, store: Store
+) -> None:
+    settings, fleet = hostile
+    deep = "[" * 600 + "]" * 600
+    drop(settings.inbox / "odd.jsonl",
+         b'{"userId": "odd-1", "message": "first"}\n'
+         + f'{{"userId": "odd-2", "message": "deep", "x": {deep}, "w": "\\u0000"}}\n'.encode()
+         + b'{"userId": "odd-3", "message": "big", "ref": 123456789012345678901234567890}\n'
+         b'{"userId": "odd-4", "message": "last"}\n')
+    wait_received(mock, {"odd-1", "odd-3", "odd-4"}, timeout=60)
+    row = wait_delivered(store, mock, fleet, "odd.jsonl", 3, timeout=30)
+    assert (row["status"], row["delivered"], row["rows_invalid"]) == ("done", 3, 1)
+    assert "odd-2" not in received_users(mock)
+    assert fleet.event_names("batcher")["batch.failed"] == 0
+
+
+def test_content_rewritten_after_the_claim_is_never_sent(
+    hostile: tuple[Settings, Fleet], mock: Mock, store: Store
+) -> None:
+    settings, fleet = hostile
+    # Hold the batcher back so the rewrite lands between the claim and the reading.
+    fleet.kill("batcher")
+    original = b"user_id,message\nvictim-1,payday reminder\n"
+    drop(settings.inbox / "payday.csv", original)
+    row = wait_for(lambda: file_row(store, "payday.csv"), timeout=PROMPT_SECONDS,
+                   what="payday.csv claimed")
+    claimed = Path(row["processing_path"])
+    before = claimed.stat()
+    with claimed.open("r+b") as handle:  # the uploader still owns the file
+        handle.write(b"user_id,message\nevil-0001,transfer funds \n"[: len(original)])
+    os.utime(claimed, ns=(before.st_atime_ns, before.st_mtime_ns))  # mtime set back
+    assert claimed.stat().st_size == before.st_size
+    fleet.restart("batcher")
+    failed = wait_for(lambda: (r := file_row(store, "payday.csv")) and r["status"] == "failed"
+                      and r, timeout=60, what="payday.csv refused")
+    assert "changed" in failed["error"]
+    _good, users = good_file(settings, "after-rewrite")
+    wait_received(mock, users)
+    assert not {u for u in received_users(mock) if u.startswith("evil")}
+
+
+def test_huge_files_being_hashed_do_not_hold_up_small_ones(
+    hostile: tuple[Settings, Fleet], mock: Mock, store: Store
+) -> None:
+    settings, _fleet = hostile
+    for n in range(3):  # sparse: 40 GB each, no disk used, minutes to hash
+        path = settings.inbox / f".huge-{n}.tmp"
+        path.write_bytes(b"user_id,message\n" + b"huge,row\n" * 10)
+        os.truncate(path, 40 << 30)
+        os.rename(path, settings.inbox / f"huge-{n}.csv")
+    wait_for(lambda: len(list(settings.processing_dir.iterdir())) >= 1, timeout=30,
+             what="a huge file claimed")
+    _good, users = good_file(settings, "beside-huge")
+    took = wait_received(mock, users, what="the small file beside the huge ones")
+    assert took < PROMPT_SECONDS
+
+
+def test_a_processing_folder_taken_away_is_made_again(
+    hostile: tuple[Settings, Fleet], mock: Mock
+) -> None:
+    settings, fleet = hostile
+    wait_for(lambda: fleet.event_names("monitor")["monitor.started"], timeout=30,
+             what="monitor running")
+    settings.processing_dir.rename(settings.inbox / "elsewhere")
+    _good, users = good_file(settings, "after-folder")
+    wait_received(mock, users)
+    assert settings.processing_dir.is_dir()
+    assert fleet.event_names("monitor")["inbox.folder_recreated"] == 1
