@@ -8,7 +8,7 @@ hookdrop's code handles one exception; PostgreSQL's are translated by the store.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.client import Pipeline
@@ -41,7 +41,7 @@ class _Pipeline(Pipeline):
 
     def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
         try:
-            return super().immediate_execute_command(*args, **options)
+            return super().immediate_execute_command(*args, **options)  # type: ignore[no-untyped-call]
         except QueueUnavailable:
             raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -53,7 +53,7 @@ class Redis(redis.Redis):
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         try:
-            return super().execute_command(*args, **options)
+            return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         except QueueUnavailable:
             raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -78,8 +78,8 @@ def database_url(settings: Settings) -> str:
 
 def connect_redis(settings: Settings, *, name: str) -> Redis:
     """A Redis client for one process (thread-safe; it pools its connections)."""
-    client: Redis = Redis.from_url(redis_url(settings), client_name=name, **_REDIS_OPTIONS)
-    return client
+    client = Redis.from_url(redis_url(settings), client_name=name, **_REDIS_OPTIONS)
+    return cast(Redis, client)  # from_url is a classmethod that builds this class
 
 
 def connect_store(settings: Settings, *, name: str) -> Store:

@@ -42,7 +42,7 @@ def compute_backoff(
         raise ValueError("attempt counts failures so far and starts at 1")
     if base <= 0 or cap <= 0:
         raise ValueError("base and cap must be positive")
-    ceiling = min(cap, base * 2 ** min(attempt - 1, 62))
+    ceiling = min(cap, base * 2.0 ** min(attempt - 1, 62))
     if not jitter:
         return ceiling
     return ceiling / 2 + rand() * ceiling / 2

@@ -32,12 +32,11 @@ import pytest
 import redis
 
 from hookdrop.errors import ConfigError
-from hookdrop.harness import free_port
 from hookdrop.keys import Keys
 from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
 from hookdrop.store import Store, migrations
-from tests.helpers import reap_processes
+from tests.helpers import free_port, reap_processes
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 import structlog
@@ -145,7 +145,7 @@ class Batcher:
         key = self.keys.reading(file_id)
         try:
             with self.redis.pipeline() as pipe:
-                pipe.watch(key)
+                pipe.watch(key)  # type: ignore[no-untyped-call]
                 if pipe.get(key) == self.token.encode():
                     pipe.multi()
                     pipe.delete(key)
@@ -192,9 +192,9 @@ class Batcher:
 
     def _read(self, file: FileRow, bound: Any) -> dict[str, Any]:
         file_id = file.id
-        saved: dict[bytes, bytes] = retrying(
-            lambda: self.redis.hgetall(self.keys.checkpoint(file_id)),  # type: ignore[arg-type]
-            what="load checkpoint", stop=self.ctx.stopping.is_set)
+        saved = cast(dict[bytes, bytes], retrying(
+            lambda: self.redis.hgetall(self.keys.checkpoint(file_id)),
+            what="load checkpoint", stop=self.ctx.stopping.is_set))
         ckpt = Checkpoint.load(saved)
         layout = layout_from_json(file.layout or {})
         path = Path(file.processing_path or "")
@@ -335,7 +335,7 @@ class Batcher:
         def commit() -> None:
             try:
                 with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.watch(lock_key)
+                    pipe.watch(lock_key)  # type: ignore[no-untyped-call]
                     if pipe.get(lock_key) != self.token.encode():
                         raise LostLock(file_id)
                     pipe.multi()
@@ -344,7 +344,8 @@ class Batcher:
                             notifier_jobs(self.keys, file_id, ids, self.settings.chunk_size),
                             pipeline=pipe,
                         )
-                    pipe.hset(self.keys.checkpoint(file_id), mapping=new.mapping())
+                    pipe.hset(self.keys.checkpoint(file_id),
+                              mapping=cast(dict[Any, Any], new.mapping()))
                     pipe.pexpire(lock_key, self.lock_ttl_ms)
                     pipe.execute()
             except redis.WatchError:

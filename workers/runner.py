@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Mapping
 
 import redis
 import structlog
@@ -28,7 +27,6 @@ from hookdrop.queues import batcher_queue, notifier_queue
 from hookdrop.retry import compute_backoff
 from hookdrop.settings import Settings
 from hookdrop.shutdown import StopFlag, StopSignals
-from hookdrop.supervise import Supervisor
 from workers import context
 
 log = structlog.get_logger(__name__)
@@ -150,16 +148,3 @@ def _wait_for_redis(ctx: context.WorkerContext) -> None:
         delay = compute_backoff(attempt, base=0.5, cap=10)
         log.warning("redis.unavailable", action="worker loop", retry_in=round(delay, 2))
         ctx.stopping.wait(delay)
-
-
-def run_pool(settings: Settings, kind: str, processes: int, env: Mapping[str, str]) -> int:
-    """Run ``processes`` worker processes under one supervisor (one process: run it here)."""
-    if processes == 1:
-        run_worker(settings, kind)
-        return 0
-    pool = Supervisor({**env, **settings.to_environ()}, stop_timeout=24 * 3600)
-    for slot in range(processes):
-        pool.add(f"{kind}-{slot + 1}", ["worker", kind, "--processes", "1"])
-    # Only this process talks to systemd (NotifyAccess=main): children get no NOTIFY_SOCKET.
-    return pool.run(on_ready=lambda: sdnotify.notify(
-        "READY=1", f"STATUS=hookdrop {kind} pool of {processes}"))

@@ -94,11 +94,11 @@ def json_item(raw: bytes, line: int) -> Row | RowError:
         if not isinstance(value, dict):
             return RowError(line, "not a JSON object", excerpt(raw))
         problem = _unsendable(value)
-    if problem is None:
-        result = _row_from_object(value, line)
-        if isinstance(result, Row):
-            return result
-        problem = result
+        if problem is None:
+            result = _row_from_object(value, line)
+            if isinstance(result, Row):
+                return result
+            problem = result
     return RowError(line, problem, excerpt(raw))
 
 

@@ -246,7 +246,7 @@ class Control:
             "dead": dead,
             "backpressure": {"active": pttl > 0,
                              "seconds_left": round(max(0, pttl) / 1000, 3)},
-            "rate_limit": {"current": float(rate) if rate else None,  # type: ignore[arg-type]
+            "rate_limit": {"current": float(rate) if rate else None,
                            "configured": self.settings.rate_limit or None},
             "delivered_per_second": round(sum(p["ok"] for p in series) / max(1, len(series)), 1),
         }
@@ -254,7 +254,7 @@ class Control:
     def throughput(self, seconds: int = THROUGHPUT_SECONDS) -> dict[str, Any]:
         """Accepted and throttled requests per second over the last ``seconds`` (whole
         seconds only), from the notifiers' shared counters."""
-        now = int(self.redis.time()[0])  # type: ignore[index]
+        now = int(self.redis.time()[0])
         raw: dict[bytes, bytes] = self.redis.hgetall(self.keys.outcomes)  # type: ignore[assignment]
         found: dict[tuple[int, str], int] = {}
         for field, value in raw.items():

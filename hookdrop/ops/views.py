@@ -75,7 +75,8 @@ def _iso(value: datetime | None) -> str | None:
 
 def jsonable(row: Any) -> dict[str, Any]:
     """A typed row (or a dict of one) with its values made JSON-ready."""
-    data = dataclasses.asdict(row) if dataclasses.is_dataclass(row) else dict(row)
+    is_row = dataclasses.is_dataclass(row) and not isinstance(row, type)
+    data = dataclasses.asdict(row) if is_row else dict(row)
 
     def plain(value: Any) -> Any:
         if isinstance(value, datetime):

@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import pytest
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
-from tests.helpers import file_rows, hookdrop_process, kill_group, wait_for, write_csv
+from tests.helpers import file_rows, free_port, hookdrop_process, kill_group, wait_for, write_csv
 
 pytestmark = pytest.mark.e2e
 
@@ -40,11 +39,6 @@ COLD_STOP_BOUND = 4.0
 
 Procs = dict[str, subprocess.Popen[bytes]]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ and fails under CI.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from hookdrop.intake import ensure_dirs
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
-from tests.helpers import hookdrop_process, kill_group, wait_for, write_csv
+from tests.helpers import free_port, hookdrop_process, kill_group, wait_for, write_csv
 from tests.integration.test_control import make_file
 
 pytestmark = pytest.mark.e2e
@@ -51,11 +50,6 @@ def unavailable(reason: str) -> None:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

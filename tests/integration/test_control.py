@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from daemon.claim import Claimer
 from daemon.recovery import Recovery
-from hookdrop.cli_ops import register
+from hookdrop.cli import cli
 from hookdrop.intake import ensure_dirs
 from hookdrop.ops import BadRequest, Conflict, Control, UnknownFile, send, send_chunks
 from hookdrop.queues import enqueue_deliveries
@@ -260,46 +260,47 @@ def test_send_lands_atomically_and_never_overwrites(csettings: Settings, tmp_pat
 # -- the CLI commands ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def run_cli(csettings: Settings) -> Iterator[CliRunner]:
-    group = click.Group()
-    register(group)
+Invoke = Callable[..., click.testing.Result]
 
+
+@pytest.fixture
+def run_cli(csettings: Settings) -> Invoke:
+    """The ``hookdrop`` command, run in this process with the test's settings."""
     def invoke(*args: str) -> click.testing.Result:
-        return CliRunner().invoke(group, list(args), env=csettings.to_environ(),
+        return CliRunner().invoke(cli, list(args), env=csettings.to_environ(),
                                   catch_exceptions=True)
 
-    yield invoke  # type: ignore[misc]
+    return invoke
 
 
-def test_cli_status_files_and_result_print_json(run_cli: CliRunner, store: Store) -> None:
+def test_cli_status_files_and_result_print_json(run_cli: Invoke, store: Store) -> None:
     file_id, _ = make_file(store, 5)
-    status = run_cli(  # type: ignore[operator]
+    status = run_cli(
         "status", str(file_id), "--json")
     assert status.exit_code == 0, status.output
     assert json.loads(status.output)["counts"]["alerts"] == 5
-    files = run_cli("files", "--json")  # type: ignore[operator]
+    files = run_cli("files", "--json")
     assert [f["id"] for f in json.loads(files.output)] == [file_id]
-    result = run_cli("result", str(file_id), "--json")  # type: ignore[operator]
+    result = run_cli("result", str(file_id), "--json")
     assert json.loads(result.output)["row_errors"][0]["reason"] == "no user id"
-    overview = run_cli("status", "--json")  # type: ignore[operator]
+    overview = run_cli("status", "--json")
     assert json.loads(overview.output)["overview"]["files"]["active"] == 1
 
 
-def test_cli_watch_ends_when_the_file_is_finished(run_cli: CliRunner, store: Store) -> None:
+def test_cli_watch_ends_when_the_file_is_finished(run_cli: Invoke, store: Store) -> None:
     file_id, _ = make_file(store, 5)
-    cancel = run_cli("cancel", str(file_id))  # type: ignore[operator]
+    cancel = run_cli("cancel", str(file_id))
     assert cancel.exit_code == 0 and "cancelled" in cancel.output
-    watched = run_cli("status", str(file_id), "--watch", "--json")  # type: ignore[operator]
+    watched = run_cli("status", str(file_id), "--watch", "--json")
     assert watched.exit_code == 0, watched.output
     assert json.loads(watched.output.splitlines()[-1])["status"] == "cancelled"
 
 
-def test_cli_errors_and_send(run_cli: CliRunner, csettings: Settings, tmp_path: Path) -> None:
-    missing = run_cli("pause", "777")  # type: ignore[operator]
+def test_cli_errors_and_send(run_cli: Invoke, csettings: Settings, tmp_path: Path) -> None:
+    missing = run_cli("pause", "777")
     assert isinstance(missing.exception, UnknownFile)
     source = tmp_path / "monday.csv"
     source.write_text("user_id,message\nu1,hi\n")
-    sent = run_cli("send", str(source))  # type: ignore[operator]
+    sent = run_cli("send", str(source))
     assert sent.exit_code == 0, sent.output
     assert (csettings.inbox / "monday.csv").read_text() == source.read_text()

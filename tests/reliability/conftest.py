@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from hookdrop.harness import free_port
 from hookdrop.settings import Settings
 from hookdrop.store import Store
+from tests.helpers import free_port
 from tests.reliability.servers import (
     Fleet,
     Mock,

@@ -31,11 +31,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from hookdrop.errors import StoreUnavailable
-from hookdrop.harness import free_port
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
-from tests.helpers import hookdrop_process, kill_group, wait_for
+from tests.helpers import free_port, hookdrop_process, kill_group, wait_for
 
 LOOPBACK = "127.0.0.1"
 

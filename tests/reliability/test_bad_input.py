@@ -34,13 +34,20 @@ import pytest
 import redis
 from rq import Queue
 
-from hookdrop.harness import free_port
 from hookdrop.intake import ensure_dirs
 from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
-from tests.helpers import file_rows, kill_group, run_burst, running_monitor, wait_for, write_csv
+from tests.helpers import (
+    file_rows,
+    free_port,
+    kill_group,
+    run_burst,
+    running_monitor,
+    wait_for,
+    write_csv,
+)
 
 MB = 1 << 20
 

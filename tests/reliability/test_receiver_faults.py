@@ -26,11 +26,10 @@ from typing import Any
 
 import pytest
 
-from hookdrop.harness import free_port
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
-from tests.helpers import file_rows, hookdrop_process, kill_group, wait_for, write_csv
+from tests.helpers import file_rows, free_port, hookdrop_process, kill_group, wait_for, write_csv
 
 pytestmark = pytest.mark.chaos
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from notifier_mock import MockConfig
-from notifier_mock.__main__ import build_parser, main
+from notifier_mock.cli import build_parser, main
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 

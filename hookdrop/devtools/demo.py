@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hookdrop.harness import Stack
+from hookdrop.devtools.harness import Stack
 from hookdrop.settings import Settings
 from hookdrop.store import FileRow
 

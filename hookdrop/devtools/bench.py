@@ -25,8 +25,8 @@ from typing import Any
 import psutil
 import redis
 
-from hookdrop.baseline import run_bare_send
-from hookdrop.harness import Stack
+from hookdrop.devtools.baseline import run_bare_send
+from hookdrop.devtools.harness import Stack
 from hookdrop.settings import Settings
 
 
@@ -141,7 +141,7 @@ def scenario_limited(settings: Settings, *, rate: float, seconds: float, notifie
     rows = int(rate * seconds)
     configured = rate * 5 if shape.configured == "too high" else 0.0
     mock_args = ("--rate", str(rate), "--burst", str(max(1.0, rate * shape.burst_seconds)),
-                 "--retry-after", shape.retry_after)
+                 "--retry-after-mode", shape.retry_after)
     with _stack(settings.replace(rate_limit=configured), notifiers, mock_args) as stack:
         with Sampler(stack) as sampler:
             drop = stack.drop(rows)

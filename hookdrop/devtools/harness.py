@@ -20,12 +20,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 import psycopg
 import redis
+from psycopg import sql
 
+from hookdrop.cli.supervise import Supervisor
 from hookdrop.connections import connect_store
 from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
 from hookdrop.store import FileRow, FileStatus
-from hookdrop.supervise import Supervisor
 from notifier_mock import MockClient
 
 
@@ -114,7 +115,7 @@ class Stack:
                     "mock",
                     "--port",
                     str(self.mock_port),
-                    "--audit",
+                    "--audit-path",
                     str(root / "accepted.tsv"),
                     *mock_args,
                 ],
@@ -128,7 +129,8 @@ class Stack:
     def start(self, *, timeout: float = 60) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         with psycopg.connect(self.admin_url, autocommit=True) as admin:
-            admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')  # type: ignore[arg-type]
+            admin.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(self.schema)))
         self.store.migrate()
         self.supervisor.start(log_dir=self.logs)
         deadline = time.monotonic() + timeout
@@ -147,7 +149,8 @@ class Stack:
         self.store.close()
         if not self.keep:
             with psycopg.connect(self.admin_url, autocommit=True) as admin:
-                admin.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')  # type: ignore[arg-type]
+                admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    sql.Identifier(self.schema)))
             shutil.rmtree(self.root, ignore_errors=True)
             conn = redis.Redis.from_url(self.settings.redis_url or "")
             forget_deployment(conn, self.settings.keys)

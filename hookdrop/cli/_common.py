@@ -1,0 +1,129 @@
+"""What every command shares: settings from env and flags, the servers, logging."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+
+from hookdrop.errors import ConfigError, NotRunning
+from hookdrop.settings import SETTINGS, Settings, environ_snapshot
+
+F = Callable[..., Any]
+
+
+def settings_options(func: F) -> F:
+    """Add one flag per setting; each help text names its environment variable."""
+    for spec in reversed(SETTINGS):
+        func = click.option(
+            spec.flag, spec.field, default=None, metavar="VALUE",
+            help=f"{spec.help} [env: {spec.env}]",
+        )(func)
+    return func
+
+
+def load_settings(raw: dict[str, Any]) -> Settings:
+    overrides = {spec.field: raw.pop(spec.field, None) for spec in SETTINGS}
+    return Settings.load(environ_snapshot(), overrides)
+
+
+def with_settings(func: F) -> F:
+    """Build the Settings object from env + flags and pass it as the first argument."""
+
+    @settings_options
+    @functools.wraps(func)
+    def wrapper(**raw: Any) -> Any:
+        return func(load_settings(raw), **raw)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def connect(settings: Settings, *, migrate: bool = False, schema: bool = True,
+            start: bool = True) -> Iterator[Settings]:
+    """The settings with both server URLs, for as long as the block runs.
+
+    A URL that is not set means the embedded server of HOOKDROP_STATE_DIR: reused when it
+    runs, else (``start``) started for this command and stopped when the block ends. Without
+    ``start`` nothing is started: with no server running the command ends in one line.
+    Checks both servers answer, then migrates (``migrate``) or checks (``schema``) the schema.
+    """
+    from hookdrop.embedded import embedded_servers, find_running
+    from hookdrop.store import Store
+
+    with contextlib.ExitStack() as owned:
+        # Given URLs first: a wrong one fails the command before anything is started.
+        _check_reachable(settings.redis_url, settings.database_url)
+        missing = [name for name, url in (("REDIS_URL", settings.redis_url),
+                                          ("DATABASE_URL", settings.database_url)) if not url]
+        if missing and start:
+            servers = owned.enter_context(embedded_servers(
+                settings.state_dir, redis=not settings.redis_url,
+                postgres=not settings.database_url))
+        elif missing:
+            servers = find_running(settings.state_dir)
+            absent = [name for name, given, found in
+                      (("Redis", settings.redis_url, servers.redis_url),
+                       ("PostgreSQL", settings.database_url, servers.database_url))
+                      if not given and not found]
+            if absent:
+                raise NotRunning(
+                    f"no {' and no '.join(absent)}: {' and '.join(missing)} not set and "
+                    f"no embedded server runs in {settings.state_dir} (start them with "
+                    "`hookdrop up` or `hookdrop servers start`)")
+        if missing:
+            settings = settings.replace(
+                redis_url=settings.redis_url or servers.redis_url,
+                database_url=settings.database_url or servers.database_url)
+            _check_reachable(settings.redis_url, settings.database_url)
+        database_url = settings.database_url
+        assert database_url is not None
+        if migrate or schema:
+            with Store(database_url) as store:
+                if migrate:
+                    store.migrate()
+                else:
+                    store.check_schema()
+        yield settings
+
+
+def _check_reachable(redis_url: str | None, database_url: str | None) -> None:
+    from hookdrop.embedded import postgres_reachable, redis_reachable
+
+    if redis_url and not redis_reachable(redis_url):
+        raise ConfigError(f"REDIS_URL={_hide_password(redis_url)}: cannot connect to Redis")
+    if database_url and not postgres_reachable(database_url):
+        raise ConfigError(f"DATABASE_URL={_hide_password(database_url)}: cannot connect to "
+                          "PostgreSQL")
+
+
+def check_inbox(settings: Settings) -> None:
+    from hookdrop.intake import ensure_dirs
+
+    try:
+        ensure_dirs(settings)
+    except OSError as exc:
+        raise ConfigError(
+            f"HOOKDROP_INBOX={settings.inbox}: cannot create ({exc.strerror})") from None
+    if not os.access(settings.inbox, os.W_OK | os.X_OK):
+        raise ConfigError(f"HOOKDROP_INBOX={settings.inbox}: not writable by this user")
+
+
+def _hide_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def configure_logs(settings: Settings, process: str) -> None:
+    from hookdrop.logs import configure
+
+    configure(settings.log_format, settings.log_level, process=process)

@@ -1,0 +1,64 @@
+"""``hookdrop servers``: the embedded Redis and PostgreSQL, kept running across commands."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from hookdrop.cli._common import configure_logs, with_settings
+from hookdrop.settings import Settings
+
+
+@click.group()
+def servers() -> None:
+    """The embedded Redis and PostgreSQL of HOOKDROP_STATE_DIR (used when no URLs are set).
+
+    Every command that needs them starts them itself and stops them when it ends; start them
+    here to keep them running across commands (they are then reused and left running).
+    """
+
+
+def _server_lines(redis_url: str | None, database_url: str | None) -> list[str]:
+    return [f"{name}: {url or 'not running'}"
+            for name, url in (("redis", redis_url), ("postgresql", database_url))]
+
+
+@servers.command("start")
+@with_settings
+def servers_start(settings: Settings) -> None:
+    """Start them (if they do not run yet) to run until `hookdrop servers stop`."""
+    from hookdrop.embedded import start_detached
+
+    configure_logs(settings, "servers")
+    found = start_detached(settings.state_dir)
+    click.echo("\n".join(_server_lines(found.redis_url, found.database_url)))
+
+
+@servers.command("stop")
+@with_settings
+def servers_stop(settings: Settings) -> None:
+    """Stop them, whoever started them (their data stays in the state folder)."""
+    from hookdrop.embedded import stop_embedded
+
+    configure_logs(settings, "servers")
+    stopped = stop_embedded(settings.state_dir)
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else
+               f"no embedded server runs in {settings.state_dir}")
+
+
+@servers.command("status")
+@with_settings
+def servers_status(settings: Settings) -> None:
+    """Say which run and their URLs; exit 3 when neither runs."""
+    from hookdrop.embedded import find_running
+
+    configure_logs(settings, "servers")
+    found = find_running(settings.state_dir)
+    click.echo(f"state folder {found.state_dir}")
+    click.echo("\n".join(_server_lines(found.redis_url, found.database_url)))
+    if not (found.redis_url or found.database_url):
+        sys.exit(3)
+
+
+COMMANDS = (servers,)
