@@ -45,8 +45,15 @@ ORPHAN_GRACE_SECONDS = 60.0
 class Claimer:
     """Claims files for one monitor; one per thread (it holds a PostgreSQL connection)."""
 
-    def __init__(self, settings: Settings, store: Store, conn: redis.Redis, owner: str,
-                 *, stopping: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        conn: redis.Redis,
+        owner: str,
+        *,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.intake = Intake(settings, store, conn, owner, stopping=stopping)
@@ -63,24 +70,35 @@ class Claimer:
             return None
         if not stat.S_ISREG(seen.st_mode):
             # Not even opened: opening a device or socket can do things; a link leads out.
-            return self.intake.set_aside(path, name, f"{name} is {kind_of(seen.st_mode)}; "
-                                         "only regular files are read (links are not followed)")
+            return self.intake.set_aside(
+                path,
+                name,
+                f"{name} is {kind_of(seen.st_mode)}; "
+                "only regular files are read (links are not followed)",
+            )
         try:
             fd, opened = open_regular(path)
         except FileNotFoundError:
             return None
         except NotRegularFile as exc:
-            return self.intake.set_aside(path, name, f"{exc}; only regular files are read "
-                                                     "(links are not followed)")
+            return self.intake.set_aside(
+                path, name, f"{exc}; only regular files are read (links are not followed)"
+            )
         except PermissionError:
-            return self.intake.set_aside(path, name, f"{name} cannot be read: permission "
-                                                     "denied (the hookdrop user needs read access)")
+            return self.intake.set_aside(
+                path,
+                name,
+                f"{name} cannot be read: permission denied (the hookdrop user needs read access)",
+            )
         except OSError as exc:
             return self.intake.set_aside(path, name, f"{name} cannot be opened: {exc.strerror}")
         try:
             if opened.st_dev != self.inbox_device:
-                return self.intake.set_aside(path, name, f"{name} is on another file system "
-                                                         "(a mount inside the inbox); not read")
+                return self.intake.set_aside(
+                    path,
+                    name,
+                    f"{name} is on another file system (a mount inside the inbox); not read",
+                )
             target = self.settings.processing_dir / disk_name(uuid.uuid4().hex[:12], name)
             try:
                 self._rename_into_processing(path, target)
@@ -88,8 +106,9 @@ class Claimer:
                 log.info("file.claim_lost", name=name)
                 return None
             if not _landed(target, opened):
-                return self.intake.set_aside(target, name, f"{name} was replaced while it was "
-                                                           "being claimed; not read")
+                return self.intake.set_aside(
+                    target, name, f"{name} was replaced while it was being claimed; not read"
+                )
             log.info("file.claimed", name=name, size=opened.st_size)
             # After the rename, which moves the change time: the identity the batcher checks.
             return self.intake.register_open(fd, os.fstat(fd), target, name)

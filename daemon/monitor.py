@@ -82,8 +82,14 @@ class ClaimPool:
     """Claims files on a few threads, each with its own Claimer and PostgreSQL connection:
     two for small files, one for large ones."""
 
-    def __init__(self, settings: Settings, conn: redis.Redis, owner: str, stopping: StopFlag,
-                 store_factory: Callable[[], Store]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        conn: redis.Redis,
+        owner: str,
+        stopping: StopFlag,
+        store_factory: Callable[[], Store],
+    ) -> None:
         self.settings = settings
         self.redis = conn
         self.owner = owner
@@ -101,8 +107,9 @@ class ClaimPool:
             store = self.store_factory()
             with self._lock:
                 self._stores.append(store)
-            found = Claimer(self.settings, store, self.redis, self.owner,
-                            stopping=self.stopping.is_set)
+            found = Claimer(
+                self.settings, store, self.redis, self.owner, stopping=self.stopping.is_set
+            )
             self._local.claimer = found
         return found
 
@@ -145,8 +152,12 @@ class Monitor:
         self.on_tick = on_tick
         self.on_stopping = on_stopping
         self.claims = ClaimPool(
-            settings, conn, self.name, self.stopping,
-            store_factory or (lambda: connect_store(settings, name="hookdrop-monitor")))
+            settings,
+            conn,
+            self.name,
+            self.stopping,
+            store_factory or (lambda: connect_store(settings, name="hookdrop-monitor")),
+        )
         self._last: dict[str, float] = {}
         self._claims: dict[Path, Future[object]] = {}
         self._adoption: Future[object] | None = None
@@ -160,8 +171,9 @@ class Monitor:
         for entry in os.scandir(self.settings.inbox):
             if entry.is_dir(follow_symlinks=False):
                 if entry.name not in WORK_FOLDERS:
-                    self._note_ignored(entry.name, "a folder (only files at the top of the "
-                                                   "inbox are read)")
+                    self._note_ignored(
+                        entry.name, "a folder (only files at the top of the inbox are read)"
+                    )
                 continue
             if is_ignored(entry.name):
                 self._note_ignored(entry.name, "a hidden or temporary name", level="debug")
@@ -174,8 +186,11 @@ class Monitor:
         if len(self._noted) >= MAX_NOTED:
             if len(self._noted) == MAX_NOTED:
                 self._noted.add("")  # said once: the log is not the place for the rest
-                log.warning("inbox.ignored_many", count=MAX_NOTED,
-                            reason="more ignored entries than this are not logged one by one")
+                log.warning(
+                    "inbox.ignored_many",
+                    count=MAX_NOTED,
+                    reason="more ignored entries than this are not logged one by one",
+                )
             return
         self._noted.add(name)
         getattr(log, level)("inbox.ignored", name=name, reason=reason)
@@ -257,21 +272,25 @@ class Monitor:
             return  # still in the inbox (or in processing/, adopted later): tried again
         # A fault of ours with this one file: say so loudly, and do not retry it until it
         # changes, rather than take the monitor down with it.
-        log.error("file.claim_failed", name=path.name, error=repr(error),
-                  exc_info=(type(error), error, error.__traceback__))
+        log.error(
+            "file.claim_failed",
+            name=path.name,
+            error=repr(error),
+            exc_info=(type(error), error, error.__traceback__),
+        )
         self._set_aside[path] = _entry_key(path)
 
     def _adopt_orphans(self) -> None:
         if self._adoption is None:
-            self._adoption = self.claims.submit(lambda claimer: claimer.adopt_orphans(),
-                                                large=True)
+            self._adoption = self.claims.submit(lambda claimer: claimer.adopt_orphans(), large=True)
 
     def run(self) -> None:
         """Watch and claim until asked to stop; outages pause the loop, never end it."""
         ensure_dirs(self.settings)
         observer = Observer()
-        observer.schedule(_Hints(self.settings.inbox, self.hints), str(self.settings.inbox),
-                          recursive=False)
+        observer.schedule(
+            _Hints(self.settings.inbox, self.hints), str(self.settings.inbox), recursive=False
+        )
         observer.start()
         log.info("monitor.started", inbox=str(self.settings.inbox), name=self.name)
         failures = 0
@@ -282,8 +301,7 @@ class Monitor:
                     failures = 0
                 except (StoreUnavailable, QueueUnavailable) as exc:
                     failures += 1
-                    log.warning("monitor.dependency_unavailable", error=str(exc),
-                                failures=failures)
+                    log.warning("monitor.dependency_unavailable", error=str(exc), failures=failures)
                     self.stopping.wait(min(10.0, 0.5 * failures))
                     continue
                 if self.on_tick is not None:

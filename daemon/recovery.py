@@ -122,8 +122,11 @@ class Recovery:
     def move_finished(self) -> None:
         for row in self.store.files_to_move():
             source = Path(row.processing_path)
-            folder = (self.settings.done_dir if row.status == FileStatus.DONE
-                      else self.settings.failed_dir)
+            folder = (
+                self.settings.done_dir
+                if row.status == FileStatus.DONE
+                else self.settings.failed_dir
+            )
             final = folder / disk_name(str(row.id), row.name)
             try:
                 os.rename(source, final)

@@ -30,8 +30,9 @@ def run_monitor(settings: Settings) -> None:
     def stopping_now() -> None:
         sdnotify.notify("STOPPING=1")
 
-    monitor = Monitor(settings, store, conn, on_tick=tick, stopping=stopping,
-                      on_stopping=stopping_now)
+    monitor = Monitor(
+        settings, store, conn, on_tick=tick, stopping=stopping, on_stopping=stopping_now
+    )
     signals.install()
     api = run_api_in_thread(settings)  # a port in use stops the start with a ConfigError
     sdnotify.notify("READY=1", f"STATUS=watching {settings.inbox}")

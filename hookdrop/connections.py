@@ -60,8 +60,7 @@ class Redis(redis.Redis):
             raise _unavailable(exc) from exc
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> _Pipeline:
-        return _Pipeline(self.connection_pool, self.response_callbacks, transaction,
-                         shard_hint)
+        return _Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
 def redis_url(settings: Settings) -> str:

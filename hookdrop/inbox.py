@@ -27,10 +27,18 @@ NAME_MAX: Final = 255
 # Room kept on every name hookdrop makes, so a note beside it still fits.
 _NOTE_ROOM: Final = max(len(ERROR_SUFFIX), len(SUMMARY_SUFFIX))
 _ELLIPSIS: Final = "~"
-IGNORED_SUFFIXES: Final = (".part", ".partial", ".tmp", ".temp", ".filepart", ".crdownload",
-                           ".swp", ".lock", "~")
-_OPEN_FLAGS: Final = (os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-                      | os.O_CLOEXEC)
+IGNORED_SUFFIXES: Final = (
+    ".part",
+    ".partial",
+    ".tmp",
+    ".temp",
+    ".filepart",
+    ".crdownload",
+    ".swp",
+    ".lock",
+    "~",
+)
+_OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def is_ignored(name: str) -> bool:

@@ -58,15 +58,15 @@ class Registered:
 
 def ensure_dirs(settings: Settings) -> None:
     """The inbox and its three work folders, which must be folders and not links."""
-    for folder in (settings.inbox, settings.processing_dir, settings.done_dir,
-                   settings.failed_dir):
+    for folder in (settings.inbox, settings.processing_dir, settings.done_dir, settings.failed_dir):
         folder.mkdir(parents=True, exist_ok=True)
         if folder.is_symlink() or not folder.is_dir():
             raise NotADirectoryError(f"{folder} must be a directory, not a link or a file")
 
 
-def sha256_of(fd: int, size: int, stopping: Callable[[], bool],
-              alive: Callable[[], None] = lambda: None) -> str:
+def sha256_of(
+    fd: int, size: int, stopping: Callable[[], bool], alive: Callable[[], None] = lambda: None
+) -> str:
     """SHA-256 of the first ``size`` bytes behind ``fd``; ChangedFile if it has fewer.
 
     ``alive`` is called every few seconds of hashing.
@@ -100,8 +100,15 @@ def write_error_note(final: Path, error: str) -> None:
 class Intake:
     """Records files in processing/ for one owner; one per thread (it holds a Store)."""
 
-    def __init__(self, settings: Settings, store: Store, conn: redis.Redis, owner: str,
-                 *, stopping: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        conn: redis.Redis,
+        owner: str,
+        *,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.redis = conn
@@ -119,8 +126,9 @@ class Intake:
         finally:
             os.close(fd)
 
-    def register_open(self, fd: int, opened: os.stat_result, target: Path, name: str, *,
-                      generation: int = 0) -> Registered | None:
+    def register_open(
+        self, fd: int, opened: os.stat_result, target: Path, name: str, *, generation: int = 0
+    ) -> Registered | None:
         """Record the file behind ``fd`` (now at ``target``) and queue it, or set it aside."""
         claiming = self.settings.keys.claiming(target.name)
         ttl = int(CLAIM_BEAT_SECONDS * 6)
@@ -130,64 +138,102 @@ class Intake:
 
         alive()
         try:
-            return self._register_open(fd, opened, target, name, generation=generation,
-                                       alive=alive)
+            return self._register_open(fd, opened, target, name, generation=generation, alive=alive)
         finally:
             self.redis.delete(claiming)
 
-    def _register_open(self, fd: int, opened: os.stat_result, target: Path, name: str, *,
-                       generation: int, alive: Callable[[], None]) -> Registered | None:
+    def _register_open(
+        self,
+        fd: int,
+        opened: os.stat_result,
+        target: Path,
+        name: str,
+        *,
+        generation: int,
+        alive: Callable[[], None],
+    ) -> Registered | None:
         identity = FileIdentity.of(opened)
         try:
             sha = sha256_of(fd, opened.st_size, self.stopping, alive)
             now = FileIdentity.of(os.fstat(fd))
             if now != identity:
-                raise ChangedFile(f"written to while it was being claimed "
-                                  f"({describe_change(identity, now)})")
+                raise ChangedFile(
+                    f"written to while it was being claimed ({describe_change(identity, now)})"
+                )
             layout = sniff(fd)
         except ClaimInterrupted:
             log.info("file.claim_interrupted", name=name, path=str(target))
             raise
         except UnreadableFile as exc:
-            return self._unreadable(target, name, sha, generation, size=opened.st_size,
-                                    error=str(exc))
+            return self._unreadable(
+                target, name, sha, generation, size=opened.st_size, error=str(exc)
+            )
         except ChangedFile as exc:
             return self.set_aside(target, name, f"{name} changed: {exc}; not read")
         except OSError as exc:
             return self.set_aside(target, name, f"{name} cannot be read: {exc.strerror or exc}")
         file_id = self.store.insert_file(
-            name=name, sha=sha, generation=generation, size=opened.st_size,
-            layout=dataclasses.asdict(layout), chunk_size=self.settings.chunk_size,
-            path=str(target), claimed_by=self.owner, identity=identity)
+            name=name,
+            sha=sha,
+            generation=generation,
+            size=opened.st_size,
+            layout=dataclasses.asdict(layout),
+            chunk_size=self.settings.chunk_size,
+            path=str(target),
+            claimed_by=self.owner,
+            identity=identity,
+        )
         if file_id is None:
             return self._duplicate(target, name, sha, generation, opened.st_size)
         self.redis.set(self.settings.keys.read_queued(file_id), "1", ex=600)
         enqueue_read(self.redis, self.settings.keys, file_id)
-        log.info("file.queued", file_id=file_id, name=name, size=opened.st_size,
-                 format=layout.format, compressed=layout.compressed)
+        log.info(
+            "file.queued",
+            file_id=file_id,
+            name=name,
+            size=opened.st_size,
+            format=layout.format,
+            compressed=layout.compressed,
+        )
         return Registered(file_id, "claimed", target)
 
-    def _duplicate(self, target: Path, name: str, sha: str, generation: int,
-                   size: int) -> Registered:
+    def _duplicate(
+        self, target: Path, name: str, sha: str, generation: int, size: int
+    ) -> Registered:
         first = self.store.find_file_by_content(sha, generation)
         assert first is not None  # the insert just conflicted with it
         final = self._move(target, self.settings.done_dir, f"dup{first.id}", name)
         file_id = self.store.insert_duplicate(
-            name=name, sha=sha, generation=generation, size=size,
-            chunk_size=self.settings.chunk_size, claimed_by=self.owner,
-            duplicate_of=first.id, final_path=str(final))
-        detail = (f"same content as file {first.id} ({first.name}, {first.status}); "
-                  "not sent again — use `hookdrop resend` to send it anyway")
+            name=name,
+            sha=sha,
+            generation=generation,
+            size=size,
+            chunk_size=self.settings.chunk_size,
+            claimed_by=self.owner,
+            duplicate_of=first.id,
+            final_path=str(final),
+        )
+        detail = (
+            f"same content as file {first.id} ({first.name}, {first.status}); "
+            "not sent again — use `hookdrop resend` to send it anyway"
+        )
         log.warning("file.duplicate", file_id=file_id, duplicate_of=first.id, name=name)
         return Registered(file_id, "duplicate", final, detail)
 
-    def _unreadable(self, target: Path, name: str, sha: str, generation: int, *, size: int,
-                    error: str) -> Registered:
+    def _unreadable(
+        self, target: Path, name: str, sha: str, generation: int, *, size: int, error: str
+    ) -> Registered:
         final = self._move(target, self.settings.failed_dir, uuid.uuid4().hex[:8], name)
         file_id = self.store.insert_unreadable(
-            name=name, sha=sha, generation=generation, size=size,
-            chunk_size=self.settings.chunk_size, claimed_by=self.owner, error=error,
-            final_path=str(final))
+            name=name,
+            sha=sha,
+            generation=generation,
+            size=size,
+            chunk_size=self.settings.chunk_size,
+            claimed_by=self.owner,
+            error=error,
+            final_path=str(final),
+        )
         if file_id is None:  # the same unreadable content was seen before
             first = self.store.find_file_by_content(sha, generation)
             assert first is not None
@@ -217,17 +263,28 @@ class Intake:
             error = f"{error} (left in the inbox: cannot move it to failed/: {exc.strerror})"
             final = None
         file_id = self.store.insert_unreadable(
-            name=name, sha=key, generation=0, size=st.st_size,
-            chunk_size=self.settings.chunk_size, claimed_by=self.owner, error=error,
-            final_path=str(final) if final else None)
+            name=name,
+            sha=key,
+            generation=0,
+            size=st.st_size,
+            chunk_size=self.settings.chunk_size,
+            claimed_by=self.owner,
+            error=error,
+            final_path=str(final) if final else None,
+        )
         if file_id is None:
             first = self.store.find_file_by_content(key, 0)
             file_id = first.id if first else 0
         if final is not None:
             write_error_note(final, error)
-        log.warning("file.unreadable", file_id=file_id, name=name, error=error,
-                    kind="file" if stat.S_ISREG(st.st_mode) else kind_of(st.st_mode),
-                    left_in_place=final is None)
+        log.warning(
+            "file.unreadable",
+            file_id=file_id,
+            name=name,
+            error=error,
+            kind="file" if stat.S_ISREG(st.st_mode) else kind_of(st.st_mode),
+            left_in_place=final is None,
+        )
         return Registered(file_id, "failed", final or path, error)
 
     def _move(self, source: Path, folder: Path, tag: str, name: str) -> Path:

@@ -8,8 +8,12 @@ from typing import Any, TextIO
 
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 class _Stream:
@@ -60,12 +64,16 @@ def configure(fmt: str = "auto", level: str = "info", *, process: str | None = N
     )
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer]
-        if use_json else [*shared, renderer],
+        if use_json
+        else [*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
     # rq logs through the stdlib; keep its chatter at warning so our events stand out.
-    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=stream,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=max(_LEVELS[level], logging.WARNING),
+        stream=stream,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("rq").setLevel(max(_LEVELS[level], logging.WARNING))

@@ -119,8 +119,9 @@ def _hosts(value: str) -> tuple[str, ...]:
     hosts = tuple(part.strip().lower() for part in value.split(",") if part.strip())
     for host in hosts:
         if split_host(host) is None:
-            raise ValueError(f"{host!r} is not a host name or host:port (no scheme, no path; "
-                             "IPv6 in brackets)")
+            raise ValueError(
+                f"{host!r} is not a host name or host:port (no scheme, no path; IPv6 in brackets)"
+            )
     return hosts
 
 
@@ -140,63 +141,184 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 
 SETTINGS: tuple[Spec, ...] = (
-    Spec("inbox", "HOOKDROP_INBOX", "--inbox",
-         "Folder watched for dropped files; processing/, done/ and failed/ are made inside it.",
-         _path),
-    Spec("webhook_url", "HOOKDROP_WEBHOOK_URL", "--webhook-url",
-         "URL called once per alert (POST, JSON body).", _http_url),
-    Spec("rate_limit", "HOOKDROP_RATE_LIMIT", "--rate-limit",
-         "Global requests per second across all notifiers; 0 means no limit until the receiver "
-         "answers 429.", _non_negative_float),
-    Spec("concurrency", "HOOKDROP_CONCURRENCY", "--concurrency",
-         "Requests in flight at once per notifier process.", _positive_int),
-    Spec("signing_secret", "HOOKDROP_SIGNING_SECRET", "--signing-secret",
-         "Standard Webhooks secret (whsec_...); when set every request is signed.", _secret),
-    Spec("state_dir", "HOOKDROP_STATE_DIR", "--state-dir",
-         "Folder for the embedded Redis and PostgreSQL when no URLs are given.", _path),
-    Spec("api_listen", "HOOKDROP_API_LISTEN", "--api-listen",
-         "host:port of the daemon's HTTP API and status page.", _listen),
-    Spec("api_token", "HOOKDROP_API_TOKEN", "--api-token",
-         "Bearer token the HTTP API requires; mandatory when it listens beyond loopback.", str),
-    Spec("api_allowed_hosts", "HOOKDROP_API_ALLOWED_HOSTS", "--api-allowed-hosts",
-         "Comma-separated Host names (name or name:port) the HTTP API answers besides its "
-         "listen address, e.g. a reverse proxy's name.", _hosts),
-    Spec("redis_url", "REDIS_URL", "--redis-url",
-         "Redis server (queues, progress, flags). Unset: an embedded one is started.", _redis_url),
-    Spec("database_url", "DATABASE_URL", "--database-url",
-         "PostgreSQL server (the ledger). Unset: an embedded one is started.", _database_url),
-    Spec("key_prefix", "HOOKDROP_KEY_PREFIX", "--key-prefix",
-         "Prefix of every Redis key and queue name.", _prefix),
-    Spec("settle_seconds", "HOOKDROP_SETTLE_SECONDS", "--settle-seconds",
-         "How long a file's size and mtime must stay still before it is read.",
-         _non_negative_float),
-    Spec("scan_interval", "HOOKDROP_SCAN_INTERVAL", "--scan-interval",
-         "Seconds between full scans of the inbox and recovery rounds.", _positive_float),
-    Spec("chunk_size", "HOOKDROP_CHUNK_SIZE", "--chunk-size",
-         "Alerts per notifier job.", _positive_int),
-    Spec("queue_high_water", "HOOKDROP_QUEUE_HIGH_WATER", "--queue-high-water",
-         "Notifier jobs queued above which batchers stop reading.", _positive_int),
-    Spec("request_timeout", "HOOKDROP_REQUEST_TIMEOUT", "--request-timeout",
-         "Seconds before a webhook call counts as timed out.", _positive_float),
-    Spec("max_tries", "HOOKDROP_MAX_TRIES", "--max-tries",
-         "Tries of a failing alert within one job before it goes to the DLQ.", _positive_int),
-    Spec("attempt_budget", "HOOKDROP_ATTEMPT_BUDGET", "--attempt-budget",
-         "Total failed tries of an alert (across DLQ re-injections) before it is dead.",
-         _positive_int),
-    Spec("dlq_interval", "HOOKDROP_DLQ_INTERVAL", "--dlq-interval",
-         "Seconds between DLQ re-injection rounds.", _positive_float),
-    Spec("lease_seconds", "HOOKDROP_LEASE_SECONDS", "--lease-seconds",
-         "How long a notifier's claim on its alerts lasts without renewal; after a crash, "
-         "its alerts are picked up again after this.", _positive_float),
-    Spec("backpressure_seconds", "HOOKDROP_BACKPRESSURE_SECONDS", "--backpressure-seconds",
-         "Pause after a 429 that carries no Retry-After.", _positive_float),
-    Spec("max_pause_seconds", "HOOKDROP_MAX_PAUSE_SECONDS", "--max-pause-seconds",
-         "Upper bound on a pause requested by Retry-After.", _positive_float),
-    Spec("log_format", "HOOKDROP_LOG_FORMAT", "--log-format",
-         "auto (console on a terminal, JSON otherwise), json or console.",
-         _choice("auto", "json", "console")),
-    Spec("log_level", "HOOKDROP_LOG_LEVEL", "--log-level", "debug, info, warning or error.",
-         _choice("debug", "info", "warning", "error")),
+    Spec(
+        "inbox",
+        "HOOKDROP_INBOX",
+        "--inbox",
+        "Folder watched for dropped files; processing/, done/ and failed/ are made inside it.",
+        _path,
+    ),
+    Spec(
+        "webhook_url",
+        "HOOKDROP_WEBHOOK_URL",
+        "--webhook-url",
+        "URL called once per alert (POST, JSON body).",
+        _http_url,
+    ),
+    Spec(
+        "rate_limit",
+        "HOOKDROP_RATE_LIMIT",
+        "--rate-limit",
+        "Global requests per second across all notifiers; 0 means no limit until the receiver "
+        "answers 429.",
+        _non_negative_float,
+    ),
+    Spec(
+        "concurrency",
+        "HOOKDROP_CONCURRENCY",
+        "--concurrency",
+        "Requests in flight at once per notifier process.",
+        _positive_int,
+    ),
+    Spec(
+        "signing_secret",
+        "HOOKDROP_SIGNING_SECRET",
+        "--signing-secret",
+        "Standard Webhooks secret (whsec_...); when set every request is signed.",
+        _secret,
+    ),
+    Spec(
+        "state_dir",
+        "HOOKDROP_STATE_DIR",
+        "--state-dir",
+        "Folder for the embedded Redis and PostgreSQL when no URLs are given.",
+        _path,
+    ),
+    Spec(
+        "api_listen",
+        "HOOKDROP_API_LISTEN",
+        "--api-listen",
+        "host:port of the daemon's HTTP API and status page.",
+        _listen,
+    ),
+    Spec(
+        "api_token",
+        "HOOKDROP_API_TOKEN",
+        "--api-token",
+        "Bearer token the HTTP API requires; mandatory when it listens beyond loopback.",
+        str,
+    ),
+    Spec(
+        "api_allowed_hosts",
+        "HOOKDROP_API_ALLOWED_HOSTS",
+        "--api-allowed-hosts",
+        "Comma-separated Host names (name or name:port) the HTTP API answers besides its "
+        "listen address, e.g. a reverse proxy's name.",
+        _hosts,
+    ),
+    Spec(
+        "redis_url",
+        "REDIS_URL",
+        "--redis-url",
+        "Redis server (queues, progress, flags). Unset: an embedded one is started.",
+        _redis_url,
+    ),
+    Spec(
+        "database_url",
+        "DATABASE_URL",
+        "--database-url",
+        "PostgreSQL server (the ledger). Unset: an embedded one is started.",
+        _database_url,
+    ),
+    Spec(
+        "key_prefix",
+        "HOOKDROP_KEY_PREFIX",
+        "--key-prefix",
+        "Prefix of every Redis key and queue name.",
+        _prefix,
+    ),
+    Spec(
+        "settle_seconds",
+        "HOOKDROP_SETTLE_SECONDS",
+        "--settle-seconds",
+        "How long a file's size and mtime must stay still before it is read.",
+        _non_negative_float,
+    ),
+    Spec(
+        "scan_interval",
+        "HOOKDROP_SCAN_INTERVAL",
+        "--scan-interval",
+        "Seconds between full scans of the inbox and recovery rounds.",
+        _positive_float,
+    ),
+    Spec(
+        "chunk_size",
+        "HOOKDROP_CHUNK_SIZE",
+        "--chunk-size",
+        "Alerts per notifier job.",
+        _positive_int,
+    ),
+    Spec(
+        "queue_high_water",
+        "HOOKDROP_QUEUE_HIGH_WATER",
+        "--queue-high-water",
+        "Notifier jobs queued above which batchers stop reading.",
+        _positive_int,
+    ),
+    Spec(
+        "request_timeout",
+        "HOOKDROP_REQUEST_TIMEOUT",
+        "--request-timeout",
+        "Seconds before a webhook call counts as timed out.",
+        _positive_float,
+    ),
+    Spec(
+        "max_tries",
+        "HOOKDROP_MAX_TRIES",
+        "--max-tries",
+        "Tries of a failing alert within one job before it goes to the DLQ.",
+        _positive_int,
+    ),
+    Spec(
+        "attempt_budget",
+        "HOOKDROP_ATTEMPT_BUDGET",
+        "--attempt-budget",
+        "Total failed tries of an alert (across DLQ re-injections) before it is dead.",
+        _positive_int,
+    ),
+    Spec(
+        "dlq_interval",
+        "HOOKDROP_DLQ_INTERVAL",
+        "--dlq-interval",
+        "Seconds between DLQ re-injection rounds.",
+        _positive_float,
+    ),
+    Spec(
+        "lease_seconds",
+        "HOOKDROP_LEASE_SECONDS",
+        "--lease-seconds",
+        "How long a notifier's claim on its alerts lasts without renewal; after a crash, "
+        "its alerts are picked up again after this.",
+        _positive_float,
+    ),
+    Spec(
+        "backpressure_seconds",
+        "HOOKDROP_BACKPRESSURE_SECONDS",
+        "--backpressure-seconds",
+        "Pause after a 429 that carries no Retry-After.",
+        _positive_float,
+    ),
+    Spec(
+        "max_pause_seconds",
+        "HOOKDROP_MAX_PAUSE_SECONDS",
+        "--max-pause-seconds",
+        "Upper bound on a pause requested by Retry-After.",
+        _positive_float,
+    ),
+    Spec(
+        "log_format",
+        "HOOKDROP_LOG_FORMAT",
+        "--log-format",
+        "auto (console on a terminal, JSON otherwise), json or console.",
+        _choice("auto", "json", "console"),
+    ),
+    Spec(
+        "log_level",
+        "HOOKDROP_LOG_LEVEL",
+        "--log-level",
+        "debug, info, warning or error.",
+        _choice("debug", "info", "warning", "error"),
+    ),
 )
 
 _BY_FIELD = {spec.field: spec for spec in SETTINGS}

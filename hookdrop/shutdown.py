@@ -60,10 +60,14 @@ class StopFlag:
 class StopSignals:
     """SIGTERM/SIGINT handling for one process: graceful first, forced on a later repeat."""
 
-    def __init__(self, flag: StopFlag, *,
-                 on_first: Callable[[], None] | None = None,
-                 on_force: Callable[[int], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        flag: StopFlag,
+        *,
+        on_first: Callable[[], None] | None = None,
+        on_force: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.flag = flag
         self.on_first = on_first
         self.on_force = on_force

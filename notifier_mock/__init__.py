@@ -10,5 +10,4 @@ from notifier_mock.client import MockClient, WaitTimeout
 from notifier_mock.config import MockConfig
 from notifier_mock.server import serve
 
-__all__ = ["MockApp", "MockClient", "MockConfig", "MockState", "WaitTimeout", "create_app",
-           "serve"]
+__all__ = ["MockApp", "MockClient", "MockConfig", "MockState", "WaitTimeout", "create_app", "serve"]

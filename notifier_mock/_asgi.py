@@ -20,11 +20,11 @@ class Response:
 
     __slots__ = ("body", "start")
 
-    def __init__(self, status: int, body: bytes,
-                 extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    def __init__(
+        self, status: int, body: bytes, extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
         headers = [JSON_TYPE, (b"content-length", str(len(body)).encode()), *extra_headers]
-        self.start: Message = {"type": "http.response.start", "status": status,
-                               "headers": headers}
+        self.start: Message = {"type": "http.response.start", "status": status, "headers": headers}
         self.body: Message = {"type": "http.response.body", "body": body}
 
     async def send(self, send: Send) -> None:
@@ -33,8 +33,9 @@ class Response:
         await send(self.body)
 
 
-def json_response(status: int, data: Any,
-                  extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> Response:
+def json_response(
+    status: int, data: Any, extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> Response:
     """A JSON response for ``data``."""
     return Response(status, orjson.dumps(data), extra_headers)
 

@@ -51,8 +51,9 @@ class MockState:
 
     __slots__ = ("audit", "config", "counters", "limiter", "throttle_remaining")
 
-    def __init__(self, config: MockConfig, counters: Counters, limiter: TokenBucket,
-                 audit: AuditLog | None) -> None:
+    def __init__(
+        self, config: MockConfig, counters: Counters, limiter: TokenBucket, audit: AuditLog | None
+    ) -> None:
         self.config = config
         self.counters = counters
         self.limiter = limiter
@@ -69,13 +70,23 @@ class MockState:
 class MockApp:
     """ASGI 3 application of the mock webhook receiver; build it with :func:`create_app`."""
 
-    def __init__(self, config: MockConfig, *, clock: Clock = time.monotonic,
-                 wall_clock: Clock = time.time, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: MockConfig,
+        *,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
         self._wall_clock = wall_clock
         self._rng = rng if rng is not None else random.Random()
         audit = AuditLog(config.audit_path) if config.audit_path is not None else None
-        self.state = MockState(config, Counters(clock, wall_clock),
-                               TokenBucket(config.rate, config.burst, clock), audit)
+        self.state = MockState(
+            config,
+            Counters(clock, wall_clock),
+            TokenBucket(config.rate, config.burst, clock),
+            audit,
+        )
         self._counters = self.state.counters
         self._hung: set[asyncio.Future[None]] = set()
         self._apply(config)
@@ -204,8 +215,11 @@ class MockApp:
                 elif name == b"webhook-signature":
                     signature = value
         if self._key is not None and not (
-                msg_id and timestamp and signature
-                and verify(self._key, msg_id, timestamp, body, signature)):
+            msg_id
+            and timestamp
+            and signature
+            and verify(self._key, msg_id, timestamp, body, signature)
+        ):
             counters.bad_signature += 1
             await _BAD_SIGNATURE.send(send)
             return
@@ -218,12 +232,16 @@ class MockApp:
         user = payload.get("userId") if isinstance(payload, dict) else None
         if isinstance(user, bool) or not isinstance(user, str | int) or user == "":
             counters.bad_request += 1
-            await error_response(400, "body must be a JSON object with a userId "
-                                      "(non-empty string or integer)").send(send)
+            await error_response(
+                400, "body must be a JSON object with a userId (non-empty string or integer)"
+            ).send(send)
             return
         user_key = user if isinstance(user, str) else str(user)
-        key = (msg_id.decode("utf-8", "surrogateescape") if msg_id
-               else "body:" + hashlib.blake2b(body, digest_size=16).hexdigest())
+        key = (
+            msg_id.decode("utf-8", "surrogateescape")
+            if msg_id
+            else "body:" + hashlib.blake2b(body, digest_size=16).hexdigest()
+        )
         counters.accept(key, user_key)
         if self.state.audit is not None:
             self.state.audit.write(key, user_key)
@@ -235,8 +253,9 @@ class MockApp:
         gone = loop.create_task(wait_disconnect(receive))
         self._hung.add(wake)
         try:
-            await asyncio.wait((wake, gone), timeout=self._hang_s,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                (wake, gone), timeout=self._hang_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             self._hung.discard(wake)
             client_left = gone.done()
@@ -281,8 +300,13 @@ class MockApp:
             await json_response(200, result).send(send)
 
 
-def create_app(config: MockConfig, *, clock: Clock = time.monotonic,
-               wall_clock: Clock = time.time, rng: random.Random | None = None) -> MockApp:
+def create_app(
+    config: MockConfig,
+    *,
+    clock: Clock = time.monotonic,
+    wall_clock: Clock = time.time,
+    rng: random.Random | None = None,
+) -> MockApp:
     """Build the ASGI app for ``config``; ``clock``/``wall_clock``/``rng`` are for tests.
 
     ``clock`` must be monotonic (limiter, rate_1s); ``wall_clock`` gives Unix time (Retry-After

@@ -27,7 +27,8 @@ class AuditLog:
         self._flush_interval = flush_interval
         # surrogateescape round-trips header bytes that are not valid UTF-8.
         self._file: TextIO | None = open(  # noqa: SIM115 - closed by close()
-            self.path, "a", encoding="utf-8", errors="surrogateescape")
+            self.path, "a", encoding="utf-8", errors="surrogateescape"
+        )
         self._pending: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
 

@@ -29,8 +29,12 @@ class MockClient:
     def __enter__(self) -> MockClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -68,8 +72,14 @@ class MockClient:
         """``POST /admin/reset``: zero all counters."""
         self._http.post("/admin/reset").raise_for_status()
 
-    def wait_until(self, predicate: Callable[[Stats], bool], timeout: float, *,
-                   interval: float = 0.05, per_user: bool = True) -> Stats:
+    def wait_until(
+        self,
+        predicate: Callable[[Stats], bool],
+        timeout: float,
+        *,
+        interval: float = 0.05,
+        per_user: bool = True,
+    ) -> Stats:
         """Poll ``/stats`` until ``predicate(stats)``; returns those stats.
 
         Raises :class:`WaitTimeout` (a TimeoutError) carrying the last stats after ``timeout``
@@ -88,6 +98,7 @@ class MockClient:
                     return last
             if time.monotonic() >= deadline:
                 brief = {k: v for k, v in (last or {}).items() if k != "per_user"}
-                raise WaitTimeout(f"condition not met within {timeout} s{problem}; "
-                                  f"last stats: {brief}", last)
+                raise WaitTimeout(
+                    f"condition not met within {timeout} s{problem}; last stats: {brief}", last
+                )
             time.sleep(interval)

@@ -102,24 +102,29 @@ class MockConfig:
         if self.burst is not None:
             burst = _number("burst", self.burst)
             if burst < 1:
-                raise ValueError(f"burst must be at least 1 (or null for max(1, rate/10)), "
-                                 f"got {self.burst!r}")
+                raise ValueError(
+                    f"burst must be at least 1 (or null for max(1, rate/10)), got {self.burst!r}"
+                )
             fix(self, "burst", burst)
         if self.retry_after_mode not in RETRY_AFTER_MODES:
-            raise ValueError(f"retry_after_mode must be one of {', '.join(RETRY_AFTER_MODES)}, "
-                             f"got {self.retry_after_mode!r}")
+            raise ValueError(
+                f"retry_after_mode must be one of {', '.join(RETRY_AFTER_MODES)}, "
+                f"got {self.retry_after_mode!r}"
+            )
         for name in ("error_rate", "timeout_rate", "reset_rate"):
             fix(self, name, _share(name, getattr(self, name)))
         total = self.error_rate + self.timeout_rate + self.reset_rate
         if total > 1.0 + 1e-9:
-            raise ValueError(f"error_rate + timeout_rate + reset_rate must be at most 1, "
-                             f"got {total:g}")
+            raise ValueError(
+                f"error_rate + timeout_rate + reset_rate must be at most 1, got {total:g}"
+            )
         for name in ("latency_ms", "latency_jitter_ms"):
             fix(self, name, _non_negative(name, getattr(self, name)))
         hang = _number("timeout_hang_s", self.timeout_hang_s)
         if not 0 < hang <= 3600:
-            raise ValueError(f"timeout_hang_s must be more than 0 and at most 3600, "
-                             f"got {self.timeout_hang_s!r}")
+            raise ValueError(
+                f"timeout_hang_s must be more than 0 and at most 3600, got {self.timeout_hang_s!r}"
+            )
         fix(self, "timeout_hang_s", hang)
         if self.secret is not None:
             secret_key(self.secret)

@@ -22,8 +22,15 @@ class Fault(enum.Enum):
 class FaultPicker:
     """Draws faults with the configured shares; one draw per request keeps the shares exact."""
 
-    __slots__ = ("_error_upto", "_jitter_s", "_latency_s", "_reset_upto", "_rng",
-                 "_timeout_upto", "active")
+    __slots__ = (
+        "_error_upto",
+        "_jitter_s",
+        "_latency_s",
+        "_reset_upto",
+        "_rng",
+        "_timeout_upto",
+        "active",
+    )
 
     def __init__(self, config: MockConfig, rng: random.Random) -> None:
         self._rng = rng

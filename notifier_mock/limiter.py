@@ -20,8 +20,9 @@ class TokenBucket:
 
     __slots__ = ("_burst", "_clock", "_last", "_rate", "_tokens")
 
-    def __init__(self, rate: float, burst: float | None = None,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, burst: float | None = None, clock: Clock = time.monotonic
+    ) -> None:
         self._clock = clock
         self._rate = 0.0
         self._burst = 1.0

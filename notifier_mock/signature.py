@@ -14,8 +14,9 @@ def _key(secret: str | bytes) -> bytes:
     return secret if isinstance(secret, bytes) else secret_key(secret)
 
 
-def _digest(key: bytes, msg_id: str | bytes, timestamp: int | str | bytes,
-            body: str | bytes) -> bytes:
+def _digest(
+    key: bytes, msg_id: str | bytes, timestamp: int | str | bytes, body: str | bytes
+) -> bytes:
     parts = [
         msg_id if isinstance(msg_id, bytes) else msg_id.encode(),
         timestamp if isinstance(timestamp, bytes) else str(timestamp).encode(),
@@ -33,15 +34,19 @@ def sign(secret: str | bytes, msg_id: str, timestamp: int | str, body: str | byt
     return "v1," + base64.b64encode(digest).decode()
 
 
-def verify(secret: str | bytes, msg_id: str | bytes, timestamp: int | str | bytes,
-           body: str | bytes, signature_header: str | bytes) -> bool:
+def verify(
+    secret: str | bytes,
+    msg_id: str | bytes,
+    timestamp: int | str | bytes,
+    body: str | bytes,
+    signature_header: str | bytes,
+) -> bool:
     """True if any ``v1`` entry of the space-separated ``signature_header`` matches.
 
     Timestamp freshness is not checked: a load test may replay old messages on purpose.
     """
     expected = _digest(_key(secret), msg_id, timestamp, body)
-    header = (signature_header if isinstance(signature_header, bytes)
-              else signature_header.encode())
+    header = signature_header if isinstance(signature_header, bytes) else signature_header.encode()
     for entry in header.split():
         version, sep, encoded = entry.partition(b",")
         if version != b"v1" or not sep:

@@ -10,8 +10,16 @@ from typing import Any
 Clock = Callable[[], float]
 
 COUNTER_NAMES = (
-    "received", "accepted", "duplicates", "throttled", "errors_5xx", "timeouts", "resets",
-    "bad_signature", "bad_request", "client_gone",
+    "received",
+    "accepted",
+    "duplicates",
+    "throttled",
+    "errors_5xx",
+    "timeouts",
+    "resets",
+    "bad_signature",
+    "bad_request",
+    "client_gone",
 )
 
 
@@ -29,10 +37,27 @@ class Counters:
     """
 
     __slots__ = (
-        "_clock", "_second", "_second_count", "_wall_clock", "accepted", "bad_request",
-        "bad_signature", "client_gone", "counting_since", "duplicates", "errors_5xx",
-        "first_received_at", "last_accepted_at", "last_second_count", "per_user", "received",
-        "resets", "seen_ids", "started_at", "throttled", "timeouts",
+        "_clock",
+        "_second",
+        "_second_count",
+        "_wall_clock",
+        "accepted",
+        "bad_request",
+        "bad_signature",
+        "client_gone",
+        "counting_since",
+        "duplicates",
+        "errors_5xx",
+        "first_received_at",
+        "last_accepted_at",
+        "last_second_count",
+        "per_user",
+        "received",
+        "resets",
+        "seen_ids",
+        "started_at",
+        "throttled",
+        "timeouts",
     )
 
     def __init__(self, clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
@@ -102,8 +127,16 @@ class Counters:
     @property
     def in_flight(self) -> int:
         """Received requests with no outcome yet (waiting on latency, a hang, their body)."""
-        done = (self.accepted + self.throttled + self.errors_5xx + self.timeouts + self.resets
-                + self.bad_signature + self.bad_request + self.client_gone)
+        done = (
+            self.accepted
+            + self.throttled
+            + self.errors_5xx
+            + self.timeouts
+            + self.resets
+            + self.bad_signature
+            + self.bad_request
+            + self.client_gone
+        )
         return self.received - done
 
     def snapshot(self, *, per_user: bool = True) -> dict[str, Any]:

@@ -191,26 +191,50 @@ def write_csv(
     return pairs
 
 
-def ledger_file(store: Store, count: int, *, name: str = "t.csv", sha: str | None = None,
-                status: str = "reading", chunk_size: int = 100,
-                extra: dict[str, Any] | None = None,
-                errors: list[tuple[int, str, str]] | None = None) -> tuple[int, list[str]]:
+def ledger_file(
+    store: Store,
+    count: int,
+    *,
+    name: str = "t.csv",
+    sha: str | None = None,
+    status: str = "reading",
+    chunk_size: int = 100,
+    extra: dict[str, Any] | None = None,
+    errors: list[tuple[int, str, str]] | None = None,
+) -> tuple[int, list[str]]:
     """A file row whose ``count`` alerts are in the ledger and fully read (no file on disk)."""
     from hookdrop.alerts import alert_id
 
     sha = sha or f"sha-{name}-{count}"
-    file_id = store.insert_file(name=name, sha=sha, generation=0, size=1, layout={},
-                                chunk_size=chunk_size, path="/nonexistent", claimed_by="t",
-                                identity=None)
+    file_id = store.insert_file(
+        name=name,
+        sha=sha,
+        generation=0,
+        size=1,
+        layout={},
+        chunk_size=chunk_size,
+        path="/nonexistent",
+        claimed_by="t",
+        identity=None,
+    )
     assert file_id is not None
     if status != "claimed":
         with store.transaction() as conn:
             conn.execute("UPDATE files SET status = %s WHERE id = %s", (status, file_id))
-    alerts = [(alert_id(sha, 0, f"u{n}", f"m{n}"), n + 2, f"u{n}", f"m{n}", extra)
-              for n in range(count)]
+    alerts = [
+        (alert_id(sha, 0, f"u{n}", f"m{n}"), n + 2, f"u{n}", f"m{n}", extra) for n in range(count)
+    ]
     errors = errors or []
-    written = store.write_chunk(file_id=file_id, seq=1, alerts=alerts, errors=errors,
-                                rows=count + len(errors), invalid_before=0, alerts_before=0)
-    store.finish_read(file_id, rows=count + len(errors), invalid=len(errors), alerts=count,
-                      error=None)
+    written = store.write_chunk(
+        file_id=file_id,
+        seq=1,
+        alerts=alerts,
+        errors=errors,
+        rows=count + len(errors),
+        invalid_before=0,
+        alerts_before=0,
+    )
+    store.finish_read(
+        file_id, rows=count + len(errors), invalid=len(errors), alerts=count, error=None
+    )
     return file_id, [aid for aid, _ in written.owned]

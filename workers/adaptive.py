@@ -68,8 +68,11 @@ class RateState:
     explored_from: float = 0.0  # the good rate an exploration started from
 
     def to_fields(self) -> dict[str, str]:
-        return {f.name: str(int(v) if isinstance(v, bool) else v)
-                for f in fields(self) for v in [getattr(self, f.name)]}
+        return {
+            f.name: str(int(v) if isinstance(v, bool) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
 
     @classmethod
     def from_fields(cls, raw: dict[str, str]) -> Self:
@@ -77,13 +80,19 @@ class RateState:
         for f in fields(cls):
             if f.name in raw:
                 text = raw[f.name]
-                values[f.name] = (int(text) if f.type == "int" else bool(int(text))
-                                  if f.type == "bool" else float(text))
+                values[f.name] = (
+                    int(text)
+                    if f.type == "int"
+                    else bool(int(text))
+                    if f.type == "bool"
+                    else float(text)
+                )
         return cls(**values)  # type: ignore[arg-type]
 
 
-def tick(state: RateState, *, now: float, granted: float, max_rate: float,
-         tuning: Tuning = Tuning()) -> RateState | None:
+def tick(
+    state: RateState, *, now: float, granted: float, max_rate: float, tuning: Tuning = Tuning()
+) -> RateState | None:
     """The rate after a quiet spell: raised, or None for no change.
 
     ``granted`` is the limiter's running total of tokens handed out, which tells whether the
@@ -96,8 +105,9 @@ def tick(state: RateState, *, now: float, granted: float, max_rate: float,
     started = max(state.since, state.resumed)
     held = now - started
     climbing = state.bad <= 0
-    hold = (tuning.explore_hold if state.exploring else tuning.climb_hold if climbing
-            else tuning.hold)
+    hold = (
+        tuning.explore_hold if state.exploring else tuning.climb_hold if climbing else tuning.hold
+    )
     if held < hold:
         return None
     if granted - state.granted_then < tuning.used * state.rate * held:
@@ -111,9 +121,16 @@ def tick(state: RateState, *, now: float, granted: float, max_rate: float,
     elif state.bad > good * (1 + tuning.gap):
         changed = replace(state, rate=good + (state.bad - good) * tuning.probe_share, good=good)
     elif held >= explore_wait:
-        changed = replace(state, rate=good * (1 + tuning.explore_step), good=good, bad=0.0,
-                          step=tuning.explore_step, exploring=True, explored_from=good,
-                          explore_wait=explore_wait)
+        changed = replace(
+            state,
+            rate=good * (1 + tuning.explore_step),
+            good=good,
+            bad=0.0,
+            step=tuning.explore_step,
+            exploring=True,
+            explored_from=good,
+            explore_wait=explore_wait,
+        )
     elif good != state.good:
         return replace(state, good=good)  # proven, nothing to change yet
     else:
@@ -125,8 +142,16 @@ def tick(state: RateState, *, now: float, granted: float, max_rate: float,
     return replace(changed, since=now, granted_then=granted)
 
 
-def refused(state: RateState, *, now: float, pause: float, sending: float, granted: float,
-            answered: bool = True, tuning: Tuning = Tuning()) -> RateState:
+def refused(
+    state: RateState,
+    *,
+    now: float,
+    pause: float,
+    sending: float,
+    granted: float,
+    answered: bool = True,
+    tuning: Tuning = Tuning(),
+) -> RateState:
     """The rate after a 429 of the current epoch (the caller checks the epoch).
 
     ``sending`` is the measured sending rate since the rate was set (or sending resumed), used
@@ -165,6 +190,16 @@ def refused(state: RateState, *, now: float, pause: float, sending: float, grant
         # Refused soon: far above the limit (it dropped) or nothing proven yet.
         new, good = rate * cut, 0.0
         explore_wait = tuning.explore_after
-    return replace(state, rate=max(tuning.min_rate, new), good=good, bad=bad, step=step,
-                   since=now, granted_then=granted, resumed=now + hold,
-                   epoch=state.epoch + 1, explore_wait=explore_wait, exploring=False)
+    return replace(
+        state,
+        rate=max(tuning.min_rate, new),
+        good=good,
+        bad=bad,
+        step=step,
+        since=now,
+        granted_then=granted,
+        resumed=now + hold,
+        epoch=state.epoch + 1,
+        explore_wait=explore_wait,
+        exploring=False,
+    )

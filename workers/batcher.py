@@ -164,8 +164,11 @@ class Batcher:
             bound.info("batch.already_reading")
             return {"file_id": file_id, "skipped": "another batcher is reading this file"}
         try:
-            file = retrying(lambda: self.store.get_file(file_id), what="load file",
-                            stop=self.ctx.stopping.is_set)
+            file = retrying(
+                lambda: self.store.get_file(file_id),
+                what="load file",
+                stop=self.ctx.stopping.is_set,
+            )
             if file is None or file.status not in (FileStatus.CLAIMED, FileStatus.READING):
                 bound.info("batch.nothing_to_read", status=file and file.status)
                 return {"file_id": file_id, "skipped": "not waiting to be read"}
@@ -184,17 +187,24 @@ class Batcher:
             # goes out), rather than fail the job and be re-queued into the same fault forever.
             bound.error("batch.failed", error=repr(exc), exc_info=True)
             error = f"internal error while reading this file: {exc!r}"[:500]
-            retrying(lambda: self.store.finish_read(file_id, rows=0, invalid=0, alerts=0,
-                                                    error=error), what="finish file")
+            retrying(
+                lambda: self.store.finish_read(file_id, rows=0, invalid=0, alerts=0, error=error),
+                what="finish file",
+            )
             return {"file_id": file_id, "error": error}
         finally:
             self._release(file_id)
 
     def _read(self, file: FileRow, bound: Any) -> dict[str, Any]:
         file_id = file.id
-        saved = cast(dict[bytes, bytes], retrying(
-            lambda: self.redis.hgetall(self.keys.checkpoint(file_id)),
-            what="load checkpoint", stop=self.ctx.stopping.is_set))
+        saved = cast(
+            dict[bytes, bytes],
+            retrying(
+                lambda: self.redis.hgetall(self.keys.checkpoint(file_id)),
+                what="load checkpoint",
+                stop=self.ctx.stopping.is_set,
+            ),
+        )
         ckpt = Checkpoint.load(saved)
         layout = layout_from_json(file.layout or {})
         path = Path(file.processing_path or "")
@@ -204,12 +214,10 @@ class Batcher:
         try:
             fd = _open_claimed(path, file)
             try:
-                for records in self._chunks(fd, layout, ckpt.position(), file.chunk_size,
-                                            file_id):
+                for records in self._chunks(fd, layout, ckpt.position(), file.chunk_size, file_id):
                     if self.ctx.stopping.is_set():
                         bound.info("batch.interrupted", records=ckpt.records)
-                        return {"file_id": file_id, "interrupted": True,
-                                "records": ckpt.records}
+                        return {"file_id": file_id, "interrupted": True, "records": ckpt.records}
                     self._wait_for_room(file_id)
                     # Rows read after a write to the file are never committed.
                     _check_unchanged(fd, file)
@@ -225,15 +233,27 @@ class Batcher:
         except OSError as exc:
             error = f"the file cannot be read: {exc.strerror or exc}"
             bound.error("batch.read_failed", path=str(path), error=error)
-        retrying(lambda: self.store.finish_read(file_id, rows=ckpt.records,
-                                                invalid=ckpt.invalid, alerts=ckpt.alerts,
-                                                error=error),
-                 what="finish file")
+        retrying(
+            lambda: self.store.finish_read(
+                file_id, rows=ckpt.records, invalid=ckpt.invalid, alerts=ckpt.alerts, error=error
+            ),
+            what="finish file",
+        )
         elapsed = time.monotonic() - started
-        bound.info("batch.read_complete", records=ckpt.records, alerts=ckpt.alerts,
-                   invalid=ckpt.invalid, seconds=round(elapsed, 3))
-        return {"file_id": file_id, "records": ckpt.records, "alerts": ckpt.alerts,
-                "invalid": ckpt.invalid, "error": error}
+        bound.info(
+            "batch.read_complete",
+            records=ckpt.records,
+            alerts=ckpt.alerts,
+            invalid=ckpt.invalid,
+            seconds=round(elapsed, 3),
+        )
+        return {
+            "file_id": file_id,
+            "records": ckpt.records,
+            "alerts": ckpt.alerts,
+            "invalid": ckpt.invalid,
+            "error": error,
+        }
 
     def _chunks(
         self, fd: int, layout: Layout, start: Position | None, size: int, file_id: int
@@ -249,11 +269,15 @@ class Batcher:
             self._renew(file_id)
 
         try:
-            for item, position in read_rows(fd, layout, start, gap_bytes=GAP_BYTES,
-                                            on_progress=progress):
+            for item, position in read_rows(
+                fd, layout, start, gap_bytes=GAP_BYTES, on_progress=progress
+            ):
                 batch.append((item, position))
-                if (isinstance(item, Gap) or len(batch) >= size
-                        or position.offset - chunk_start >= CHUNK_BYTES):
+                if (
+                    isinstance(item, Gap)
+                    or len(batch) >= size
+                    or position.offset - chunk_start >= CHUNK_BYTES
+                ):
                     yield batch
                     batch = []
                     chunk_start = position.offset
@@ -311,17 +335,26 @@ class Batcher:
         seq = ckpt.seq + 1
         written = retrying(
             lambda: self.store.write_chunk(
-                file_id=file_id, seq=seq, alerts=list(alerts.values()), errors=errors,
-                rows=ckpt.records + records, invalid_before=ckpt.invalid,
+                file_id=file_id,
+                seq=seq,
+                alerts=list(alerts.values()),
+                errors=errors,
+                rows=ckpt.records + records,
+                invalid_before=ckpt.invalid,
                 alerts_before=ckpt.alerts,
             ),
             what="write chunk",
         )
         if written.refused:
             log.warning("batch.rows_refused", file_id=file_id, rows=written.refused)
-        new = Checkpoint(offset=last.offset, line=last.line, records=last.records, seq=seq,
-                         alerts=ckpt.alerts + len(written.owned),
-                         invalid=ckpt.invalid + len(errors) + written.refused)
+        new = Checkpoint(
+            offset=last.offset,
+            line=last.line,
+            records=last.records,
+            seq=seq,
+            alerts=ckpt.alerts + len(written.owned),
+            invalid=ckpt.invalid + len(errors) + written.refused,
+        )
         if written.file_status == FileStatus.CANCELLED:
             raise FileCancelled(file_id)
         to_send = [aid for aid, state in written.owned if state not in TERMINAL]
@@ -344,8 +377,9 @@ class Batcher:
                             notifier_jobs(self.keys, file_id, ids, self.settings.chunk_size),
                             pipeline=pipe,
                         )
-                    pipe.hset(self.keys.checkpoint(file_id),
-                              mapping=cast(dict[Any, Any], new.mapping()))
+                    pipe.hset(
+                        self.keys.checkpoint(file_id), mapping=cast(dict[Any, Any], new.mapping())
+                    )
                     pipe.pexpire(lock_key, self.lock_ttl_ms)
                     pipe.execute()
             except redis.WatchError:
@@ -366,8 +400,10 @@ def _check_unchanged(fd: int, file: FileRow) -> None:
         # name left nobody can open it to write; the content is what was claimed.
         found = FileIdentity(found.key, found.size, found.mtime_ns, expected.ctime_ns)
     if found != expected:
-        raise UnreadableFile(f"the file in processing/ changed while it was being read "
-                             f"({describe_change(expected, found)}); it was not read further")
+        raise UnreadableFile(
+            f"the file in processing/ changed while it was being read "
+            f"({describe_change(expected, found)}); it was not read further"
+        )
 
 
 def _open_claimed(path: Path, file: FileRow) -> int:
@@ -375,11 +411,13 @@ def _open_claimed(path: Path, file: FileRow) -> int:
     try:
         fd, st = open_regular(path, file.identity)
     except (ChangedFile, NotRegularFile) as exc:
-        raise UnreadableFile(f"the file in processing/ changed after it was claimed ({exc}); "
-                             "it was not read further") from None
+        raise UnreadableFile(
+            f"the file in processing/ changed after it was claimed ({exc}); it was not read further"
+        ) from None
     if st.st_size != file.size_bytes:  # files claimed before identities were recorded
         os.close(fd)
         raise UnreadableFile(
             f"the file in processing/ changed after it was claimed ({st.st_size} bytes, "
-            f"claimed with {file.size_bytes}); it was not read further")
+            f"claimed with {file.size_bytes}); it was not read further"
+        )
     return fd

@@ -40,8 +40,12 @@ def classify_response(response: httpx.Response) -> Verdict:
     if 200 <= code < 300:
         return Verdict("delivered", code)
     if code == 429:
-        return Verdict("throttled", code, "429 Too Many Requests",
-                       parse_retry_after(response.headers.get("retry-after")))
+        return Verdict(
+            "throttled",
+            code,
+            "429 Too Many Requests",
+            parse_retry_after(response.headers.get("retry-after")),
+        )
     excerpt = _excerpt(response)
     if code >= 500 or code == 408:
         return Verdict("retry", code, f"HTTP {code}: {excerpt}" if excerpt else f"HTTP {code}")

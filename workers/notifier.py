@@ -87,8 +87,9 @@ class Delivery:
         self.loop = uvloop.new_event_loop()
         secret = self.settings.signing_secret
         self.key = secret_key(secret) if secret else None
-        self.limiter = GlobalLimiter(ctx.redis, self.settings.keys,
-                                     max_rate=self.settings.rate_limit)
+        self.limiter = GlobalLimiter(
+            ctx.redis, self.settings.keys, max_rate=self.settings.rate_limit
+        )
         self.client: httpx.AsyncClient | None = None
         # One thread writes to PostgreSQL, so the event loop never waits on it.
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="hookdrop-results")
@@ -107,7 +108,8 @@ class Delivery:
     def run_chunk(self, file_id: int, ids: list[str]) -> dict[str, Any]:
         claimed = retrying(
             lambda: self.store.claim_alerts(ids, self.owner, self.settings.lease_seconds),
-            what="claim alerts", stop=self.ctx.stopping.is_set,
+            what="claim alerts",
+            stop=self.ctx.stopping.is_set,
         )
         if not claimed:
             return {"file_id": file_id, "claimed": 0}
@@ -115,14 +117,18 @@ class Delivery:
 
     def get_client(self) -> httpx.AsyncClient:
         if self.client is None:
-            self.client = make_client(timeout=self.settings.request_timeout,
-                                      concurrency=self.settings.concurrency)
+            self.client = make_client(
+                timeout=self.settings.request_timeout, concurrency=self.settings.concurrency
+            )
         return self.client
 
     def headers(self, alert_id: str, body: bytes) -> dict[str, str]:
         stamp = int(time.time())
-        headers = {"content-type": "application/json", "webhook-id": alert_id,
-                   "webhook-timestamp": str(stamp)}
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": alert_id,
+            "webhook-timestamp": str(stamp),
+        }
         if self.key is not None:
             headers["webhook-signature"] = sign(self.key, alert_id, stamp, body)
         return headers
@@ -153,8 +159,13 @@ class _Chunk:
                 self.alerts.append(_Alert(row.id, row.file_id, body_of(row), row.attempts))
             except (TypeError, ValueError, RecursionError) as exc:
                 # One alert that cannot be encoded never holds up its chunk.
-                unsendable.append(Result(row.id, AlertStatus.REJECTED,
-                                         error=f"cannot build the webhook body: {exc}"[:200]))
+                unsendable.append(
+                    Result(
+                        row.id,
+                        AlertStatus.REJECTED,
+                        error=f"cannot build the webhook body: {exc}"[:200],
+                    )
+                )
         self.open: dict[str, _Alert] = {a.id: a for a in self.alerts}
         # Alerts refused with a 429, by when they may be sent again (ties in arrival order).
         self.waiting: list[tuple[float, int, _Alert]] = []
@@ -167,8 +178,14 @@ class _Chunk:
         self.db_ok.set()
         self.unreported: list[Result] = []  # written, not yet in the Redis counters
         self.unsendable = unsendable
-        self.counts = {"delivered": 0, "rejected": 0, "dlq": 0, "dead": 0, "throttled": 0,
-                       "retried": 0}
+        self.counts = {
+            "delivered": 0,
+            "rejected": 0,
+            "dlq": 0,
+            "dead": 0,
+            "throttled": 0,
+            "retried": 0,
+        }
         self.paused = False
         self.lost = False  # our lease was taken over (after an outage): stop sending
         self.finished = False
@@ -177,8 +194,10 @@ class _Chunk:
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
         client = self.engine.get_client()
-        senders = [asyncio.create_task(self._sender(client))
-                   for _ in range(min(self.settings.concurrency, len(self.alerts)))]
+        senders = [
+            asyncio.create_task(self._sender(client))
+            for _ in range(min(self.settings.concurrency, len(self.alerts)))
+        ]
         writer = asyncio.create_task(self._writer())
         keeper = asyncio.create_task(self._keeper())
         for result in self.unsendable:
@@ -196,13 +215,20 @@ class _Chunk:
         self._report()
         leftover = [a.id for a in self.open.values() if not a.done]
         if leftover:  # stop or pause: hand them back to the lease sweep right away
-            retrying(lambda: self.engine.store.release_alerts(leftover, self.engine.owner),
-                     what="release alerts")
+            retrying(
+                lambda: self.engine.store.release_alerts(leftover, self.engine.owner),
+                what="release alerts",
+            )
             reason = "paused" if self.paused else "lease lost" if self.lost else "stopping"
             log.info("chunk.released", file_id=self.file_id, alerts=len(leftover), reason=reason)
         elapsed = time.monotonic() - started
-        log.info("chunk.done", file_id=self.file_id, alerts=len(self.open),
-                 seconds=round(elapsed, 3), **self.counts)
+        log.info(
+            "chunk.done",
+            file_id=self.file_id,
+            alerts=len(self.open),
+            seconds=round(elapsed, 3),
+            **self.counts,
+        )
         return {"file_id": self.file_id, "claimed": len(self.open), **self.counts}
 
     # -- sending ----------------------------------------------------------------------------
@@ -235,9 +261,13 @@ class _Chunk:
                 continue
             started = time.perf_counter()
             try:
-                request = httpx.Request("POST", self.engine.url, content=alert.body,
-                                        headers=self.engine.headers(alert.id, alert.body),
-                                        extensions={"timeout": self.engine.timeout})
+                request = httpx.Request(
+                    "POST",
+                    self.engine.url,
+                    content=alert.body,
+                    headers=self.engine.headers(alert.id, alert.body),
+                    extensions={"timeout": self.engine.timeout},
+                )
                 response = await client.send(request)
                 verdict = classify_response(response)
             except httpx.HTTPError as exc:
@@ -246,15 +276,25 @@ class _Chunk:
             if verdict.kind != "throttled" and verdict.code is not None:
                 limiter.answered(epoch)  # a real answer: 429s in this epoch measure our rate
             if verdict.kind == "delivered":
-                await self._finish(alert, Result(alert.id, AlertStatus.DELIVERED,
-                                                 code=verdict.code, latency_ms=latency))
+                await self._finish(
+                    alert,
+                    Result(alert.id, AlertStatus.DELIVERED, code=verdict.code, latency_ms=latency),
+                )
                 return
             if verdict.kind == "rejected":
-                log.warning("alert.rejected", alert_id=alert.id, code=verdict.code,
-                            error=verdict.error)
-                await self._finish(alert, Result(alert.id, AlertStatus.REJECTED,
-                                                 code=verdict.code, error=verdict.error,
-                                                 latency_ms=latency))
+                log.warning(
+                    "alert.rejected", alert_id=alert.id, code=verdict.code, error=verdict.error
+                )
+                await self._finish(
+                    alert,
+                    Result(
+                        alert.id,
+                        AlertStatus.REJECTED,
+                        code=verdict.code,
+                        error=verdict.error,
+                        latency_ms=latency,
+                    ),
+                )
                 return
             if verdict.kind == "throttled":
                 # Set aside until its Retry-After; the sender goes on with other alerts at
@@ -275,26 +315,47 @@ class _Chunk:
         heapq.heappush(self.waiting, (alert.not_before, self._order, alert))
         rate = self.engine.limiter.throttled(pause, epoch)
         self.counts["throttled"] += 1
-        self._note(Result(alert.id, AlertStatus.THROTTLED, throttled=1, code=429,
-                          error=verdict.error, latency_ms=latency))
-        log.info("alert.throttled", alert_id=alert.id, pause=round(pause, 3),
-                 rate=rate and round(rate, 1))
+        self._note(
+            Result(
+                alert.id,
+                AlertStatus.THROTTLED,
+                throttled=1,
+                code=429,
+                error=verdict.error,
+                latency_ms=latency,
+            )
+        )
+        log.info(
+            "alert.throttled",
+            alert_id=alert.id,
+            pause=round(pause, 3),
+            rate=rate and round(rate, 1),
+        )
 
     async def _failed(self, alert: _Alert, verdict: Verdict, latency: float) -> bool:
         """Count a failed try; True when the alert leaves this job (DLQ or dead)."""
         alert.tries += 1
         total = alert.attempts + alert.tries
+
         def result(status: AlertStatus, next_at: datetime | None = None) -> Result:
-            return Result(alert.id, status, failed=1, code=verdict.code, error=verdict.error,
-                          latency_ms=latency, next_at=next_at)
+            return Result(
+                alert.id,
+                status,
+                failed=1,
+                code=verdict.code,
+                error=verdict.error,
+                latency_ms=latency,
+                next_at=next_at,
+            )
 
         if total >= self.settings.attempt_budget:
             await self._finish(alert, result(AlertStatus.DEAD))
             log.error("alert.dead", alert_id=alert.id, attempts=total, error=verdict.error)
             return True
         if alert.tries >= self.settings.max_tries:
-            delay = compute_backoff(total, base=self.settings.dlq_interval / 4,
-                                    cap=self.settings.dlq_interval * 20)
+            delay = compute_backoff(
+                total, base=self.settings.dlq_interval / 4, cap=self.settings.dlq_interval * 20
+            )
             next_at = datetime.now(UTC) + timedelta(seconds=delay)
             await self._finish(alert, result(AlertStatus.DLQ, next_at))
             log.warning("alert.dlq", alert_id=alert.id, attempts=total, error=verdict.error)
@@ -315,9 +376,13 @@ class _Chunk:
         earlier = self.pending.get(result.alert_id)
         if earlier is not None:
             result = Result(
-                result.alert_id, result.status, failed=earlier.failed + result.failed,
-                throttled=earlier.throttled + result.throttled, code=result.code,
-                error=result.error or earlier.error, latency_ms=result.latency_ms,
+                result.alert_id,
+                result.status,
+                failed=earlier.failed + result.failed,
+                throttled=earlier.throttled + result.throttled,
+                code=result.code,
+                error=result.error or earlier.error,
+                latency_ms=result.latency_ms,
                 next_at=result.next_at,
             )
         self.pending[result.alert_id] = result
@@ -344,15 +409,19 @@ class _Chunk:
             assert written_future is not None
 
             async def record(batch: list[Result] = batch) -> int:
-                return await loop.run_in_executor(self.engine.writer, store.record_results,
-                                                  batch, owner)
+                return await loop.run_in_executor(
+                    self.engine.writer, store.record_results, batch, owner
+                )
 
             try:
                 # While it fails, stop sending: an outcome we cannot record could be sent
                 # twice later.
-                written = await retrying_async(record, what="record results",
-                                               retry_on=(StoreUnavailable,),
-                                               on_failure=self.db_ok.clear)
+                written = await retrying_async(
+                    record,
+                    what="record results",
+                    retry_on=(StoreUnavailable,),
+                    on_failure=self.db_ok.clear,
+                )
             except BaseException as exc:
                 written_future.set_exception(exc)
                 raise
@@ -360,8 +429,9 @@ class _Chunk:
                 # Our lease ran out (a long PostgreSQL outage) and the sweep handed these
                 # alerts to another job: sending the rest too would send them twice.
                 self.lost = True
-                log.warning("chunk.lease_lost", file_id=self.file_id,
-                            unwritten=len(batch) - written)
+                log.warning(
+                    "chunk.lease_lost", file_id=self.file_id, unwritten=len(batch) - written
+                )
             self.db_ok.set()
             self.unreported.extend(batch)
             written_future.set_result(None)
@@ -378,8 +448,12 @@ class _Chunk:
                 holding = [a.id for a in self.open.values() if not a.done]
                 try:
                     await loop.run_in_executor(
-                        self.engine.writer, self.engine.store.renew_leases, holding,
-                        self.engine.owner, self.settings.lease_seconds)
+                        self.engine.writer,
+                        self.engine.store.renew_leases,
+                        holding,
+                        self.engine.owner,
+                        self.settings.lease_seconds,
+                    )
                     last_renew = time.monotonic()
                 except StoreUnavailable as exc:
                     log.warning("db.unavailable", action="renew lease", error=str(exc))
@@ -398,9 +472,14 @@ class _Chunk:
         throttled = sum(r.throttled for r in batch)
         try:
             self.engine.limiter.report(ok, throttled)
-            observe_latencies(self.engine.ctx.redis, self.settings.keys,
-                              [r.latency_ms for r in batch
-                               if r.status == AlertStatus.DELIVERED
-                               and r.latency_ms is not None])
+            observe_latencies(
+                self.engine.ctx.redis,
+                self.settings.keys,
+                [
+                    r.latency_ms
+                    for r in batch
+                    if r.status == AlertStatus.DELIVERED and r.latency_ms is not None
+                ],
+            )
         except QueueUnavailable as exc:
             log.warning("redis.unavailable", action="report outcomes", error=str(exc))

@@ -216,11 +216,15 @@ class GlobalLimiter:
         return self._smoother
 
     def snapshot(self) -> _Snapshot:
-        now_ms, granted, first, flat = self._read(
-            keys=[self.keys.ratecontrol, self.keys.ratelimit])
+        now_ms, granted, first, flat = self._read(keys=[self.keys.ratecontrol, self.keys.ratelimit])
         raw = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
-        return _Snapshot(float(now_ms) / 1000, float(granted), float(first),
-                         adaptive.RateState.from_fields(raw), int(raw.get("version", 0)))
+        return _Snapshot(
+            float(now_ms) / 1000,
+            float(granted),
+            float(first),
+            adaptive.RateState.from_fields(raw),
+            int(raw.get("version", 0)),
+        )
 
     def _save(self, snap: _Snapshot, state: adaptive.RateState) -> bool:
         args: list[str | int] = [snap.version]
@@ -231,8 +235,13 @@ class GlobalLimiter:
     def adjust(self) -> adaptive.RateState:
         """Let the controller raise the rate after a quiet spell (at most one process wins)."""
         snap = self.snapshot()
-        new = adaptive.tick(snap.state, now=snap.now, granted=snap.granted,
-                            max_rate=self.max_rate, tuning=self.tuning)
+        new = adaptive.tick(
+            snap.state,
+            now=snap.now,
+            granted=snap.granted,
+            max_rate=self.max_rate,
+            tuning=self.tuning,
+        )
         if new is None or not self._save(snap, new):
             return snap.state
         return new
@@ -257,9 +266,15 @@ class GlobalLimiter:
             snap = self.snapshot()
             if epoch is not None and epoch != snap.state.epoch:
                 break  # in flight when another 429 already moved the rate
-            new = adaptive.refused(snap.state, now=snap.now, pause=pause_seconds,
-                                   sending=snap.sending, granted=snap.granted,
-                                   answered=answered, tuning=self.tuning)
+            new = adaptive.refused(
+                snap.state,
+                now=snap.now,
+                pause=pause_seconds,
+                sending=snap.sending,
+                granted=snap.granted,
+                answered=answered,
+                tuning=self.tuning,
+            )
             if self.max_rate > 0:
                 new = dataclasses.replace(new, rate=min(new.rate, self.max_rate))
             if self._save(snap, new):
@@ -280,4 +295,3 @@ class GlobalLimiter:
         """Seconds left on the back-pressure flag (0 when none)."""
         pttl = int(self.redis.pttl(self.keys.backpressure))
         return max(0, pttl) / 1000
-

@@ -105,8 +105,12 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
     stop = threading.Event()
     threading.Thread(target=_watchdog_pings, args=(stop,), daemon=True).start()
     # With this thread's log context (the process name), copied into the new thread.
-    threading.Thread(target=contextvars.copy_context().run, args=(_announce_stop, ctx, kind),
-                     daemon=True, name="hookdrop-stop").start()
+    threading.Thread(
+        target=contextvars.copy_context().run,
+        args=(_announce_stop, ctx, kind),
+        daemon=True,
+        name="hookdrop-stop",
+    ).start()
     sdnotify.notify("READY=1", f"STATUS=hookdrop {kind} worker {worker.name}")
     log.info("worker.started", kind=kind, worker=worker.name)
     try:

@@ -27,12 +27,18 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
 Offset = Annotated[int, Query(ge=0, le=2**31, description="Items to skip")]
 
 # Declared on every state change so /docs sends it (pre-filled) from a browser.
-REQUEST_HEADER_PARAM: dict[str, Any] = {"parameters": [{
-    "name": REQUEST_HEADER, "in": "header", "required": False,
-    "schema": {"type": "string", "default": "1"},
-    "description": "Any value. Needed without Authorization when the body is a form, "
-                   "text/plain or absent (see Cross-site protection in docs/api.md).",
-}]}
+REQUEST_HEADER_PARAM: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": REQUEST_HEADER,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "default": "1"},
+            "description": "Any value. Needed without Authorization when the body is a form, "
+            "text/plain or absent (see Cross-site protection in docs/api.md).",
+        }
+    ]
+}
 
 
 class StorePool:

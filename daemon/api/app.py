@@ -22,8 +22,12 @@ from hookdrop.settings import Settings
 from hookdrop.store import Store
 
 _ERRORS: tuple[tuple[type[Exception], int], ...] = (
-    (UnknownFile, 404), (Conflict, 409), (BadRequest, 400), (TooLarge, 413),
-    (StoreUnavailable, 503), (QueueUnavailable, 503),
+    (UnknownFile, 404),
+    (Conflict, 409),
+    (BadRequest, 400),
+    (TooLarge, 413),
+    (StoreUnavailable, 503),
+    (QueueUnavailable, 503),
 )
 
 
@@ -41,8 +45,13 @@ def _error(status: int) -> Callable[[Request, Exception], Response]:
     return handler
 
 
-def create_app(settings: Settings, store_factory: Callable[[], Store], redis: Redis,
-               *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
+def create_app(
+    settings: Settings,
+    store_factory: Callable[[], Store],
+    redis: Redis,
+    *,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> FastAPI:
     """The API on one Redis client (thread-safe) and Stores made by ``store_factory``."""
     hub = Hub(settings, StorePool(store_factory), redis, max_upload_bytes)
 
@@ -52,16 +61,22 @@ def create_app(settings: Settings, store_factory: Callable[[], Store], redis: Re
         hub.pool.close()
 
     app = FastAPIOffline(
-        title="hookdrop", version=_version(), lifespan=lifespan, redoc_url=None,
+        title="hookdrop",
+        version=_version(),
+        lifespan=lifespan,
+        redoc_url=None,
         static_url="/docs-static",
         description="Files dropped into an inbox become webhook calls, one per row. "
-                    "Auth: `Authorization: Bearer <HOOKDROP_API_TOKEN>` when a token is set.",
+        "Auth: `Authorization: Bearer <HOOKDROP_API_TOKEN>` when a token is set.",
     )
     app.state.hub = hub
     app.add_middleware(TokenAuth, token=settings.api_token)
     # Added last, so it runs first: a foreign page is refused whatever its credentials.
-    app.add_middleware(CrossSiteGuard, open_paths=OPEN_PATHS,
-                       hosts=HostPolicy.build(settings.api_listen[0], settings.api_allowed_hosts))
+    app.add_middleware(
+        CrossSiteGuard,
+        open_paths=OPEN_PATHS,
+        hosts=HostPolicy.build(settings.api_listen[0], settings.api_allowed_hosts),
+    )
     app.mount("/static", StaticFiles(directory=system.STATIC_DIR), name="static")
     for kind, status in _ERRORS:
         app.add_exception_handler(kind, _error(status))

@@ -23,8 +23,10 @@ OPEN_PATHS = frozenset({"/healthz"})
 
 
 READING_METHODS = frozenset({"GET", "HEAD"})
-READ_ONLY_ERROR = ("the status page's cookie only reads; to change anything send "
-                   "Authorization: Bearer <HOOKDROP_API_TOKEN>")
+READ_ONLY_ERROR = (
+    "the status page's cookie only reads; to change anything send "
+    "Authorization: Bearer <HOOKDROP_API_TOKEN>"
+)
 
 
 def session_value(token: str) -> str:
@@ -49,8 +51,11 @@ class TokenAuth:
         return _same(supplied, self.token or "")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (self.token is None or scope["type"] not in ("http", "websocket")
-                or scope["path"] in OPEN_PATHS):
+        if (
+            self.token is None
+            or scope["type"] not in ("http", "websocket")
+            or scope["path"] in OPEN_PATHS
+        ):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -63,23 +68,28 @@ class TokenAuth:
                 await self.app(scope, receive, send)
                 return
             log.info("api.unauthorized", path=scope["path"], reason="cookie reads only")
-            await JSONResponse({"error": READ_ONLY_ERROR}, status_code=401,
-                               headers={"www-authenticate": "Bearer"})(scope, receive, send)
+            await JSONResponse(
+                {"error": READ_ONLY_ERROR}, status_code=401, headers={"www-authenticate": "Bearer"}
+            )(scope, receive, send)
             return
         query_token = _query_token(scope)
         if scope["type"] == "http" and scope["path"] == "/" and self._ok(query_token):
             # Keep the token out of the address bar and history: cookie, then back to /.
             response: Response = Response(status_code=303, headers={"location": "/"})
-            response.set_cookie(TOKEN_COOKIE, self.session, httponly=True,
-                                samesite="strict", path="/")
+            response.set_cookie(
+                TOKEN_COOKIE, self.session, httponly=True, samesite="strict", path="/"
+            )
             await response(scope, receive, send)
             return
         log.info("api.unauthorized", path=scope["path"])
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        response = JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
-                                headers={"www-authenticate": "Bearer"})
+        response = JSONResponse(
+            {"error": "missing or wrong bearer token"},
+            status_code=401,
+            headers={"www-authenticate": "Bearer"},
+        )
         await response(scope, receive, send)
 
 

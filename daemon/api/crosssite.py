@@ -128,8 +128,10 @@ class CrossSiteGuard:
 
 
 # No page may show the API in a frame: a framed /docs could be clicked through by a page.
-_FRAMING_HEADERS = ((b"x-frame-options", b"DENY"),
-                    (b"content-security-policy", b"frame-ancestors 'none'"))
+_FRAMING_HEADERS = (
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+)
 
 
 def _no_framing(send: Send) -> Send:

@@ -21,33 +21,53 @@ def file_status(control: ControlDep, file_id: FileId) -> Any:
     return control.file_status(file_id)
 
 
-@router.get("/files/{file_id}/result", tags=["files"],
-            summary="Bad rows and failed alerts with reasons (paginated)")
-def file_result(control: ControlDep, file_id: FileId, limit: Limit = 100,
-                offset: Offset = 0) -> Any:
+@router.get(
+    "/files/{file_id}/result",
+    tags=["files"],
+    summary="Bad rows and failed alerts with reasons (paginated)",
+)
+def file_result(
+    control: ControlDep, file_id: FileId, limit: Limit = 100, offset: Offset = 0
+) -> Any:
     return control.file_result(file_id, limit, offset)
 
 
-@router.post("/files/{file_id}/pause", tags=["actions"], openapi_extra=REQUEST_HEADER_PARAM,
-             summary="Stop sending this file")
+@router.post(
+    "/files/{file_id}/pause",
+    tags=["actions"],
+    openapi_extra=REQUEST_HEADER_PARAM,
+    summary="Stop sending this file",
+)
 def pause(control: ControlDep, file_id: FileId) -> Any:
     return control.pause(file_id)
 
 
-@router.post("/files/{file_id}/resume", tags=["actions"], openapi_extra=REQUEST_HEADER_PARAM,
-             summary="Send this file again")
+@router.post(
+    "/files/{file_id}/resume",
+    tags=["actions"],
+    openapi_extra=REQUEST_HEADER_PARAM,
+    summary="Send this file again",
+)
 def resume(control: ControlDep, file_id: FileId) -> Any:
     return control.resume(file_id)
 
 
-@router.post("/files/{file_id}/cancel", tags=["actions"], openapi_extra=REQUEST_HEADER_PARAM,
-             summary="Cancel every alert of this file not yet sent")
+@router.post(
+    "/files/{file_id}/cancel",
+    tags=["actions"],
+    openapi_extra=REQUEST_HEADER_PARAM,
+    summary="Cancel every alert of this file not yet sent",
+)
 def cancel(control: ControlDep, file_id: FileId) -> Any:
     return control.cancel(file_id)
 
 
-@router.post("/files/{file_id}/resend", tags=["actions"], status_code=201,
-             openapi_extra=REQUEST_HEADER_PARAM,
-             summary="Send a finished file again, as a new generation (new alert ids)")
+@router.post(
+    "/files/{file_id}/resend",
+    tags=["actions"],
+    status_code=201,
+    openapi_extra=REQUEST_HEADER_PARAM,
+    summary="Send a finished file again, as a new generation (new alert ids)",
+)
 def resend(control: ControlDep, file_id: FileId) -> Any:
     return control.resend(file_id)

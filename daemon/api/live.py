@@ -26,13 +26,19 @@ router = APIRouter()
 
 def _status_key(status: dict[str, Any]) -> str:
     """What counts as a change worth sending (the rate and ETA move all the time)."""
-    return json.dumps({k: v for k, v in status.items() if k not in ("rate", "eta_seconds")},
-                      sort_keys=True, default=str)
+    return json.dumps(
+        {k: v for k, v in status.items() if k not in ("rate", "eta_seconds")},
+        sort_keys=True,
+        default=str,
+    )
 
 
-@router.get("/files/{file_id}/events", tags=["files"],
-            summary="Server-sent events: the file's status on change, until it is finished",
-            responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/files/{file_id}/events",
+    tags=["files"],
+    summary="Server-sent events: the file's status on change, until it is finished",
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 async def file_events(request: Request, file_id: FileId) -> StreamingResponse:
     hub = hub_of(request)
     first = await run_in_threadpool(hub.call, lambda c: c.file_status(file_id))
@@ -54,8 +60,11 @@ async def file_events(request: Request, file_id: FileId) -> StreamingResponse:
             quiet += STREAM_INTERVAL
             status = await run_in_threadpool(hub.call, lambda c: c.file_status(file_id))
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
 
 
 @router.websocket("/ws")
@@ -75,27 +84,29 @@ async def ws(websocket: WebSocket) -> None:
             try:
                 message = json.loads(await websocket.receive_text())
             except json.JSONDecodeError:
-                await send({"error": "send JSON, e.g. {\"subscribe\": 12}"})
+                await send({"error": 'send JSON, e.g. {"subscribe": 12}'})
                 continue
-            target = message.get("subscribe", message.get("fileId")) \
-                if isinstance(message, dict) else None
+            target = (
+                message.get("subscribe", message.get("fileId"))
+                if isinstance(message, dict)
+                else None
+            )
             drop = message.get("unsubscribe") if isinstance(message, dict) else None
             if isinstance(drop, int) and not isinstance(drop, bool):
                 subscribed.pop(drop, None)
-            elif isinstance(target, int) and not isinstance(target, bool) \
-                    and 1 <= target <= MAX_ID:
+            elif isinstance(target, int) and not isinstance(target, bool) and 1 <= target <= MAX_ID:
                 subscribed[target] = None
                 wake[0].set()
             else:
-                await send({"error": "expected {\"subscribe\": <file id>} or "
-                                     "{\"fileId\": <file id>}"})
+                await send({"error": 'expected {"subscribe": <file id>} or {"fileId": <file id>}'})
 
     async def writer() -> None:
         while True:
             for file_id in list(subscribed):
                 try:
                     status = await run_in_threadpool(
-                        hub.call, lambda c, f=file_id: c.file_status(f))
+                        hub.call, lambda c, f=file_id: c.file_status(f)
+                    )
                 except UnknownFile as exc:
                     subscribed.pop(file_id, None)
                     await send({"error": str(exc), "fileId": file_id})
@@ -110,6 +121,7 @@ async def ws(websocket: WebSocket) -> None:
 
     try:
         async with anyio.create_task_group() as group:
+
             async def read_then_stop() -> None:
                 try:
                     await reader()

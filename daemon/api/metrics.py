@@ -31,50 +31,77 @@ class Collector:
         control = self.control
         totals = control.outcome_totals()
         view = control.overview()
-        alerts = CounterMetricFamily("hookdrop_alerts", "Alerts that reached an end state.",
-                                     labels=["status"])
+        alerts = CounterMetricFamily(
+            "hookdrop_alerts", "Alerts that reached an end state.", labels=["status"]
+        )
         for status in ("delivered", "rejected", "dead", "cancelled"):
             alerts.add_metric([status], totals[status])
         yield alerts
-        yield CounterMetricFamily("hookdrop_invalid_rows", "Rows that could not become alerts.",
-                                  value=totals["invalid_rows"])
-        depth = GaugeMetricFamily("hookdrop_queue_depth", "Jobs waiting in each RQ queue.",
-                                  labels=["queue"])
-        workers = GaugeMetricFamily("hookdrop_workers", "Live RQ workers per queue.",
-                                    labels=["queue"])
+        yield CounterMetricFamily(
+            "hookdrop_invalid_rows",
+            "Rows that could not become alerts.",
+            value=totals["invalid_rows"],
+        )
+        depth = GaugeMetricFamily(
+            "hookdrop_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"]
+        )
+        workers = GaugeMetricFamily(
+            "hookdrop_workers", "Live RQ workers per queue.", labels=["queue"]
+        )
         for name, count in view["queues"].items():
             depth.add_metric([name], count)
             workers.add_metric([name], view["workers"][name])
         yield depth
         yield workers
-        yield GaugeMetricFamily("hookdrop_dlq_size", "Alerts waiting in the DLQ.",
-                                value=view["dlq"])
-        yield GaugeMetricFamily("hookdrop_dead_alerts", "Alerts dead (awaiting a replay).",
-                                value=view["dead"])
-        yield GaugeMetricFamily("hookdrop_active_files", "Files being read or delivered.",
-                                value=view["files"].get("active", 0))
+        yield GaugeMetricFamily(
+            "hookdrop_dlq_size", "Alerts waiting in the DLQ.", value=view["dlq"]
+        )
+        yield GaugeMetricFamily(
+            "hookdrop_dead_alerts", "Alerts dead (awaiting a replay).", value=view["dead"]
+        )
+        yield GaugeMetricFamily(
+            "hookdrop_active_files",
+            "Files being read or delivered.",
+            value=view["files"].get("active", 0),
+        )
         pressure = view["backpressure"]
-        yield GaugeMetricFamily("hookdrop_backpressure_active",
-                                "1 while a 429 holds every notifier off.",
-                                value=int(pressure["active"]))
-        yield GaugeMetricFamily("hookdrop_backpressure_seconds_left",
-                                "Seconds left on the back-pressure flag.",
-                                value=pressure["seconds_left"])
-        yield GaugeMetricFamily("hookdrop_deliveries_per_second",
-                                "Accepted webhook calls per second over the last 10 s.",
-                                value=view["delivered_per_second"])
+        yield GaugeMetricFamily(
+            "hookdrop_backpressure_active",
+            "1 while a 429 holds every notifier off.",
+            value=int(pressure["active"]),
+        )
+        yield GaugeMetricFamily(
+            "hookdrop_backpressure_seconds_left",
+            "Seconds left on the back-pressure flag.",
+            value=pressure["seconds_left"],
+        )
+        yield GaugeMetricFamily(
+            "hookdrop_deliveries_per_second",
+            "Accepted webhook calls per second over the last 10 s.",
+            value=view["delivered_per_second"],
+        )
         current = view["rate_limit"]["current"]
         if current is not None:
-            yield GaugeMetricFamily("hookdrop_rate_limit_current",
-                                    "The adaptive global rate limit (requests/s).", value=current)
+            yield GaugeMetricFamily(
+                "hookdrop_rate_limit_current",
+                "The adaptive global rate limit (requests/s).",
+                value=current,
+            )
         buckets, total = latency_histogram(control.redis, control.keys)
-        yield HistogramMetricFamily("hookdrop_delivery_latency_seconds",
-                                    "Webhook call latency of delivered alerts.",
-                                    buckets=buckets, sum_value=total)
+        yield HistogramMetricFamily(
+            "hookdrop_delivery_latency_seconds",
+            "Webhook call latency of delivered alerts.",
+            buckets=buckets,
+            sum_value=total,
+        )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
 def metrics(control: ControlDep) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector(control))

@@ -37,8 +37,9 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=128)
     except OSError as exc:
-        raise ConfigError(f"HOOKDROP_API_LISTEN={host}:{port}: cannot listen "
-                          f"({exc.strerror or exc})") from None
+        raise ConfigError(
+            f"HOOKDROP_API_LISTEN={host}:{port}: cannot listen ({exc.strerror or exc})"
+        ) from None
 
 
 def run_api_in_thread(settings: Settings, *, startup_timeout: float = 10.0) -> ApiServer:
@@ -50,8 +51,14 @@ def run_api_in_thread(settings: Settings, *, startup_timeout: float = 10.0) -> A
     conn = connect_redis(settings, name="hookdrop-api")
     sock = _bind(host, port)
     app = create_app(settings, lambda: connect_store(settings, name="hookdrop-api"), conn)
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=1, ws_ping_interval=20)
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+        ws_ping_interval=20,
+    )
     server = uvicorn.Server(config)
 
     def serve() -> None:

@@ -23,8 +23,7 @@ def overview(control: ControlDep) -> Any:
 
 
 @router.get("/throughput", summary="Accepted webhook calls per second over the last 120 s")
-def throughput(control: ControlDep,
-               seconds: Annotated[int, Query(ge=1, le=120)] = 120) -> Any:
+def throughput(control: ControlDep, seconds: Annotated[int, Query(ge=1, le=120)] = 120) -> Any:
     return control.throughput(seconds)
 
 
@@ -33,8 +32,11 @@ def healthz() -> Any:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Redis and PostgreSQL answer",
-            responses={503: {"description": "a dependency is down"}})
+@router.get(
+    "/readyz",
+    summary="Redis and PostgreSQL answer",
+    responses={503: {"description": "a dependency is down"}},
+)
 def readyz(hub: HubDep) -> Response:
     checks: dict[str, str] = {}
     try:
@@ -54,5 +56,6 @@ def readyz(hub: HubDep) -> Response:
 
 @router.get("/", include_in_schema=False)
 def index() -> HTMLResponse:
-    return HTMLResponse((STATIC_DIR / "index.html").read_text("utf-8"),
-                        headers={"cache-control": "no-cache"})
+    return HTMLResponse(
+        (STATIC_DIR / "index.html").read_text("utf-8"), headers={"cache-control": "no-cache"}
+    )

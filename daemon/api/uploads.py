@@ -21,14 +21,22 @@ router = APIRouter(tags=["files"])
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file itself
 WRITE_BUFFER = 1 << 20  # bytes gathered before one write in the thread pool
 
-_UPLOAD_BODY = {**REQUEST_HEADER_PARAM, "requestBody": {"required": True, "content": {
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    "multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"],
-        "properties": {"file": {"type": "string", "format": "binary"}}}},
-}}}
-
-
+_UPLOAD_BODY = {
+    **REQUEST_HEADER_PARAM,
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    },
+}
 
 
 class Upload:
@@ -43,7 +51,8 @@ class Upload:
 
     async def open(self, name: str) -> None:
         self.writer = await run_in_threadpool(
-            InboxWriter, self.hub.settings.inbox, name, limit=self.hub.max_upload_bytes)
+            InboxWriter, self.hub.settings.inbox, name, limit=self.hub.max_upload_bytes
+        )
 
     def add(self, data: bytes) -> None:
         self.received += len(data)
@@ -58,16 +67,24 @@ class Upload:
 
     async def raw(self, request: Request) -> None:
         if not self.name:
-            raise BadRequest("give the file name: POST /files?name=alerts.csv (or upload "
-                             "multipart/form-data with a filename)")
+            raise BadRequest(
+                "give the file name: POST /files?name=alerts.csv (or upload "
+                "multipart/form-data with a filename)"
+            )
         await self.open(self.name)
         async for chunk in request.stream():
             self.add(chunk)
             await self.flush()
 
     async def multipart(self, request: Request, boundary: bytes) -> None:
-        state: dict[str, Any] = {"field": b"", "value": b"", "headers": {}, "file": False,
-                                 "taken": False, "pending": None}
+        state: dict[str, Any] = {
+            "field": b"",
+            "value": b"",
+            "headers": {},
+            "file": False,
+            "taken": False,
+            "pending": None,
+        }
 
         def on_part_begin() -> None:
             state.update(headers={}, file=False)
@@ -86,8 +103,9 @@ class Upload:
             _, options = parse_options_header(state["headers"].get(b"content-disposition", b""))
             filename = options.get(b"filename")
             if filename is not None and not state["taken"]:
-                state.update(file=True, taken=True,
-                             pending=self.name or filename.decode("utf-8", "replace"))
+                state.update(
+                    file=True, taken=True, pending=self.name or filename.decode("utf-8", "replace")
+                )
 
         def on_part_data(data: bytes, start: int, end: int) -> None:
             if state["file"]:
@@ -96,12 +114,18 @@ class Upload:
         def on_part_end() -> None:
             state["file"] = False
 
-        parser = MultipartParser(boundary, {
-            "on_part_begin": on_part_begin, "on_header_field": on_header_field,
-            "on_header_value": on_header_value, "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        })
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": on_part_begin,
+                "on_header_field": on_header_field,
+                "on_header_value": on_header_value,
+                "on_header_end": on_header_end,
+                "on_headers_finished": on_headers_finished,
+                "on_part_data": on_part_data,
+                "on_part_end": on_part_end,
+            },
+        )
         async for chunk in request.stream():
             parser.write(chunk)
             if state["pending"] is not None:
@@ -122,12 +146,22 @@ class Upload:
             await run_in_threadpool(self.writer.abort)
 
 
-@router.post("/files", status_code=201, openapi_extra=_UPLOAD_BODY,
-             summary="Upload a file into the inbox (raw body with ?name=, or multipart)",
-             responses={400: {"description": "bad name"}, 409: {"description": "name taken"},
-                        413: {"description": "too large"}})
-async def upload(request: Request, hub: HubDep, name: Annotated[str | None, Query(
-        max_length=255, description="File name in the inbox")] = None) -> Any:
+@router.post(
+    "/files",
+    status_code=201,
+    openapi_extra=_UPLOAD_BODY,
+    summary="Upload a file into the inbox (raw body with ?name=, or multipart)",
+    responses={
+        400: {"description": "bad name"},
+        409: {"description": "name taken"},
+        413: {"description": "too large"},
+    },
+)
+async def upload(
+    request: Request,
+    hub: HubDep,
+    name: Annotated[str | None, Query(max_length=255, description="File name in the inbox")] = None,
+) -> Any:
     ctype, options = parse_options_header(request.headers.get("content-type", ""))
     is_multipart = ctype == b"multipart/form-data"
     length = request.headers.get("content-length", "")

@@ -20,7 +20,10 @@ def settings_options(func: F) -> F:
     """Add one flag per setting; each help text names its environment variable."""
     for spec in reversed(SETTINGS):
         func = click.option(
-            spec.flag, spec.field, default=None, metavar="VALUE",
+            spec.flag,
+            spec.field,
+            default=None,
+            metavar="VALUE",
             help=f"{spec.help} [env: {spec.env}]",
         )(func)
     return func
@@ -43,8 +46,9 @@ def with_settings(func: F) -> F:
 
 
 @contextlib.contextmanager
-def connect(settings: Settings, *, migrate: bool = False, schema: bool = True,
-            start: bool = True) -> Iterator[Settings]:
+def connect(
+    settings: Settings, *, migrate: bool = False, schema: bool = True, start: bool = True
+) -> Iterator[Settings]:
     """The settings with both server URLs, for as long as the block runs.
 
     A URL that is not set means the embedded server of HOOKDROP_STATE_DIR: reused when it
@@ -58,27 +62,43 @@ def connect(settings: Settings, *, migrate: bool = False, schema: bool = True,
     with contextlib.ExitStack() as owned:
         # Given URLs first: a wrong one fails the command before anything is started.
         _check_reachable(settings.redis_url, settings.database_url)
-        missing = [name for name, url in (("REDIS_URL", settings.redis_url),
-                                          ("DATABASE_URL", settings.database_url)) if not url]
+        missing = [
+            name
+            for name, url in (
+                ("REDIS_URL", settings.redis_url),
+                ("DATABASE_URL", settings.database_url),
+            )
+            if not url
+        ]
         if missing and start:
-            servers = owned.enter_context(embedded_servers(
-                settings.state_dir, redis=not settings.redis_url,
-                postgres=not settings.database_url))
+            servers = owned.enter_context(
+                embedded_servers(
+                    settings.state_dir,
+                    redis=not settings.redis_url,
+                    postgres=not settings.database_url,
+                )
+            )
         elif missing:
             servers = find_running(settings.state_dir)
-            absent = [name for name, given, found in
-                      (("Redis", settings.redis_url, servers.redis_url),
-                       ("PostgreSQL", settings.database_url, servers.database_url))
-                      if not given and not found]
+            absent = [
+                name
+                for name, given, found in (
+                    ("Redis", settings.redis_url, servers.redis_url),
+                    ("PostgreSQL", settings.database_url, servers.database_url),
+                )
+                if not given and not found
+            ]
             if absent:
                 raise NotRunning(
                     f"no {' and no '.join(absent)}: {' and '.join(missing)} not set and "
                     f"no embedded server runs in {settings.state_dir} (start them with "
-                    "`hookdrop up` or `hookdrop servers start`)")
+                    "`hookdrop up` or `hookdrop servers start`)"
+                )
         if missing:
             settings = settings.replace(
                 redis_url=settings.redis_url or servers.redis_url,
-                database_url=settings.database_url or servers.database_url)
+                database_url=settings.database_url or servers.database_url,
+            )
             _check_reachable(settings.redis_url, settings.database_url)
         database_url = settings.database_url
         assert database_url is not None
@@ -97,8 +117,9 @@ def _check_reachable(redis_url: str | None, database_url: str | None) -> None:
     if redis_url and not redis_reachable(redis_url):
         raise ConfigError(f"REDIS_URL={_hide_password(redis_url)}: cannot connect to Redis")
     if database_url and not postgres_reachable(database_url):
-        raise ConfigError(f"DATABASE_URL={_hide_password(database_url)}: cannot connect to "
-                          "PostgreSQL")
+        raise ConfigError(
+            f"DATABASE_URL={_hide_password(database_url)}: cannot connect to PostgreSQL"
+        )
 
 
 def check_inbox(settings: Settings) -> None:
@@ -108,7 +129,8 @@ def check_inbox(settings: Settings) -> None:
         ensure_dirs(settings)
     except OSError as exc:
         raise ConfigError(
-            f"HOOKDROP_INBOX={settings.inbox}: cannot create ({exc.strerror})") from None
+            f"HOOKDROP_INBOX={settings.inbox}: cannot create ({exc.strerror})"
+        ) from None
     if not os.access(settings.inbox, os.W_OK | os.X_OK):
         raise ConfigError(f"HOOKDROP_INBOX={settings.inbox}: not writable by this user")
 

@@ -48,19 +48,36 @@ def files_table(files: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
     table = Table(title="files", title_justify="left")
-    for name, justify in (("id", "right"), ("name", "left"), ("status", "left"),
-                          ("done", "right"), ("delivered", "right"), ("invalid", "right"),
-                          ("dlq", "right"), ("dead", "right"), ("rejected", "right"),
-                          ("rate", "right"), ("eta", "right")):
+    for name, justify in (
+        ("id", "right"),
+        ("name", "left"),
+        ("status", "left"),
+        ("done", "right"),
+        ("delivered", "right"),
+        ("invalid", "right"),
+        ("dlq", "right"),
+        ("dead", "right"),
+        ("rejected", "right"),
+        ("rate", "right"),
+        ("eta", "right"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for f in files:
         c = f["counts"]
         status = "paused" if f["paused"] and not f["finished"] else f["status"]
-        table.add_row(str(f["id"]), escape(f["name"]), status, f"{f['percent']}%",
-                      f"{c['delivered']:,}/{c['alerts']:,}", f"{c['invalid']:,}",
-                      f"{c['dlq']:,}", f"{c['dead']:,}", f"{c['rejected']:,}",
-                      "-" if f["finished"] else _rate(f["rate"]),
-                      "-" if f["finished"] else _eta(f["eta_seconds"]))
+        table.add_row(
+            str(f["id"]),
+            escape(f["name"]),
+            status,
+            f"{f['percent']}%",
+            f"{c['delivered']:,}/{c['alerts']:,}",
+            f"{c['invalid']:,}",
+            f"{c['dlq']:,}",
+            f"{c['dead']:,}",
+            f"{c['rejected']:,}",
+            "-" if f["finished"] else _rate(f["rate"]),
+            "-" if f["finished"] else _eta(f["eta_seconds"]),
+        )
     return table
 
 
@@ -103,10 +120,14 @@ def watch(fetch: Callable[[], list[dict[str, Any]]], as_json: bool) -> None:
     """Live progress bars (or JSON lines) until every watched file is finished."""
     from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=None),
-               TextColumn("{task.percentage:>3.0f}%"),
-               TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"),
-               TextColumn("ETA {task.fields[eta]}"))
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=None),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[counts]}"),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+    )
     tasks: dict[int, TaskID] = {}
     last: dict[int, str] = {}
     with Progress(*columns, disable=as_json, expand=True) as progress:
@@ -119,21 +140,23 @@ def watch(fetch: Callable[[], list[dict[str, Any]]], as_json: bool) -> None:
                 done = total if f["finished"] else min(settled, total)
                 fields: dict[str, Any] = {
                     "counts": f"{c['delivered']:,}/{c['alerts']:,} delivered · "
-                              f"DLQ {c['dlq']:,} · dead {c['dead']:,}",
+                    f"DLQ {c['dlq']:,} · dead {c['dead']:,}",
                     "rate": "" if f["finished"] else _rate(f["rate"]),
                     "eta": "done" if f["finished"] else _eta(f["eta_seconds"]),
                 }
                 label = escape(f"{f['id']} {f['name'][:30]} {f['status']}")
                 if f["id"] not in tasks:
-                    tasks[f["id"]] = progress.add_task(label, total=total, completed=done,
-                                                       **fields)
+                    tasks[f["id"]] = progress.add_task(label, total=total, completed=done, **fields)
                 else:
-                    progress.update(tasks[f["id"]], description=label, total=total,
-                                    completed=done, **fields)
+                    progress.update(
+                        tasks[f["id"]], description=label, total=total, completed=done, **fields
+                    )
                 if as_json:
                     line = json.dumps(f, default=str, sort_keys=True)
-                    key = json.dumps({k: v for k, v in f.items()
-                                      if k not in ("rate", "eta_seconds")}, default=str)
+                    key = json.dumps(
+                        {k: v for k, v in f.items() if k not in ("rate", "eta_seconds")},
+                        default=str,
+                    )
                     if last.get(f["id"]) != key:
                         last[f["id"]] = key
                         click.echo(line)

@@ -12,13 +12,24 @@ from hookdrop.settings import Settings
 
 
 @click.command()
-@click.option("--rows", type=click.IntRange(1), default=100_000, show_default=True,
-              help="Rows in the demo file.")
-@click.option("--notifiers", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Notifier worker processes.")
+@click.option(
+    "--rows",
+    type=click.IntRange(1),
+    default=100_000,
+    show_default=True,
+    help="Rows in the demo file.",
+)
+@click.option(
+    "--notifiers",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Notifier worker processes.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--timeout", type=float, default=900, show_default=True,
-              help="Give up after this many seconds.")
+@click.option(
+    "--timeout", type=float, default=900, show_default=True, help="Give up after this many seconds."
+)
 @with_settings
 def demo(settings: Settings, rows: int, notifiers: int, as_json: bool, timeout: float) -> None:
     """Start mock, monitor and workers, drop a file, show it delivered; exit 0 only if nothing
@@ -28,26 +39,43 @@ def demo(settings: Settings, rows: int, notifiers: int, as_json: bool, timeout: 
 
     # The run migrates a schema of its own in the database; the database's own is not used.
     with connect(settings, schema=False) as live:
-        summary = run_demo(live, rows=rows, notifiers=notifiers, as_json=as_json,
-                           timeout=timeout)
+        summary = run_demo(live, rows=rows, notifiers=notifiers, as_json=as_json, timeout=timeout)
     sys.exit(0 if summary.ok else 1)
 
 
 @click.command()
-@click.option("--scenarios", default="abcde", show_default=True,
-              help="Which scenarios to run (letters a-e, see the docs).")
+@click.option(
+    "--scenarios",
+    default="abcde",
+    show_default=True,
+    help="Which scenarios to run (letters a-e, see the docs).",
+)
 @click.option("--notifiers", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--quick", is_flag=True, help="Small sizes (a smoke run for CI).")
 @click.option("--rows", type=click.IntRange(1), default=None, help="Rows for scenario a.")
 @click.option("--limit", type=float, default=None, help="Receiver limit for scenario b.")
 @click.option("--large-rows", type=click.IntRange(1), default=None, help="Rows for scenario d.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path),
-              default=Path("bench-results/throughput.png"), show_default=True,
-              help="PNG plot of throughput over time.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path),
+    default=Path("bench-results/throughput.png"),
+    show_default=True,
+    help="PNG plot of throughput over time.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON only.")
 @with_settings
-def bench(settings: Settings, scenarios: str, notifiers: int, quick: bool, rows: int | None,
-          limit: float | None, large_rows: int | None, plot_path: Path, as_json: bool) -> None:
+def bench(
+    settings: Settings,
+    scenarios: str,
+    notifiers: int,
+    quick: bool,
+    rows: int | None,
+    limit: float | None,
+    large_rows: int | None,
+    plot_path: Path,
+    as_json: bool,
+) -> None:
     """Measure throughput, rate limiting, memory and latency against the product's targets."""
     import dataclasses
     import json
@@ -57,15 +85,22 @@ def bench(settings: Settings, scenarios: str, notifiers: int, quick: bool, rows:
 
     sizes = BenchSizes.quick() if quick else BenchSizes()
     sizes = dataclasses.replace(
-        sizes, rows=rows or sizes.rows, limit=limit or sizes.limit,
-        large_rows=large_rows or sizes.large_rows)
+        sizes,
+        rows=rows or sizes.rows,
+        limit=limit or sizes.limit,
+        large_rows=large_rows or sizes.large_rows,
+    )
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     # Each run migrates a schema of its own, as in the demo.
     with connect(settings, schema=False) as live:
-        results = run_bench(live, scenarios=scenarios, notifiers=notifiers, sizes=sizes,
-                            plot_path=plot_path,
-                            progress=lambda text: None if as_json else click.echo(text,
-                                                                                  err=True))
+        results = run_bench(
+            live,
+            scenarios=scenarios,
+            notifiers=notifiers,
+            sizes=sizes,
+            plot_path=plot_path,
+            progress=lambda text: None if as_json else click.echo(text, err=True),
+        )
     click.echo(json.dumps(results, indent=2))
 
 

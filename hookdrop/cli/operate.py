@@ -28,10 +28,10 @@ from hookdrop.errors import ConfigError
 from hookdrop.settings import Settings
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-limit_option = click.option("--limit", type=click.IntRange(1, 1000), default=50,
-                            show_default=True, help="Items per page.")
-offset_option = click.option("--offset", type=click.IntRange(0), default=0,
-                             help="Items to skip.")
+limit_option = click.option(
+    "--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="Items per page."
+)
+offset_option = click.option("--offset", type=click.IntRange(0), default=0, help="Items to skip.")
 
 
 def _statuses(value: str) -> list[str]:
@@ -57,11 +57,13 @@ def control_for(settings: Settings) -> Iterator[Any]:
 
 
 @click.command("status")
-
 @click.argument("file_id", type=click.IntRange(1), required=False)
-
-@click.option("--watch", "watching", is_flag=True,
-              help="Live progress bars until the file(s) are finished (Ctrl+C stops).")
+@click.option(
+    "--watch",
+    "watching",
+    is_flag=True,
+    help="Live progress bars until the file(s) are finished (Ctrl+C stops).",
+)
 @json_option
 @with_settings
 def status(settings: Settings, file_id: int | None, watching: bool, as_json: bool) -> None:
@@ -117,14 +119,12 @@ def files(settings: Settings, limit: int, offset: int, as_json: bool) -> None:
 
 
 @click.command("result")
-
 @click.argument("file_id", type=click.IntRange(1))
 @limit_option
 @offset_option
 @json_option
 @with_settings
-def result(settings: Settings, file_id: int, limit: int, offset: int,
-           as_json: bool) -> None:
+def result(settings: Settings, file_id: int, limit: int, offset: int, as_json: bool) -> None:
     """A file's bad rows and the alerts that did not get through, with reasons."""
     with control_for(settings) as control:
         data = control.file_result(file_id, limit, offset)
@@ -138,24 +138,30 @@ def result(settings: Settings, file_id: int, limit: int, offset: int,
     click.echo(f"\nalerts not delivered ({data['failed_alerts_total']:,}):")
     for a in data["failed_alerts"]:
         code = f" HTTP {a['last_status_code']}" if a["last_status_code"] else ""
-        click.echo(f"  line {a['line_no']} user {a['user_id']}: {a['status']}{code}"
-                   f" after {a['attempts']} tries: {a['last_error'] or ''}")
+        click.echo(
+            f"  line {a['line_no']} user {a['user_id']}: {a['status']}{code}"
+            f" after {a['attempts']} tries: {a['last_error'] or ''}"
+        )
 
 
 @click.group("dlq")
 def dlq() -> None:
     """The dead-letter queue: alerts waiting for a retry, dead or rejected."""
 
-@dlq.command("list")
 
-@click.option("--status", "status_list", default="dlq,dead", show_default=True,
-              help="Comma-separated: dlq, dead, rejected.")
+@dlq.command("list")
+@click.option(
+    "--status",
+    "status_list",
+    default="dlq,dead",
+    show_default=True,
+    help="Comma-separated: dlq, dead, rejected.",
+)
 @limit_option
 @offset_option
 @json_option
 @with_settings
-def dlq_list(settings: Settings, status_list: str, limit: int, offset: int,
-             as_json: bool) -> None:
+def dlq_list(settings: Settings, status_list: str, limit: int, offset: int, as_json: bool) -> None:
     """List alerts in the DLQ (and dead ones)."""
     with control_for(settings) as control:
         data = control.dlq_list(_statuses(status_list), limit, offset)
@@ -165,31 +171,42 @@ def dlq_list(settings: Settings, status_list: str, limit: int, offset: int,
     click.echo(f"DLQ {data['dlq']:,} · dead {data['dead']:,}")
     for a in data["alerts"]:
         code = f" HTTP {a['last_status_code']}" if a["last_status_code"] else ""
-        click.echo(f"  file {a['file_id']} user {a['user_id']}: {a['status']}{code}, "
-                   f"{a['attempts']} tries: {a['last_error'] or ''}")
+        click.echo(
+            f"  file {a['file_id']} user {a['user_id']}: {a['status']}{code}, "
+            f"{a['attempts']} tries: {a['last_error'] or ''}"
+        )
+
 
 @dlq.command("replay")
-
-@click.option("--file", "file_id", type=click.IntRange(1), default=None,
-              help="Only this file's alerts.")
-
-@click.option("--status", "status_list", default="dlq,dead", show_default=True,
-              help="Comma-separated: dlq, dead, rejected.")
+@click.option(
+    "--file", "file_id", type=click.IntRange(1), default=None, help="Only this file's alerts."
+)
+@click.option(
+    "--status",
+    "status_list",
+    default="dlq,dead",
+    show_default=True,
+    help="Comma-separated: dlq, dead, rejected.",
+)
 @with_settings
 def dlq_replay(settings: Settings, file_id: int | None, status_list: str) -> None:
     """Send DLQ and dead alerts again now, with a fresh attempt budget."""
     with control_for(settings) as control:
         count = control.replay(file_id, _statuses(status_list))
-    click.echo(f"{count:,} alerts replayed; the monitor sends them within "
-               f"{settings.dlq_interval:g} s")
+    click.echo(
+        f"{count:,} alerts replayed; the monitor sends them within {settings.dlq_interval:g} s"
+    )
 
 
 @click.command("replay")
-
 @click.argument("file_id", type=click.IntRange(1))
-
-@click.option("--status", "status_list", default="dlq,dead,rejected", show_default=True,
-              help="Comma-separated: dlq, dead, rejected.")
+@click.option(
+    "--status",
+    "status_list",
+    default="dlq,dead,rejected",
+    show_default=True,
+    help="Comma-separated: dlq, dead, rejected.",
+)
 @with_settings
 def replay(settings: Settings, file_id: int, status_list: str) -> None:
     """Send a file's failed (DLQ, dead, rejected) alerts again."""
@@ -199,7 +216,6 @@ def replay(settings: Settings, file_id: int, status_list: str) -> None:
 
 
 @click.command("resend")
-
 @click.argument("file_id", type=click.IntRange(1))
 @json_option
 @with_settings
@@ -210,14 +226,14 @@ def resend(settings: Settings, file_id: int, as_json: bool) -> None:
     if as_json:
         print_json(data)
     else:
-        click.echo(f"file {file_id} resent as file {data['file_id']} "
-                   f"(generation {data['generation']}): {data['status']}")
+        click.echo(
+            f"file {file_id} resent as file {data['file_id']} "
+            f"(generation {data['generation']}): {data['status']}"
+        )
 
 
 @click.command("send")
-
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-
 @click.option("--name", default=None, help="Name in the inbox (default: the file's name).")
 @with_settings
 def send(settings: Settings, path: Path, name: str | None) -> None:
@@ -243,14 +259,14 @@ def _action(name: str, verb: str, doc: str) -> click.Command:
             return
         c = data["counts"]
         extra = f", {data['requeued']:,} alerts queued again" if "requeued" in data else ""
-        click.echo(f"file {file_id} {verb}: {c['delivered']:,} of {c['alerts']:,} "
-                   f"delivered{extra}")
+        click.echo(f"file {file_id} {verb}: {c['delivered']:,} of {c['alerts']:,} delivered{extra}")
 
     return command
 
 
-pause = _action("pause", "paused",
-                "Stop sending a file's alerts (running jobs stop within ~0.3 s).")
+pause = _action(
+    "pause", "paused", "Stop sending a file's alerts (running jobs stop within ~0.3 s)."
+)
 resume = _action("resume", "resumed", "Resume a paused file.")
 cancel = _action("cancel", "cancelled", "Cancel every alert of a file not yet sent.")
 

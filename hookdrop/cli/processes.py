@@ -27,8 +27,13 @@ def monitor(settings: Settings) -> None:
 
 @click.command()
 @click.argument("kind", type=click.Choice(["batcher", "notifier"]))
-@click.option("--processes", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Worker processes to run under this one.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Worker processes to run under this one.",
+)
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty (for scripts and tests).")
 @with_settings
 def worker(settings: Settings, kind: str, processes: int, burst: bool) -> None:
@@ -52,6 +57,7 @@ def run_pool(settings: Settings, kind: str, processes: int) -> int:
     pool = Supervisor({**environ_snapshot(), **settings.to_environ()}, stop_timeout=24 * 3600)
     for slot in range(processes):
         pool.add(f"{kind}-{slot + 1}", ["worker", kind, "--processes", "1"])
+
     def ready() -> None:
         sdnotify.notify("READY=1", f"STATUS=hookdrop {kind} pool of {processes}")
 
@@ -83,16 +89,29 @@ def mock(args: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.option("--mock", "with_mock", is_flag=True,
-              help="Also run the mock receiver and point HOOKDROP_WEBHOOK_URL at it.")
+@click.option(
+    "--mock",
+    "with_mock",
+    is_flag=True,
+    help="Also run the mock receiver and point HOOKDROP_WEBHOOK_URL at it.",
+)
 @click.option("--mock-port", type=int, default=8426, show_default=True)
-@click.option("--notifiers", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Notifier worker processes.")
-@click.option("--batchers", type=click.IntRange(1, 16), default=1, show_default=True,
-              help="Batcher worker processes.")
+@click.option(
+    "--notifiers",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Notifier worker processes.",
+)
+@click.option(
+    "--batchers",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Batcher worker processes.",
+)
 @with_settings
-def up(settings: Settings, with_mock: bool, mock_port: int, notifiers: int,
-       batchers: int) -> None:
+def up(settings: Settings, with_mock: bool, mock_port: int, notifiers: int, batchers: int) -> None:
     """Everything in one process tree: monitor, batcher and notifier workers (and the mock)."""
     configure_logs(settings, "up")
     if with_mock:
@@ -110,9 +129,11 @@ def up(settings: Settings, with_mock: bool, mock_port: int, notifiers: int,
             sup.add(f"batcher-{n + 1}", ["worker", "batcher"])
         for n in range(notifiers):
             sup.add(f"notifier-{n + 1}", ["worker", "notifier"])
-        click.echo(f"hookdrop up: inbox {live.inbox}, webhook {live.webhook_url}, "
-                   f"API http://{live.api_listen[0]}:{live.api_listen[1]}/ "
-                   "(Ctrl+C stops)")
+        click.echo(
+            f"hookdrop up: inbox {live.inbox}, webhook {live.webhook_url}, "
+            f"API http://{live.api_listen[0]}:{live.api_listen[1]}/ "
+            "(Ctrl+C stops)"
+        )
         sys.exit(sup.run())
 
 

@@ -20,8 +20,10 @@ def servers() -> None:
 
 
 def _server_lines(redis_url: str | None, database_url: str | None) -> list[str]:
-    return [f"{name}: {url or 'not running'}"
-            for name, url in (("redis", redis_url), ("postgresql", database_url))]
+    return [
+        f"{name}: {url or 'not running'}"
+        for name, url in (("redis", redis_url), ("postgresql", database_url))
+    ]
 
 
 @servers.command("start")
@@ -43,8 +45,11 @@ def servers_stop(settings: Settings) -> None:
 
     configure_logs(settings, "servers")
     stopped = stop_embedded(settings.state_dir)
-    click.echo(f"stopped: {', '.join(stopped)}" if stopped else
-               f"no embedded server runs in {settings.state_dir}")
+    click.echo(
+        f"stopped: {', '.join(stopped)}"
+        if stopped
+        else f"no embedded server runs in {settings.state_dir}"
+    )
 
 
 @servers.command("status")

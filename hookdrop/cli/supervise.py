@@ -30,8 +30,9 @@ log = structlog.get_logger(__name__)
 
 MAX_BACKOFF = 30.0
 # Exit statuses of a child that stopped because it was asked to (by signal, or at once).
-_STOPPED = frozenset({0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM,
-                      128 + signal.SIGINT})
+_STOPPED = frozenset(
+    {0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT}
+)
 POLL = 0.2
 
 
@@ -68,8 +69,9 @@ class Supervisor:
             child.process = subprocess.Popen(command, env=env)
         else:
             with (self.log_dir / f"{child.name}.log").open("ab") as out:
-                child.process = subprocess.Popen(command, env=env, stdout=out,
-                                                 stderr=subprocess.STDOUT)
+                child.process = subprocess.Popen(
+                    command, env=env, stdout=out, stderr=subprocess.STDOUT
+                )
         child.restart_at = None
         log.info("process.started", name=child.name, pid=child.process.pid)
 
@@ -132,8 +134,12 @@ class Supervisor:
                 child.restarts += 1
                 child.backoff = min(MAX_BACKOFF, child.backoff * 2)
                 child.restart_at = now + child.backoff
-                log.error("process.died", name=child.name, exit_code=child.process.returncode,
-                          restart_in=child.backoff)
+                log.error(
+                    "process.died",
+                    name=child.name,
+                    exit_code=child.process.returncode,
+                    restart_in=child.backoff,
+                )
             elif now >= child.restart_at:
                 self._spawn(child)
 

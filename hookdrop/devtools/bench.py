@@ -55,9 +55,12 @@ class Sampler:
         while not self._stop.is_set():
             stats = self.stack.mock_stats()
             if stats is not None:
-                row = {"t": time.time(), "received": float(stats["received"]),
-                       "accepted": float(stats["accepted"]),
-                       "throttled": float(stats["throttled"])}
+                row = {
+                    "t": time.time(),
+                    "received": float(stats["received"]),
+                    "accepted": float(stats["accepted"]),
+                    "throttled": float(stats["throttled"]),
+                }
                 if self.extra is not None:
                     row.update(self.extra())
                 self.samples.append(row)
@@ -81,11 +84,13 @@ def _stack(settings: Settings, notifiers: int, mock_args: tuple[str, ...] = ()) 
     return Stack(settings, notifiers=notifiers, mock_args=mock_args)
 
 
-def scenario_unlimited(settings: Settings, *, rows: int, notifiers: int,
-                       bare_requests: int) -> tuple[dict[str, Any], Sampler]:
+def scenario_unlimited(
+    settings: Settings, *, rows: int, notifiers: int, bare_requests: int
+) -> tuple[dict[str, Any], Sampler]:
     with _stack(settings, notifiers) as stack:
-        bare = run_bare_send(f"http://127.0.0.1:{stack.mock_port}/bare", bare_requests,
-                             settings.concurrency)
+        bare = run_bare_send(
+            f"http://127.0.0.1:{stack.mock_port}/bare", bare_requests, settings.concurrency
+        )
         stack.mock.reset()
         with Sampler(stack) as sampler:
             drop = stack.drop(rows)
@@ -93,20 +98,26 @@ def scenario_unlimited(settings: Settings, *, rows: int, notifiers: int,
         stats = stack.mock.stats(per_user=False)
     accepted = [s for s in sampler.samples if s["accepted"] > 0]
     first = accepted[0]["t"] if accepted else drop.complete_at
-    last = next((s["t"] for s in sampler.samples if s["accepted"] >= stats["unique"]),
-                sampler.samples[-1]["t"])
+    last = next(
+        (s["t"] for s in sampler.samples if s["accepted"] >= stats["unique"]),
+        sampler.samples[-1]["t"],
+    )
     ours = stats["unique"] / max(last - first, 1e-6)
     return {
-        "rows": rows, "notifiers": notifiers, "delivered": stats["unique"],
-        "duplicates": stats["duplicates"], "missed": file.alerts_total - stats["unique"],
+        "rows": rows,
+        "notifiers": notifiers,
+        "delivered": stats["unique"],
+        "duplicates": stats["duplicates"],
+        "missed": file.alerts_total - stats["unique"],
         "deliveries_per_s": round(ours, 1),
         "bare_sender_per_s": round(bare.per_second, 1),
         "ratio_to_bare": round(ours / bare.per_second, 3) if bare.per_second else None,
     }, sampler
 
 
-def _steady(sampler: Sampler, skip: float,
-            tail: float) -> tuple[dict[str, float], dict[str, float]]:
+def _steady(
+    sampler: Sampler, skip: float, tail: float
+) -> tuple[dict[str, float], dict[str, float]]:
     samples = sampler.samples
     start_t = next(s["t"] for s in samples if s["received"] > 0) + skip
     end_t = samples[-1]["t"] - tail
@@ -126,22 +137,39 @@ class ReceiverShape:
 
     @property
     def name(self) -> str:
-        return f"burst {self.burst_seconds:g}s, Retry-After {self.retry_after}, " \
-               f"limit {self.configured}"
+        return (
+            f"burst {self.burst_seconds:g}s, Retry-After {self.retry_after}, "
+            f"limit {self.configured}"
+        )
 
 
-SHAPES = tuple(ReceiverShape(burst, retry_after, configured)
-               for burst in (0.1, 2.0) for retry_after in ("seconds", "date", "none")
-               for configured in ("unknown", "too high"))
+SHAPES = tuple(
+    ReceiverShape(burst, retry_after, configured)
+    for burst in (0.1, 2.0)
+    for retry_after in ("seconds", "date", "none")
+    for configured in ("unknown", "too high")
+)
 
 
-def scenario_limited(settings: Settings, *, rate: float, seconds: float, notifiers: int,
-                     shape: ReceiverShape = ReceiverShape()) -> tuple[dict[str, Any], Sampler]:
+def scenario_limited(
+    settings: Settings,
+    *,
+    rate: float,
+    seconds: float,
+    notifiers: int,
+    shape: ReceiverShape = ReceiverShape(),
+) -> tuple[dict[str, Any], Sampler]:
     """A job of ``seconds`` worth of rows at the receiver's limit, from first request to last."""
     rows = int(rate * seconds)
     configured = rate * 5 if shape.configured == "too high" else 0.0
-    mock_args = ("--rate", str(rate), "--burst", str(max(1.0, rate * shape.burst_seconds)),
-                 "--retry-after-mode", shape.retry_after)
+    mock_args = (
+        "--rate",
+        str(rate),
+        "--burst",
+        str(max(1.0, rate * shape.burst_seconds)),
+        "--retry-after-mode",
+        shape.retry_after,
+    )
     with _stack(settings.replace(rate_limit=configured), notifiers, mock_args) as stack:
         with Sampler(stack) as sampler:
             drop = stack.drop(rows)
@@ -151,19 +179,26 @@ def scenario_limited(settings: Settings, *, rate: float, seconds: float, notifie
     first, last = _steady(sampler, skip=span * 0.5, tail=1.0)
     steady = last["t"] - first["t"]
     return {
-        "receiver": shape.name, "limit_per_s": rate, "rows": rows,
+        "receiver": shape.name,
+        "limit_per_s": rate,
+        "rows": rows,
         "hookdrop_rate_limit": configured or None,
         "seconds_first_request_to_last": round(span, 2),
         "share_of_limit_used_whole_run": round(stats["unique"] / (rate * span), 3),
-        "share_of_limit_used_steady": round((last["accepted"] - first["accepted"])
-                                            / (steady * rate), 3) if steady > 0 else None,
+        "share_of_limit_used_steady": round(
+            (last["accepted"] - first["accepted"]) / (steady * rate), 3
+        )
+        if steady > 0
+        else None,
         "share_429": round(stats["throttled"] / max(1, stats["received"]), 4),
-        "duplicates": stats["duplicates"], "delivered": stats["unique"],
+        "duplicates": stats["duplicates"],
+        "delivered": stats["unique"],
     }, sampler
 
 
-def scenario_lowered(settings: Settings, *, high: float, low: float, before: float,
-                     notifiers: int) -> tuple[dict[str, Any], Sampler]:
+def scenario_lowered(
+    settings: Settings, *, high: float, low: float, before: float, notifiers: int
+) -> tuple[dict[str, Any], Sampler]:
     rows = int(high * before + low * 30)
     with _stack(settings, notifiers, ("--rate", str(high))) as stack:
         with Sampler(stack, period=0.1) as sampler:
@@ -188,16 +223,25 @@ def scenario_lowered(settings: Settings, *, high: float, low: float, before: flo
     settled = [s for s in sampler.samples if lowered_at + 10 <= s["t"] <= end]
     used = None
     if len(settled) >= 2 and settled[-1]["t"] > settled[0]["t"]:
-        used = round((settled[-1]["accepted"] - settled[0]["accepted"])
-                     / (settled[-1]["t"] - settled[0]["t"]) / low, 3)
-    return {"high_per_s": high, "low_per_s": low,
-            "seconds_until_under_new_limit": round(back_under, 2) if back_under else None,
-            "share_of_new_limit_used_settled": used,
-            "delivered": stats["unique"], "duplicates": stats["duplicates"]}, sampler
+        used = round(
+            (settled[-1]["accepted"] - settled[0]["accepted"])
+            / (settled[-1]["t"] - settled[0]["t"])
+            / low,
+            3,
+        )
+    return {
+        "high_per_s": high,
+        "low_per_s": low,
+        "seconds_until_under_new_limit": round(back_under, 2) if back_under else None,
+        "share_of_new_limit_used_settled": used,
+        "delivered": stats["unique"],
+        "duplicates": stats["duplicates"],
+    }, sampler
 
 
-def scenario_large(settings: Settings, *, rows: int, seconds: float,
-                   notifiers: int) -> dict[str, Any]:
+def scenario_large(
+    settings: Settings, *, rows: int, seconds: float, notifiers: int
+) -> dict[str, Any]:
     with _stack(settings, notifiers) as stack:
         conn = redis.Redis.from_url(stack.settings.redis_url or "")
         batcher = stack.supervisor.children[2]
@@ -220,7 +264,9 @@ def scenario_large(settings: Settings, *, rows: int, seconds: float,
         conn.close()
     quarter = len(rss) // 4
     return {
-        "rows": rows, "file_mb": round((size or 0) / 2**20, 1), "seconds_sampled": seconds,
+        "rows": rows,
+        "file_mb": round((size or 0) / 2**20, 1),
+        "seconds_sampled": seconds,
         "rows_read": read,
         "batcher_rss_peak_mb": round(max(rss), 1),
         "batcher_rss_growth_mb": round(max(rss[quarter:]) - rss[quarter], 1) if rss else None,
@@ -234,17 +280,21 @@ def scenario_latency(settings: Settings, *, tries: int, notifiers: int) -> dict[
         for n in range(tries):
             stack.mock.reset()
             drop = stack.drop(10, name=f"latency-{n}.csv")
-            stats = stack.mock.wait_until(lambda s: s["accepted"] > 0, timeout=60,
-                                          interval=0.005, per_user=False)
+            stats = stack.mock.wait_until(
+                lambda s: s["accepted"] > 0, timeout=60, interval=0.005, per_user=False
+            )
             seen = time.time()
             assert stats["accepted"] > 0
             latencies.append(seen - drop.complete_at)
             stack.wait_done(drop.path.name, timeout=60)
     median = statistics.median(latencies)
-    return {"tries": tries, "settle_seconds": settings.settle_seconds,
-            "first_webhook_seconds_median": round(median, 3),
-            "beyond_settle_seconds_median": round(median - settings.settle_seconds, 3),
-            "all": [round(x, 3) for x in latencies]}
+    return {
+        "tries": tries,
+        "settle_seconds": settings.settle_seconds,
+        "first_webhook_seconds_median": round(median, 3),
+        "beyond_settle_seconds_median": round(median - settings.settle_seconds, 3),
+        "all": [round(x, 3) for x in latencies],
+    }
 
 
 def plot(samplers: dict[str, Sampler], path: Path) -> None:
@@ -260,10 +310,15 @@ def plot(samplers: dict[str, Sampler], path: Path) -> None:
         if not accepted:
             continue
         t0 = accepted[0][0]
-        ax.plot([t - t0 for t, _ in received], [r for _, r in received], label="sent (received)",
-                linewidth=1)
-        ax.plot([t - t0 for t, _ in accepted], [r for _, r in accepted], label="accepted",
-                linewidth=1.5)
+        ax.plot(
+            [t - t0 for t, _ in received],
+            [r for _, r in received],
+            label="sent (received)",
+            linewidth=1,
+        )
+        ax.plot(
+            [t - t0 for t, _ in accepted], [r for _, r in accepted], label="accepted", linewidth=1.5
+        )
         ax.set_title(name)
         ax.set_xlabel("seconds")
         ax.set_ylabel("requests/s")
@@ -290,43 +345,71 @@ class BenchSizes:
 
     @classmethod
     def quick(cls) -> BenchSizes:
-        return cls(rows=4_000, bare_requests=4_000, limit=300, limited_seconds=5,
-                   shapes=SHAPES[:1], high=400, low=200, before=2, large_rows=30_000,
-                   large_seconds=5, latency_tries=2)
+        return cls(
+            rows=4_000,
+            bare_requests=4_000,
+            limit=300,
+            limited_seconds=5,
+            shapes=SHAPES[:1],
+            high=400,
+            low=200,
+            before=2,
+            large_rows=30_000,
+            large_seconds=5,
+            latency_tries=2,
+        )
 
 
-def run_bench(settings: Settings, *, scenarios: str, notifiers: int, sizes: BenchSizes,
-              plot_path: Path | None, progress: Callable[[str], None]) -> dict[str, Any]:
-    results: dict[str, Any] = {"notifiers": notifiers, "cpus": psutil.cpu_count(),
-                               "settle_seconds": settings.settle_seconds}
+def run_bench(
+    settings: Settings,
+    *,
+    scenarios: str,
+    notifiers: int,
+    sizes: BenchSizes,
+    plot_path: Path | None,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "notifiers": notifiers,
+        "cpus": psutil.cpu_count(),
+        "settle_seconds": settings.settle_seconds,
+    }
     samplers: dict[str, Sampler] = {}
     if "a" in scenarios:
         progress("a: receiver unlimited")
         results["a_unlimited"], samplers["a: receiver unlimited"] = scenario_unlimited(
-            settings, rows=sizes.rows, notifiers=notifiers, bare_requests=sizes.bare_requests)
+            settings, rows=sizes.rows, notifiers=notifiers, bare_requests=sizes.bare_requests
+        )
     if "b" in scenarios:
         results["b_limited"] = []
         for shape in sizes.shapes:
             progress(f"b: receiver limited to {sizes.limit:g}/s, {shape.name}")
-            result, sampler = scenario_limited(settings, rate=sizes.limit,
-                                               seconds=sizes.limited_seconds,
-                                               notifiers=notifiers, shape=shape)
+            result, sampler = scenario_limited(
+                settings,
+                rate=sizes.limit,
+                seconds=sizes.limited_seconds,
+                notifiers=notifiers,
+                shape=shape,
+            )
             results["b_limited"].append(result)
             samplers[f"b: {sizes.limit:g}/s, {shape.name}"] = sampler
     if "c" in scenarios:
         progress("c: limit lowered mid-run")
         results["c_lowered"], samplers[f"c: limit {sizes.high:g} -> {sizes.low:g}/s"] = (
-            scenario_lowered(settings, high=sizes.high, low=sizes.low, before=sizes.before,
-                             notifiers=notifiers))
+            scenario_lowered(
+                settings, high=sizes.high, low=sizes.low, before=sizes.before, notifiers=notifiers
+            )
+        )
     if "d" in scenarios:
         progress("d: large file")
-        results["d_large_file"] = scenario_large(settings, rows=sizes.large_rows,
-                                                 seconds=sizes.large_seconds,
-                                                 notifiers=notifiers)
+        results["d_large_file"] = scenario_large(
+            settings, rows=sizes.large_rows, seconds=sizes.large_seconds, notifiers=notifiers
+        )
     if "e" in scenarios:
         progress("e: latency")
-        results["e_latency"] = scenario_latency(settings, tries=sizes.latency_tries,
-                                                notifiers=notifiers)
+        results["e_latency"] = scenario_latency(
+            settings, tries=sizes.latency_tries, notifiers=notifiers
+        )
     if plot_path is not None and samplers:
         plot(samplers, plot_path)
         results["plot"] = str(plot_path)

@@ -105,8 +105,9 @@ class Stack:
         self.keep = keep
         self.root = root
         self.with_mock = with_mock
-        self.supervisor = Supervisor({**(environ or os.environ), **self.settings.to_environ()},
-                                     stop_timeout=30)
+        self.supervisor = Supervisor(
+            {**(environ or os.environ), **self.settings.to_environ()}, stop_timeout=30
+        )
         self.logs = root / "logs"
         if with_mock:
             self.supervisor.add(
@@ -129,8 +130,9 @@ class Stack:
     def start(self, *, timeout: float = 60) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         with psycopg.connect(self.admin_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                sql.Identifier(self.schema)))
+            admin.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+            )
         self.store.migrate()
         self.supervisor.start(log_dir=self.logs)
         deadline = time.monotonic() + timeout
@@ -149,8 +151,9 @@ class Stack:
         self.store.close()
         if not self.keep:
             with psycopg.connect(self.admin_url, autocommit=True) as admin:
-                admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                    sql.Identifier(self.schema)))
+                admin.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
+                )
             shutil.rmtree(self.root, ignore_errors=True)
             conn = redis.Redis.from_url(self.settings.redis_url or "")
             forget_deployment(conn, self.settings.keys)

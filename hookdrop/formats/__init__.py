@@ -91,18 +91,35 @@ def read_rows(
     if start is not None and start.offset <= 0:
         start = None  # nothing consumed yet: same as the beginning
     ensure_csv_field_limit(max_record_bytes)
-    return _records(source, layout, start, max_record_bytes=max_record_bytes,
-                    gap_bytes=gap_bytes, on_progress=on_progress)
+    return _records(
+        source,
+        layout,
+        start,
+        max_record_bytes=max_record_bytes,
+        gap_bytes=gap_bytes,
+        on_progress=on_progress,
+    )
 
 
 def _records(
-    source: Source, layout: Layout, start: Position | None, *, max_record_bytes: int,
-    gap_bytes: int | None, on_progress: ProgressCallback | None,
+    source: Source,
+    layout: Layout,
+    start: Position | None,
+    *,
+    max_record_bytes: int,
+    gap_bytes: int | None,
+    on_progress: ProgressCallback | None,
 ) -> Iterator[tuple[Item, Position]]:
     meter = Meter(on_progress, start.offset if start else 0)
     with open_stream(source, layout.compressed) as (stream, _compressed):
         if layout.format == "jsonl":
             yield from jsonl_records(stream, start, max_record_bytes, gap_bytes, meter)
         else:
-            yield from csv_records(stream, layout, start, max_record_bytes=max_record_bytes,
-                                   gap_bytes=gap_bytes, meter=meter)
+            yield from csv_records(
+                stream,
+                layout,
+                start,
+                max_record_bytes=max_record_bytes,
+                gap_bytes=gap_bytes,
+                meter=meter,
+            )

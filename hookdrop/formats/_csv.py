@@ -44,8 +44,21 @@ class _LineSource:
     along in bulk. Unlike a generator, this iterator survives raising _Overlong.
     """
 
-    __slots__ = ("_blanks", "_limit", "_max", "_meter", "_readline", "_stream", "bad", "head",
-                 "lines", "mark", "nul", "offset", "stop_at")
+    __slots__ = (
+        "_blanks",
+        "_limit",
+        "_max",
+        "_meter",
+        "_readline",
+        "_stream",
+        "bad",
+        "head",
+        "lines",
+        "mark",
+        "nul",
+        "offset",
+        "stop_at",
+    )
 
     def __init__(self, stream: ByteStream, max_record_bytes: int, meter: Meter) -> None:
         self._stream = stream
@@ -83,10 +96,14 @@ class _LineSource:
             raise _Overlong
         if at_start and raw.isspace():
             self._blanks += 1
-            if (self._blanks >= BLANK_RUN and raw.endswith(b"\n")
-                    and (self.stop_at is None or self.offset < self.stop_at)):
-                skipped, lines = skip_blank_lines(self._stream, self.offset, self.stop_at,
-                                                  self._meter)
+            if (
+                self._blanks >= BLANK_RUN
+                and raw.endswith(b"\n")
+                and (self.stop_at is None or self.offset < self.stop_at)
+            ):
+                skipped, lines = skip_blank_lines(
+                    self._stream, self.offset, self.stop_at, self._meter
+                )
                 self.offset += skipped
                 self.lines += lines
             return "\n"

@@ -161,8 +161,10 @@ def skip_line(stream: ByteStream, offset: int, meter: Meter) -> int:
         if not chunk or chunk.endswith(b"\n"):
             return skipped
         if skipped > MAX_LINE_BYTES:
-            raise UnreadableFile(f"a line longer than {MAX_LINE_BYTES >> 20} MiB at byte "
-                                 f"{offset:,}; the rest of the file was not read")
+            raise UnreadableFile(
+                f"a line longer than {MAX_LINE_BYTES >> 20} MiB at byte "
+                f"{offset:,}; the rest of the file was not read"
+            )
 
 
 def _first_content(buf: bytes) -> int:

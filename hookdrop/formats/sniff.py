@@ -113,14 +113,15 @@ def _read_sample(stream: ByteStream) -> list[bytes]:
                     if lines:
                         break
                     raise UnreadableFile(
-                        f"no content in the first {SNIFF_BUDGET_BYTES >> 20} MiB "
-                        "(only blank lines)")
+                        f"no content in the first {SNIFF_BUDGET_BYTES >> 20} MiB (only blank lines)"
+                    )
             raw = stream.readline(limit)
     except _OverBudget:
         if not lines:
             raise UnreadableFile(
                 f"no line ends within the first {SNIFF_BUDGET_BYTES >> 20} MiB; "
-                "not CSV or JSON Lines") from None
+                "not CSV or JSON Lines"
+            ) from None
     except EOFError:
         # A truncated .gz with rows before the cut is readable; read_rows reports the cut.
         if not lines:
@@ -155,8 +156,10 @@ def _looks_like_json_array(text: str) -> bool:
 
 def _sniff_csv(lines: list[bytes], compressed: bool) -> Layout:
     if len(lines) == 1 and b"\r" in lines[0].rstrip(b"\r\n") and b"\n" not in lines[0]:
-        raise UnreadableFile("lines end with a carriage return only (old Mac style), which is "
-                             "not supported; save the file with LF or CRLF line ends")
+        raise UnreadableFile(
+            "lines end with a carriage return only (old Mac style), which is "
+            "not supported; save the file with LF or CRLF line ends"
+        )
     texts = [raw.decode("utf-8", "surrogateescape") for raw in lines]
     samples = {delim: _sample_records(texts, delim) for delim in _DELIMITERS}
     firsts = {delim: (records[0] if records else []) for delim, records in samples.items()}
@@ -164,8 +167,9 @@ def _sniff_csv(lines: list[bytes], compressed: bool) -> Layout:
         user_col, message_col = find_columns(first)
         if user_col is not None and message_col is not None:
             if len(first) > MAX_COLUMNS:
-                raise UnreadableFile(f"the CSV header has {len(first):,} columns; at most "
-                                     f"{MAX_COLUMNS} are read")
+                raise UnreadableFile(
+                    f"the CSV header has {len(first):,} columns; at most {MAX_COLUMNS} are read"
+                )
             return Layout("csv", compressed, tuple(first), user_col, message_col, delim)
     for first in firsts.values():
         user_col, message_col = find_columns(first)

@@ -56,16 +56,19 @@ def check_statuses(statuses: Iterable[str]) -> list[AlertStatus]:
     wanted = sorted({s.strip() for s in statuses if s.strip()})
     bad = [s for s in wanted if s not in REPLAYABLE]
     if bad or not wanted:
-        raise BadRequest(f"status must be one or more of {', '.join(sorted(REPLAYABLE))}"
-                         + (f" (got {', '.join(bad)})" if bad else ""))
+        raise BadRequest(
+            f"status must be one or more of {', '.join(sorted(REPLAYABLE))}"
+            + (f" (got {', '.join(bad)})" if bad else "")
+        )
     return [AlertStatus(s) for s in wanted]
 
 
 class Control:
     """Operator actions on one Store and one Redis connection (not shared across threads)."""
 
-    def __init__(self, settings: Settings, store: Store, conn: redis.Redis,
-                 rates: RateTracker | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, conn: redis.Redis, rates: RateTracker | None = None
+    ) -> None:
         self.settings = settings
         self.keys: Keys = settings.keys
         self.store = store
@@ -103,16 +106,21 @@ class Control:
             eta = remaining / rate if row.read_complete and rate else None
             if row.read_complete and remaining == 0:
                 eta = 0.0
-        status.update(counts=counts(row, open_counts),
-                      rate=None if rate is None else round(rate, 2),
-                      eta_seconds=None if eta is None else round(eta, 1))
+        status.update(
+            counts=counts(row, open_counts),
+            rate=None if rate is None else round(rate, 2),
+            eta_seconds=None if eta is None else round(eta, 1),
+        )
         return status
 
     def list_files(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
         """Newest first; active files carry their open counts (they are few)."""
-        return [self._status(row, self._open_counts(row) if row.status in ACTIVE_FILES
-                             else no_open_alerts())
-                for row in self.store.list_files(limit, offset)]
+        return [
+            self._status(
+                row, self._open_counts(row) if row.status in ACTIVE_FILES else no_open_alerts()
+            )
+            for row in self.store.list_files(limit, offset)
+        ]
 
     def file_result(self, file_id: int, limit: int = 100, offset: int = 0) -> dict[str, Any]:
         """Bad rows and alerts that did not get through, with reasons, one page of each."""
@@ -123,20 +131,24 @@ class Control:
             "limit": limit,
             "offset": offset,
             "row_errors_total": row.rows_invalid,
-            "failed_alerts_total": row.rejected + row.dead + row.cancelled
+            "failed_alerts_total": row.rejected
+            + row.dead
+            + row.cancelled
             + open_counts[AlertStatus.DLQ],
-            "row_errors": [jsonable(e) for e in self.store.row_errors_page(file_id, limit,
-                                                                           offset)],
-            "failed_alerts": [jsonable(a) for a in self.store.failed_alerts_page(
-                file_id, limit, offset)],
+            "row_errors": [jsonable(e) for e in self.store.row_errors_page(file_id, limit, offset)],
+            "failed_alerts": [
+                jsonable(a) for a in self.store.failed_alerts_page(file_id, limit, offset)
+            ],
         }
 
     # -- pause, resume, cancel --------------------------------------------------------------
 
     def _refuse_inactive(self, file_id: int, action: str) -> None:
         row = self._file(file_id)  # UnknownFile when it does not exist
-        raise Conflict(f"file {file_id} is {row.status}: only a file still being read or "
-                       f"delivered can be {action}")
+        raise Conflict(
+            f"file {file_id} is {row.status}: only a file still being read or "
+            f"delivered can be {action}"
+        )
 
     def pause(self, file_id: int) -> dict[str, Any]:
         """Stop sending a file's alerts; running notifier jobs hand theirs back in ~0.3 s."""
@@ -167,24 +179,28 @@ class Control:
 
     # -- DLQ --------------------------------------------------------------------------------
 
-    def dlq_list(self, statuses: Sequence[str] = DEFAULT_REPLAY, limit: int = 100,
-                 offset: int = 0) -> dict[str, Any]:
+    def dlq_list(
+        self, statuses: Sequence[str] = DEFAULT_REPLAY, limit: int = 100, offset: int = 0
+    ) -> dict[str, Any]:
         wanted = check_statuses(statuses)
         dlq, dead = self.store.dlq_size()
-        return {"statuses": [str(s) for s in wanted], "limit": limit, "offset": offset,
-                "dlq": dlq, "dead": dead,
-                "alerts": [jsonable(r) for r in self.store.dlq_page(wanted, limit, offset)]}
+        return {
+            "statuses": [str(s) for s in wanted],
+            "limit": limit,
+            "offset": offset,
+            "dlq": dlq,
+            "dead": dead,
+            "alerts": [jsonable(r) for r in self.store.dlq_page(wanted, limit, offset)],
+        }
 
-    def replay(self, file_id: int | None = None,
-               statuses: Sequence[str] = DEFAULT_REPLAY) -> int:
+    def replay(self, file_id: int | None = None, statuses: Sequence[str] = DEFAULT_REPLAY) -> int:
         """Give dead / DLQ / rejected alerts a fresh budget; the monitor sends them within one
         DLQ interval. Returns how many were replayed."""
         wanted = check_statuses(statuses)
         if file_id is not None:
             self._file(file_id)
         count = self.store.replay_alerts(wanted, file_id)
-        log.info("dlq.replayed", file_id=file_id, statuses=[str(s) for s in wanted],
-                 alerts=count)
+        log.info("dlq.replayed", file_id=file_id, statuses=[str(s) for s in wanted], alerts=count)
         return count
 
     # -- resend -----------------------------------------------------------------------------
@@ -193,8 +209,10 @@ class Control:
         """Send a finished file again as a new generation (new alert ids, sent on purpose)."""
         row = self._file(file_id)
         if row.status not in FINISHED_FILES:
-            raise Conflict(f"file {file_id} is {row.status}: wait until it is finished "
-                           "(or cancel it) before resending")
+            raise Conflict(
+                f"file {file_id} is {row.status}: wait until it is finished "
+                "(or cancel it) before resending"
+            )
         if not row.final_path:
             raise Conflict(f"file {file_id}: no copy of it was kept")
         try:
@@ -204,50 +222,68 @@ class Control:
         except NotRegularFile as exc:
             raise Conflict(f"file {file_id}: {exc}; nothing to resend") from None
         except OSError as exc:
-            raise Conflict(f"file {file_id}: its copy ({row.final_path}) cannot be read: "
-                           f"{exc.strerror or exc}") from None
+            raise Conflict(
+                f"file {file_id}: its copy ({row.final_path}) cannot be read: {exc.strerror or exc}"
+            ) from None
         ensure_dirs(self.settings)
         generation = self.store.next_generation(row.content_sha256)
         # Copy beside the inbox under a hidden name (the monitor ignores it, and orphan
         # adoption never sees a half-copied file), then rename into processing/.
-        with os.fdopen(fd, "rb") as handle, InboxWriter(
-                self.settings.inbox, row.name, check=False) as writer:
+        with (
+            os.fdopen(fd, "rb") as handle,
+            InboxWriter(self.settings.inbox, row.name, check=False) as writer,
+        ):
             for block in iter(lambda: handle.read(COPY_BLOCK), b""):
                 writer.write(block)
-            target = writer.commit_to(self.settings.processing_dir
-                                      / disk_name(secrets.token_hex(6), row.name))
+            target = writer.commit_to(
+                self.settings.processing_dir / disk_name(secrets.token_hex(6), row.name)
+            )
         owner = f"{socket.gethostname()}:{os.getpid()}:resend"
         registered = Intake(self.settings, self.store, self.redis, owner).register(
-            target, row.name, generation=generation)
+            target, row.name, generation=generation
+        )
         if registered is None:
             raise Conflict(f"file {file_id}: the copy vanished from processing/")
-        log.info("file.resent", file_id=file_id, new_file_id=registered.file_id,
-                 generation=generation, status=registered.status)
-        return {"file_id": registered.file_id, "resent_from": file_id,
-                "generation": generation, "status": registered.status,
-                "detail": registered.detail}
+        log.info(
+            "file.resent",
+            file_id=file_id,
+            new_file_id=registered.file_id,
+            generation=generation,
+            status=registered.status,
+        )
+        return {
+            "file_id": registered.file_id,
+            "resent_from": file_id,
+            "generation": generation,
+            "status": registered.status,
+            "detail": registered.detail,
+        }
 
     # -- the whole system -------------------------------------------------------------------
 
     def overview(self) -> dict[str, Any]:
         totals = jsonable(self.store.totals())
         dlq, dead = self.store.dlq_size()
-        queues = {"batcher": batcher_queue(self.redis, self.keys),
-                  "notifier": notifier_queue(self.redis, self.keys)}
+        queues = {
+            "batcher": batcher_queue(self.redis, self.keys),
+            "notifier": notifier_queue(self.redis, self.keys),
+        }
         pttl = int(self.redis.pttl(self.keys.backpressure))
         rate = self.redis.hget(self.keys.ratecontrol, "rate")
         series = self.throughput(seconds=int(RATE_WINDOW))["series"]
         return {
             "files": totals,
             "queues": {name: q.count for name, q in queues.items()},
-            "workers": {name: Worker.count(connection=self.redis, queue=q)
-                        for name, q in queues.items()},
+            "workers": {
+                name: Worker.count(connection=self.redis, queue=q) for name, q in queues.items()
+            },
             "dlq": dlq,
             "dead": dead,
-            "backpressure": {"active": pttl > 0,
-                             "seconds_left": round(max(0, pttl) / 1000, 3)},
-            "rate_limit": {"current": float(rate) if rate else None,
-                           "configured": self.settings.rate_limit or None},
+            "backpressure": {"active": pttl > 0, "seconds_left": round(max(0, pttl) / 1000, 3)},
+            "rate_limit": {
+                "current": float(rate) if rate else None,
+                "configured": self.settings.rate_limit or None,
+            },
             "delivered_per_second": round(sum(p["ok"] for p in series) / max(1, len(series)), 1),
         }
 
@@ -262,14 +298,17 @@ class Control:
             if second.isdigit():
                 found[(int(second), kind)] = int(value)
         start = now - max(1, min(seconds, THROUGHPUT_SECONDS))
-        series = [{"t": t, "ok": found.get((t, "ok"), 0),
-                   "throttled": found.get((t, "throttled"), 0)} for t in range(start, now)]
+        series = [
+            {"t": t, "ok": found.get((t, "ok"), 0), "throttled": found.get((t, "throttled"), 0)}
+            for t in range(start, now)
+        ]
         return {"now": now, "series": series}
 
     def outcome_totals(self, page: int = 1000) -> dict[str, int]:
         """Alerts by outcome over every file, from the files counters."""
-        totals = Counter({"delivered": 0, "rejected": 0, "dead": 0, "cancelled": 0,
-                          "invalid_rows": 0})
+        totals = Counter(
+            {"delivered": 0, "rejected": 0, "dead": 0, "cancelled": 0, "invalid_rows": 0}
+        )
         offset = 0
         while True:
             rows = self.store.list_files(page, offset)

@@ -38,8 +38,10 @@ def check_name(name: str) -> str:
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise BadRequest(f"name too long (at most {MAX_NAME_BYTES} bytes)")
     if is_ignored(name):
-        raise BadRequest(f"{name!r}: hidden and temporary names (.*, *.part, *.tmp, ...) are "
-                         "ignored by the monitor; choose another name")
+        raise BadRequest(
+            f"{name!r}: hidden and temporary names (.*, *.part, *.tmp, ...) are "
+            "ignored by the monitor; choose another name"
+        )
     return name
 
 
@@ -48,8 +50,9 @@ class InboxWriter:
     then one link/rename to the final name. Readers never see a partial file under the final
     name, and an existing file of that name is never overwritten."""
 
-    def __init__(self, folder: Path, name: str, *, limit: int | None = None,
-                 check: bool = True) -> None:
+    def __init__(
+        self, folder: Path, name: str, *, limit: int | None = None, check: bool = True
+    ) -> None:
         self.folder = folder
         self.name = check_name(name) if check else name
         self.limit = limit
@@ -95,12 +98,14 @@ class InboxWriter:
         try:
             os.link(self.temp, final)  # atomic, and never replaces an existing file
         except FileExistsError:
-            raise Conflict(f"{final.name} already exists in {final.parent.name}/; "
-                           "choose another name") from None
+            raise Conflict(
+                f"{final.name} already exists in {final.parent.name}/; choose another name"
+            ) from None
         except OSError:  # a filesystem without hard links
             if final.exists():
-                raise Conflict(f"{final.name} already exists in {final.parent.name}/; "
-                               "choose another name") from None
+                raise Conflict(
+                    f"{final.name} already exists in {final.parent.name}/; choose another name"
+                ) from None
             os.rename(self.temp, final)
         self.temp.unlink(missing_ok=True)
         _fsync_dir(final.parent)
@@ -122,8 +127,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def send_chunks(chunks: Iterable[bytes], inbox: Path, name: str, *,
-                limit: int | None = None) -> Path:
+def send_chunks(
+    chunks: Iterable[bytes], inbox: Path, name: str, *, limit: int | None = None
+) -> Path:
     """Drop a stream of bytes into the inbox atomically under ``name``."""
     with InboxWriter(inbox, name, limit=limit) as writer:
         for chunk in chunks:
@@ -138,5 +144,3 @@ def send(path: Path, inbox: Path, name: str | None = None) -> Path:
     target = check_name(name if name is not None else path.name)
     with path.open("rb") as handle:
         return send_chunks(iter(lambda: handle.read(COPY_BLOCK), b""), inbox, target)
-
-

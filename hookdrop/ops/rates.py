@@ -17,8 +17,9 @@ class RateTracker:
     Thread-safe; forgets files not looked at for a while.
     """
 
-    def __init__(self, window: float = RATE_WINDOW,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, window: float = RATE_WINDOW, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.window = window
         self.clock = clock
         self._samples: dict[int, deque[tuple[float, int]]] = {}

@@ -69,7 +69,10 @@ class Store:
         if self._conn is None or self._conn.closed:
             try:
                 self._conn = psycopg.connect(
-                    self.url, autocommit=True, row_factory=dict_row, connect_timeout=5,
+                    self.url,
+                    autocommit=True,
+                    row_factory=dict_row,
+                    connect_timeout=5,
                     application_name=self.application_name,
                 )
             except psycopg.OperationalError as exc:
@@ -105,15 +108,15 @@ class Store:
         with self.transaction() as conn:
             return _execute(conn, name, params)
 
-    def _typed(self, row_type: type[R], name: str,
-               params: dict[str, Any] | None = None) -> list[R]:
+    def _typed(self, row_type: type[R], name: str, params: dict[str, Any] | None = None) -> list[R]:
         with self.transaction() as conn:
             cur = conn.cursor(row_factory=class_row(row_type))
             cur.execute(queries()[name], params)
             return cur.fetchall() if cur.description else []
 
-    def _first(self, row_type: type[R], name: str,
-               params: dict[str, Any] | None = None) -> R | None:
+    def _first(
+        self, row_type: type[R], name: str, params: dict[str, Any] | None = None
+    ) -> R | None:
         rows = self._typed(row_type, name, params)
         return rows[0] if rows else None
 
@@ -153,42 +156,98 @@ class Store:
 
     # -- files ------------------------------------------------------------------------------
 
-    def insert_file(self, *, name: str, sha: str, generation: int, size: int,
-                    layout: dict[str, Any], chunk_size: int, path: str, claimed_by: str,
-                    identity: FileIdentity | None) -> int | None:
+    def insert_file(
+        self,
+        *,
+        name: str,
+        sha: str,
+        generation: int,
+        size: int,
+        layout: dict[str, Any],
+        chunk_size: int,
+        path: str,
+        claimed_by: str,
+        identity: FileIdentity | None,
+    ) -> int | None:
         """Record a claimed file; None when this content (and generation) is known already."""
-        return _optional_int(self._value("insert_file", {
-            "name": name, "sha": sha, "generation": generation, "size": size,
-            "layout": Jsonb(layout), "chunk_size": chunk_size, "status": FileStatus.CLAIMED,
-            "path": path, "claimed_by": claimed_by,
-            "file_key": identity.key if identity else None,
-            "mtime_ns": identity.mtime_ns if identity else None,
-            "ctime_ns": identity.ctime_ns if identity else None,
-        }))
+        return _optional_int(
+            self._value(
+                "insert_file",
+                {
+                    "name": name,
+                    "sha": sha,
+                    "generation": generation,
+                    "size": size,
+                    "layout": Jsonb(layout),
+                    "chunk_size": chunk_size,
+                    "status": FileStatus.CLAIMED,
+                    "path": path,
+                    "claimed_by": claimed_by,
+                    "file_key": identity.key if identity else None,
+                    "mtime_ns": identity.mtime_ns if identity else None,
+                    "ctime_ns": identity.ctime_ns if identity else None,
+                },
+            )
+        )
 
     def find_file_by_content(self, sha: str, generation: int) -> FileRef | None:
-        return self._first(FileRef, "find_file_by_content",
-                           {"sha": sha, "generation": generation})
+        return self._first(FileRef, "find_file_by_content", {"sha": sha, "generation": generation})
 
-    def insert_duplicate(self, *, name: str, sha: str, generation: int, size: int,
-                         chunk_size: int, claimed_by: str, duplicate_of: int,
-                         final_path: str) -> int:
-        file_id = self._value("insert_duplicate", {
-            "name": name, "sha": sha, "generation": generation, "size": size,
-            "chunk_size": chunk_size, "claimed_by": claimed_by, "duplicate_of": duplicate_of,
-            "final_path": final_path,
-        })
+    def insert_duplicate(
+        self,
+        *,
+        name: str,
+        sha: str,
+        generation: int,
+        size: int,
+        chunk_size: int,
+        claimed_by: str,
+        duplicate_of: int,
+        final_path: str,
+    ) -> int:
+        file_id = self._value(
+            "insert_duplicate",
+            {
+                "name": name,
+                "sha": sha,
+                "generation": generation,
+                "size": size,
+                "chunk_size": chunk_size,
+                "claimed_by": claimed_by,
+                "duplicate_of": duplicate_of,
+                "final_path": final_path,
+            },
+        )
         return int(file_id)
 
-    def insert_unreadable(self, *, name: str, sha: str, generation: int, size: int,
-                          chunk_size: int, claimed_by: str, error: str,
-                          final_path: str | None) -> int | None:
+    def insert_unreadable(
+        self,
+        *,
+        name: str,
+        sha: str,
+        generation: int,
+        size: int,
+        chunk_size: int,
+        claimed_by: str,
+        error: str,
+        final_path: str | None,
+    ) -> int | None:
         """Record a file that cannot be read; None when this key was recorded before."""
-        return _optional_int(self._value("insert_unreadable", {
-            "name": name, "sha": sha, "generation": generation, "size": size,
-            "chunk_size": chunk_size, "claimed_by": claimed_by, "error": error,
-            "final_path": final_path,
-        }))
+        return _optional_int(
+            self._value(
+                "insert_unreadable",
+                {
+                    "name": name,
+                    "sha": sha,
+                    "generation": generation,
+                    "size": size,
+                    "chunk_size": chunk_size,
+                    "claimed_by": claimed_by,
+                    "error": error,
+                    "final_path": final_path,
+                },
+            )
+        )
 
     def get_file(self, file_id: int) -> FileRow | None:
         return self._first(FileRow, "get_file", {"id": file_id})
@@ -199,8 +258,7 @@ class Store:
 
     def latest_file_named(self, name: str, under: Path) -> FileRow | None:
         """The newest file of that name claimed into folder ``under``."""
-        return self._first(FileRow, "latest_file_named",
-                           {"name": name, "under": f"{under}/%"})
+        return self._first(FileRow, "latest_file_named", {"name": name, "under": f"{under}/%"})
 
     def is_registered(self, processing_path: str) -> bool:
         return self._value("file_by_processing_path", {"path": processing_path}) is not None
@@ -211,11 +269,14 @@ class Store:
     def active_files(self) -> list[ActiveFile]:
         return self._typed(ActiveFile, "active_files")
 
-    def finish_read(self, file_id: int, *, rows: int, invalid: int, alerts: int,
-                    error: str | None) -> None:
+    def finish_read(
+        self, file_id: int, *, rows: int, invalid: int, alerts: int, error: str | None
+    ) -> None:
         """The batcher read the whole file (or gave up on it with ``error``)."""
-        self._rows("file_read_complete", {"id": file_id, "rows": rows, "invalid": invalid,
-                                          "alerts": alerts, "error": error})
+        self._rows(
+            "file_read_complete",
+            {"id": file_id, "rows": rows, "invalid": invalid, "alerts": alerts, "error": error},
+        )
 
     def finish_files(self) -> list[FileToMove]:
         """Mark done (or failed) the files whose alerts all reached an end state."""
@@ -244,9 +305,17 @@ class Store:
 
     # -- batcher ----------------------------------------------------------------------------
 
-    def write_chunk(self, *, file_id: int, seq: int, alerts: Sequence[AlertInput],
-                    errors: Sequence[tuple[int, str, str]], rows: int, invalid_before: int,
-                    alerts_before: int) -> ChunkWritten:
+    def write_chunk(
+        self,
+        *,
+        file_id: int,
+        seq: int,
+        alerts: Sequence[AlertInput],
+        errors: Sequence[tuple[int, str, str]],
+        rows: int,
+        invalid_before: int,
+        alerts_before: int,
+    ) -> ChunkWritten:
         """Insert one chunk's alerts and row errors; return the alerts it owns, how many rows
         the ledger refused, and the file's status (a batcher stops reading a cancelled file).
 
@@ -263,26 +332,38 @@ class Store:
                 for row, reason in refused
             ]
             if all_errors:
-                _execute(conn, "insert_row_errors", {
-                    "file_id": file_id,
-                    "lines": [e[0] for e in all_errors],
-                    "reasons": [_storable(e[1]) for e in all_errors],
-                    "excerpts": [_storable(e[2]) for e in all_errors],
-                })
-            progress = _execute(conn, "file_progress", {
-                "id": file_id, "rows": rows, "invalid": invalid_before + len(all_errors),
-                "alerts": alerts_before + len(owned),
-            })
+                _execute(
+                    conn,
+                    "insert_row_errors",
+                    {
+                        "file_id": file_id,
+                        "lines": [e[0] for e in all_errors],
+                        "reasons": [_storable(e[1]) for e in all_errors],
+                        "excerpts": [_storable(e[2]) for e in all_errors],
+                    },
+                )
+            progress = _execute(
+                conn,
+                "file_progress",
+                {
+                    "id": file_id,
+                    "rows": rows,
+                    "invalid": invalid_before + len(all_errors),
+                    "alerts": alerts_before + len(owned),
+                },
+            )
         status = FileStatus(progress[0]["status"]) if progress else None
-        return ChunkWritten([(row["id"], AlertStatus(row["status"])) for row in owned],
-                            len(refused), status)
+        return ChunkWritten(
+            [(row["id"], AlertStatus(row["status"])) for row in owned], len(refused), status
+        )
 
     # -- notifier ---------------------------------------------------------------------------
 
     def claim_alerts(self, ids: Sequence[str], owner: str, lease: float) -> list[AlertToSend]:
         """Lease the alerts among ``ids`` that still need sending to ``owner``."""
-        return self._typed(AlertToSend, "claim_alerts",
-                           {"ids": list(ids), "owner": owner, "lease": lease})
+        return self._typed(
+            AlertToSend, "claim_alerts", {"ids": list(ids), "owner": owner, "lease": lease}
+        )
 
     def renew_leases(self, ids: Sequence[str], owner: str, lease: float) -> None:
         if ids:
@@ -297,17 +378,20 @@ class Store:
         """Write outcomes in one statement; returns how many were still ours to write."""
         if not results:
             return 0
-        written = self._value("record_results", {
-            "owner": owner,
-            "ids": [r.alert_id for r in results],
-            "statuses": [str(r.status) for r in results],
-            "failed": [r.failed for r in results],
-            "throttled": [r.throttled for r in results],
-            "codes": [r.code for r in results],
-            "errors": [r.error for r in results],
-            "latencies": [r.latency_ms for r in results],
-            "next_at": [r.next_at for r in results],
-        })
+        written = self._value(
+            "record_results",
+            {
+                "owner": owner,
+                "ids": [r.alert_id for r in results],
+                "statuses": [str(r.status) for r in results],
+                "failed": [r.failed for r in results],
+                "throttled": [r.throttled for r in results],
+                "codes": [r.code for r in results],
+                "errors": [r.error for r in results],
+                "latencies": [r.latency_ms for r in results],
+                "next_at": [r.next_at for r in results],
+            },
+        )
         return int(written or 0)
 
     # -- recovery ---------------------------------------------------------------------------
@@ -331,21 +415,29 @@ class Store:
 
     def status_counts(self, file_id: int) -> dict[AlertStatus, int]:
         """Alerts of a file by status, delivered ones left out."""
-        return {AlertStatus(row["status"]): int(row["n"])
-                for row in self._rows("status_counts", {"file_id": file_id})}
+        return {
+            AlertStatus(row["status"]): int(row["n"])
+            for row in self._rows("status_counts", {"file_id": file_id})
+        }
 
     def row_errors_page(self, file_id: int, limit: int, offset: int) -> list[RowErrorRow]:
-        return self._typed(RowErrorRow, "row_errors_page",
-                           {"file_id": file_id, "limit": limit, "offset": offset})
+        return self._typed(
+            RowErrorRow, "row_errors_page", {"file_id": file_id, "limit": limit, "offset": offset}
+        )
 
     def failed_alerts_page(self, file_id: int, limit: int, offset: int) -> list[FailedAlert]:
-        return self._typed(FailedAlert, "failed_alerts_page",
-                           {"file_id": file_id, "limit": limit, "offset": offset})
+        return self._typed(
+            FailedAlert,
+            "failed_alerts_page",
+            {"file_id": file_id, "limit": limit, "offset": offset},
+        )
 
-    def dlq_page(self, statuses: Sequence[AlertStatus], limit: int,
-                 offset: int) -> list[DlqEntry]:
-        return self._typed(DlqEntry, "dlq_page", {"statuses": [str(s) for s in statuses],
-                                                  "limit": limit, "offset": offset})
+    def dlq_page(self, statuses: Sequence[AlertStatus], limit: int, offset: int) -> list[DlqEntry]:
+        return self._typed(
+            DlqEntry,
+            "dlq_page",
+            {"statuses": [str(s) for s in statuses], "limit": limit, "offset": offset},
+        )
 
     def dlq_size(self) -> tuple[int, int]:
         """(alerts in the DLQ, dead alerts)."""
@@ -355,29 +447,34 @@ class Store:
 
     def replay_alerts(self, statuses: Sequence[AlertStatus], file_id: int | None) -> int:
         """Give the alerts a fresh attempt budget and queue them now; how many."""
-        count = self._value("replay_alerts", {"statuses": [str(s) for s in statuses],
-                                              "file_id": file_id})
+        count = self._value(
+            "replay_alerts", {"statuses": [str(s) for s in statuses], "file_id": file_id}
+        )
         return int(count or 0)
 
 
-def _upsert_alerts(conn: Conn, file_id: int, seq: int,
-                   alerts: list[AlertInput]) -> tuple[list[dict[str, Any]],
-                                                      list[tuple[AlertInput, str]]]:
+def _upsert_alerts(
+    conn: Conn, file_id: int, seq: int, alerts: list[AlertInput]
+) -> tuple[list[dict[str, Any]], list[tuple[AlertInput, str]]]:
     """Insert alerts in one statement; if PostgreSQL refuses it, find the rows to blame by
     halving, each try in its own savepoint. Returns (owned rows, refused rows with reasons)."""
     if not alerts:
         return [], []
     try:
         with conn.transaction():
-            return _execute(conn, "upsert_alerts", {
-                "file_id": file_id,
-                "seq": seq,
-                "ids": [a[0] for a in alerts],
-                "lines": [a[1] for a in alerts],
-                "users": [a[2] for a in alerts],
-                "messages": [a[3] for a in alerts],
-                "extras": [Jsonb(a[4]) if a[4] else None for a in alerts],
-            }), []
+            return _execute(
+                conn,
+                "upsert_alerts",
+                {
+                    "file_id": file_id,
+                    "seq": seq,
+                    "ids": [a[0] for a in alerts],
+                    "lines": [a[1] for a in alerts],
+                    "users": [a[2] for a in alerts],
+                    "messages": [a[3] for a in alerts],
+                    "extras": [Jsonb(a[4]) if a[4] else None for a in alerts],
+                },
+            ), []
     except _ROW_FAULTS as exc:
         if len(alerts) == 1:
             return [], [(alerts[0], _first_line(exc))]

@@ -34,13 +34,20 @@ class AlertStatus(StrEnum):
 #: Files being read or delivered.
 ACTIVE_FILES = frozenset({FileStatus.CLAIMED, FileStatus.READING, FileStatus.DELIVERING})
 #: Files nothing more will happen to.
-FINISHED_FILES = frozenset({FileStatus.DONE, FileStatus.FAILED, FileStatus.CANCELLED,
-                            FileStatus.DUPLICATE})
+FINISHED_FILES = frozenset(
+    {FileStatus.DONE, FileStatus.FAILED, FileStatus.CANCELLED, FileStatus.DUPLICATE}
+)
 #: Alert states in which nothing more will happen without an operator.
-TERMINAL = frozenset({AlertStatus.DELIVERED, AlertStatus.REJECTED, AlertStatus.DEAD,
-                      AlertStatus.CANCELLED})
+TERMINAL = frozenset(
+    {AlertStatus.DELIVERED, AlertStatus.REJECTED, AlertStatus.DEAD, AlertStatus.CANCELLED}
+)
 #: Alert states still on their way (counted per file by the status view).
-OPEN = (AlertStatus.PENDING, AlertStatus.SENDING, AlertStatus.RETRYING, AlertStatus.THROTTLED,
-        AlertStatus.DLQ)
+OPEN = (
+    AlertStatus.PENDING,
+    AlertStatus.SENDING,
+    AlertStatus.RETRYING,
+    AlertStatus.THROTTLED,
+    AlertStatus.DLQ,
+)
 #: Alert states an operator can replay.
 REPLAYABLE = frozenset({AlertStatus.DLQ, AlertStatus.DEAD, AlertStatus.REJECTED})

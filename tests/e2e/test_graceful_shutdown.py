@@ -40,7 +40,6 @@ COLD_STOP_BOUND = 4.0
 Procs = dict[str, subprocess.Popen[bytes]]
 
 
-
 @pytest.fixture
 def start_mock(tmp_path: Path) -> Iterator[Callable[..., MockClient]]:
     """Start the mock receiver (flags as ``--name value``), stopped after the test."""
@@ -50,9 +49,20 @@ def start_mock(tmp_path: Path) -> Iterator[Callable[..., MockClient]]:
         port = free_port()
         args = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
         process = subprocess.Popen(
-            [sys.executable, "-m", "notifier_mock", "--port", str(port),
-             "--audit-path", str(tmp_path / "accepted.tsv"), *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "notifier_mock",
+                "--port",
+                str(port),
+                "--audit-path",
+                str(tmp_path / "accepted.tsv"),
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         client = MockClient(f"http://127.0.0.1:{port}")
         started.append((process, client))
         wait_for(client.healthy, timeout=20, what="mock receiver up")
@@ -72,10 +82,17 @@ def start_all(settings: Settings, logs: Path, phase: str) -> Procs:
     logs.mkdir(exist_ok=True)
     return {
         "monitor": hookdrop_process(settings, "monitor", log_path=logs / f"{phase}-monitor.log"),
-        "batcher": hookdrop_process(settings, "worker", "batcher",
-                                    log_path=logs / f"{phase}-batcher.log"),
-        "notifier": hookdrop_process(settings, "worker", "notifier", "--processes", "2",
-                                     log_path=logs / f"{phase}-notifier.log"),
+        "batcher": hookdrop_process(
+            settings, "worker", "batcher", log_path=logs / f"{phase}-batcher.log"
+        ),
+        "notifier": hookdrop_process(
+            settings,
+            "worker",
+            "notifier",
+            "--processes",
+            "2",
+            log_path=logs / f"{phase}-notifier.log",
+        ),
     }
 
 
@@ -114,9 +131,11 @@ def wait_exit(procs: Procs, bound: float) -> dict[str, int]:
             codes[name] = process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{name} still running {bound}s after SIGTERM") from None
-        wait_for(functools.partial(group_gone, process),
-                 timeout=max(0.1, deadline - time.monotonic()),
-                 what=f"every process of the {name} group to exit")
+        wait_for(
+            functools.partial(group_gone, process),
+            timeout=max(0.1, deadline - time.monotonic()),
+            what=f"every process of the {name} group to exit",
+        )
     return codes
 
 
@@ -126,7 +145,8 @@ def alert_counts(store: Store) -> dict[str, int]:
             "SELECT count(*) FILTER (WHERE status = 'delivered') AS delivered,"
             " count(*) FILTER (WHERE status IN ('sending', 'retrying', 'throttled')"
             "                  AND lease_owner IS NOT NULL AND lease_until > now()) AS leased,"
-            " count(*) AS total FROM alerts").fetchone()
+            " count(*) AS total FROM alerts"
+        ).fetchone()
     assert row is not None
     return {k: int(v) for k, v in row.items()}
 
@@ -145,8 +165,14 @@ def test_first_sigterm_drains_every_process_and_a_restart_finishes_without_dupli
     # the file over >= 12 s so it is well mid-flight at one third.
     mock = start_mock(latency_ms=20)
     settings = settings.replace(
-        webhook_url=mock_url(mock), rate_limit=2_500, concurrency=32, chunk_size=500,
-        queue_high_water=20, log_format="json", api_listen=("127.0.0.1", free_port()))
+        webhook_url=mock_url(mock),
+        rate_limit=2_500,
+        concurrency=32,
+        chunk_size=500,
+        queue_high_water=20,
+        log_format="json",
+        api_listen=("127.0.0.1", free_port()),
+    )
     logs = tmp_path / "logs"
     first: Procs = {}
     second: Procs = {}
@@ -170,9 +196,14 @@ def test_first_sigterm_drains_every_process_and_a_restart_finishes_without_dupli
         assert len(events(logs / "first-batcher.log", "worker.stopping")) == 1
         # Both pool children got the forwarded signal (rq names each worker differently).
         # (the pool and its children share one log file: give its last lines a moment)
-        wait_for(lambda: len({e["worker"] for e in
-                              events(logs / "first-notifier.log", "worker.stopping")}) == 2,
-                 timeout=5, what="both pool children logged worker.stopping")
+        wait_for(
+            lambda: (
+                len({e["worker"] for e in events(logs / "first-notifier.log", "worker.stopping")})
+                == 2
+            ),
+            timeout=5,
+            what="both pool children logged worker.stopping",
+        )
         # The batcher was mid-file: it stopped between chunks, its checkpoint committed.
         assert events(logs / "first-batcher.log", "batch.interrupted")
         # The notifiers stopped mid-chunk and handed their unsent alerts back.
@@ -191,8 +222,11 @@ def test_first_sigterm_drains_every_process_and_a_restart_finishes_without_dupli
 
         second = start_all(settings, logs, "second")
         final = mock.wait_until(lambda s: s["unique"] >= rows, timeout=180, per_user=False)
-        done = wait_for(lambda: [r for r in file_rows(store) if r["status"] == "done"],
-                        timeout=60, what="file done")
+        done = wait_for(
+            lambda: [r for r in file_rows(store) if r["status"] == "done"],
+            timeout=60,
+            what="file done",
+        )
     finally:
         stop_everything(first, second)
 
@@ -202,10 +236,12 @@ def test_first_sigterm_drains_every_process_and_a_restart_finishes_without_dupli
     resumed = events(logs / "second-batcher.log", "batch.started")
     assert resumed, "the restarted batcher never picked the file up again"
     assert resumed[0]["resume_at"] > 0  # it resumed from the checkpoint, not from line 1
-    print(f"graceful stop of 5 processes took {stop_seconds:.2f}s at "
-          f"{at_stop['unique']}/{rows} delivered, {released} alerts handed back; after "
-          f"restart {final['unique']} unique, {final['duplicates']} duplicates; batcher "
-          f"resumed at {resumed[0]['resume_at']}")
+    print(
+        f"graceful stop of 5 processes took {stop_seconds:.2f}s at "
+        f"{at_stop['unique']}/{rows} delivered, {released} alerts handed back; after "
+        f"restart {final['unique']} unique, {final['duplicates']} duplicates; batcher "
+        f"resumed at {resumed[0]['resume_at']}"
+    )
 
 
 def test_second_sigterm_stops_a_busy_notifier_at_once_and_loses_nothing(
@@ -216,8 +252,14 @@ def test_second_sigterm_stops_a_busy_notifier_at_once_and_loses_nothing(
     processes = 2
     mock = start_mock()
     settings = settings.replace(
-        webhook_url=mock_url(mock), rate_limit=500, concurrency=concurrency, chunk_size=200,
-        queue_high_water=20, log_format="json", api_listen=("127.0.0.1", free_port()))
+        webhook_url=mock_url(mock),
+        rate_limit=500,
+        concurrency=concurrency,
+        chunk_size=200,
+        queue_high_water=20,
+        log_format="json",
+        api_listen=("127.0.0.1", free_port()),
+    )
     logs = tmp_path / "logs"
     logs.mkdir()
     procs: Procs = {}
@@ -225,48 +267,75 @@ def test_second_sigterm_stops_a_busy_notifier_at_once_and_loses_nothing(
     try:
         procs = {
             "monitor": hookdrop_process(settings, "monitor", log_path=logs / "monitor.log"),
-            "batcher": hookdrop_process(settings, "worker", "batcher",
-                                        log_path=logs / "batcher.log"),
+            "batcher": hookdrop_process(
+                settings, "worker", "batcher", log_path=logs / "batcher.log"
+            ),
         }
         notifier = procs["notifier"] = hookdrop_process(
-            settings, "worker", "notifier", "--processes", str(processes),
-            log_path=logs / "notifier.log")
+            settings,
+            "worker",
+            "notifier",
+            "--processes",
+            str(processes),
+            log_path=logs / "notifier.log",
+        )
         wait_for(settings.processing_dir.exists, what="monitor ready")
         write_csv(settings.inbox / "busy.csv", rows)
         mock.wait_until(lambda s: s["unique"] >= 1_000, timeout=120, per_user=False)
         # Answers now take 10 s: every sender of both processes ends up waiting on one.
         mock.configure(latency_ms=10_000)
-        mock.wait_until(lambda s: s["in_flight"] >= processes * concurrency, timeout=30,
-                        per_user=False)
+        mock.wait_until(
+            lambda s: s["in_flight"] >= processes * concurrency, timeout=30, per_user=False
+        )
 
         notifier.send_signal(signal.SIGTERM)
         first_signal = time.monotonic()
-        wait_for(lambda: len(events(logs / "notifier.log", "worker.stopping")) == processes,
-                 timeout=10, what="both notifier processes to start a graceful stop")
-        wait_for(lambda: time.monotonic() - first_signal > RQ_DUPLICATE_SIGNAL_WINDOW + 0.2,
-                 timeout=5, what="rq's duplicate-signal window to pass")
+        wait_for(
+            lambda: len(events(logs / "notifier.log", "worker.stopping")) == processes,
+            timeout=10,
+            what="both notifier processes to start a graceful stop",
+        )
+        wait_for(
+            lambda: time.monotonic() - first_signal > RQ_DUPLICATE_SIGNAL_WINDOW + 0.2,
+            timeout=5,
+            what="rq's duplicate-signal window to pass",
+        )
         assert notifier.poll() is None  # a graceful stop waits for the 10 s answers
         in_flight = mock.stats(per_user=False)["in_flight"]
         assert 0 < in_flight <= processes * concurrency
 
         notifier.send_signal(signal.SIGTERM)
         second_signal = time.monotonic()
-        wait_for(lambda: group_gone(notifier), timeout=COLD_STOP_BOUND + 5,
-                 what="the notifier group to exit after the second SIGTERM")
+        wait_for(
+            lambda: group_gone(notifier),
+            timeout=COLD_STOP_BOUND + 5,
+            what="the notifier group to exit after the second SIGTERM",
+        )
         cold_seconds = time.monotonic() - second_signal
         code = notifier.wait(timeout=1)
         assert cold_seconds < COLD_STOP_BOUND
         assert code == 0
 
         mock.configure(latency_ms=0)
-        restarted = {"notifier": hookdrop_process(settings, "worker", "notifier", "--processes",
-                                                  str(processes),
-                                                  log_path=logs / "notifier-2.log")}
+        restarted = {
+            "notifier": hookdrop_process(
+                settings,
+                "worker",
+                "notifier",
+                "--processes",
+                str(processes),
+                log_path=logs / "notifier-2.log",
+            )
+        }
         # Wait out the answers the killed processes left hanging: they count when they end.
-        final = mock.wait_until(lambda s: s["unique"] >= rows and s["in_flight"] == 0,
-                                timeout=180, per_user=False)
-        done = wait_for(lambda: [r for r in file_rows(store) if r["status"] == "done"],
-                        timeout=60, what="file done")
+        final = mock.wait_until(
+            lambda s: s["unique"] >= rows and s["in_flight"] == 0, timeout=180, per_user=False
+        )
+        done = wait_for(
+            lambda: [r for r in file_rows(store) if r["status"] == "done"],
+            timeout=60,
+            what="file done",
+        )
     finally:
         stop_everything(procs, restarted)
 
@@ -275,6 +344,8 @@ def test_second_sigterm_stops_a_busy_notifier_at_once_and_loses_nothing(
     # Only the requests in flight at the cold stop can arrive twice (their result was never
     # written): each is accepted once when its 10 s answer ends and once when re-sent.
     assert final["duplicates"] <= in_flight
-    print(f"second SIGTERM stopped 2 busy notifiers in {cold_seconds:.2f}s with {in_flight} "
-          f"requests in flight; after restart {final['unique']} unique, "
-          f"{final['duplicates']} duplicates")
+    print(
+        f"second SIGTERM stopped 2 busy notifiers in {cold_seconds:.2f}s with {in_flight} "
+        f"requests in flight; after restart {final['unique']} unique, "
+        f"{final['duplicates']} duplicates"
+    )

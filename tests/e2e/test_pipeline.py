@@ -19,14 +19,25 @@ pytestmark = pytest.mark.e2e
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-
 @pytest.fixture
 def mock(tmp_path: Path) -> Iterator[MockClient]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "notifier_mock", "--port", str(port), "--secret", SECRET,
-         "--audit-path", str(tmp_path / "accepted.tsv")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "notifier_mock",
+            "--port",
+            str(port),
+            "--secret",
+            SECRET,
+            "--audit-path",
+            str(tmp_path / "accepted.tsv"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         with MockClient(f"http://127.0.0.1:{port}") as client:
             wait_for(client.healthy, timeout=20, what="mock receiver up")
@@ -38,9 +49,14 @@ def mock(tmp_path: Path) -> Iterator[MockClient]:
 @pytest.fixture
 def e2e_settings(settings: Settings, mock: MockClient) -> Settings:
     base = str(mock._http.base_url).rstrip("/")
-    return settings.replace(webhook_url=f"{base}/hook", signing_secret=SECRET,
-                            chunk_size=200, concurrency=32, queue_high_water=20,
-                            api_listen=("127.0.0.1", free_port()))
+    return settings.replace(
+        webhook_url=f"{base}/hook",
+        signing_secret=SECRET,
+        chunk_size=200,
+        concurrency=32,
+        queue_high_water=20,
+        api_listen=("127.0.0.1", free_port()),
+    )
 
 
 def test_a_dropped_file_reaches_the_receiver_once_per_alert(
@@ -52,8 +68,9 @@ def test_a_dropped_file_reaches_the_receiver_once_per_alert(
     procs = [
         hookdrop_process(settings, "monitor", log_path=logs / "monitor.log"),
         hookdrop_process(settings, "worker", "batcher", log_path=logs / "batcher.log"),
-        hookdrop_process(settings, "worker", "notifier", "--processes", "2",
-                         log_path=logs / "notifier.log"),
+        hookdrop_process(
+            settings, "worker", "notifier", "--processes", "2", log_path=logs / "notifier.log"
+        ),
     ]
     try:
         wait_for(settings.processing_dir.exists, what="monitor ready")
@@ -62,14 +79,18 @@ def test_a_dropped_file_reaches_the_receiver_once_per_alert(
             handle.write("u1,alert number 1\n")  # a repeated row is one alert
             handle.write(",no user\n")  # a bad row is recorded, not sent
         stats = mock.wait_until(lambda s: s["unique"] >= len(pairs), timeout=120)
-        rows = wait_for(lambda: [r for r in file_rows(store)
-                                 if r["status"] == "done" and r["final_path"]],
-                        timeout=60, what="file done and moved")
+        rows = wait_for(
+            lambda: [r for r in file_rows(store) if r["status"] == "done" and r["final_path"]],
+            timeout=60,
+            what="file done and moved",
+        )
         audit_file = tmp_path / "accepted.tsv"
         # the receiver writes its audit file in batches: wait for the last one
-        wait_for(lambda: audit_file.exists()
-                 and len(audit_file.read_text().splitlines()) >= len(pairs),
-                 timeout=10, what="audit file complete")
+        wait_for(
+            lambda: audit_file.exists() and len(audit_file.read_text().splitlines()) >= len(pairs),
+            timeout=10,
+            what="audit file complete",
+        )
     finally:
         for process in procs:
             kill_group(process)

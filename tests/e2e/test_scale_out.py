@@ -29,7 +29,6 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 
 
-
 @dataclass
 class Node:
     """One hookdrop process started as if on a host of its own."""
@@ -67,20 +66,25 @@ def nodes() -> Iterator[list[Node]]:
         kill_group(node.process)
 
 
-def start_node(nodes: list[Node], base: Settings, tmp_path: Path, name: str,
-               *args: str) -> Node:
+def start_node(nodes: list[Node], base: Settings, tmp_path: Path, name: str, *args: str) -> Node:
     """``hookdrop ARGS`` in ``<tmp>/<name>/`` with settings of its own, as on another host."""
     home = tmp_path / name
     home.mkdir()
-    settings = base.replace(state_dir=home / "state", log_format="json",
-                            api_listen=("127.0.0.1", free_port()))
+    settings = base.replace(
+        state_dir=home / "state", log_format="json", api_listen=("127.0.0.1", free_port())
+    )
     # The code under test, whatever checkout the suite runs from (the cwd is not the repo).
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, **settings.to_environ(), "PYTHONPATH": path}
     with (home / "hookdrop.log").open("ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "hookdrop", *args], cwd=home, env=env,
-                                   stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hookdrop", *args],
+            cwd=home,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     node = Node(name, args, home, settings, process)
     nodes.append(node)
     return node
@@ -90,8 +94,9 @@ def wait_started(nodes: list[Node], timeout: float = 60) -> None:
     """Every node logged its start (watching the inbox / listening on its queue)."""
     for node in nodes:
         event = "monitor.started" if node.args[0] == "monitor" else "worker.started"
-        wanted = int(node.args[node.args.index("--processes") + 1]) \
-            if "--processes" in node.args else 1
+        wanted = (
+            int(node.args[node.args.index("--processes") + 1]) if "--processes" in node.args else 1
+        )
 
         def up(node: Node = node, event: str = event, wanted: int = wanted) -> bool:
             return len(node.events(event)) >= wanted or node.process.poll() is not None
@@ -114,9 +119,12 @@ def drop_at_once(inbox: Path, staging: Path, files: int, rows: int) -> list[str]
 @pytest.fixture
 def mock() -> Iterator[MockClient]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "notifier_mock", "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "notifier_mock", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         with MockClient(f"http://127.0.0.1:{port}") as client:
             wait_for(client.healthy, timeout=20, what="mock receiver up")
@@ -166,12 +174,20 @@ def test_global_rate_limit_holds_across_notifier_processes_of_two_hosts(
     rows = 6_000
     pools = 2
     per_pool = 2
-    base = settings.replace(webhook_url=str(mock._http.base_url).rstrip("/") + "/hook",
-                            rate_limit=limit, chunk_size=200, queue_high_water=20)
+    base = settings.replace(
+        webhook_url=str(mock._http.base_url).rstrip("/") + "/hook",
+        rate_limit=limit,
+        chunk_size=200,
+        queue_high_water=20,
+    )
     start_node(nodes, base, tmp_path, "host-a", "monitor")
     start_node(nodes, base, tmp_path, "host-b", "worker", "batcher")
-    notifiers = [start_node(nodes, base, tmp_path, f"host-{h}", "worker", "notifier",
-                            "--processes", str(per_pool)) for h in "cd"]
+    notifiers = [
+        start_node(
+            nodes, base, tmp_path, f"host-{h}", "worker", "notifier", "--processes", str(per_pool)
+        )
+        for h in "cd"
+    ]
     wait_started(nodes)
     write_csv(settings.inbox / "limited.csv", rows)
 
@@ -211,22 +227,30 @@ def test_global_rate_limit_holds_across_notifier_processes_of_two_hosts(
     assert final["throttled"] == 0
     for node in notifiers:  # both hosts took part
         assert node.events("chunk.done"), f"{node.name} delivered nothing"
-    print(f"rate limit {limit:.0f}/s over {pools * per_pool} notifier processes on 2 hosts: "
-          f"average {average:.0f}/s, worst 1 s window {worst:.0f}/s over "
-          f"{t_end - t_start:.1f}s; allowance {limit * 1.1:.0f}/s + {allowance:.0f}")
+    print(
+        f"rate limit {limit:.0f}/s over {pools * per_pool} notifier processes on 2 hosts: "
+        f"average {average:.0f}/s, worst 1 s window {worst:.0f}/s over "
+        f"{t_end - t_start:.1f}s; allowance {limit * 1.1:.0f}/s + {allowance:.0f}"
+    )
 
 
 def test_batchers_and_notifiers_on_separate_hosts_share_the_work_and_send_each_alert_once(
     settings: Settings, store: Store, nodes: list[Node], mock: MockClient, tmp_path: Path
 ) -> None:
     files, rows = 6, 3_000
-    base = settings.replace(webhook_url=str(mock._http.base_url).rstrip("/") + "/hook",
-                            chunk_size=200, queue_high_water=20, concurrency=16)
+    base = settings.replace(
+        webhook_url=str(mock._http.base_url).rstrip("/") + "/hook",
+        chunk_size=200,
+        queue_high_water=20,
+        concurrency=16,
+    )
     start_node(nodes, base, tmp_path, "host-a", "monitor")
-    batchers = [start_node(nodes, base, tmp_path, f"batcher-{n}", "worker", "batcher")
-                for n in (1, 2)]
-    notifiers = [start_node(nodes, base, tmp_path, f"notifier-{n}", "worker", "notifier")
-                 for n in (1, 2, 3)]
+    batchers = [
+        start_node(nodes, base, tmp_path, f"batcher-{n}", "worker", "batcher") for n in (1, 2)
+    ]
+    notifiers = [
+        start_node(nodes, base, tmp_path, f"notifier-{n}", "worker", "notifier") for n in (1, 2, 3)
+    ]
     # Every worker is blocked on its queue before the work arrives; Redis serves blocked
     # clients first come, first served, so no early starter can take everything.
     wait_started(nodes)
@@ -250,5 +274,7 @@ def test_batchers_and_notifiers_on_separate_hosts_share_the_work_and_send_each_a
     assert sum(sent.values()) == files * rows  # each alert delivered by one notifier
     assert sum(1 for count in reads.values() if count) >= 2, reads
     assert sum(1 for count in sent.values() if count) >= 2, sent
-    print(f"{files} files x {rows} rows: files read per batcher {reads}, alerts delivered per "
-          f"notifier {sent}")
+    print(
+        f"{files} files x {rows} rows: files read per batcher {reads}, alerts delivered per "
+        f"notifier {sent}"
+    )

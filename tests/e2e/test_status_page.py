@@ -36,9 +36,16 @@ pytestmark = pytest.mark.e2e
 
 CHROMIUM = Path("/usr/bin/chromium")
 REBOUND = "rebound.test"  # a name the browser resolves to 127.0.0.1, as after DNS rebinding
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1",
+]
 TOKEN = "page-token-42"
 SCREENSHOT = Path("/tmp/hookdrop-status-page.png")
 ROWS = 3_000
@@ -51,7 +58,6 @@ def unavailable(reason: str) -> None:
     pytest.skip(message)
 
 
-
 @pytest.fixture
 def browser() -> Iterator[Any]:
     try:
@@ -62,8 +68,7 @@ def browser() -> Iterator[Any]:
         unavailable(f"{CHROMIUM} is missing (apt-get install -y chromium)")
     with sync_playwright() as playwright:
         try:
-            launched = playwright.chromium.launch(executable_path=str(CHROMIUM),
-                                                  args=CHROMIUM_ARGS)
+            launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         except Error as exc:
             unavailable(f"chromium did not start: {str(exc).splitlines()[0]}")
         try:
@@ -75,9 +80,12 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def mock() -> Iterator[MockClient]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "notifier_mock", "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "notifier_mock", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         with MockClient(f"http://127.0.0.1:{port}") as client:
             wait_for(client.healthy, timeout=20, what="mock receiver up")
@@ -87,12 +95,19 @@ def mock() -> Iterator[MockClient]:
 
 
 def test_the_page_shows_a_dropped_file_reaching_100_percent(
-    settings: Settings, mock: MockClient, browser: Any, tmp_path: Path,
+    settings: Settings,
+    mock: MockClient,
+    browser: Any,
+    tmp_path: Path,
 ) -> None:
     port = free_port()
     settings = settings.replace(
-        webhook_url=f"{str(mock._http.base_url).rstrip('/')}/hook", api_token=TOKEN,
-        api_listen=("127.0.0.1", port), rate_limit=1500.0, chunk_size=200)
+        webhook_url=f"{str(mock._http.base_url).rstrip('/')}/hook",
+        api_token=TOKEN,
+        api_listen=("127.0.0.1", port),
+        rate_limit=1500.0,
+        chunk_size=200,
+    )
     base = f"http://127.0.0.1:{port}"
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -102,6 +117,7 @@ def test_the_page_shows_a_dropped_file_reaching_100_percent(
         hookdrop_process(settings, "worker", "notifier", log_path=logs / "notifier.log"),
     ]
     try:
+
         def api_up() -> bool:
             try:
                 return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
@@ -117,8 +133,9 @@ def test_the_page_shows_a_dropped_file_reaching_100_percent(
         write_csv(settings.inbox / "drop.csv", ROWS)
         row = page.wait_for_selector('#files tr[data-status="delivering"]', timeout=30_000)
         assert row is not None
-        done = page.wait_for_selector('#files tr[data-percent="100"][data-status="done"]',
-                                      timeout=60_000)
+        done = page.wait_for_selector(
+            '#files tr[data-percent="100"][data-status="done"]', timeout=60_000
+        )
         assert done is not None
         cells = done.query_selector_all("td")
         assert cells[1].inner_text() == "drop.csv"
@@ -126,8 +143,7 @@ def test_the_page_shows_a_dropped_file_reaching_100_percent(
         assert cells[4].inner_text().replace(",", "") == f"{ROWS} / {ROWS}"
         assert page.inner_text("#backpressure") == "off"
         assert page.inner_text("#dlq") == "0"
-        page.wait_for_function(
-            "document.getElementById('chart-ok').getAttribute('d').length > 0")
+        page.wait_for_function("document.getElementById('chart-ok').getAttribute('d').length > 0")
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         page.close()
     finally:
@@ -210,7 +226,10 @@ OWN_PAGE = """async ([fileId, token]) => {
 
 
 def test_a_page_on_another_local_port_cannot_use_the_cookie_to_change_anything(
-    settings: Settings, store: Store, rconn: redis.Redis, browser: Any,
+    settings: Settings,
+    store: Store,
+    rconn: redis.Redis,
+    browser: Any,
 ) -> None:
     file_id, _ = make_file(store, 3)
     with api_thread(settings, TOKEN) as api, elsewhere_site() as elsewhere:
@@ -228,8 +247,12 @@ def test_a_page_on_another_local_port_cannot_use_the_cookie_to_change_anything(
             assert not rconn.exists(settings.keys.paused(file_id))
             assert websocket == "closed"
             refused = {(e["path"], e["reason"]) for e in logs if e["event"] == "api.refused"}
-            assert refused == {("/files", "origin"), ("/dlq/replay", "origin"),
-                               (f"/files/{file_id}/pause", "origin"), ("/ws", "origin")}
+            assert refused == {
+                ("/files", "origin"),
+                ("/dlq/replay", "origin"),
+                (f"/files/{file_id}/pause", "origin"),
+                ("/ws", "origin"),
+            }
 
             status, update = own.evaluate(OWN_PAGE, [file_id, TOKEN])
             assert status == 200
@@ -240,7 +263,9 @@ def test_a_page_on_another_local_port_cannot_use_the_cookie_to_change_anything(
 
 
 def test_a_rebound_host_name_cannot_read_the_token_less_api(
-    settings: Settings, store: Store, browser: Any,
+    settings: Settings,
+    store: Store,
+    browser: Any,
 ) -> None:
     make_file(store, 2, name="secret.csv")
     with api_thread(settings, None) as api:

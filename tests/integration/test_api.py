@@ -51,8 +51,11 @@ def api(asettings: Settings) -> Iterator[ApiServer]:
 
 @pytest.fixture
 def client(api: ApiServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://127.0.0.1:{api.port}",
-                      headers={"authorization": f"Bearer {TOKEN}"}, timeout=10) as c:
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{api.port}",
+        headers={"authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    ) as c:
         yield c
 
 
@@ -72,8 +75,17 @@ def control(asettings: Settings, store: Store, rconn: redis.Redis) -> Control:
 
 def test_every_path_but_healthz_needs_the_token(anonymous: httpx.Client) -> None:
     assert anonymous.get("/healthz").json() == {"status": "ok"}
-    for path in ("/files", "/overview", "/metrics", "/readyz", "/openapi.json", "/docs", "/",
-                 "/static/app.js", "/dlq"):
+    for path in (
+        "/files",
+        "/overview",
+        "/metrics",
+        "/readyz",
+        "/openapi.json",
+        "/docs",
+        "/",
+        "/static/app.js",
+        "/dlq",
+    ):
         response = anonymous.get(path)
         assert response.status_code == 401, path
         assert response.headers["www-authenticate"] == "Bearer"
@@ -98,9 +110,20 @@ def test_status_page_takes_the_token_once_and_keeps_a_cookie(anonymous: httpx.Cl
 
 def test_openapi_and_offline_docs(client: httpx.Client) -> None:
     spec = client.get("/openapi.json").json()
-    for path in ("/files", "/files/{file_id}", "/files/{file_id}/result",
-                 "/files/{file_id}/events", "/files/{file_id}/pause", "/dlq", "/dlq/replay",
-                 "/metrics", "/readyz", "/healthz", "/overview", "/throughput"):
+    for path in (
+        "/files",
+        "/files/{file_id}",
+        "/files/{file_id}/result",
+        "/files/{file_id}/events",
+        "/files/{file_id}/pause",
+        "/dlq",
+        "/dlq/replay",
+        "/metrics",
+        "/readyz",
+        "/healthz",
+        "/overview",
+        "/throughput",
+    ):
         assert path in spec["paths"], path
     docs = client.get("/docs")
     assert docs.status_code == 200
@@ -115,8 +138,7 @@ def test_readyz_checks_both_servers(client: httpx.Client) -> None:
 
 
 def test_readyz_is_503_naming_redis_when_redis_is_down(asettings: Settings) -> None:
-    dead = redis.Redis.from_url(f"redis://127.0.0.1:{closed_port()}/0",
-                                socket_connect_timeout=1)
+    dead = redis.Redis.from_url(f"redis://127.0.0.1:{closed_port()}/0", socket_connect_timeout=1)
     app = create_app(asettings, lambda: Store(asettings.database_url or ""), dead)
 
     async def probe() -> httpx.Response:
@@ -168,7 +190,10 @@ def test_files_status_and_result(client: httpx.Client, store: Store) -> None:
 
 
 def test_pause_resume_cancel_and_their_conflicts(
-    client: httpx.Client, store: Store, rconn: redis.Redis, asettings: Settings,
+    client: httpx.Client,
+    store: Store,
+    rconn: redis.Redis,
+    asettings: Settings,
 ) -> None:
     file_id, _ = make_file(store, 10)
     paused = client.post(f"/files/{file_id}/pause")
@@ -189,8 +214,11 @@ def test_pause_resume_cancel_and_their_conflicts(
 def test_dlq_list_and_replay(client: httpx.Client, store: Store) -> None:
     file_id, ids = make_file(store, 4)
     with store.transaction() as conn:
-        conn.execute("UPDATE alerts SET status = 'dead', attempts = 12, last_error = 'HTTP 503'"
-                     " WHERE id = ANY(%s)", (ids[:3],))
+        conn.execute(
+            "UPDATE alerts SET status = 'dead', attempts = 12, last_error = 'HTTP 503'"
+            " WHERE id = ANY(%s)",
+            (ids[:3],),
+        )
         conn.execute("UPDATE files SET dead = 3 WHERE id = %s", (file_id,))
     listed = client.get("/dlq", params={"status": "dead"}).json()
     assert listed["dead"] == 3
@@ -203,12 +231,17 @@ def test_dlq_list_and_replay(client: httpx.Client, store: Store) -> None:
 
 
 def test_overview_and_throughput(
-    client: httpx.Client, store: Store, rconn: redis.Redis, asettings: Settings,
+    client: httpx.Client,
+    store: Store,
+    rconn: redis.Redis,
+    asettings: Settings,
 ) -> None:
     make_file(store, 3)
     now = int(rconn.time()[0])
-    rconn.hset(asettings.keys.outcomes, mapping={f"{now - 5}:ok": 70, f"{now - 5}:throttled": 2,
-                                                 f"{now - 200}:ok": 9})
+    rconn.hset(
+        asettings.keys.outcomes,
+        mapping={f"{now - 5}:ok": 70, f"{now - 5}:throttled": 2, f"{now - 200}:ok": 9},
+    )
     rconn.set(asettings.keys.backpressure, "1", px=4000)
     series = client.get("/throughput").json()["series"]
     assert len(series) == 120
@@ -223,7 +256,10 @@ def test_overview_and_throughput(
 
 
 def test_metrics_parse_and_carry_the_numbers(
-    client: httpx.Client, store: Store, rconn: redis.Redis, asettings: Settings,
+    client: httpx.Client,
+    store: Store,
+    rconn: redis.Redis,
+    asettings: Settings,
     control: Control,
 ) -> None:
     file_id, ids = make_file(store, 6)
@@ -233,9 +269,11 @@ def test_metrics_parse_and_carry_the_numbers(
     rconn.set(asettings.keys.backpressure, "1", px=3000)
     response = client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(response.text)
-               for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
     assert samples[("hookdrop_alerts_total", (("status", "cancelled"),))] == 6
     assert samples[("hookdrop_alerts_total", (("status", "delivered"),))] == 0
     assert samples[("hookdrop_invalid_rows_total", ())] == 1
@@ -255,7 +293,9 @@ def test_metrics_parse_and_carry_the_numbers(
 
 
 def test_events_stream_status_until_the_file_is_finished(
-    client: httpx.Client, store: Store, control: Control,
+    client: httpx.Client,
+    store: Store,
+    control: Control,
 ) -> None:
     file_id, _ = make_file(store, 5)
     events: list[tuple[str, dict[str, object]]] = []
@@ -276,7 +316,9 @@ def test_events_stream_status_until_the_file_is_finished(
 
 
 def test_websocket_subscribe_gets_status_on_change(
-    api: ApiServer, store: Store, control: Control,
+    api: ApiServer,
+    store: Store,
+    control: Control,
 ) -> None:
     file_id, _ = make_file(store, 5)
     url = f"ws://127.0.0.1:{api.port}/ws"
@@ -288,8 +330,10 @@ def test_websocket_subscribe_gets_status_on_change(
         second = json.loads(ws.recv(timeout=10))
         assert (second["id"], second["status"]) == (file_id, "cancelled")
         ws.send(json.dumps({"fileId": 424242}))
-        assert json.loads(ws.recv(timeout=10)) == {"error": "no file with id 424242",
-                                                    "fileId": 424242}
+        assert json.loads(ws.recv(timeout=10)) == {
+            "error": "no file with id 424242",
+            "fileId": 424242,
+        }
         ws.send("not json")
         assert "error" in json.loads(ws.recv(timeout=10))
     with pytest.raises(InvalidStatus), ws_connect(url):
@@ -321,13 +365,16 @@ def test_raw_upload_is_streamed_into_the_inbox(client: httpx.Client, asettings: 
 
 
 def test_multipart_upload_uses_the_file_name(client: httpx.Client, asettings: Settings) -> None:
-    response = client.post("/files", data={"note": "hi"},
-                           files={"file": ("tuesday.csv", b"user_id,message\nu1,hello\n",
-                                           "text/csv")})
+    response = client.post(
+        "/files",
+        data={"note": "hi"},
+        files={"file": ("tuesday.csv", b"user_id,message\nu1,hello\n", "text/csv")},
+    )
     assert response.status_code == 201, response.text
     assert (asettings.inbox / "tuesday.csv").read_bytes() == b"user_id,message\nu1,hello\n"
-    renamed = client.post("/files", params={"name": "wed.csv"},
-                          files={"upload": ("ignored.csv", b"a,b\n")})
+    renamed = client.post(
+        "/files", params={"name": "wed.csv"}, files={"upload": ("ignored.csv", b"a,b\n")}
+    )
     assert renamed.json()["name"] == "wed.csv"
     no_file = client.post("/files", files={"note": (None, "only a field")})
     assert no_file.status_code == 400
@@ -349,8 +396,9 @@ def test_upload_without_a_name_is_400(client: httpx.Client) -> None:
 
 def test_upload_past_the_size_limit_is_413_and_leaves_nothing(asettings: Settings) -> None:
     conn = redis.Redis.from_url(asettings.redis_url or "")
-    app = create_app(asettings, lambda: Store(asettings.database_url or ""), conn,
-                     max_upload_bytes=1000)
+    app = create_app(
+        asettings, lambda: Store(asettings.database_url or ""), conn, max_upload_bytes=1000
+    )
 
     def chunks() -> Iterator[bytes]:
         for _ in range(10):
@@ -359,8 +407,9 @@ def test_upload_past_the_size_limit_is_413_and_leaves_nothing(asettings: Setting
     async def upload() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         headers = {"authorization": f"Bearer {TOKEN}"}
-        async with httpx.AsyncClient(transport=transport, base_url="http://localhost",
-                                     headers=headers) as c:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://localhost", headers=headers
+        ) as c:
 
             async def streamed() -> Iterator[bytes]:  # type: ignore[misc]
                 for chunk in chunks():

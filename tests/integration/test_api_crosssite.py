@@ -278,8 +278,8 @@ def test_the_cookie_with_another_local_port_as_origin_is_refused(
         assert not rconn.exists(paused_key)
         assert browser.get(f"/files/{file_id}").status_code == 200
         with_token = browser.post(
-            f"/files/{file_id}/pause", headers={"authorization": f"Bearer {TOKEN}",
-                                                "origin": own_origin(token_api)}
+            f"/files/{file_id}/pause",
+            headers={"authorization": f"Bearer {TOKEN}", "origin": own_origin(token_api)},
         )
         assert with_token.status_code == 200, with_token.text
         assert rconn.exists(paused_key)

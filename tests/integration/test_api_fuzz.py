@@ -28,11 +28,16 @@ def api_schema(settings: Settings, redis_url: str) -> Iterator[Any]:
     fuzz_settings = settings.replace(api_token=TOKEN, api_allowed_hosts=(TEST_CLIENT_HOST,))
     ensure_dirs(fuzz_settings)
     conn = redis.Redis.from_url(redis_url)
-    app = create_app(fuzz_settings, lambda: Store(fuzz_settings.database_url or ""), conn,
-                     max_upload_bytes=64 * 1024)
+    app = create_app(
+        fuzz_settings,
+        lambda: Store(fuzz_settings.database_url or ""),
+        conn,
+        max_upload_bytes=64 * 1024,
+    )
     try:
-        yield schemathesis.openapi.from_asgi("/openapi.json", app,
-                                             headers={"authorization": f"Bearer {TOKEN}"})
+        yield schemathesis.openapi.from_asgi(
+            "/openapi.json", app, headers={"authorization": f"Bearer {TOKEN}"}
+        )
     finally:
         app.state.hub.pool.close()
         conn.close()
@@ -49,11 +54,17 @@ def test_no_input_causes_a_server_error(api_schema: Any, method: str, path: str)
     operation = api_schema[path][method]
 
     @given(case=operation.as_strategy())
-    @hypothesis_settings(max_examples=6, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @hypothesis_settings(
+        max_examples=6,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def check(case: Any) -> None:
-        response = case.call_and_validate(headers={"authorization": f"Bearer {TOKEN}"},
-                                          checks=[not_a_server_error])
+        response = case.call_and_validate(
+            headers={"authorization": f"Bearer {TOKEN}"}, checks=[not_a_server_error]
+        )
         assert response.status_code not in (403, 421), response.text
 
     check()

@@ -30,18 +30,26 @@ from tests.helpers import ledger_file, run_burst, write_csv
 URL = "http://receiver.test/hook"
 
 
-def make_file(store: Store, count: int, *, name: str = "t.csv",
-              status: str = "reading") -> tuple[int, list[str]]:
+def make_file(
+    store: Store, count: int, *, name: str = "t.csv", status: str = "reading"
+) -> tuple[int, list[str]]:
     """A file row whose ``count`` alerts are in the ledger and fully read."""
-    return ledger_file(store, count, name=name, status=status,
-                       errors=[(count + 2, "no user id", ",oops")])
+    return ledger_file(
+        store, count, name=name, status=status, errors=[(count + 2, "no user id", ",oops")]
+    )
 
 
 @pytest.fixture
 def csettings(settings: Settings) -> Settings:
     ensure_dirs(settings)
-    return settings.replace(webhook_url=URL, rate_limit=200.0, concurrency=4, chunk_size=100,
-                            max_tries=1, attempt_budget=1)
+    return settings.replace(
+        webhook_url=URL,
+        rate_limit=200.0,
+        concurrency=4,
+        chunk_size=100,
+        max_tries=1,
+        attempt_budget=1,
+    )
 
 
 @pytest.fixture
@@ -80,7 +88,10 @@ def receiver() -> Iterator[Receiver]:
 
 
 def test_pause_stops_sending_promptly_and_resume_finishes_without_a_miss_or_duplicate(
-    csettings: Settings, control: Control, store: Store, rconn: redis.Redis,
+    csettings: Settings,
+    control: Control,
+    store: Store,
+    rconn: redis.Redis,
     receiver: Receiver,
 ) -> None:
     file_id, ids = make_file(store, 300)
@@ -114,7 +125,8 @@ def test_pause_stops_sending_promptly_and_resume_finishes_without_a_miss_or_dupl
 
 
 def test_pause_resume_and_cancel_refuse_finished_and_unknown_files(
-    control: Control, store: Store,
+    control: Control,
+    store: Store,
 ) -> None:
     file_id, _ = make_file(store, 3)
     control.cancel(file_id)
@@ -126,14 +138,16 @@ def test_pause_resume_and_cancel_refuse_finished_and_unknown_files(
 
 
 def test_cancel_marks_the_rest_cancelled_and_they_are_never_sent(
-    csettings: Settings, control: Control, store: Store, rconn: redis.Redis,
+    csettings: Settings,
+    control: Control,
+    store: Store,
+    rconn: redis.Redis,
     receiver: Receiver,
 ) -> None:
     file_id, ids = make_file(store, 300)
     enqueue_deliveries(rconn, csettings.keys, file_id, ids, csettings.chunk_size)
     cancelled_at: list[float] = []
-    receiver.hooks[30] = lambda: (control.cancel(file_id),
-                                  cancelled_at.append(time.monotonic()))
+    receiver.hooks[30] = lambda: (control.cancel(file_id), cancelled_at.append(time.monotonic()))
 
     run_burst(csettings, "notifier")
     # The running job handed back what it had not sent; the monitor's round ends them.
@@ -155,7 +169,10 @@ def test_cancel_marks_the_rest_cancelled_and_they_are_never_sent(
 
 
 def test_dead_alerts_are_replayed_and_then_delivered(
-    csettings: Settings, control: Control, store: Store, rconn: redis.Redis,
+    csettings: Settings,
+    control: Control,
+    store: Store,
+    rconn: redis.Redis,
 ) -> None:
     file_id, ids = make_file(store, 20)
     enqueue_deliveries(rconn, csettings.keys, file_id, ids, csettings.chunk_size)
@@ -190,7 +207,10 @@ def test_replay_checks_its_arguments(control: Control) -> None:
 
 
 def test_resend_creates_generation_1_with_new_alert_ids(
-    csettings: Settings, control: Control, store: Store, rconn: redis.Redis,
+    csettings: Settings,
+    control: Control,
+    store: Store,
+    rconn: redis.Redis,
     receiver: Receiver,
 ) -> None:
     write_csv(csettings.inbox / "monday.csv", 40)
@@ -220,9 +240,22 @@ def test_resend_creates_generation_1_with_new_alert_ids(
     assert Path(first.final_path or "").exists()  # the original stays where it was
 
 
-@pytest.mark.parametrize("name", ["../evil.csv", "a/b.csv", "a\\b.csv", "x\x00.csv",
-                                  "line\nbreak.csv", "..", "", ".hidden.csv", "x.csv.part",
-                                  "bell\x07.csv", "rtl\u202e.csv"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../evil.csv",
+        "a/b.csv",
+        "a\\b.csv",
+        "x\x00.csv",
+        "line\nbreak.csv",
+        "..",
+        "",
+        ".hidden.csv",
+        "x.csv.part",
+        "bell\x07.csv",
+        "rtl\u202e.csv",
+    ],
+)
 def test_send_refuses_bad_names(csettings: Settings, tmp_path: Path, name: str) -> None:
     source = tmp_path / "source.csv"
     source.write_text("user_id,message\nu1,hi\n")
@@ -244,8 +277,10 @@ def test_send_lands_atomically_and_never_overwrites(csettings: Settings, tmp_pat
     final = send_chunks(chunks(), inbox, "drop.csv")
     assert final == inbox / "drop.csv"
     # While writing, only a hidden temp name (which the monitor ignores) existed.
-    assert all(len(names) == 1 and names[0].startswith(".drop.csv.")
-               and names[0].endswith(".part") for names in seen_during)
+    assert all(
+        len(names) == 1 and names[0].startswith(".drop.csv.") and names[0].endswith(".part")
+        for names in seen_during
+    )
     assert final.read_text().splitlines()[-1] == "u4,hello 4"
     assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["drop.csv"]
 
@@ -266,17 +301,18 @@ Invoke = Callable[..., click.testing.Result]
 @pytest.fixture
 def run_cli(csettings: Settings) -> Invoke:
     """The ``hookdrop`` command, run in this process with the test's settings."""
+
     def invoke(*args: str) -> click.testing.Result:
-        return CliRunner().invoke(cli, list(args), env=csettings.to_environ(),
-                                  catch_exceptions=True)
+        return CliRunner().invoke(
+            cli, list(args), env=csettings.to_environ(), catch_exceptions=True
+        )
 
     return invoke
 
 
 def test_cli_status_files_and_result_print_json(run_cli: Invoke, store: Store) -> None:
     file_id, _ = make_file(store, 5)
-    status = run_cli(
-        "status", str(file_id), "--json")
+    status = run_cli("status", str(file_id), "--json")
     assert status.exit_code == 0, status.output
     assert json.loads(status.output)["counts"]["alerts"] == 5
     files = run_cli("files", "--json")

@@ -30,8 +30,14 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 @pytest.fixture
 def dsettings(settings: Settings) -> Settings:
-    return settings.replace(webhook_url=URL, signing_secret=SECRET, max_tries=3,
-                            attempt_budget=5, backpressure_seconds=0.2, concurrency=8)
+    return settings.replace(
+        webhook_url=URL,
+        signing_secret=SECRET,
+        max_tries=3,
+        attempt_budget=5,
+        backpressure_seconds=0.2,
+        concurrency=8,
+    )
 
 
 @pytest.fixture
@@ -45,8 +51,9 @@ def engine(dsettings: Settings) -> Iterator[Delivery]:
     ctx.close()
 
 
-def make_file(store: Store, count: int, *,
-              extra: dict[str, Any] | None = None) -> tuple[int, list[str]]:
+def make_file(
+    store: Store, count: int, *, extra: dict[str, Any] | None = None
+) -> tuple[int, list[str]]:
     return ledger_file(store, count, sha=f"sha{count}", chunk_size=500, extra=extra)
 
 
@@ -89,14 +96,18 @@ def test_a_delivered_alert_is_never_sent_again(engine: Delivery, store: Store) -
 
 @pytest.mark.parametrize("retry_after", ["1", "date", None])
 def test_429_sets_back_pressure_and_retries_without_using_the_budget(
-    engine: Delivery, store: Store, rconn: redis.Redis, dsettings: Settings,
+    engine: Delivery,
+    store: Store,
+    rconn: redis.Redis,
+    dsettings: Settings,
     retry_after: str | None,
 ) -> None:
     file_id, ids = make_file(store, 1)
     headers = {}
     if retry_after == "date":
-        headers["retry-after"] = format_datetime(datetime.now(UTC) + timedelta(seconds=2),
-                                                 usegmt=True)
+        headers["retry-after"] = format_datetime(
+            datetime.now(UTC) + timedelta(seconds=2), usegmt=True
+        )
     elif retry_after:
         headers["retry-after"] = retry_after
     pauses: list[int] = []
@@ -129,15 +140,17 @@ def test_429_sets_back_pressure_and_retries_without_using_the_budget(
 def test_5xx_then_success_counts_one_failed_try(engine: Delivery, store: Store) -> None:
     file_id, ids = make_file(store, 1)
     with respx.mock(using="httpx") as router:
-        router.post(URL).mock(side_effect=[httpx.Response(503), httpx.ReadTimeout("slow"),
-                                           httpx.Response(200)])
+        router.post(URL).mock(
+            side_effect=[httpx.Response(503), httpx.ReadTimeout("slow"), httpx.Response(200)]
+        )
         engine.run_chunk(file_id, ids)
     row = alert_rows(store, file_id)["u0"]
     assert (row["status"], row["attempts"], row["last_status_code"]) == ("delivered", 2, 200)
 
 
-def test_other_4xx_is_rejected_at_once_with_code_and_excerpt(engine: Delivery,
-                                                             store: Store) -> None:
+def test_other_4xx_is_rejected_at_once_with_code_and_excerpt(
+    engine: Delivery, store: Store
+) -> None:
     file_id, ids = make_file(store, 1)
     with respx.mock(using="httpx") as router:
         route = router.post(URL).respond(422, text="unknown user u0\n")
@@ -164,8 +177,7 @@ def test_failures_go_to_the_dlq_then_dead_when_the_budget_is_spent(
         # not due yet: nothing re-injected
         assert recovery.reinject_dlq() == 0
         with store.transaction() as conn:
-            conn.execute("UPDATE alerts SET next_attempt_at = now() WHERE file_id = %s",
-                         (file_id,))
+            conn.execute("UPDATE alerts SET next_attempt_at = now() WHERE file_id = %s", (file_id,))
         # while the receiver asks us to hold off, the DLQ stays put
         rconn.set(dsettings.keys.backpressure, "1", px=5000)
         assert recovery.reinject_dlq() == 0

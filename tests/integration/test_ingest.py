@@ -31,8 +31,14 @@ from tests.helpers import (
 
 
 def _claimed(store: Store, count: int = 1) -> list[dict[str, object]]:
-    rows = wait_for(lambda: [r for r in file_rows(store) if r["status"] != "failed"]
-                    if len(file_rows(store)) >= count else None, what=f"{count} claimed files")
+    rows = wait_for(
+        lambda: (
+            [r for r in file_rows(store) if r["status"] != "failed"]
+            if len(file_rows(store)) >= count
+            else None
+        ),
+        what=f"{count} claimed files",
+    )
     return rows
 
 
@@ -45,12 +51,17 @@ def test_a_file_held_open_for_writing_is_not_ready_until_closed(tmp_path: Path) 
     tracker = ReadinessTracker(1.0, clock=lambda: clock[0])
     # A real writer process that writes one line each time we ask, and holds the file open.
     writer = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys\nf = open(sys.argv[1], 'w')\nfor line in sys.stdin:\n"
-         "    f.write(line); f.flush(); print('ok', flush=True)\n"
-         "f.close()\nprint('closed', flush=True)",
-         str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys\nf = open(sys.argv[1], 'w')\nfor line in sys.stdin:\n"
+            "    f.write(line); f.flush(); print('ok', flush=True)\n"
+            "f.close()\nprint('closed', flush=True)",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert writer.stdin and writer.stdout
     try:
@@ -125,8 +136,9 @@ def test_sftp_style_hard_link_then_unlink_is_claimed_once(settings: Settings, st
     assert [r["name"] for r in rows] == ["upload.csv"]
 
 
-def test_large_cp_is_claimed_only_when_complete(settings: Settings, store: Store,
-                                                tmp_path: Path) -> None:
+def test_large_cp_is_claimed_only_when_complete(
+    settings: Settings, store: Store, tmp_path: Path
+) -> None:
     source = tmp_path / "big.csv"
     write_csv(source, 1_500_000)  # about 35 MB
     import hashlib
@@ -153,8 +165,9 @@ def test_two_monitors_racing_claim_each_file_exactly_once(settings: Settings, st
     assert len(list(settings.processing_dir.iterdir())) == 30
 
 
-def test_two_claimers_racing_for_one_path(settings: Settings, store: Store,
-                                          rconn: redis.Redis) -> None:
+def test_two_claimers_racing_for_one_path(
+    settings: Settings, store: Store, rconn: redis.Redis
+) -> None:
     """The rename is the arbiter: the loser sees the file gone and claims nothing."""
     ensure_dirs(settings)
     path = settings.inbox / "contested.csv"
@@ -210,11 +223,11 @@ def test_malformed_rows_become_row_errors_and_the_rest_goes_on(
     content = (
         "user_id,message,plan\n"
         "u1,hello,gold\n"
-        ",no user here,x\n"                    # line 3: no user id
+        ",no user here,x\n"  # line 3: no user id
         'u2,"multi\nline, with comma",silver\n'  # lines 4-5: one record
-        "u3,\xff\xfe broken,x\n"                # line 6: undecodable
-        "u4,ok again,bronze\n"                  # line 7
-        "u1,hello,gold\n"                       # line 8: the same alert as line 2
+        "u3,\xff\xfe broken,x\n"  # line 6: undecodable
+        "u4,ok again,bronze\n"  # line 7
+        "u1,hello,gold\n"  # line 8: the same alert as line 2
     ).encode("latin-1")
     path = settings.inbox / "mixed.csv"
     path.write_bytes(content)
@@ -225,11 +238,16 @@ def test_malformed_rows_become_row_errors_and_the_rest_goes_on(
     file = store.get_file(claimed.file_id)
     assert file is not None
     assert (file.status, file.rows_total, file.rows_invalid, file.alerts_total) == (
-        "delivering", 6, 2, 3)
+        "delivering",
+        6,
+        2,
+        3,
+    )
     with store.transaction() as conn:
         errors = conn.execute("SELECT line_no, reason FROM row_errors ORDER BY line_no").fetchall()
-        alerts = conn.execute("SELECT line_no, user_id, message, extra FROM alerts"
-                              " ORDER BY line_no").fetchall()
+        alerts = conn.execute(
+            "SELECT line_no, user_id, message, extra FROM alerts ORDER BY line_no"
+        ).fetchall()
     assert [e["line_no"] for e in errors] == [3, 6]
     assert "user" in errors[0]["reason"].lower()
     assert "utf-8" in errors[1]["reason"].lower()
@@ -237,8 +255,9 @@ def test_malformed_rows_become_row_errors_and_the_rest_goes_on(
     assert alerts[1]["message"] == "multi\nline, with comma"
     assert alerts[0]["extra"] == {"plan": "gold"}
     queued = queued_alert_ids(rconn, settings)
-    assert set(queued) == {alert_id(file.content_sha256, 0, a["user_id"], a["message"])
-                           for a in alerts}
+    assert set(queued) == {
+        alert_id(file.content_sha256, 0, a["user_id"], a["message"]) for a in alerts
+    }
     assert max(queued.values()) == 1
 
 
@@ -283,8 +302,11 @@ def test_kill_9_of_the_batcher_mid_file_then_restart_enqueues_each_alert_once(
     kills = 0
     for stop_at in (20_000, 60_000, 100_000):
         reader = hookdrop_process(settings, "worker", "batcher", log_path=tmp_path / "b.log")
-        wait_for(lambda at=stop_at: int(rconn.hget(checkpoint, "records") or 0) >= at,
-                 timeout=60, what=f"batcher past record {stop_at}")
+        wait_for(
+            lambda at=stop_at: int(rconn.hget(checkpoint, "records") or 0) >= at,
+            timeout=60,
+            what=f"batcher past record {stop_at}",
+        )
         kill_group(reader)  # kill -9 of the whole process group
         kills += 1
         # The dead batcher's lock runs out, then recovery queues the file again.
@@ -303,8 +325,9 @@ def test_kill_9_of_the_batcher_mid_file_then_restart_enqueues_each_alert_once(
 
 
 @pytest.mark.parametrize("name", ["report.csv.gz", "report.jsonl"])
-def test_jsonl_and_gzip_files_are_read(settings: Settings, store: Store, rconn: redis.Redis,
-                                       name: str) -> None:
+def test_jsonl_and_gzip_files_are_read(
+    settings: Settings, store: Store, rconn: redis.Redis, name: str
+) -> None:
     import gzip
     import json
 

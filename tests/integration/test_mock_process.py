@@ -36,17 +36,31 @@ class Mock:
         return self.process.wait(timeout=EXIT_TIMEOUT_S)
 
 
-
 @pytest.fixture
 def mock(tmp_path: Path) -> Iterator[Mock]:
     port = free_port()
     audit = tmp_path / "audit.tsv"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "notifier_mock", "--host", "127.0.0.1", "--port", str(port),
-         "--audit-path", str(audit)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "notifier_mock",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--audit-path",
+            str(audit),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     client = MockClient(url, timeout=5.0)
     try:
@@ -80,16 +94,31 @@ def test_counts_then_clean_exit_with_complete_audit(mock: Mock, stop_signal: int
             assert response.status_code == 200
             sent.append(msg_id)
         for number in range(0, 300, 15):  # 20 redeliveries of already accepted ids
-            response = http.post("/", json=payload(number),
-                                 headers={"webhook-id": f"msg_{number}"})
+            response = http.post("/", json=payload(number), headers={"webhook-id": f"msg_{number}"})
             assert response.status_code == 200
             sent.append(f"msg_{number}")
 
     stats = mock.client.stats()
-    assert {key: stats[key] for key in ("received", "accepted", "unique", "duplicates",
-                                        "throttled", "errors_5xx", "in_flight")} == {
-        "received": 320, "accepted": 320, "unique": 300, "duplicates": 20,
-        "throttled": 0, "errors_5xx": 0, "in_flight": 0}
+    assert {
+        key: stats[key]
+        for key in (
+            "received",
+            "accepted",
+            "unique",
+            "duplicates",
+            "throttled",
+            "errors_5xx",
+            "in_flight",
+        )
+    } == {
+        "received": 320,
+        "accepted": 320,
+        "unique": 300,
+        "duplicates": 20,
+        "throttled": 0,
+        "errors_5xx": 0,
+        "in_flight": 0,
+    }
     assert sum(stats["per_user"].values()) == 320
     assert "per_user" not in mock.client.stats(per_user=False)
 
@@ -140,8 +169,7 @@ def test_reset_rate_drops_the_connection(mock: Mock) -> None:
 
 def test_timeout_rate_makes_the_client_time_out(mock: Mock) -> None:
     mock.client.configure(timeout_rate=1.0, timeout_hang_s=60)
-    with httpx.Client(base_url=mock.url, timeout=0.3) as http, \
-            pytest.raises(httpx.ReadTimeout):
+    with httpx.Client(base_url=mock.url, timeout=0.3) as http, pytest.raises(httpx.ReadTimeout):
         http.post("/", json=payload(1))
     stats = mock.client.wait_until(lambda s: s["timeouts"] == 1, timeout=10, per_user=False)
     assert stats["accepted"] == 0

@@ -25,8 +25,14 @@ from tests.reliability.servers import (
 )
 
 
-def chaos_settings(tmp_path: Path, *, redis_url: str, database_url: str,
-                   webhook_url: str, key_prefix: str | None = None) -> Settings:
+def chaos_settings(
+    tmp_path: Path,
+    *,
+    redis_url: str,
+    database_url: str,
+    webhook_url: str,
+    key_prefix: str | None = None,
+) -> Settings:
     """Settings tuned for quick recovery: short leases and scans, small chunks.
 
     On the suite's shared Redis pass the test's ``key_prefix``: its keys are deleted when the

@@ -80,8 +80,14 @@ class RedisServer:
         return f"redis://{LOOPBACK}:{self.port}/0"
 
     def _config(self) -> str:
-        lines = [f"bind {LOOPBACK}", f"port {self.port}", f'dir "{self.root}"',
-                 "save \"\"", "protected-mode yes", "daemonize no"]
+        lines = [
+            f"bind {LOOPBACK}",
+            f"port {self.port}",
+            f'dir "{self.root}"',
+            'save ""',
+            "protected-mode yes",
+            "daemonize no",
+        ]
         if self.persistent:
             lines += ["appendonly yes", "appendfsync always"]
         else:
@@ -89,8 +95,13 @@ class RedisServer:
         return "\n".join(lines) + "\n"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=1,
-                           socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+        return redis.Redis(
+            host=LOOPBACK,
+            port=self.port,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0),
+        )
 
     def answers(self) -> bool:
         conn = self.client()
@@ -105,12 +116,19 @@ class RedisServer:
         conf = self.root / "redis.conf"
         conf.write_text(self._config(), encoding="utf-8")
         with (self.root / "redis.log").open("ab") as out:
-            self.process = subprocess.Popen([str(self.binary), str(conf)], cwd=self.root,
-                                            stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                [str(self.binary), str(conf)],
+                cwd=self.root,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         process = self.process
-        wait_for(lambda: process.poll() is not None or self.answers(), timeout=30,
-                 what=f"private Redis on port {self.port}")
+        wait_for(
+            lambda: process.poll() is not None or self.answers(),
+            timeout=30,
+            what=f"private Redis on port {self.port}",
+        )
         assert process.poll() is None, f"redis-server exited; see {self.root / 'redis.log'}"
 
     def stop(self) -> None:
@@ -198,22 +216,50 @@ class PostgresServer:
         extra: dict[str, Any] = {}
         if self.run_as is not None:
             extra = {"user": self.run_as.uid, "group": self.run_as.gid, "extra_groups": []}
-        result = subprocess.run([str(self.bindir / args[0]), *args[1:]], cwd=self.root,
-                                env=env, capture_output=True, timeout=timeout, check=False,
-                                **extra)
+        result = subprocess.run(
+            [str(self.bindir / args[0]), *args[1:]],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            **extra,
+        )
         output = (result.stdout + result.stderr).decode(errors="replace")
         assert result.returncode == 0, f"{args[0]} failed: {output.strip()[-2000:]}"
 
     def init(self) -> None:
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                  "--encoding=UTF8", "--locale=C", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
         with (self.data / "postgresql.conf").open("a", encoding="utf-8") as conf:
-            conf.write(f"listen_addresses = '{LOOPBACK}'\nunix_socket_directories = ''\n"
-                       "fsync = off\nmax_connections = 100\n")
+            conf.write(
+                f"listen_addresses = '{LOOPBACK}'\nunix_socket_directories = ''\n"
+                "fsync = off\nmax_connections = 100\n"
+            )
 
     def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
-                  "-o", f"-p {self.port}", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {self.port}",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """``fast``: disconnect every client and shut down cleanly; ``immediate``: crash."""
@@ -246,8 +292,9 @@ class Fleet:
     def start(self, name: str, *args: str) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.commands[name] = args
-        self.procs[name] = hookdrop_process(self.settings, *args,
-                                            log_path=self.logs / f"{name}.log")
+        self.procs[name] = hookdrop_process(
+            self.settings, *args, log_path=self.logs / f"{name}.log"
+        )
 
     def kill(self, name: str) -> None:
         kill_group(self.procs[name])
@@ -258,8 +305,7 @@ class Fleet:
 
     def dead(self) -> dict[str, int]:
         """Processes that exited on their own, with their exit codes."""
-        return {name: code for name, p in self.procs.items()
-                if (code := p.poll()) is not None}
+        return {name: code for name, p in self.procs.items() if (code := p.poll()) is not None}
 
     def revive(self) -> dict[str, int]:
         """Restart whatever died on its own, as systemd's Restart= would; returns them."""
@@ -294,9 +340,19 @@ class Mock:
         self.port = free_port()
         self.audit = root / "accepted.tsv"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "notifier_mock", "--port", str(self.port),
-             "--audit-path", str(self.audit)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "notifier_mock",
+                "--port",
+                str(self.port),
+                "--audit-path",
+                str(self.audit),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.client = MockClient(self.url)
         wait_for(self.client.healthy, timeout=30, what="mock receiver up")
 
@@ -309,12 +365,19 @@ class Mock:
 
     def audit_lines(self, expected: int) -> list[tuple[str, str]]:
         """(webhook-id, user) per accepted request, once the mock has flushed them all."""
+
         def read() -> list[tuple[str, str]] | None:
             if not self.audit.exists():
                 return None
             lines = self.audit.read_text(encoding="utf-8").splitlines()
-            return [tuple(line.split("\t", 1)) for line in lines  # type: ignore[misc]
-                    ] if len(lines) >= expected else None
+            return (
+                [
+                    tuple(line.split("\t", 1))
+                    for line in lines  # type: ignore[misc]
+                ]
+                if len(lines) >= expected
+                else None
+            )
 
         return wait_for(read, timeout=10, what=f"{expected} lines in the mock's audit file")
 
@@ -332,16 +395,26 @@ class Outcome:
     duplicates: int
 
 
-def wait_delivered(store: Store, mock: Mock, fleet: Fleet, name: str, rows: int, *,
-                   timeout: float, revive: bool = False) -> dict[str, Any]:
+def wait_delivered(
+    store: Store,
+    mock: Mock,
+    fleet: Fleet,
+    name: str,
+    rows: int,
+    *,
+    timeout: float,
+    revive: bool = False,
+) -> dict[str, Any]:
     """Wait for ``name`` to be done; with ``revive``, restart processes that die meanwhile."""
+
     def done() -> dict[str, Any] | None:
         if revive:
             fleet.revive()
         try:
             with store.transaction() as conn:
-                row = conn.execute("SELECT * FROM files WHERE name = %s"
-                                   " AND status <> 'duplicate'", (name,)).fetchone()
+                row = conn.execute(
+                    "SELECT * FROM files WHERE name = %s AND status <> 'duplicate'", (name,)
+                ).fetchone()
         except StoreUnavailable:
             return None  # our own connection did not survive a PostgreSQL restart
         return row if row is not None and row["status"] in ("done", "failed") else None
@@ -351,8 +424,10 @@ def wait_delivered(store: Store, mock: Mock, fleet: Fleet, name: str, rows: int,
     except AssertionError as exc:
         stats = mock.client.stats(per_user=False)
         brief = {k: stats[k] for k in ("accepted", "unique", "duplicates", "in_flight")}
-        raise AssertionError(f"{exc}; rows={rows} receiver={brief} ledger={ledger(store)} "
-                             f"dead={fleet.dead()} logs in {fleet.logs}") from None
+        raise AssertionError(
+            f"{exc}; rows={rows} receiver={brief} ledger={ledger(store)} "
+            f"dead={fleet.dead()} logs in {fleet.logs}"
+        ) from None
 
 
 def ledger(store: Store) -> dict[str, int]:
@@ -360,31 +435,51 @@ def ledger(store: Store) -> dict[str, int]:
     with store.transaction() as conn:
         rows = conn.execute(
             "SELECT status, lease_owner IS NULL AS free, lease_until < now() AS expired,"
-            " count(*) AS n FROM alerts GROUP BY 1, 2, 3").fetchall()
-    return {f"{r['status']}{'/free' if r['free'] and r['status'] != 'delivered' else ''}"
-            f"{'/expired' if r['expired'] else ''}": r["n"] for r in rows}
+            " count(*) AS n FROM alerts GROUP BY 1, 2, 3"
+        ).fetchall()
+    return {
+        f"{r['status']}{'/free' if r['free'] and r['status'] != 'delivered' else ''}"
+        f"{'/expired' if r['expired'] else ''}": r["n"]
+        for r in rows
+    }
 
 
-def check_everything_delivered(settings: Settings, store: Store, mock: Mock, file: dict[str, Any],
-                               pairs: set[tuple[str, str]], *, max_duplicates: int) -> Outcome:
+def check_everything_delivered(
+    settings: Settings,
+    store: Store,
+    mock: Mock,
+    file: dict[str, Any],
+    pairs: set[tuple[str, str]],
+    *,
+    max_duplicates: int,
+) -> Outcome:
     """Every row reached the receiver, under one id per user; few duplicates; ledger final."""
     rows = len(pairs)
-    stats = mock.client.wait_until(lambda s: s["unique"] >= rows and s["in_flight"] == 0,
-                                   timeout=30, per_user=False)
+    stats = mock.client.wait_until(
+        lambda s: s["unique"] >= rows and s["in_flight"] == 0, timeout=30, per_user=False
+    )
     assert file["status"] == "done", file
     assert (file["alerts_total"], file["delivered"], file["rows_invalid"]) == (rows, rows, 0)
     with store.transaction() as conn:
-        states = {r["status"]: r["n"] for r in conn.execute(
-            "SELECT status, count(*) AS n FROM alerts GROUP BY status").fetchall()}
+        states = {
+            r["status"]: r["n"]
+            for r in conn.execute(
+                "SELECT status, count(*) AS n FROM alerts GROUP BY status"
+            ).fetchall()
+        }
     assert states == {"delivered": rows}, states
     # marking a file done and moving it are two steps (a monitor killed between them moves it
     # on its next round): wait for the move
-    moved = wait_for(lambda: (row := store.get_file(file["id"]))
-                     and row.final_path and row, timeout=30, what="file moved to done/")
+    moved = wait_for(
+        lambda: (row := store.get_file(file["id"])) and row.final_path and row,
+        timeout=30,
+        what="file moved to done/",
+    )
     final = Path(moved.final_path or "")
     assert final.parent == settings.done_dir and final.exists()
-    wait_for(lambda: not any(settings.processing_dir.iterdir()), timeout=10,
-             what="processing/ empty")
+    wait_for(
+        lambda: not any(settings.processing_dir.iterdir()), timeout=10, what="processing/ empty"
+    )
 
     assert stats["unique"] == rows, stats
     assert stats["accepted"] == rows + stats["duplicates"], stats

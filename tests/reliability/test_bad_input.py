@@ -108,69 +108,148 @@ def gz_complete_rows() -> int:
 
 
 CASES = [
-    Case("blank-only.csv", data(b"\n  \r\n\t\n \n"), "failed",
-         error="empty file", note="no content but blank lines"),
-    Case("random-bytes.csv", data(RANDOM_BYTES), "failed", error="binary file",
-         note="no NUL byte, so it is the share of undecodable bytes that tells"),
-    Case("utf16.csv", data("user_id,message\nu1,hi\n".encode("utf-16")), "failed",
-         error="UTF-16"),
-    Case("array.json", data(b'[{"userId": "a1", "message": "hi"}]\n'), "failed",
-         error="JSON array"),
-    Case("header-only.csv", data(b"user_id,message\r\n"), "done",
-         note="readable, nothing to send: done at once"),
-    Case("latin1-row.csv", data(b"lat-u1,hello\nlat-u2,caf\xe9 cr\xe8me\nlat-u3,bye\n"), "done",
-         alerts=frozenset({("lat-u1", "hello"), ("lat-u3", "bye")}),
-         row_errors=((2, "invalid utf-8"),)),
-    Case("bom-crlf.csv", data(b"\xef\xbb\xbfuser_id,message\r\nbom-u1,one\r\nbom-u2,two\r\n"),
-         "done", alerts=pairs("bom-u", "one", "two"),
-         note="the BOM is not part of the first column's name, no \\r left in messages"),
-    Case("quoted-newlines.csv",
-         data(b'user_id,message\nqn-u1,"line one\nline two, with comma"\nqn-u2,"say ""hi"""\r\n'
-              b'qn-u3,"crlf\r\ninside"\nqn-u4,after\n'),
-         "done", alerts=pairs("qn-u", "line one\nline two, with comma", 'say "hi"',
-                              "crlf\r\ninside", "after")),
-    Case("unclosed-quote.csv", data(b'uq-u1,ok\nuq-u2,"never closed\nuq-u3,swallowed\n'),
-         "done", alerts=pairs("uq-u", "ok"),
-         row_errors=((2, "quoted field not closed"),),
-         note="an open quote runs to the end of the file: one bad record, not two"),
-    Case("columns.csv",
-         data(b"user_id,message,team\ncol-u1,hi,a\ncol-u2,only two\ncol-u3,hi,b,surplus\n"
-              b"col-u4,fine,c\n"),
-         "done", alerts=frozenset({("col-u1", "hi"), ("col-u4", "fine")}),
-         row_errors=((3, "wrong column count: 2 (expected 3)"),
-                     (4, "wrong column count: 4 (expected 3)"))),
-    Case("huge-line.csv",
-         data(b"big-u1,before\nbig-u2," + b"x" * (MB + 10) + b"\nbig-u3,after\n"
-              b"big-u4," + b"y" * 100_000 + b"\nbig-u5,last\n"),
-         "done", alerts=frozenset({("big-u1", "before"), ("big-u3", "after"),
-                                   ("big-u5", "last")}),
-         row_errors=((2, f"record longer than {MB} bytes"), (4, "absurdly long field"))),
-    Case("duplicates.csv",
-         data(b"user_id,message\ndup-u1,same\ndup-u1,same\ndup-u2,other\ndup-u1,same\n"),
-         "done", alerts=pairs("dup-u", "same", "other"),
-         note="a repeated row is one alert: the receiver sees dup-u1 once"),
-    Case("broken.jsonl",
-         data(b'{"userId": "js-u1", "message": "good"}\n'
-              b'{"userId": "js-u2", "message": "cut sho\n'
-              b"[1, 2]\n"
-              b'{"message": "nobody"}\n'
-              b"\n"
-              b'{"user_id": "js-u3", "alertMessage": "also good", "team": "t"}\r\n'),
-         "done", alerts=frozenset({("js-u1", "good"), ("js-u3", "also good")}),
-         row_errors=((2, "broken json"), (3, "not a json object"), (4, "no user id"))),
-    Case("cut.csv.gz", data(GZ_CUT), "failed", alerts=None, error="truncated .gz",
-         note="the rows before the cut are sent (checked by the .gz tests below); the file "
-              "ends failed, with the line the stream breaks after"),
-    Case("link.csv", symlink_out, "failed", error="symbolic link",
-         note="the link itself goes to failed/, its target is never read nor moved"),
-    Case("pipe.csv", fifo, "failed", error="named pipe (FIFO)",
-         note="refused from lstat, never opened: opening a FIFO would block"),
-    Case("with space.csv", data(b"sp-u1,a name with spaces\n"), "done",
-         alerts=pairs("sp-u", "a name with spaces")),
-    Case("ünïcødé 📣.csv", data("uni-u1,ça marche 📣\n".encode()), "done",
-         alerts=pairs("uni-u", "ça marche 📣")),
-    Case("new\nline.csv", data(b"nl-u1,a newline in the name\n"), "done",
-         alerts=pairs("nl-u", "a newline in the name")),
+    Case(
+        "blank-only.csv",
+        data(b"\n  \r\n\t\n \n"),
+        "failed",
+        error="empty file",
+        note="no content but blank lines",
+    ),
+    Case(
+        "random-bytes.csv",
+        data(RANDOM_BYTES),
+        "failed",
+        error="binary file",
+        note="no NUL byte, so it is the share of undecodable bytes that tells",
+    ),
+    Case("utf16.csv", data("user_id,message\nu1,hi\n".encode("utf-16")), "failed", error="UTF-16"),
+    Case(
+        "array.json", data(b'[{"userId": "a1", "message": "hi"}]\n'), "failed", error="JSON array"
+    ),
+    Case(
+        "header-only.csv",
+        data(b"user_id,message\r\n"),
+        "done",
+        note="readable, nothing to send: done at once",
+    ),
+    Case(
+        "latin1-row.csv",
+        data(b"lat-u1,hello\nlat-u2,caf\xe9 cr\xe8me\nlat-u3,bye\n"),
+        "done",
+        alerts=frozenset({("lat-u1", "hello"), ("lat-u3", "bye")}),
+        row_errors=((2, "invalid utf-8"),),
+    ),
+    Case(
+        "bom-crlf.csv",
+        data(b"\xef\xbb\xbfuser_id,message\r\nbom-u1,one\r\nbom-u2,two\r\n"),
+        "done",
+        alerts=pairs("bom-u", "one", "two"),
+        note="the BOM is not part of the first column's name, no \\r left in messages",
+    ),
+    Case(
+        "quoted-newlines.csv",
+        data(
+            b'user_id,message\nqn-u1,"line one\nline two, with comma"\nqn-u2,"say ""hi"""\r\n'
+            b'qn-u3,"crlf\r\ninside"\nqn-u4,after\n'
+        ),
+        "done",
+        alerts=pairs(
+            "qn-u", "line one\nline two, with comma", 'say "hi"', "crlf\r\ninside", "after"
+        ),
+    ),
+    Case(
+        "unclosed-quote.csv",
+        data(b'uq-u1,ok\nuq-u2,"never closed\nuq-u3,swallowed\n'),
+        "done",
+        alerts=pairs("uq-u", "ok"),
+        row_errors=((2, "quoted field not closed"),),
+        note="an open quote runs to the end of the file: one bad record, not two",
+    ),
+    Case(
+        "columns.csv",
+        data(
+            b"user_id,message,team\ncol-u1,hi,a\ncol-u2,only two\ncol-u3,hi,b,surplus\n"
+            b"col-u4,fine,c\n"
+        ),
+        "done",
+        alerts=frozenset({("col-u1", "hi"), ("col-u4", "fine")}),
+        row_errors=(
+            (3, "wrong column count: 2 (expected 3)"),
+            (4, "wrong column count: 4 (expected 3)"),
+        ),
+    ),
+    Case(
+        "huge-line.csv",
+        data(
+            b"big-u1,before\nbig-u2," + b"x" * (MB + 10) + b"\nbig-u3,after\n"
+            b"big-u4," + b"y" * 100_000 + b"\nbig-u5,last\n"
+        ),
+        "done",
+        alerts=frozenset({("big-u1", "before"), ("big-u3", "after"), ("big-u5", "last")}),
+        row_errors=((2, f"record longer than {MB} bytes"), (4, "absurdly long field")),
+    ),
+    Case(
+        "duplicates.csv",
+        data(b"user_id,message\ndup-u1,same\ndup-u1,same\ndup-u2,other\ndup-u1,same\n"),
+        "done",
+        alerts=pairs("dup-u", "same", "other"),
+        note="a repeated row is one alert: the receiver sees dup-u1 once",
+    ),
+    Case(
+        "broken.jsonl",
+        data(
+            b'{"userId": "js-u1", "message": "good"}\n'
+            b'{"userId": "js-u2", "message": "cut sho\n'
+            b"[1, 2]\n"
+            b'{"message": "nobody"}\n'
+            b"\n"
+            b'{"user_id": "js-u3", "alertMessage": "also good", "team": "t"}\r\n'
+        ),
+        "done",
+        alerts=frozenset({("js-u1", "good"), ("js-u3", "also good")}),
+        row_errors=((2, "broken json"), (3, "not a json object"), (4, "no user id")),
+    ),
+    Case(
+        "cut.csv.gz",
+        data(GZ_CUT),
+        "failed",
+        alerts=None,
+        error="truncated .gz",
+        note="the rows before the cut are sent (checked by the .gz tests below); the file "
+        "ends failed, with the line the stream breaks after",
+    ),
+    Case(
+        "link.csv",
+        symlink_out,
+        "failed",
+        error="symbolic link",
+        note="the link itself goes to failed/, its target is never read nor moved",
+    ),
+    Case(
+        "pipe.csv",
+        fifo,
+        "failed",
+        error="named pipe (FIFO)",
+        note="refused from lstat, never opened: opening a FIFO would block",
+    ),
+    Case(
+        "with space.csv",
+        data(b"sp-u1,a name with spaces\n"),
+        "done",
+        alerts=pairs("sp-u", "a name with spaces"),
+    ),
+    Case(
+        "ünïcødé 📣.csv",
+        data("uni-u1,ça marche 📣\n".encode()),
+        "done",
+        alerts=pairs("uni-u", "ça marche 📣"),
+    ),
+    Case(
+        "new\nline.csv",
+        data(b"nl-u1,a newline in the name\n"),
+        "done",
+        alerts=pairs("nl-u", "a newline in the name"),
+    ),
 ]
 
 
@@ -197,7 +276,10 @@ def mock_url() -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "notifier_mock", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         with MockClient(f"http://127.0.0.1:{port}") as client:
             wait_for(client.healthy, what="mock receiver up")
@@ -207,20 +289,27 @@ def mock_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def outcome(servers: Any, template_db: str, mock_url: str,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+def outcome(
+    servers: Any, template_db: str, mock_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Outcome]:
     """Drop every case at once, run everything until each file is final, collect results."""
     root = tmp_path_factory.mktemp("bad-input")
     database = f"hookdrop_t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(servers.admin_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}" TEMPLATE "{template_db}"')
     settings = Settings(
-        inbox=root / "inbox", state_dir=root / "state",
+        inbox=root / "inbox",
+        state_dir=root / "state",
         redis_url=servers.redis_url,
         database_url=_url_with_path(servers.admin_url, f"/{database}"),
-        key_prefix=f"t{uuid.uuid4().hex[:8]}", webhook_url=f"{mock_url}/hook",
-        settle_seconds=0.3, scan_interval=0.5, chunk_size=500, lease_seconds=3.0,
-        dlq_interval=1.0, log_format="console",
+        key_prefix=f"t{uuid.uuid4().hex[:8]}",
+        webhook_url=f"{mock_url}/hook",
+        settle_seconds=0.3,
+        scan_interval=0.5,
+        chunk_size=500,
+        lease_seconds=3.0,
+        dlq_interval=1.0,
+        log_format="console",
     )
     outside = root / "outside"
     outside.mkdir()
@@ -231,15 +320,24 @@ def outcome(servers: Any, template_db: str, mock_url: str,
             with running_monitor(settings):
                 for case in CASES:
                     case.produce(settings.inbox / case.name, outside)
-                outside_before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns)
-                                  for p in outside.iterdir()}
-                wait_for(lambda: len(file_rows(store)) >= len(CASES), timeout=30,
-                         what="every case recorded")
+                outside_before = {
+                    p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in outside.iterdir()
+                }
+                wait_for(
+                    lambda: len(file_rows(store)) >= len(CASES),
+                    timeout=30,
+                    what="every case recorded",
+                )
                 run_burst(settings, "batcher")
                 run_burst(settings, "notifier")
-                wait_for(lambda: all(r["status"] in ("done", "failed") and r["final_path"]
-                                     for r in file_rows(store)),
-                         timeout=30, what="every file final and moved")
+                wait_for(
+                    lambda: all(
+                        r["status"] in ("done", "failed") and r["final_path"]
+                        for r in file_rows(store)
+                    ),
+                    timeout=30,
+                    what="every file final and moved",
+                )
             files = {r["name"]: r for r in file_rows(store)}
             result = Outcome(settings, outside, outside_before, files)
             with store.transaction() as db:
@@ -355,8 +453,10 @@ def test_a_file_name_that_is_not_utf8_does_not_stop_the_monitor(
         def monitor_alive() -> bool:
             return any(t.name == "monitor-latin1-names" for t in threading.enumerate())
 
-        wait_for(lambda: len(file_rows(store)) >= 2 or not monitor_alive(),
-                 what="both files recorded, or the monitor gone")
+        wait_for(
+            lambda: len(file_rows(store)) >= 2 or not monitor_alive(),
+            what="both files recorded, or the monitor gone",
+        )
         assert monitor_alive()
     assert len(file_rows(store)) == 2
 
@@ -370,8 +470,9 @@ def _sha(data: bytes) -> str:
 
 def _alert_pairs(store: Store, file_id: int) -> set[tuple[str, str]]:
     with store.transaction() as db:
-        rows = db.execute("SELECT user_id, message FROM alerts WHERE file_id = %s",
-                          (file_id,)).fetchall()
+        rows = db.execute(
+            "SELECT user_id, message FROM alerts WHERE file_id = %s", (file_id,)
+        ).fetchall()
     return {(r["user_id"], r["message"]) for r in rows}
 
 
@@ -407,8 +508,10 @@ def test_a_file_replaced_while_settling_is_read_as_its_final_content(
         run_burst(settings, "batcher")
     assert len(rows) == 1
     assert rows[0]["content_sha256"] == _sha(final)
-    assert _alert_pairs(store, rows[0]["id"]) == {("new-u1", "the final content"),
-                                                  ("new-u2", "is what counts")}
+    assert _alert_pairs(store, rows[0]["id"]) == {
+        ("new-u1", "the final content"),
+        ("new-u2", "is what counts"),
+    }
 
 
 def _claim_one(settings: Settings, store: Store, rows: int) -> tuple[dict[str, Any], set[Any]]:
@@ -421,8 +524,11 @@ def _claim_one(settings: Settings, store: Store, rows: int) -> tuple[dict[str, A
 
 def _batcher_queue_idle(settings: Settings, conn: redis.Redis) -> bool:
     queue = Queue(settings.keys.batcher_queue, connection=conn)
-    return (queue.count, queue.started_job_registry.count,
-            queue.failed_job_registry.count) == (0, 0, 0)
+    return (queue.count, queue.started_job_registry.count, queue.failed_job_registry.count) == (
+        0,
+        0,
+        0,
+    )
 
 
 def test_a_file_deleted_from_processing_before_it_is_read_ends_failed_with_a_clear_error(
@@ -442,8 +548,9 @@ def test_a_file_deleted_from_processing_before_it_is_read_ends_failed_with_a_cle
             return requeued[-1]
 
         monitor.recovery.requeue_stalled_reads = counting  # type: ignore[method-assign]
-        failed = wait_for(lambda: [r for r in file_rows(store) if r["status"] == "failed"],
-                          what="file failed")[0]
+        failed = wait_for(
+            lambda: [r for r in file_rows(store) if r["status"] == "failed"], what="file failed"
+        )[0]
         wait_for(lambda: len(requeued) >= 3, what="three recovery rounds")
     assert "disappeared" in failed["error"]
     assert failed["alerts_total"] == 0
@@ -477,8 +584,10 @@ def test_a_file_changed_in_processing_while_being_read_completes_from_what_was_c
             return finished.is_set()
 
         try:
-            wait_for(lambda: int(conn.hget(checkpoint, "records") or 0) >= 1_000,
-                     what="first chunk committed")
+            wait_for(
+                lambda: int(conn.hget(checkpoint, "records") or 0) >= 1_000,
+                what="first chunk committed",
+            )
             assert int(conn.hget(checkpoint, "records") or 0) < rows
             if change == "delete":
                 processing.unlink()
@@ -520,4 +629,3 @@ def test_a_file_replaced_in_processing_before_it_is_read_is_not_sent_as_other_co
     sent = _alert_pairs(store, file["id"])
     assert sent <= written
     assert sent == written or (done.error and "changed" in done.error)
-

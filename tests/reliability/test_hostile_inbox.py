@@ -40,10 +40,16 @@ PROMPT_SECONDS = 20.0
 
 
 @pytest.fixture
-def hostile(tmp_path: Path, redis_url: str, database_url: str, mock: Mock,
-            fleet_factory: Callable[[Settings], Fleet]) -> Iterator[tuple[Settings, Fleet]]:
-    settings = chaos_settings(tmp_path, redis_url=redis_url, database_url=database_url,
-                              webhook_url=mock.url + "/hook")
+def hostile(
+    tmp_path: Path,
+    redis_url: str,
+    database_url: str,
+    mock: Mock,
+    fleet_factory: Callable[[Settings], Fleet],
+) -> Iterator[tuple[Settings, Fleet]]:
+    settings = chaos_settings(
+        tmp_path, redis_url=redis_url, database_url=database_url, webhook_url=mock.url + "/hook"
+    )
     settings = settings.replace(queue_high_water=64)
     fleet = fleet_factory(settings)
     fleet.start("monitor", "monitor")
@@ -64,8 +70,10 @@ def drop(path: Path, content: bytes) -> None:
 def good_file(settings: Settings, tag: str, rows: int = 20) -> tuple[str, set[str]]:
     name = f"good-{tag}.csv"
     users = {f"{tag}-u{n}" for n in range(rows)}
-    drop(settings.inbox / name,
-         ("user_id,message\n" + "".join(f"{u},hello {u}\n" for u in sorted(users))).encode())
+    drop(
+        settings.inbox / name,
+        ("user_id,message\n" + "".join(f"{u},hello {u}\n" for u in sorted(users))).encode(),
+    )
     return name, users
 
 
@@ -76,8 +84,9 @@ def received_users(mock: Mock) -> set[str]:
     return {line.split("\t", 1)[1] for line in lines if "\t" in line}
 
 
-def wait_received(mock: Mock, users: set[str], *, timeout: float = PROMPT_SECONDS,
-                  what: str = "users") -> float:
+def wait_received(
+    mock: Mock, users: set[str], *, timeout: float = PROMPT_SECONDS, what: str = "users"
+) -> float:
     """Seconds until every one of ``users`` reached the receiver."""
     started = time.monotonic()
     wait_for(lambda: users <= received_users(mock), timeout=timeout, interval=0.1, what=what)
@@ -86,15 +95,20 @@ def wait_received(mock: Mock, users: set[str], *, timeout: float = PROMPT_SECOND
 
 def file_row(store: Store, name: str) -> dict[str, Any] | None:
     with store.transaction() as conn:
-        return conn.execute("SELECT * FROM files WHERE name = %s ORDER BY id DESC LIMIT 1",
-                            (name,)).fetchone()
+        return conn.execute(
+            "SELECT * FROM files WHERE name = %s ORDER BY id DESC LIMIT 1", (name,)
+        ).fetchone()
 
 
 def row_errors(store: Store, file_id: int) -> list[tuple[int, str]]:
     with store.transaction() as conn:
-        return [(r["line_no"], r["reason"]) for r in conn.execute(
-            "SELECT line_no, reason FROM row_errors WHERE file_id = %s ORDER BY line_no",
-            (file_id,)).fetchall()]
+        return [
+            (r["line_no"], r["reason"])
+            for r in conn.execute(
+                "SELECT line_no, reason FROM row_errors WHERE file_id = %s ORDER BY line_no",
+                (file_id,),
+            ).fetchall()
+        ]
 
 
 def newline_bomb(gigabytes: float) -> bytes:
@@ -148,8 +162,11 @@ def test_a_link_swapped_in_while_the_file_is_claimed_never_sends_the_outside_fil
         swapper = threading.Thread(target=swap)
         swapper.start()
         try:
-            wait_for(lambda name=name: not (name.exists() or name.is_symlink()), timeout=30,
-                     what=f"race-{n}.csv claimed")
+            wait_for(
+                lambda name=name: not (name.exists() or name.is_symlink()),
+                timeout=30,
+                what=f"race-{n}.csv claimed",
+            )
         finally:
             stop.set()
             swapper.join(timeout=10)
@@ -161,8 +178,9 @@ def test_a_link_swapped_in_while_the_file_is_claimed_never_sends_the_outside_fil
     assert claimed == rounds
     # Whatever was claimed either was the inbox's own file or went to failed/ unread.
     with store.transaction() as conn:
-        names = conn.execute("SELECT name, status, error FROM files WHERE name LIKE 'race-%'"
-                             ).fetchall()
+        names = conn.execute(
+            "SELECT name, status, error FROM files WHERE name LIKE 'race-%'"
+        ).fetchall()
     assert names
     for row in names:
         assert row["status"] in ("claimed", "reading", "delivering", "done", "failed"), row
@@ -182,10 +200,16 @@ def test_links_pipes_and_sockets_go_to_failed_with_a_note(
         sock.bind(str(settings.inbox / "sock.csv"))
         _good, users = good_file(settings, "special")
         wait_received(mock, users)
-        for name, kind in (("link.csv", "symbolic link"), ("pipe.csv", "named pipe"),
-                           ("sock.csv", "socket")):
-            row = wait_for(lambda name=name: (r := file_row(store, name)) and r["status"]
-                           == "failed" and r, timeout=PROMPT_SECONDS, what=f"{name} failed")
+        for name, kind in (
+            ("link.csv", "symbolic link"),
+            ("pipe.csv", "named pipe"),
+            ("sock.csv", "socket"),
+        ):
+            row = wait_for(
+                lambda name=name: (r := file_row(store, name)) and r["status"] == "failed" and r,
+                timeout=PROMPT_SECONDS,
+                what=f"{name} failed",
+            )
             assert kind in row["error"]
             final = Path(row["final_path"])
             assert final.parent == settings.failed_dir
@@ -203,12 +227,16 @@ def test_a_nul_deep_in_a_file_costs_only_its_own_row(
     rows = 1500
     head = "user_id,message\n" + "".join(f"nul-u{n},message {n}\n" for n in range(rows))
     assert len(head) > 8192
-    drop(settings.inbox / "nul.csv",
-         (head + "nul-bad,has a \x00 inside\nnul-last,after it\n").encode())
-    drop(settings.inbox / "nul.jsonl",
-         b'{"userId": "jnul-1", "message": "fine"}\n'
-         b'{"userId": "jnul-2", "message": "bad \\u0000 escape"}\n'
-         b'{"userId": "jnul-3", "message": "fine too"}\n')
+    drop(
+        settings.inbox / "nul.csv",
+        (head + "nul-bad,has a \x00 inside\nnul-last,after it\n").encode(),
+    )
+    drop(
+        settings.inbox / "nul.jsonl",
+        b'{"userId": "jnul-1", "message": "fine"}\n'
+        b'{"userId": "jnul-2", "message": "bad \\u0000 escape"}\n'
+        b'{"userId": "jnul-3", "message": "fine too"}\n',
+    )
     expected = {f"nul-u{n}" for n in range(rows)} | {"nul-last", "jnul-1", "jnul-3"}
     wait_received(mock, expected, timeout=60, what="every row but the NUL ones")
     for name, line in (("nul.csv", rows + 2), ("nul.jsonl", 2)):
@@ -244,8 +272,11 @@ def test_a_gzip_bomb_of_blank_lines_goes_to_failed_and_holds_nothing_up(
     drop(settings.inbox / "bomb.csv.gz", newline_bomb(10))  # 10 GB of newlines
     _good, users = good_file(settings, "after-bomb")
     wait_received(mock, users, what="the good file dropped right after the bomb")
-    row = wait_for(lambda: (r := file_row(store, "bomb.csv.gz")) and r["status"] == "failed"
-                   and r, timeout=PROMPT_SECONDS, what="bomb.csv.gz failed")
+    row = wait_for(
+        lambda: (r := file_row(store, "bomb.csv.gz")) and r["status"] == "failed" and r,
+        timeout=PROMPT_SECONDS,
+        what="bomb.csv.gz failed",
+    )
     assert "no content in the first" in row["error"]
     # A graceful stop of the monitor is prompt too.
     monitor = fleet.procs["monitor"]
@@ -266,40 +297,58 @@ def test_names_of_up_to_255_bytes_are_claimed_and_keep_their_name(
         name = stem + "x" * (length - len(stem.encode()) - len(".csv")) + ".csv"
         assert len(name.encode()) == length
         names[name] = {f"len{length}-u1", f"len{length}-u2"}
-        drop(settings.inbox / name,
-             ("user_id,message\n" + "".join(f"{u},hi\n" for u in names[name])).encode())
+        drop(
+            settings.inbox / name,
+            ("user_id,message\n" + "".join(f"{u},hi\n" for u in names[name])).encode(),
+        )
     drop(settings.inbox / ("bad" * 80 + ".csv"), b"\x00\x01binary")  # a long failed name
     wait_received(mock, set().union(*names.values()))
     for name in names:
         row = wait_delivered(store, mock, fleet, name, 2, timeout=30)
         assert row["name"] == name and row["status"] == "done"
-        final = Path(wait_for(lambda r=row: (x := store.get_file(r["id"]))
-                              and x.final_path, what="moved to done/"))
+        final = Path(
+            wait_for(
+                lambda r=row: (x := store.get_file(r["id"])) and x.final_path, what="moved to done/"
+            )
+        )
         assert final.exists() and len(final.name.encode()) <= 255
-    failed = wait_for(lambda: (r := file_row(store, "bad" * 80 + ".csv")) and r["final_path"]
-                      and r, timeout=PROMPT_SECONDS, what="long binary name in failed/")
+    failed = wait_for(
+        lambda: (r := file_row(store, "bad" * 80 + ".csv")) and r["final_path"] and r,
+        timeout=PROMPT_SECONDS,
+        what="long binary name in failed/",
+    )
     assert Path(failed["final_path"] + ".error.txt").exists()
 
 
 def test_an_unreadable_file_goes_to_failed_and_the_monitor_goes_on(
-    tmp_path: Path, redis_url: str, database_url: str, mock: Mock, store: Store,
+    tmp_path: Path,
+    redis_url: str,
+    database_url: str,
+    mock: Mock,
+    store: Store,
     fleet_factory: Callable[[Settings], Fleet],
 ) -> None:
-    settings = chaos_settings(tmp_path, redis_url=redis_url, database_url=database_url,
-                              webhook_url=mock.url + "/hook")
+    settings = chaos_settings(
+        tmp_path, redis_url=redis_url, database_url=database_url, webhook_url=mock.url + "/hook"
+    )
     fleet = fleet_factory(settings)
     fleet.start("batcher", "worker", "batcher")
     fleet.start("notifier", "worker", "notifier")
     # As root the monitor could read anything; without capabilities (an ordinary user) it
     # cannot read a file whose mode is 000.
     env = {**os.environ, **settings.to_environ()}
-    prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"] if os.geteuid() == 0 \
-        else []
+    prefix = (
+        ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"] if os.geteuid() == 0 else []
+    )
     log_path = tmp_path / "monitor.log"
     with log_path.open("ab") as out:
-        monitor = subprocess.Popen([*prefix, sys.executable, "-m", "hookdrop", "monitor"],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        monitor = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "hookdrop", "monitor"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_for(settings.processing_dir.exists, timeout=30, what="monitor ready")
         staged = settings.inbox / ".locked.tmp"
@@ -308,8 +357,11 @@ def test_an_unreadable_file_goes_to_failed_and_the_monitor_goes_on(
         os.rename(staged, settings.inbox / "locked.csv")
         _good, users = good_file(settings, "after-locked")
         wait_received(mock, users)
-        row = wait_for(lambda: (r := file_row(store, "locked.csv")) and r["status"] == "failed"
-                       and r, timeout=PROMPT_SECONDS, what="locked.csv failed")
+        row = wait_for(
+            lambda: (r := file_row(store, "locked.csv")) and r["status"] == "failed" and r,
+            timeout=PROMPT_SECONDS,
+            what="locked.csv failed",
+        )
         assert "permission denied" in row["error"]
         assert Path(row["final_path"]).parent == settings.failed_dir
         assert monitor.poll() is None
@@ -342,11 +394,17 @@ def test_hidden_names_and_folders_stay_and_a_folder_is_logged_once(
 
 @pytest.mark.parametrize("gap", [0.0, 0.002, 1.2])
 def test_two_sigterms_in_quick_succession_always_stop_a_busy_notifier_promptly(
-    tmp_path: Path, redis_url: str, database_url: str, mock: Mock, store: Store,
-    fleet_factory: Callable[[Settings], Fleet], gap: float,
+    tmp_path: Path,
+    redis_url: str,
+    database_url: str,
+    mock: Mock,
+    store: Store,
+    fleet_factory: Callable[[Settings], Fleet],
+    gap: float,
 ) -> None:
-    settings = chaos_settings(tmp_path, redis_url=redis_url, database_url=database_url,
-                              webhook_url=mock.url + "/hook")
+    settings = chaos_settings(
+        tmp_path, redis_url=redis_url, database_url=database_url, webhook_url=mock.url + "/hook"
+    )
     fleet = fleet_factory(settings)
     fleet.start("monitor", "monitor")
     fleet.start("batcher", "worker", "batcher")
@@ -367,8 +425,10 @@ def test_two_sigterms_in_quick_succession_always_stop_a_busy_notifier_promptly(
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"attempt {attempt}: the notifier did not stop after two SIGTERMs "
-                        f"{gap}s apart; logs in {fleet.logs}")
+            pytest.fail(
+                f"attempt {attempt}: the notifier did not stop after two SIGTERMs "
+                f"{gap}s apart; logs in {fleet.logs}"
+            )
         del fleet.procs[name]
     # Nothing was lost: a fresh notifier delivers everything that was left.
     mock.client.configure(latency_ms=0)
@@ -422,8 +482,10 @@ def test_after_each_hostile_file_a_good_file_arrives_promptly_and_nothing_restar
         make(settings.inbox / name)
         _good, users = good_file(settings, f"g{n}")
         took[name] = wait_received(mock, users, what=f"the good file dropped after {name}")
-    print("seconds until the good file after each hostile one arrived:",
-          {k[:20]: round(v, 2) for k, v in took.items()})
+    print(
+        "seconds until the good file after each hostile one arrived:",
+        {k[:20]: round(v, 2) for k, v in took.items()},
+    )
     assert {name: process.pid for name, process in fleet.procs.items()} == pids
     for name in ("monitor", "batcher", "notifier"):
         assert fleet.event_names(name)["process.died"] == 0
@@ -435,16 +497,22 @@ def test_after_each_hostile_file_a_good_file_arrives_promptly_and_nothing_restar
 
 @pytest.mark.parametrize("token", [None, "a-long-enough-api-token-0123456789"])
 def test_a_web_page_cannot_drive_the_running_daemon_s_api(
-    tmp_path: Path, redis_url: str, database_url: str, mock: Mock, store: Store,
-    fleet_factory: Callable[[Settings], Fleet], token: str | None,
+    tmp_path: Path,
+    redis_url: str,
+    database_url: str,
+    mock: Mock,
+    store: Store,
+    fleet_factory: Callable[[Settings], Fleet],
+    token: str | None,
 ) -> None:
     import httpx
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect as ws_connect
     from websockets.typing import Origin
 
-    settings = chaos_settings(tmp_path, redis_url=redis_url, database_url=database_url,
-                              webhook_url=mock.url + "/hook").replace(api_token=token)
+    settings = chaos_settings(
+        tmp_path, redis_url=redis_url, database_url=database_url, webhook_url=mock.url + "/hook"
+    ).replace(api_token=token)
     fleet = fleet_factory(settings)
     fleet.start("monitor", "monitor")
     fleet.start("batcher", "worker", "batcher")
@@ -452,8 +520,11 @@ def test_a_web_page_cannot_drive_the_running_daemon_s_api(
     wait_for(settings.processing_dir.exists, timeout=30, what="monitor ready")
     _good, users = good_file(settings, "web")
     wait_received(mock, users)
-    done = wait_for(lambda: (r := file_row(store, "good-web.csv")) and r["status"] == "done"
-                    and r, timeout=30, what="good-web.csv done")
+    done = wait_for(
+        lambda: (r := file_row(store, "good-web.csv")) and r["status"] == "done" and r,
+        timeout=30,
+        what="good-web.csv done",
+    )
     port = settings.api_listen[1]
     base = f"http://127.0.0.1:{port}"
     evil = "http://127.0.0.1:9"  # another local port: another origin
@@ -463,16 +534,23 @@ def test_a_web_page_cannot_drive_the_running_daemon_s_api(
             assert client.cookies
         rebound = client.get("/files", headers={"host": f"evil.example:{port}"})
         assert rebound.status_code == 421
-        text = client.post("/files", params={"name": "x.csv"}, content=b"user_id,message\n"
-                           b"web-evil,from a page\n", headers={"content-type": "text/plain"})
-        form = client.post(f"/files/{done['id']}/resend", data={"a": "b"},
-                           headers={"origin": evil})
+        text = client.post(
+            "/files",
+            params={"name": "x.csv"},
+            content=b"user_id,message\nweb-evil,from a page\n",
+            headers={"content-type": "text/plain"},
+        )
+        form = client.post(f"/files/{done['id']}/resend", data={"a": "b"}, headers={"origin": evil})
         replay = client.post("/dlq/replay", headers={"origin": evil, "x-hookdrop-request": "1"})
         assert (text.status_code, form.status_code, replay.status_code) == (403, 403, 403)
         cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
     with pytest.raises(InvalidStatus) as refused:
-        ws_connect(f"ws://127.0.0.1:{port}/ws", origin=Origin(evil),
-                   additional_headers={"cookie": cookie} if cookie else None, open_timeout=10)
+        ws_connect(
+            f"ws://127.0.0.1:{port}/ws",
+            origin=Origin(evil),
+            additional_headers={"cookie": cookie} if cookie else None,
+            open_timeout=10,
+        )
     assert refused.value.response.status_code == 403
     assert not (settings.inbox / "x.csv").exists()
     with store.transaction() as conn:
@@ -493,8 +571,11 @@ def test_resending_a_link_set_aside_in_failed_reads_nothing_outside_the_inbox(
     secret = tmp_path / "secret.csv"
     secret.write_bytes(b"user_id,message\nleak-resend,outside\n")
     (settings.inbox / "report.csv").symlink_to(secret)
-    row = wait_for(lambda: (r := file_row(store, "report.csv")) and r["status"] == "failed"
-                   and r, timeout=PROMPT_SECONDS, what="the link set aside")
+    row = wait_for(
+        lambda: (r := file_row(store, "report.csv")) and r["status"] == "failed" and r,
+        timeout=PROMPT_SECONDS,
+        what="the link set aside",
+    )
     import redis as redis_client
 
     conn = redis_client.Redis.from_url(settings.redis_url or "")
@@ -514,11 +595,13 @@ def test_one_unsendable_json_row_costs_only_itself(
 ) -> None:
     settings, fleet = hostile
     deep = "[" * 600 + "]" * 600
-    drop(settings.inbox / "odd.jsonl",
-         b'{"userId": "odd-1", "message": "first"}\n'
-         + f'{{"userId": "odd-2", "message": "deep", "x": {deep}, "w": "\\u0000"}}\n'.encode()
-         + b'{"userId": "odd-3", "message": "big", "ref": 123456789012345678901234567890}\n'
-         b'{"userId": "odd-4", "message": "last"}\n')
+    drop(
+        settings.inbox / "odd.jsonl",
+        b'{"userId": "odd-1", "message": "first"}\n'
+        + f'{{"userId": "odd-2", "message": "deep", "x": {deep}, "w": "\\u0000"}}\n'.encode()
+        + b'{"userId": "odd-3", "message": "big", "ref": 123456789012345678901234567890}\n'
+        b'{"userId": "odd-4", "message": "last"}\n',
+    )
     wait_received(mock, {"odd-1", "odd-3", "odd-4"}, timeout=60)
     row = wait_delivered(store, mock, fleet, "odd.jsonl", 3, timeout=30)
     assert (row["status"], row["delivered"], row["rows_invalid"]) == ("done", 3, 1)
@@ -534,8 +617,9 @@ def test_content_rewritten_after_the_claim_is_never_sent(
     fleet.kill("batcher")
     original = b"user_id,message\nvictim-1,payday reminder\n"
     drop(settings.inbox / "payday.csv", original)
-    row = wait_for(lambda: file_row(store, "payday.csv"), timeout=PROMPT_SECONDS,
-                   what="payday.csv claimed")
+    row = wait_for(
+        lambda: file_row(store, "payday.csv"), timeout=PROMPT_SECONDS, what="payday.csv claimed"
+    )
     claimed = Path(row["processing_path"])
     before = claimed.stat()
     with claimed.open("r+b") as handle:  # the uploader still owns the file
@@ -543,8 +627,11 @@ def test_content_rewritten_after_the_claim_is_never_sent(
     os.utime(claimed, ns=(before.st_atime_ns, before.st_mtime_ns))  # mtime set back
     assert claimed.stat().st_size == before.st_size
     fleet.restart("batcher")
-    failed = wait_for(lambda: (r := file_row(store, "payday.csv")) and r["status"] == "failed"
-                      and r, timeout=60, what="payday.csv refused")
+    failed = wait_for(
+        lambda: (r := file_row(store, "payday.csv")) and r["status"] == "failed" and r,
+        timeout=60,
+        what="payday.csv refused",
+    )
     assert "changed" in failed["error"]
     _good, users = good_file(settings, "after-rewrite")
     wait_received(mock, users)
@@ -560,8 +647,11 @@ def test_huge_files_being_hashed_do_not_hold_up_small_ones(
         path.write_bytes(b"user_id,message\n" + b"huge,row\n" * 10)
         os.truncate(path, 40 << 30)
         os.rename(path, settings.inbox / f"huge-{n}.csv")
-    wait_for(lambda: len(list(settings.processing_dir.iterdir())) >= 1, timeout=30,
-             what="a huge file claimed")
+    wait_for(
+        lambda: len(list(settings.processing_dir.iterdir())) >= 1,
+        timeout=30,
+        what="a huge file claimed",
+    )
     _good, users = good_file(settings, "beside-huge")
     took = wait_received(mock, users, what="the small file beside the huge ones")
     assert took < PROMPT_SECONDS
@@ -571,8 +661,9 @@ def test_a_processing_folder_taken_away_is_made_again(
     hostile: tuple[Settings, Fleet], mock: Mock
 ) -> None:
     settings, fleet = hostile
-    wait_for(lambda: fleet.event_names("monitor")["monitor.started"], timeout=30,
-             what="monitor running")
+    wait_for(
+        lambda: fleet.event_names("monitor")["monitor.started"], timeout=30, what="monitor running"
+    )
     settings.processing_dir.rename(settings.inbox / "elsewhere")
     _good, users = good_file(settings, "after-folder")
     wait_received(mock, users)

@@ -41,9 +41,18 @@ VICTIMS = ("monitor", "batcher", *NOTIFIERS)
 RATE_LIMIT = 800.0
 
 
-def run_kills(settings: Settings, store: Store, mock: Mock, fleet: Fleet, *, rows: int,
-              kills: tuple[int, int], every: tuple[float, float], timeout: float,
-              victims: tuple[str, ...] = VICTIMS) -> None:
+def run_kills(
+    settings: Settings,
+    store: Store,
+    mock: Mock,
+    fleet: Fleet,
+    *,
+    rows: int,
+    kills: tuple[int, int],
+    every: tuple[float, float],
+    timeout: float,
+    victims: tuple[str, ...] = VICTIMS,
+) -> None:
     """Kill a random one of ``victims`` every ``every`` seconds while the file is being
     delivered, between ``kills[0]`` and ``kills[1]`` times; then check every row arrived."""
     rng, seed = chaos_rng()
@@ -76,33 +85,47 @@ def run_kills(settings: Settings, store: Store, mock: Mock, fleet: Fleet, *, row
         fleet.restart(victim)
     print(f"seed {seed}: kills (s, victim): {schedule}")
     assert len(schedule) >= kills[0], (
-        f"only {len(schedule)} kills landed before the file finished (seed {seed})")
+        f"only {len(schedule)} kills landed before the file finished (seed {seed})"
+    )
 
-    file = wait_delivered(store, mock, fleet, name, rows,
-                          timeout=max(60.0, deadline - time.monotonic()))
+    file = wait_delivered(
+        store, mock, fleet, name, rows, timeout=max(60.0, deadline - time.monotonic())
+    )
     assert fleet.dead() == {}, f"processes died on their own: {fleet.dead()} (seed {seed})"
     notifier_kills = sum(fleet.kills[n] for n in notifiers)
     bound = notifier_kills * settings.concurrency
-    outcome = check_everything_delivered(settings, store, mock, file, pairs,
-                                         max_duplicates=bound)
-    print(f"seed {seed}: {rows} rows, {len(schedule)} kills {dict(fleet.kills)}, "
-          f"{outcome.duplicates} duplicates (bound {bound}), "
-          f"{time.monotonic() - began:.1f} s")
+    outcome = check_everything_delivered(settings, store, mock, file, pairs, max_duplicates=bound)
+    print(
+        f"seed {seed}: {rows} rows, {len(schedule)} kills {dict(fleet.kills)}, "
+        f"{outcome.duplicates} duplicates (bound {bound}), "
+        f"{time.monotonic() - began:.1f} s"
+    )
 
 
 def kill_settings(settings: Settings, mock: Mock) -> Settings:
-    return chaos_settings(settings.inbox.parent, redis_url=settings.redis_url or "",
-                          database_url=settings.database_url or "",
-                          webhook_url=f"{mock.url}/hook",
-                          key_prefix=settings.key_prefix).replace(rate_limit=RATE_LIMIT)
+    return chaos_settings(
+        settings.inbox.parent,
+        redis_url=settings.redis_url or "",
+        database_url=settings.database_url or "",
+        webhook_url=f"{mock.url}/hook",
+        key_prefix=settings.key_prefix,
+    ).replace(rate_limit=RATE_LIMIT)
 
 
 def test_repeated_kill_9_of_any_process_loses_nothing_and_repeats_only_in_flight_alerts(
     settings: Settings, store: Store, mock: Mock, fleet_factory: Callable[[Settings], Fleet]
 ) -> None:
     chaos = kill_settings(settings, mock)
-    run_kills(chaos, store, mock, fleet_factory(chaos), rows=20_000, kills=(12, 12),
-              every=(0.5, 1.5), timeout=100)
+    run_kills(
+        chaos,
+        store,
+        mock,
+        fleet_factory(chaos),
+        rows=20_000,
+        kills=(12, 12),
+        every=(0.5, 1.5),
+        timeout=100,
+    )
 
 
 def test_kill_9_of_a_notifier_at_full_speed_repeats_at_most_what_it_had_in_flight(
@@ -110,10 +133,20 @@ def test_kill_9_of_a_notifier_at_full_speed_repeats_at_most_what_it_had_in_fligh
 ) -> None:
     """No rate limit and the default concurrency: outcomes waiting to be written would be
     hundreds per kill; only the requests in flight (at most 64 per process) may repeat."""
-    chaos = kill_settings(settings, mock).replace(rate_limit=0.0, concurrency=64,
-                                                  chunk_size=500, queue_high_water=20)
-    run_kills(chaos, store, mock, fleet_factory(chaos), rows=60_000, kills=(6, 6),
-              every=(0.8, 1.6), timeout=120, victims=NOTIFIERS)
+    chaos = kill_settings(settings, mock).replace(
+        rate_limit=0.0, concurrency=64, chunk_size=500, queue_high_water=20
+    )
+    run_kills(
+        chaos,
+        store,
+        mock,
+        fleet_factory(chaos),
+        rows=60_000,
+        kills=(6, 6),
+        every=(0.8, 1.6),
+        timeout=120,
+        victims=NOTIFIERS,
+    )
 
 
 @pytest.mark.slow
@@ -122,5 +155,13 @@ def test_kill_9_at_random_moments_through_200k_rows_loses_nothing(
     settings: Settings, store: Store, mock: Mock, fleet_factory: Callable[[Settings], Fleet]
 ) -> None:
     chaos = kill_settings(settings, mock)
-    run_kills(chaos, store, mock, fleet_factory(chaos), rows=200_000, kills=(10, 500),
-              every=(1.0, 12.0), timeout=1200)
+    run_kills(
+        chaos,
+        store,
+        mock,
+        fleet_factory(chaos),
+        rows=200_000,
+        kills=(10, 500),
+        every=(1.0, 12.0),
+        timeout=1200,
+    )

@@ -30,8 +30,7 @@ SETTINGS = settings(
 # headerless first row never reads as a header; plus a few non-ASCII characters.
 PLAIN = st.text(st.sampled_from("abcdxyz0123456789-_.é中 "), min_size=1, max_size=10)
 # Inside quotes anything CSV-special may appear.
-QUOTED = st.lists(st.sampled_from([*'abxyz09é ",;\t\n\r', "\r\n", '""']), max_size=14).map(
-    "".join)
+QUOTED = st.lists(st.sampled_from([*'abxyz09é ",;\t\n\r', "\r\n", '""']), max_size=14).map("".join)
 # Bytes that never occur in UTF-8, wherever they are put.
 INVALID = st.sampled_from([b"\xff", b"\xfe", b"\xc0", b"\xc1", b"\xf5"])
 LINE_ENDS = st.sampled_from([b"\n", b"\r\n"])
@@ -73,13 +72,13 @@ def read_all(path: Path, layout: Layout) -> list[Row | RowError]:
 
 def check(got: list[Row | RowError], expected: list[Expected]) -> None:
     assert len(got) == len(expected), (
-        f"{len(expected)} records written, {len(got)} items read: {got!r}")
+        f"{len(expected)} records written, {len(got)} items read: {got!r}"
+    )
     for item, want in zip(got, expected, strict=True):
         assert item.line == want.line, (item, want)
         if want.kind == "row":
             assert isinstance(item, Row), (item, want)
-            assert (item.user_id, item.message, item.extra) == (want.user, want.message,
-                                                                 want.extra)
+            assert (item.user_id, item.message, item.extra) == (want.user, want.message, want.extra)
         else:
             assert isinstance(item, RowError), (item, want)
             assert want.reason in item.reason.lower(), (item, want)
@@ -97,9 +96,12 @@ def csv_field(text: str, quote: bool) -> bytes:
 @st.composite
 def csv_record(draw: st.DrawFn, width: int, header: bool) -> tuple[bytes, Expected]:
     """One record (without its line end) and what it must read as; line filled in later."""
-    kind = draw(st.sampled_from(
-        ["row", "row", "row", "invalid", "columns", "no-user", "no-message", "long-user"]
-        + (["header"] if header else [])))
+    kind = draw(
+        st.sampled_from(
+            ["row", "row", "row", "invalid", "columns", "no-user", "no-message", "long-user"]
+            + (["header"] if header else [])
+        )
+    )
     if kind == "header":
         fields = [(name, draw(st.booleans())) for name in HEADER[:width]]
         want = Expected(0, "error", reason="repeated header")
@@ -127,8 +129,7 @@ def csv_record(draw: st.DrawFn, width: int, header: bool) -> tuple[bytes, Expect
         elif not message.strip():
             message += "m"
         user = user if kind in ("no-user", "long-user") or user.strip() else user + "0"
-        fields = [(user, quoted[0]), (message, quoted[1]),
-                  *zip(extras, quoted[2:], strict=True)]
+        fields = [(user, quoted[0]), (message, quoted[1]), *zip(extras, quoted[2:], strict=True)]
         if kind == "invalid":
             want = Expected(0, "error", reason="invalid utf-8")
         elif reason:
@@ -163,8 +164,7 @@ def csv_files(draw: st.DrawFn) -> tuple[bytes, Layout, list[Expected]]:
         for blank in draw(BLANK_LINES):
             out += blank
         line = out.count(b"\n") + 1
-        expected.append(Expected(line, want.kind, want.user, want.message, want.extra,
-                                 want.reason))
+        expected.append(Expected(line, want.kind, want.user, want.message, want.extra, want.reason))
         out += raw
         if index < len(records) - 1 or draw(st.booleans()):
             out += draw(LINE_ENDS)
@@ -179,8 +179,14 @@ def test_every_csv_record_becomes_exactly_one_row_or_row_error(
 ) -> None:
     data, layout, expected = generated
     path = write(folder, data, compressed)
-    layout = Layout(layout.format, compressed, layout.header, layout.user_col,
-                    layout.message_col, layout.dialect_delimiter)
+    layout = Layout(
+        layout.format,
+        compressed,
+        layout.header,
+        layout.user_col,
+        layout.message_col,
+        layout.dialect_delimiter,
+    )
     check(read_all(path, layout), expected)
 
 
@@ -191,8 +197,11 @@ JSON_TEXT = st.text(st.sampled_from('abxyz09é中 "\\,:{}\t'), max_size=12)
 
 @st.composite
 def jsonl_record(draw: st.DrawFn) -> tuple[bytes, Expected]:
-    kind = draw(st.sampled_from(
-        ["row", "row", "row", "broken", "not-object", "no-user", "no-message", "invalid"]))
+    kind = draw(
+        st.sampled_from(
+            ["row", "row", "row", "broken", "not-object", "no-user", "no-message", "invalid"]
+        )
+    )
     user: str | int = draw(st.one_of(PLAIN.filter(lambda u: u.strip()), st.integers(0, 10**20)))
     message = draw(JSON_TEXT.filter(lambda m: m.strip()))
     extra = draw(st.dictionaries(st.sampled_from(["team", "x-tag"]), JSON_TEXT, max_size=2))
@@ -212,11 +221,17 @@ def jsonl_record(draw: st.DrawFn) -> tuple[bytes, Expected]:
     if kind == "invalid":
         at = draw(st.integers(0, len(raw)))
         raw = raw[:at] + draw(INVALID) + raw[at:]
-    reasons = {"broken": "broken json", "not-object": "not a json object",
-               "no-user": "no user id", "no-message": "no message", "invalid": "invalid utf-8"}
+    reasons = {
+        "broken": "broken json",
+        "not-object": "not a json object",
+        "no-user": "no user id",
+        "no-message": "no message",
+        "invalid": "invalid utf-8",
+    }
     if kind == "row":
-        want = Expected(0, "row", user=str(user).strip(), message=message,
-                        extra=dict(extra) or None)
+        want = Expected(
+            0, "row", user=str(user).strip(), message=message, extra=dict(extra) or None
+        )
     else:
         want = Expected(0, "error", reason=reasons[kind])
     return raw, want
@@ -230,8 +245,11 @@ def jsonl_files(draw: st.DrawFn) -> tuple[bytes, list[Expected]]:
     for index, (raw, want) in enumerate(records):
         for blank in draw(BLANK_LINES):
             out += blank
-        expected.append(Expected(out.count(b"\n") + 1, want.kind, want.user, want.message,
-                                 want.extra, want.reason))
+        expected.append(
+            Expected(
+                out.count(b"\n") + 1, want.kind, want.user, want.message, want.extra, want.reason
+            )
+        )
         out += raw
         if index < len(records) - 1 or draw(st.booleans()):
             out += draw(LINE_ENDS)

@@ -38,12 +38,25 @@ NOTIFIERS = 2
 DRAIN = 2.0  # requests already on the wire when PostgreSQL stopped finish within this
 
 
-def run_postgres_outage(tmp_path: Path, redis_url: str, postgres: tuple[PostgresServer, str],
-                        mock: Mock, fleet_factory: Callable[[Settings], Fleet], *,
-                        rows: int, outage: float, key_prefix: str) -> None:
+def run_postgres_outage(
+    tmp_path: Path,
+    redis_url: str,
+    postgres: tuple[PostgresServer, str],
+    mock: Mock,
+    fleet_factory: Callable[[Settings], Fleet],
+    *,
+    rows: int,
+    outage: float,
+    key_prefix: str,
+) -> None:
     server, database_url = postgres
-    settings = chaos_settings(tmp_path, redis_url=redis_url, database_url=database_url,
-                              webhook_url=f"{mock.url}/hook", key_prefix=key_prefix)
+    settings = chaos_settings(
+        tmp_path,
+        redis_url=redis_url,
+        database_url=database_url,
+        webhook_url=f"{mock.url}/hook",
+        key_prefix=key_prefix,
+    )
     fleet = fleet_factory(settings)
     fleet.start("monitor", "monitor")
     fleet.start("batcher", "worker", "batcher")
@@ -63,9 +76,11 @@ def run_postgres_outage(tmp_path: Path, redis_url: str, postgres: tuple[Postgres
         pause(outage - DRAIN)
         sent_at_end = mock.accepted()
         server.start()
-        print(f"PostgreSQL down {time.monotonic() - down_at:.1f} s; "
-              f"{sent_at_end - sent_after_drain} requests sent while it was down after "
-              f"{DRAIN} s")
+        print(
+            f"PostgreSQL down {time.monotonic() - down_at:.1f} s; "
+            f"{sent_at_end - sent_after_drain} requests sent while it was down after "
+            f"{DRAIN} s"
+        )
         assert fleet.dead() == {}, f"processes died while PostgreSQL was down: {fleet.dead()}"
         # Paused, not dropping: nothing was sent that could not be recorded.
         assert sent_at_end == sent_after_drain
@@ -73,31 +88,59 @@ def run_postgres_outage(tmp_path: Path, redis_url: str, postgres: tuple[Postgres
 
         file = wait_delivered(store, mock, fleet, name, rows, timeout=120)
         assert fleet.dead() == {}, f"processes died after the outage: {fleet.dead()}"
-        outcome = check_everything_delivered(settings, store, mock, file, pairs,
-                                             max_duplicates=NOTIFIERS * settings.chunk_size)
-    waited = sum(fleet.event_names(f"notifier-{n}")["db.unavailable"]
-                 for n in range(1, NOTIFIERS + 1))
+        outcome = check_everything_delivered(
+            settings, store, mock, file, pairs, max_duplicates=NOTIFIERS * settings.chunk_size
+        )
+    waited = sum(
+        fleet.event_names(f"notifier-{n}")["db.unavailable"] for n in range(1, NOTIFIERS + 1)
+    )
     assert waited >= 1, "no notifier reported db.unavailable"
     assert fleet.event_names("monitor")["monitor.dependency_unavailable"] >= 1
-    print(f"{rows} rows, {outcome.duplicates} duplicates (bound "
-          f"{NOTIFIERS * settings.chunk_size}), notifier db.unavailable events: {waited}, "
-          f"batcher: {fleet.event_names('batcher')['db.unavailable']}, "
-          f"{time.monotonic() - began:.1f} s")
+    print(
+        f"{rows} rows, {outcome.duplicates} duplicates (bound "
+        f"{NOTIFIERS * settings.chunk_size}), notifier db.unavailable events: {waited}, "
+        f"batcher: {fleet.event_names('batcher')['db.unavailable']}, "
+        f"{time.monotonic() - began:.1f} s"
+    )
 
 
 def test_postgres_outage_pauses_workers_and_loses_nothing(
-    tmp_path: Path, redis_url: str, private_postgres: tuple[PostgresServer, str], mock: Mock,
-    fleet_factory: Callable[[Settings], Fleet], key_prefix: str,
+    tmp_path: Path,
+    redis_url: str,
+    private_postgres: tuple[PostgresServer, str],
+    mock: Mock,
+    fleet_factory: Callable[[Settings], Fleet],
+    key_prefix: str,
 ) -> None:
-    run_postgres_outage(tmp_path, redis_url, private_postgres, mock, fleet_factory,
-                        rows=ROWS, outage=8.0, key_prefix=key_prefix)
+    run_postgres_outage(
+        tmp_path,
+        redis_url,
+        private_postgres,
+        mock,
+        fleet_factory,
+        rows=ROWS,
+        outage=8.0,
+        key_prefix=key_prefix,
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_postgres_outage_of_30_seconds_pauses_workers_and_loses_nothing(
-    tmp_path: Path, redis_url: str, private_postgres: tuple[PostgresServer, str], mock: Mock,
-    fleet_factory: Callable[[Settings], Fleet], key_prefix: str,
+    tmp_path: Path,
+    redis_url: str,
+    private_postgres: tuple[PostgresServer, str],
+    mock: Mock,
+    fleet_factory: Callable[[Settings], Fleet],
+    key_prefix: str,
 ) -> None:
-    run_postgres_outage(tmp_path, redis_url, private_postgres, mock, fleet_factory,
-                        rows=40_000, outage=30.0, key_prefix=key_prefix)
+    run_postgres_outage(
+        tmp_path,
+        redis_url,
+        private_postgres,
+        mock,
+        fleet_factory,
+        rows=40_000,
+        outage=30.0,
+        key_prefix=key_prefix,
+    )

@@ -33,9 +33,17 @@ from tests.helpers import file_rows, free_port, hookdrop_process, kill_group, wa
 
 pytestmark = pytest.mark.chaos
 
-FAULTY = {"max_tries": 3, "attempt_budget": 6, "dlq_interval": 1.0, "request_timeout": 1.0,
-          "lease_seconds": 3.0, "scan_interval": 0.5, "chunk_size": 200, "concurrency": 64,
-          "queue_high_water": 20}
+FAULTY = {
+    "max_tries": 3,
+    "attempt_budget": 6,
+    "dlq_interval": 1.0,
+    "request_timeout": 1.0,
+    "lease_seconds": 3.0,
+    "scan_interval": 0.5,
+    "chunk_size": 200,
+    "concurrency": 64,
+    "queue_high_water": 20,
+}
 
 
 @pytest.fixture
@@ -65,9 +73,21 @@ def mock(tmp_path: Path) -> Iterator[Mock]:
     port = free_port()
     audit = tmp_path / "accepted.tsv"
     process = subprocess.Popen(
-        [sys.executable, "-m", "notifier_mock", "--host", "127.0.0.1", "--port", str(port),
-         "--audit-path", str(audit)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "notifier_mock",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--audit-path",
+            str(audit),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         with MockClient(f"http://127.0.0.1:{port}") as client:
             wait_for(client.healthy, what="mock receiver up")
@@ -83,8 +103,9 @@ def hookdrop_running(settings: Settings, logs: Path) -> Iterator[None]:
     procs = [
         hookdrop_process(settings, "monitor", log_path=logs / "monitor.log"),
         hookdrop_process(settings, "worker", "batcher", log_path=logs / "batcher.log"),
-        hookdrop_process(settings, "worker", "notifier", "--processes", "2",
-                         log_path=logs / "notifier.log"),
+        hookdrop_process(
+            settings, "worker", "notifier", "--processes", "2", log_path=logs / "notifier.log"
+        ),
     ]
     try:
         wait_for(settings.processing_dir.exists, what="monitor ready")
@@ -110,18 +131,27 @@ def ledger(store: Store) -> list[dict[str, Any]]:
     with store.transaction() as conn:
         return conn.execute(
             "SELECT id, user_id, message, status, attempts, throttled, last_status_code,"
-            " last_error FROM alerts ORDER BY line_no").fetchall()
+            " last_error FROM alerts ORDER BY line_no"
+        ).fetchall()
 
 
-def check_accounted(settings: Settings, file: dict[str, Any], alerts: list[dict[str, Any]],
-                    pairs: set[tuple[str, str]], accepted_ids: list[str]) -> Counter[str]:
+def check_accounted(
+    settings: Settings,
+    file: dict[str, Any],
+    alerts: list[dict[str, Any]],
+    pairs: set[tuple[str, str]],
+    accepted_ids: list[str],
+) -> Counter[str]:
     """Nothing lost, nothing twice, statuses add up; returns the count per status."""
     assert {(a["user_id"], a["message"]) for a in alerts} == pairs
     statuses = Counter(a["status"] for a in alerts)
     assert sum(statuses.values()) == len(alerts) == len(pairs) == file["alerts_total"]
     assert set(statuses) <= {"delivered", "rejected", "dead"}, statuses
     assert (file["delivered"], file["rejected"], file["dead"]) == (
-        statuses["delivered"], statuses["rejected"], statuses["dead"])
+        statuses["delivered"],
+        statuses["rejected"],
+        statuses["dead"],
+    )
     assert len(accepted_ids) == len(set(accepted_ids)), "an alert was accepted twice"
     assert set(accepted_ids) == {a["id"] for a in alerts if a["status"] == "delivered"}
     assert Path(file["final_path"]).parent == settings.done_dir
@@ -157,8 +187,9 @@ def test_with_a_fifth_of_answers_5xx_every_alert_ends_delivered_through_the_dlq(
     assert all(a["throttled"] == 0 for a in alerts)
 
 
-@pytest.mark.parametrize("rows", [pytest.param(1_000, id="1k"),
-                                  pytest.param(10_000, id="10k", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "rows", [pytest.param(1_000, id="1k"), pytest.param(10_000, id="10k", marks=pytest.mark.slow)]
+)
 def test_hangs_and_resets_end_each_alert_delivered_or_dead_with_its_reason(
     faulty: Settings, store: Store, mock: Mock, tmp_path: Path, rows: int
 ) -> None:
@@ -185,11 +216,14 @@ def test_hangs_and_resets_end_each_alert_delivered_or_dead_with_its_reason(
     assert sum(a["attempts"] for a in alerts) == stats["timeouts"] + stats["resets"]
 
 
-@pytest.mark.parametrize(("rows", "lowered"), [
-    pytest.param(3_000, None, id="3k"),
-    pytest.param(3_000, 400, id="3k-limit-lowered"),
-    pytest.param(30_000, None, id="30k", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    ("rows", "lowered"),
+    [
+        pytest.param(3_000, None, id="3k"),
+        pytest.param(3_000, 400, id="3k-limit-lowered"),
+        pytest.param(30_000, None, id="30k", marks=pytest.mark.slow),
+    ],
+)
 def test_429_bursts_never_use_the_failure_budget_and_are_all_recorded(
     faulty: Settings, store: Store, mock: Mock, tmp_path: Path, rows: int, lowered: int | None
 ) -> None:
@@ -197,8 +231,7 @@ def test_429_bursts_never_use_the_failure_budget_and_are_all_recorded(
     mock.client.configure(throttle_burst=40)  # the first 40 answers are 429
     with hookdrop_running(settings, tmp_path / "logs"):
         pairs = write_csv(settings.inbox / "throttled.csv", rows)
-        mock.client.wait_until(lambda s: s["accepted"] >= rows // 3, timeout=30,
-                               per_user=False)
+        mock.client.wait_until(lambda s: s["accepted"] >= rows // 3, timeout=30, per_user=False)
         if lowered is None:
             mock.client.configure(throttle_burst=40)  # and 40 more, mid-run
             timeout = 60 * rows / 3_000
@@ -235,18 +268,23 @@ def test_a_lowered_limit_is_respected_within_5_seconds_and_then_used(
         received: list[tuple[float, int]] = []
 
         def sample() -> bool:
-            received.append((time.monotonic() - changed,
-                             mock.client.stats(per_user=False)["received"]))
+            received.append(
+                (time.monotonic() - changed, mock.client.stats(per_user=False)["received"])
+            )
             return received[-1][0] >= settle
+
         # The target itself is a time window: sample it, then count what got through.
         wait_for(sample, what="the settle time", interval=0.5)
         before = mock.client.stats(per_user=False)["accepted"]
         wait_for(lambda: time.monotonic() - changed >= settle + window, what="the window")
         after = mock.client.stats(per_user=False)["accepted"]
     # Back under from 5 s on: every 3 s stretch from then sent at most 105% of the limit.
-    stretches = [(round(t0, 1), round((n1 - n0) / (t1 - t0)))
-                 for t0, n0 in received for t1, n1 in received
-                 if t0 >= 5.0 and 2.9 <= t1 - t0 <= 3.6]
+    stretches = [
+        (round(t0, 1), round((n1 - n0) / (t1 - t0)))
+        for t0, n0 in received
+        for t1, n1 in received
+        if t0 >= 5.0 and 2.9 <= t1 - t0 <= 3.6
+    ]
     assert stretches, "no samples after 5 s"
     assert max(rate for _, rate in stretches) <= limit * 1.05, stretches
     used = (after - before) / (window * limit)
@@ -345,4 +383,7 @@ def test_4xx_for_some_users_rejects_those_alerts_with_code_and_excerpt_and_sends
     assert len(refused) == rows * 2 // 10
     assert set(refused.values()) == {1}
     assert Counter(code for _wid, _user, code in answers) == {
-        200: rows * 8 // 10, 422: rows // 10, 400: rows // 10}
+        200: rows * 8 // 10,
+        422: rows // 10,
+        400: rows // 10,
+    }

@@ -47,11 +47,21 @@ def epoch(server: RedisServer, settings: Settings) -> bytes | None:
         conn.close()
 
 
-def run_redis_outage(tmp_path: Path, database_url: str, store: Store, mock: Mock,
-                     server: RedisServer, fleet: Callable[[Settings], Fleet], *,
-                     rows: int, outage: float, wipe: bool) -> tuple[Settings, Fleet, bytes]:
-    settings = chaos_settings(tmp_path, redis_url=server.url, database_url=database_url,
-                              webhook_url=f"{mock.url}/hook")
+def run_redis_outage(
+    tmp_path: Path,
+    database_url: str,
+    store: Store,
+    mock: Mock,
+    server: RedisServer,
+    fleet: Callable[[Settings], Fleet],
+    *,
+    rows: int,
+    outage: float,
+    wipe: bool,
+) -> tuple[Settings, Fleet, bytes]:
+    settings = chaos_settings(
+        tmp_path, redis_url=server.url, database_url=database_url, webhook_url=f"{mock.url}/hook"
+    )
     procs = fleet(settings)
     procs.start("monitor", "monitor")
     procs.start("batcher", "worker", "batcher")
@@ -76,50 +86,84 @@ def run_redis_outage(tmp_path: Path, database_url: str, store: Store, mock: Mock
 
     file = wait_delivered(store, mock, procs, name, rows, timeout=120, revive=True)
     bound = NOTIFIERS * settings.chunk_size
-    outcome = check_everything_delivered(settings, store, mock, file, pairs,
-                                         max_duplicates=bound)
-    print(f"{rows} rows, {outcome.duplicates} duplicates (bound {bound}), died and "
-          f"restarted (name, exit code): {procs.deaths}, {time.monotonic() - began:.1f} s")
+    outcome = check_everything_delivered(settings, store, mock, file, pairs, max_duplicates=bound)
+    print(
+        f"{rows} rows, {outcome.duplicates} duplicates (bound {bound}), died and "
+        f"restarted (name, exit code): {procs.deaths}, {time.monotonic() - began:.1f} s"
+    )
     return settings, procs, first_epoch
 
 
 def assert_no_process_died(fleet: Fleet) -> None:
     assert not fleet.deaths, (
         f"processes died on the Redis outage (name, exit code): {fleet.deaths}; "
-        f"see the logs in {fleet.logs}")
+        f"see the logs in {fleet.logs}"
+    )
 
 
-@pytest.mark.parametrize(("rows", "outage"), [
-    pytest.param(8_000, 3.0, id="short"),
-    pytest.param(40_000, 20.0, id="long", marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
-])
+@pytest.mark.parametrize(
+    ("rows", "outage"),
+    [
+        pytest.param(8_000, 3.0, id="short"),
+        pytest.param(40_000, 20.0, id="long", marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
+    ],
+)
 def test_redis_restarted_with_its_data_loses_nothing(
-    tmp_path: Path, database_url: str, store: Store, mock: Mock,
-    private_redis: Callable[[bool], RedisServer], fleet_factory: Callable[[Settings], Fleet],
-    rows: int, outage: float,
+    tmp_path: Path,
+    database_url: str,
+    store: Store,
+    mock: Mock,
+    private_redis: Callable[[bool], RedisServer],
+    fleet_factory: Callable[[Settings], Fleet],
+    rows: int,
+    outage: float,
 ) -> None:
     server = private_redis(True)
     settings, fleet, first_epoch = run_redis_outage(
-        tmp_path, database_url, store, mock, server, fleet_factory,
-        rows=rows, outage=outage, wipe=False)
+        tmp_path,
+        database_url,
+        store,
+        mock,
+        server,
+        fleet_factory,
+        rows=rows,
+        outage=outage,
+        wipe=False,
+    )
     assert epoch(server, settings) == first_epoch  # the same Redis lifetime: nothing rebuilt
     assert fleet.event_names("monitor")["redis.rebuilt"] == 0
     assert_no_process_died(fleet)
 
 
-@pytest.mark.parametrize(("rows", "outage"), [
-    pytest.param(8_000, 3.0, id="short"),
-    pytest.param(40_000, 20.0, id="long", marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
-])
+@pytest.mark.parametrize(
+    ("rows", "outage"),
+    [
+        pytest.param(8_000, 3.0, id="short"),
+        pytest.param(40_000, 20.0, id="long", marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
+    ],
+)
 def test_redis_restarted_empty_is_rebuilt_from_postgres_and_processing(
-    tmp_path: Path, database_url: str, store: Store, mock: Mock,
-    private_redis: Callable[[bool], RedisServer], fleet_factory: Callable[[Settings], Fleet],
-    rows: int, outage: float,
+    tmp_path: Path,
+    database_url: str,
+    store: Store,
+    mock: Mock,
+    private_redis: Callable[[bool], RedisServer],
+    fleet_factory: Callable[[Settings], Fleet],
+    rows: int,
+    outage: float,
 ) -> None:
     server = private_redis(False)
     settings, fleet, first_epoch = run_redis_outage(
-        tmp_path, database_url, store, mock, server, fleet_factory,
-        rows=rows, outage=outage, wipe=True)
+        tmp_path,
+        database_url,
+        store,
+        mock,
+        server,
+        fleet_factory,
+        rows=rows,
+        outage=outage,
+        wipe=True,
+    )
     assert epoch(server, settings) not in (None, first_epoch)  # a new Redis lifetime
     assert fleet.event_names("monitor")["redis.rebuilt"] >= 1
     # The checkpoint went with Redis: the file was read again from processing/, from the top.

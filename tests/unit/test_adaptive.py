@@ -157,9 +157,17 @@ class Run:
         return self.refused / max(1, sum(self.sent))
 
 
-def simulate(receiver: Receiver, seconds: int, *, changes: dict[int, float] | None = None,
-             rows: int | None = None, max_rate: float = 0.0, slots: int = 128,
-             latency: float = 0.005, dt: float = 0.0005) -> Run:
+def simulate(
+    receiver: Receiver,
+    seconds: int,
+    *,
+    changes: dict[int, float] | None = None,
+    rows: int | None = None,
+    max_rate: float = 0.0,
+    slots: int = 128,
+    latency: float = 0.005,
+    dt: float = 0.0005,
+) -> Run:
     """Notifiers with ``slots`` requests in flight against a receiver, in virtual time.
 
     As the notifiers do: tokens come at the rate in force (none before the first 429 unless
@@ -192,8 +200,14 @@ def simulate(receiver: Receiver, seconds: int, *, changes: dict[int, float] | No
             if epoch == state.epoch:
                 since, granted_then = started[epoch]
                 sending = (granted - granted_then) / max(t - since, dt)
-                state = refused(state, now=t, pause=pause, sending=sending, granted=granted,
-                                answered=epoch in answered)
+                state = refused(
+                    state,
+                    now=t,
+                    pause=pause,
+                    sending=sending,
+                    granted=granted,
+                    answered=epoch in answered,
+                )
                 started[state.epoch] = (t, granted)
                 credit = 0.0
         if rows is not None and delivered >= rows:
@@ -227,34 +241,42 @@ def simulate(receiver: Receiver, seconds: int, *, changes: dict[int, float] | No
     return run
 
 
-@pytest.mark.parametrize(("receiver", "settled"), [
-    pytest.param(Receiver(1000, burst=0.1), 20, id="bucket-0.1s"),
-    pytest.param(Receiver(1000, burst=0.02), 20, id="bucket-0.02s"),
-    pytest.param(Receiver(1000, kind="second"), 20, id="per-second-window"),
-    # A large burst allowance hides the limit for longer: each 429 comes seconds after the
-    # rate crossed it, and the rate creeps down to it a few percent per 429.
-    pytest.param(Receiver(1000, burst=0.5), 40, id="bucket-0.5s"),
-])
+@pytest.mark.parametrize(
+    ("receiver", "settled"),
+    [
+        pytest.param(Receiver(1000, burst=0.1), 20, id="bucket-0.1s"),
+        pytest.param(Receiver(1000, burst=0.02), 20, id="bucket-0.02s"),
+        pytest.param(Receiver(1000, kind="second"), 20, id="per-second-window"),
+        # A large burst allowance hides the limit for longer: each 429 comes seconds after the
+        # rate crossed it, and the rate creeps down to it a few percent per 429.
+        pytest.param(Receiver(1000, burst=0.5), 40, id="bucket-0.5s"),
+    ],
+)
 def test_it_settles_on_the_receivers_limit(receiver: Receiver, settled: int) -> None:
     """PRODUCT target: at least 95% of the allowed rate used, at most 1% answered 429."""
     run = simulate(receiver, 80)
     assert run.use(settled, 80, 1000) >= 0.95
-    refused_late = sum(s - a for s, a in zip(run.sent[settled:], run.accepted[settled:],
-                                             strict=True))
+    refused_late = sum(
+        s - a for s, a in zip(run.sent[settled:], run.accepted[settled:], strict=True)
+    )
     assert refused_late <= 0.01 * sum(run.sent[settled:])
 
 
-@pytest.mark.parametrize("receiver", [
-    pytest.param(Receiver(1500, burst=0.1), id="bucket-0.1s"),
-    pytest.param(Receiver(1500, burst=0.02), id="bucket-0.02s"),
-    pytest.param(Receiver(1500, kind="second"), id="per-second-window"),
-])
+@pytest.mark.parametrize(
+    "receiver",
+    [
+        pytest.param(Receiver(1500, burst=0.1), id="bucket-0.1s"),
+        pytest.param(Receiver(1500, burst=0.02), id="bucket-0.02s"),
+        pytest.param(Receiver(1500, kind="second"), id="per-second-window"),
+    ],
+)
 @pytest.mark.parametrize("lowered", [750, 200])
 def test_a_lowered_limit_is_respected_within_5_seconds_and_then_used(
-        receiver: Receiver, lowered: float) -> None:
+    receiver: Receiver, lowered: float
+) -> None:
     """PRODUCT target: back under a lowered limit within 5 s (and staying there 3 s)."""
     run = simulate(receiver, 60, changes={15: lowered})
-    under = next(t for t in range(15, 60) if max(run.sent[t:t + 3]) <= lowered * 1.05)
+    under = next(t for t in range(15, 60) if max(run.sent[t : t + 3]) <= lowered * 1.05)
     assert under - 15 <= 5, run.sent
     assert run.use(35, 60, lowered) >= 0.9
     assert sum(run.sent[35:]) - sum(run.accepted[35:]) <= 0.01 * sum(run.sent[35:])
@@ -283,12 +305,14 @@ def test_a_receiver_refusing_everything_from_the_first_request_only_pauses_us() 
 @pytest.mark.parametrize("retry_after", ["seconds", "date", "none"])
 @pytest.mark.parametrize("max_rate", [0.0, 2000.0], ids=["limit-unknown", "limit-too-high"])
 def test_a_30_second_job_uses_the_receivers_limit_from_its_first_request_to_its_last(
-        burst: float, retry_after: str, max_rate: float) -> None:
+    burst: float, retry_after: str, max_rate: float
+) -> None:
     """Target: >= 90% of the limit over the whole run, <= 2% of requests answered 429,
     >= 97% at steady state; the first 429 of an unknown limit is fine."""
     limit, rows = 400.0, 12_000
-    run = simulate(Receiver(limit, burst=burst, retry_after=retry_after), 60, rows=rows,
-                   max_rate=max_rate)
+    run = simulate(
+        Receiver(limit, burst=burst, retry_after=retry_after), 60, rows=rows, max_rate=max_rate
+    )
     assert run.last, "the job did not finish"
     assert run.whole_run(rows, limit) >= 0.9
     assert run.refused_share <= 0.02

@@ -33,26 +33,43 @@ def test_alert_ids_are_stable_and_distinct() -> None:
     one = alert_id("abc", 0, "u1", "hello")
     assert one == alert_id("abc", 0, "u1", "hello")
     assert one.startswith("msg_")
-    others = {alert_id("abd", 0, "u1", "hello"), alert_id("abc", 1, "u1", "hello"),
-              alert_id("abc", 0, "u1", "hello!"), alert_id("abc", 0, "u1h", "ello")}
+    others = {
+        alert_id("abd", 0, "u1", "hello"),
+        alert_id("abc", 1, "u1", "hello"),
+        alert_id("abc", 0, "u1", "hello!"),
+        alert_id("abc", 0, "u1h", "ello"),
+    }
     assert one not in others and len(others) == 4
 
 
 def test_retry_after_in_seconds_and_as_a_date() -> None:
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("7", now=now) == 7.0
-    assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True),
-                             now=now) == 30.0
-    assert parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True),
-                             now=now) == 0.0
+    assert (
+        parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now=now)
+        == 30.0
+    )
+    assert (
+        parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now=now) == 0.0
+    )
     assert parse_retry_after("soon", now=now) is None
     assert parse_retry_after(None) is None
 
 
-@pytest.mark.parametrize(("code", "kind"), [
-    (200, "delivered"), (204, "delivered"), (429, "throttled"), (500, "retry"), (503, "retry"),
-    (408, "retry"), (400, "rejected"), (404, "rejected"), (410, "rejected"),
-])
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (200, "delivered"),
+        (204, "delivered"),
+        (429, "throttled"),
+        (500, "retry"),
+        (503, "retry"),
+        (408, "retry"),
+        (400, "rejected"),
+        (404, "rejected"),
+        (410, "rejected"),
+    ],
+)
 def test_answers_are_classified(code: int, kind: str) -> None:
     response = httpx.Response(code, text="nope " * 100, headers={"retry-after": "3"})
     verdict = classify_response(response)

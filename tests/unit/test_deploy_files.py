@@ -36,10 +36,17 @@ KNOWN_ENV = frozenset(spec.env for spec in SETTINGS)
 # Read by the worker unit itself (feeds `--processes`), not by hookdrop.
 UNIT_LOCAL_ENV = frozenset({"WORKER_PROCESSES"})
 # The stable `hookdrop` subcommands deployment files may call (leading words, flags may follow).
-COMMANDS = frozenset({
-    ("monitor",), ("worker", "batcher"), ("worker", "notifier"), ("mock",), ("up",),
-    ("db", "migrate"), ("status",),
-})
+COMMANDS = frozenset(
+    {
+        ("monitor",),
+        ("worker", "batcher"),
+        ("worker", "notifier"),
+        ("mock",),
+        ("up",),
+        ("db", "migrate"),
+        ("status",),
+    }
+)
 QUEUES = ("batcher", "notifier")
 HOOKDROP_SERVICES = ("migrate", "monitor", "batcher", "notifier", "mock")
 LONG_RUNNING = ("monitor", "batcher", "notifier", "mock")
@@ -330,8 +337,9 @@ def test_api_token_must_be_supplied(services: dict[str, Any]) -> None:
     env = service_env(services["monitor"])
     with pytest.raises(KeyError, match="HOOKDROP_API_TOKEN"):
         interpolate(env["HOOKDROP_API_TOKEN"], {})
-    assert Settings.load({k: interpolate(v, {"HOOKDROP_API_TOKEN": "t"}) for k, v in
-                          env.items()}).api_listen == ("0.0.0.0", 8425)
+    assert Settings.load(
+        {k: interpolate(v, {"HOOKDROP_API_TOKEN": "t"}) for k, v in env.items()}
+    ).api_listen == ("0.0.0.0", 8425)
 
 
 @pytest.mark.parametrize("name", (*HOOKDROP_SERVICES, "redis", "postgres"))
@@ -345,8 +353,9 @@ def test_monitor_api_published_on_loopback(services: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("name", ["monitor", "batcher", "notifier"])
-def test_inbox_volume_is_shared(compose: dict[str, Any], services: dict[str, Any],
-                                name: str) -> None:
+def test_inbox_volume_is_shared(
+    compose: dict[str, Any], services: dict[str, Any], name: str
+) -> None:
     mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
     assert mounts.get(INBOX) == "inbox"
     assert "inbox" in compose["volumes"]
@@ -363,7 +372,12 @@ def test_docker_compose_config() -> None:
     env = {**os.environ, "HOOKDROP_API_TOKEN": "test-token"}
     result = subprocess.run(
         [docker, "compose", "-f", str(COMPOSE), "config", "-q"],
-        capture_output=True, text=True, env=env, cwd=ROOT, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
 
@@ -376,23 +390,25 @@ def test_dockerfile_base_user_and_entrypoint() -> None:
     froms = [args for word, args in instructions if word == "FROM"]
     assert froms, "no FROM"
     assert froms[-1].split()[0] == "python:3.11-slim"
-    last_stage = instructions[max(i for i, (w, _) in enumerate(instructions) if w == "FROM"):]
+    last_stage = instructions[max(i for i, (w, _) in enumerate(instructions) if w == "FROM") :]
     users = [args for word, args in last_stage if word == "USER"]
     assert users, "the image must switch to a non-root USER"
     assert users[-1].split(":")[0] not in {"root", "0"}
     entrypoint = [args for word, args in last_stage if word == "ENTRYPOINT"]
     assert entrypoint and json.loads(entrypoint[-1]) == ["hookdrop"]
     volumes = [args for word, args in last_stage if word == "VOLUME"]
-    assert any("/var/lib/hookdrop" in v.split() or v == '["/var/lib/hookdrop"]'
-               for v in volumes)
+    assert any("/var/lib/hookdrop" in v.split() or v == '["/var/lib/hookdrop"]' for v in volumes)
 
 
 def test_dockerfile_installs_every_package() -> None:
     instructions = dockerfile_instructions()
     runs = " ".join(args for word, args in instructions if word == "RUN")
     assert re.search(r"pip install (\S+ )*\.(\s|$)", runs), "the project is not pip-installed"
-    copied = {Path(args.split()[0]).name for word, args in instructions if word == "COPY"
-              and not args.startswith("--from")}
+    copied = {
+        Path(args.split()[0]).name
+        for word, args in instructions
+        if word == "COPY" and not args.startswith("--from")
+    }
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     includes = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
     for pattern in includes:
@@ -495,7 +511,11 @@ def _verify(analyzer: str, units: Path, names: list[str]) -> list[str]:
     """Run `systemd-analyze verify` on ``names`` found in ``units``; return problem lines."""
     result = subprocess.run(
         [analyzer, "verify", "--man=no", "--recursive-errors=no", *names],
-        capture_output=True, text=True, check=False, timeout=120, cwd=units,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        cwd=units,
         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:", "SYSTEMD_LOG_COLOR": "0"},
     )
     lines = (result.stdout + result.stderr).splitlines()

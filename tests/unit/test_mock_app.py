@@ -47,8 +47,9 @@ def make_app(clock: FakeClock) -> Iterator[Callable[..., MockApp]]:
     apps: list[MockApp] = []
 
     def make(**settings: Any) -> MockApp:
-        app = create_app(MockConfig(**settings), clock=clock, wall_clock=lambda: WALL,
-                         rng=random.Random(7))
+        app = create_app(
+            MockConfig(**settings), clock=clock, wall_clock=lambda: WALL, rng=random.Random(7)
+        )
         apps.append(app)
         return app
 
@@ -66,8 +67,9 @@ def drive(app: MockApp, scenario: Scenario) -> None:
     asyncio.run(main())
 
 
-def hook(client: httpx.AsyncClient, user: object = "u1", msg_id: str | None = "msg_1",
-         **headers: str) -> Awaitable[httpx.Response]:
+def hook(
+    client: httpx.AsyncClient, user: object = "u1", msg_id: str | None = "msg_1", **headers: str
+) -> Awaitable[httpx.Response]:
     sent = {"webhook-id": msg_id} if msg_id is not None else {}
     sent.update(headers)
     return client.post("/", json={"userId": user, "alertMessage": "hi"}, headers=sent)
@@ -83,7 +85,11 @@ def test_accepts_and_counts_duplicates_by_webhook_id(make_app: Callable[..., Moc
             assert response.content == b'{"ok":true}'
         stats = (await client.get("/stats")).json()
         assert {key: stats[key] for key in ("received", "accepted", "unique", "duplicates")} == {
-            "received": 5, "accepted": 5, "unique": 3, "duplicates": 2}
+            "received": 5,
+            "accepted": 5,
+            "unique": 3,
+            "duplicates": 2,
+        }
         assert stats["per_user"] == {"u1": 4, "42": 1}
         assert stats["in_flight"] == 0
         assert stats["current"]["rate"] == 0.0
@@ -106,8 +112,17 @@ def test_without_webhook_id_duplicates_are_found_by_body(make_app: Callable[...,
     assert (app.state.counters.unique, app.state.counters.duplicates) == (2, 1)
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'{"alertMessage": "x"}',
-                                  b'{"userId": ""}', b'{"userId": true}', b'{"userId": null}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[1, 2]",
+        b'{"alertMessage": "x"}',
+        b'{"userId": ""}',
+        b'{"userId": true}',
+        b'{"userId": null}',
+    ],
+)
 def test_bad_request(make_app: Callable[..., MockApp], body: bytes) -> None:
     app = make_app()
 
@@ -124,10 +139,19 @@ def test_signature_checked_when_a_secret_is_set(make_app: Callable[..., MockApp]
     app = make_app(secret=SECRET)
     body = json.dumps({"userId": "u9", "alertMessage": "signed"})
     now = datetime.now(UTC)
-    good = {"webhook-id": "msg_s", "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": Webhook(SECRET).sign("msg_s", now, body)}
-    forged = dict(good, **{"webhook-signature": Webhook(
-        "whsec_" + base64.b64encode(b"x" * 32).decode()).sign("msg_s", now, body)})
+    good = {
+        "webhook-id": "msg_s",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(SECRET).sign("msg_s", now, body),
+    }
+    forged = dict(
+        good,
+        **{
+            "webhook-signature": Webhook("whsec_" + base64.b64encode(b"x" * 32).decode()).sign(
+                "msg_s", now, body
+            )
+        },
+    )
     missing = {key: value for key, value in good.items() if key != "webhook-signature"}
 
     async def scenario(client: httpx.AsyncClient) -> None:
@@ -169,7 +193,8 @@ def test_error_rate_is_the_share_of_requests(make_app: Callable[..., MockApp]) -
 
 
 def test_rate_limit_answers_429_with_retry_after_seconds(
-        make_app: Callable[..., MockApp], clock: FakeClock) -> None:
+    make_app: Callable[..., MockApp], clock: FakeClock
+) -> None:
     app = make_app(rate=2, burst=2)
 
     async def scenario(client: httpx.AsyncClient) -> None:
@@ -242,17 +267,21 @@ def test_throttle_burst_leaves_the_limiter_tokens_alone(make_app: Callable[..., 
     drive(app, scenario)
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"rate": -1}, "rate must be 0 or more"),
-    ({"error_rate": "lots"}, "error_rate must be a number"),
-    ({"retry_after_mode": "later"}, "retry_after_mode must be one of"),
-    ({"port": 9}, "port cannot be changed while running"),
-    ({"colour": "red"}, "unknown setting 'colour'"),
-    ({"throttle_burst": -2}, "throttle_burst must be a whole number"),
-    ({"rate": 5, "secret": "nope"}, "starting with whsec_"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"rate": -1}, "rate must be 0 or more"),
+        ({"error_rate": "lots"}, "error_rate must be a number"),
+        ({"retry_after_mode": "later"}, "retry_after_mode must be one of"),
+        ({"port": 9}, "port cannot be changed while running"),
+        ({"colour": "red"}, "unknown setting 'colour'"),
+        ({"throttle_burst": -2}, "throttle_burst must be a whole number"),
+        ({"rate": 5, "secret": "nope"}, "starting with whsec_"),
+    ],
+)
 def test_invalid_config_changes_are_400_and_change_nothing(
-        make_app: Callable[..., MockApp], changes: dict[str, Any], message: str) -> None:
+    make_app: Callable[..., MockApp], changes: dict[str, Any], message: str
+) -> None:
     app = make_app()
 
     async def scenario(client: httpx.AsyncClient) -> None:
@@ -276,7 +305,11 @@ def test_reset_zeroes_counters(make_app: Callable[..., MockApp]) -> None:
         assert (await client.post("/admin/reset")).status_code == 200
         stats = (await client.get("/stats")).json()
         assert (stats["received"], stats["accepted"], stats["unique"], stats["per_user"]) == (
-            0, 0, 0, {})
+            0,
+            0,
+            0,
+            {},
+        )
         await hook(client)
         assert (await client.get("/stats")).json()["duplicates"] == 0
 
@@ -284,7 +317,8 @@ def test_reset_zeroes_counters(make_app: Callable[..., MockApp]) -> None:
 
 
 def test_rate_1s_counts_the_last_full_second(
-        make_app: Callable[..., MockApp], clock: FakeClock) -> None:
+    make_app: Callable[..., MockApp], clock: FakeClock
+) -> None:
     app = make_app()
 
     async def scenario(client: httpx.AsyncClient) -> None:
@@ -351,7 +385,8 @@ def test_admin_and_method_routing(make_app: Callable[..., MockApp]) -> None:
 
 
 def test_audit_file_has_one_line_per_accepted_request(
-        make_app: Callable[..., MockApp], tmp_path: Path) -> None:
+    make_app: Callable[..., MockApp], tmp_path: Path
+) -> None:
     audit = tmp_path / "audit.tsv"
     app = make_app(audit_path=audit, error_rate=0.5)
 

@@ -31,24 +31,27 @@ def test_ints_are_normalised_to_floats() -> None:
     assert isinstance(config.latency_ms, float)
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"host": ""}, "host must be a non-empty string"),
-    ({"port": 70000}, "port must be from 0 to 65535"),
-    ({"port": "80"}, "port must be a whole number"),
-    ({"rate": -5}, "rate must be 0 or more"),
-    ({"rate": True}, "rate must be a number"),
-    ({"rate": float("inf")}, "rate must be a finite number"),
-    ({"burst": 0.5}, "burst must be at least 1"),
-    ({"retry_after_mode": "minutes"}, "retry_after_mode must be one of seconds, date, none"),
-    ({"error_rate": 1.5}, "error_rate is a share of requests: use a number from 0 to 1"),
-    ({"reset_rate": -0.1}, "reset_rate is a share"),
-    ({"error_rate": 0.6, "timeout_rate": 0.5}, "must be at most 1"),
-    ({"latency_ms": -1}, "latency_ms must be 0 or more"),
-    ({"timeout_hang_s": 0}, "timeout_hang_s must be more than 0"),
-    ({"secret": "not-a-secret"}, "starting with whsec_"),
-    ({"secret": "whsec_%%%"}, "must be base64"),
-    ({"audit_path": ""}, "audit_path must be a file path"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"host": ""}, "host must be a non-empty string"),
+        ({"port": 70000}, "port must be from 0 to 65535"),
+        ({"port": "80"}, "port must be a whole number"),
+        ({"rate": -5}, "rate must be 0 or more"),
+        ({"rate": True}, "rate must be a number"),
+        ({"rate": float("inf")}, "rate must be a finite number"),
+        ({"burst": 0.5}, "burst must be at least 1"),
+        ({"retry_after_mode": "minutes"}, "retry_after_mode must be one of seconds, date, none"),
+        ({"error_rate": 1.5}, "error_rate is a share of requests: use a number from 0 to 1"),
+        ({"reset_rate": -0.1}, "reset_rate is a share"),
+        ({"error_rate": 0.6, "timeout_rate": 0.5}, "must be at most 1"),
+        ({"latency_ms": -1}, "latency_ms must be 0 or more"),
+        ({"timeout_hang_s": 0}, "timeout_hang_s must be more than 0"),
+        ({"secret": "not-a-secret"}, "starting with whsec_"),
+        ({"secret": "whsec_%%%"}, "must be base64"),
+        ({"audit_path": ""}, "audit_path must be a file path"),
+    ],
+)
 def test_invalid_values_raise_readable_errors(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MockConfig(**changes)
@@ -74,17 +77,43 @@ def test_public_dict_masks_the_secret() -> None:
 
 
 def test_command_line_flags_mirror_the_config(tmp_path: Path) -> None:
-    args = build_parser().parse_args([
-        "--port", "9001", "--rate", "50", "--burst", "5", "--retry-after-mode", "date",
-        "--error-rate", "0.1", "--latency-ms", "3", "--latency-jitter-ms", "2",
-        "--timeout-rate", "0.2", "--timeout-hang-s", "4", "--reset-rate", "0.3",
-        "--secret", SECRET, "--audit-path", str(tmp_path / "audit.tsv"),
-    ])
+    args = build_parser().parse_args(
+        [
+            "--port",
+            "9001",
+            "--rate",
+            "50",
+            "--burst",
+            "5",
+            "--retry-after-mode",
+            "date",
+            "--error-rate",
+            "0.1",
+            "--latency-ms",
+            "3",
+            "--latency-jitter-ms",
+            "2",
+            "--timeout-rate",
+            "0.2",
+            "--timeout-hang-s",
+            "4",
+            "--reset-rate",
+            "0.3",
+            "--secret",
+            SECRET,
+            "--audit-path",
+            str(tmp_path / "audit.tsv"),
+        ]
+    )
     options = vars(args)
     options.pop("log_level")
     config = MockConfig(**options)
     assert (config.port, config.rate, config.burst, config.retry_after_mode) == (
-        9001, 50.0, 5.0, "date")
+        9001,
+        50.0,
+        5.0,
+        "date",
+    )
     assert (config.error_rate, config.timeout_rate, config.reset_rate) == (0.1, 0.2, 0.3)
     assert (config.latency_ms, config.latency_jitter_ms, config.timeout_hang_s) == (3, 2, 4)
     assert config.secret == SECRET

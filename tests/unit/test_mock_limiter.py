@@ -110,9 +110,17 @@ def test_invalid_reconfigure(rate: float, burst: float | None) -> None:
         TokenBucket(rate, burst, clock=FakeClock())
 
 
-@pytest.mark.parametrize(("wait", "expected"), [
-    (0.0001, "1"), (0.2, "1"), (1.0, "1"), (1.2, "2"), (2.0000000000000004, "2"), (59.01, "60"),
-])
+@pytest.mark.parametrize(
+    ("wait", "expected"),
+    [
+        (0.0001, "1"),
+        (0.2, "1"),
+        (1.0, "1"),
+        (1.2, "2"),
+        (2.0000000000000004, "2"),
+        (59.01, "60"),
+    ],
+)
 def test_retry_after_seconds_rounds_up_and_is_at_least_one(wait: float, expected: str) -> None:
     assert retry_after("seconds", wait, 0.0) == expected
 

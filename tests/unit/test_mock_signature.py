@@ -32,10 +32,15 @@ def test_sign_matches_the_reference() -> None:
 def test_reference_accepts_our_signature() -> None:
     now = datetime.now(UTC)
     timestamp = int(now.timestamp())
-    headers = {"webhook-id": "msg_2", "webhook-timestamp": str(timestamp),
-               "webhook-signature": sign(SECRET, "msg_2", timestamp, BODY)}
-    assert Webhook(SECRET).verify(BODY, headers) == {"userId": "u-1",
-                                                      "alertMessage": "disk full \u00e9"}
+    headers = {
+        "webhook-id": "msg_2",
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(SECRET, "msg_2", timestamp, BODY),
+    }
+    assert Webhook(SECRET).verify(BODY, headers) == {
+        "userId": "u-1",
+        "alertMessage": "disk full \u00e9",
+    }
 
 
 def test_verify_accepts_reference_signature_among_several() -> None:
@@ -63,8 +68,7 @@ def test_verify_rejects_any_change(change: str) -> None:
     else:
         header = "v1,not-base64!!"
     assert not verify(secret, msg_id, timestamp, body, header)
-    assert verify(SECRET, "msg_4", headers["webhook-timestamp"], BODY,
-                  headers["webhook-signature"])
+    assert verify(SECRET, "msg_4", headers["webhook-timestamp"], BODY, headers["webhook-signature"])
 
 
 def test_unpadded_secret_and_raw_key_bytes() -> None:
@@ -73,8 +77,9 @@ def test_unpadded_secret_and_raw_key_bytes() -> None:
     unpadded = padded.rstrip("=")
     assert unpadded != padded
     assert sign(unpadded, "m", 1, "b") == sign(padded, "m", 1, "b") == sign(key, "m", 1, "b")
-    assert sign(padded, "m", 1, "b") == Webhook(unpadded).sign("m", datetime.fromtimestamp(1, UTC),
-                                                             "b")
+    assert sign(padded, "m", 1, "b") == Webhook(unpadded).sign(
+        "m", datetime.fromtimestamp(1, UTC), "b"
+    )
 
 
 @pytest.mark.parametrize("secret", ["k" * 32, "whsec_", "whsec_***"])

@@ -69,8 +69,13 @@ def test_csv_with_header(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("user", "message"),
-    [("userId", "alertMessage"), ("USER", "Alert"), ("userid", "msg"), ("User ID", "MESSAGE"),
-     (" user_id ", "alert_message")],
+    [
+        ("userId", "alertMessage"),
+        ("USER", "Alert"),
+        ("userid", "msg"),
+        ("User ID", "MESSAGE"),
+        (" user_id ", "alert_message"),
+    ],
 )
 def test_csv_header_names(tmp_path: Path, user: str, message: str) -> None:
     path = write(tmp_path, f"{message},{user}\nhello,u1\n")
@@ -95,11 +100,11 @@ def test_csv_without_header(tmp_path: Path) -> None:
 
 def test_quotes_commas_and_newlines(tmp_path: Path) -> None:
     text = (
-        'user_id,message\n'
+        "user_id,message\n"
         'u1,"hello, world"\n'
         'u2,"line one\nline two\n\nline four"\n'
         'u3,"she said ""hi"""\n'
-        'u4,after\n'
+        "u4,after\n"
     )
     path = write(tmp_path, text)
     assert rows(path) == [
@@ -117,7 +122,7 @@ def test_header_spanning_lines(tmp_path: Path) -> None:
 
 
 def test_bom_and_crlf(tmp_path: Path) -> None:
-    path = write(tmp_path, b"\xef\xbb\xbfuserId,alertMessage\r\nu1,hello\r\nu2,\"a\r\nb\"\r\n")
+    path = write(tmp_path, b'\xef\xbb\xbfuserId,alertMessage\r\nu1,hello\r\nu2,"a\r\nb"\r\n')
     assert sniff(path).header == ("userId", "alertMessage")
     assert rows(path) == [(2, "u1", "hello", None), (3, "u2", "a\r\nb", None)]
 
@@ -200,7 +205,7 @@ def test_unterminated_quote_at_end(tmp_path: Path) -> None:
 
 
 def test_error_excerpt(tmp_path: Path) -> None:
-    path = write(tmp_path, "user_id,message\n,\"" + "é" * 200 + "\"\r\n")
+    path = write(tmp_path, 'user_id,message\n,"' + "é" * 200 + '"\r\n')
     [error] = items(path)
     assert isinstance(error, RowError)
     assert error.excerpt == ',"' + "é" * 118
@@ -211,7 +216,10 @@ def test_invalid_utf8_only_breaks_its_row(tmp_path: Path) -> None:
     path = write(tmp_path, data)
     found = items(path)
     assert [(i.line, type(i).__name__) for i in found] == [
-        (2, "Row"), (3, "RowError"), (4, "RowError"), (6, "Row")
+        (2, "Row"),
+        (3, "RowError"),
+        (4, "RowError"),
+        (6, "Row"),
     ]
     assert isinstance(found[1], RowError)
     assert found[1].reason == "invalid UTF-8"
@@ -251,8 +259,9 @@ def test_long_multiline_record_is_one_error(tmp_path: Path) -> None:
     path = write(tmp_path, f'user_id,message\nu1,ok\nu2,"{body}"\nu3,ok\n')
     found = items(path, max_record_bytes=200)
     assert found[0] == Row(2, "u1", "ok", None)
-    assert found[1] == RowError(3, "record longer than 200 bytes", 'u2,"' + "y" * 50 + "\n" +
-                                "y" * 50 + "\n" + "y" * 14)
+    assert found[1] == RowError(
+        3, "record longer than 200 bytes", 'u2,"' + "y" * 50 + "\n" + "y" * 50 + "\n" + "y" * 14
+    )
     # after a too-long record the reader resumes at the next newline, inside the quotes
     assert found[-1] == Row(13, "u3", "ok", None)
 
@@ -262,7 +271,9 @@ def test_long_jsonl_line(tmp_path: Path) -> None:
     data = b'{"userId":"u1","message":"a"}\n' + line + b'\n{"userId":3,"message":"c"}\n'
     path = write(tmp_path, data, "drop.jsonl")
     assert [(i.line, type(i).__name__) for i in items(path, max_record_bytes=1000)] == [
-        (1, "Row"), (2, "RowError"), (3, "Row")
+        (1, "Row"),
+        (2, "RowError"),
+        (3, "Row"),
     ]
 
 
@@ -313,15 +324,18 @@ def test_jsonl(tmp_path: Path) -> None:
         (15, "broken JSON: NaN is not valid JSON"),
         (16, "broken JSON: invalid unicode escape (lone surrogate)"),
     ]
-    assert found[2] == RowError(5, "broken JSON: Expecting ',' delimiter",
-                                '{"userId": "u3" "message": "x"}')
+    assert found[2] == RowError(
+        5, "broken JSON: Expecting ',' delimiter", '{"userId": "u3" "message": "x"}'
+    )
 
 
 def test_jsonl_invalid_utf8_and_bom(tmp_path: Path) -> None:
     data = b'\xef\xbb\xbf{"userId":"u1","message":"a"}\n{"userId":"u2","message":"\xff"}\n'
     path = write(tmp_path, data + b'{"userId":"u3","message":"c"}', "drop.jsonl")
     assert [(i.line, type(i).__name__) for i in items(path)] == [
-        (1, "Row"), (2, "RowError"), (3, "Row")
+        (1, "Row"),
+        (2, "RowError"),
+        (3, "Row"),
     ]
     assert errors(path) == [(2, "invalid UTF-8")]
 
@@ -415,8 +429,10 @@ def test_header_without_user_column_names_the_columns(tmp_path: Path) -> None:
 
 def test_header_without_message_column(tmp_path: Path) -> None:
     message = unreadable(write(tmp_path, "userId,text\nbob,hi\n"))
-    assert message == "unknown format: the CSV header has no message column (columns found: "\
-                      "'userId', 'text')"
+    assert (
+        message == "unknown format: the CSV header has no message column (columns found: "
+        "'userId', 'text')"
+    )
 
 
 def test_one_column(tmp_path: Path) -> None:
@@ -431,7 +447,7 @@ def test_json_array(tmp_path: Path) -> None:
 
 
 def test_positions(tmp_path: Path) -> None:
-    path = write(tmp_path, b"\xef\xbb\xbfuser_id,message\nu1,a\n\nu2,\"b\nc\"\n")
+    path = write(tmp_path, b'\xef\xbb\xbfuser_id,message\nu1,a\n\nu2,"b\nc"\n')
     got = read_all(path)
     assert [pos for _item, pos in got] == [Position(24, 2, 1), Position(34, 5, 2)]
     assert got[-1][1].offset == path.stat().st_size
@@ -442,9 +458,7 @@ def test_field_size_limit_is_raised_not_lowered(tmp_path: Path) -> None:
     before = csv.field_size_limit()
     try:
         csv.field_size_limit(10)
-        assert errors(path) == [
-            (1, "absurdly long field: message longer than 65536 characters")
-        ]
+        assert errors(path) == [(1, "absurdly long field: message longer than 65536 characters")]
         assert csv.field_size_limit() == DEFAULT_MAX_RECORD_BYTES + 1
         csv.field_size_limit(1 << 30)
         read_all(path)
@@ -476,7 +490,9 @@ MIXED_CSV = (
 MIXED_HEADERLESS = b'u1,a\n\nu2,"b\nc"\nu3\n' + b"x" * 500 + b'\nu4,"d"\n'
 MIXED_JSONL = (
     b'{"userId":"u1","message":"a"}\n\n{"userId":2,"message":"b","x":1}\r\n'
-    b'{broken\n{"userId":"u4","message":"\xff"}\n' + b'{"userId":"u5","message":"' + b"y" * 500
+    b'{broken\n{"userId":"u4","message":"\xff"}\n'
+    + b'{"userId":"u5","message":"'
+    + b"y" * 500
     + b'"}\n   \n{"userId":"u6","message":"end"}'
 )
 
@@ -492,7 +508,7 @@ def test_resume_from_every_position(tmp_path: Path, data: bytes, compressed: boo
     records = [pos.records for _item, pos in full]
     assert records == list(range(1, len(full) + 1))
     for k, (_item, pos) in enumerate(full):
-        assert list(read_rows(path, layout, pos, max_record_bytes=256)) == full[k + 1:]
+        assert list(read_rows(path, layout, pos, max_record_bytes=256)) == full[k + 1 :]
     assert full[-1][1].offset == len(data)
 
 
@@ -537,11 +553,17 @@ def test_nul_deep_in_a_csv_is_one_row_error_and_the_rest_goes_on(tmp_path: Path)
 
 @pytest.mark.parametrize("value", ['"bad\\u0000message"', '"ok", "extra": "x\\u0000"'])
 def test_nul_escape_in_json_lines_is_a_row_error(tmp_path: Path, value: str) -> None:
-    path = write(tmp_path, '{"userId": "a", "message": "fine"}\n'
-                           f'{{"userId": "b", "message": {value}}}\n'
-                           '{"userId": "c", "message": "also fine"}\n')
+    path = write(
+        tmp_path,
+        '{"userId": "a", "message": "fine"}\n'
+        f'{{"userId": "b", "message": {value}}}\n'
+        '{"userId": "c", "message": "also fine"}\n',
+    )
     assert [(i.line, getattr(i, "reason", None)) for i in items(path)] == [
-        (1, None), (2, "contains a NUL character"), (3, None)]
+        (1, None),
+        (2, "contains a NUL character"),
+        (3, None),
+    ]
 
 
 def test_a_run_of_blank_lines_is_skipped_in_bulk_and_reports_progress(tmp_path: Path) -> None:
@@ -549,7 +571,9 @@ def test_a_run_of_blank_lines_is_skipped_in_bulk_and_reports_progress(tmp_path: 
     seen: list[int] = []
     found = list(read_rows(path, sniff(path), on_progress=seen.append))
     assert [(i.line, i.user_id) for i, _ in found if isinstance(i, Row)] == [
-        (2, "u1"), ((40 << 20) + 3, "u2")]
+        (2, "u1"),
+        ((40 << 20) + 3, "u2"),
+    ]
     assert len(seen) >= 9  # every 4 MiB of the 40 MiB of newlines
     assert seen == sorted(seen)
 
@@ -572,7 +596,7 @@ def test_gaps_mark_blank_runs_at_places_that_do_not_depend_on_buffering(
     # Resuming from any item gives exactly the rest, gaps included: a checkpoint taken at a
     # gap replays the same chunks.
     for k in range(len(full) - 1):
-        assert list(read_rows(path, layout, full[k][1], gap_bytes=1 << 20)) == full[k + 1:]
+        assert list(read_rows(path, layout, full[k][1], gap_bytes=1 << 20)) == full[k + 1 :]
 
 
 def test_gzip_of_newlines_is_refused_by_sniffing_without_inflating_it(tmp_path: Path) -> None:
@@ -591,12 +615,14 @@ def test_a_line_that_never_ends_is_refused_by_sniffing_within_its_budget(tmp_pat
 
 
 @pytest.mark.parametrize("depth", [40, 600, 5000])
-def test_deeply_nested_json_is_one_row_error_whatever_the_depth(tmp_path: Path,
-                                                                depth: int) -> None:
+def test_deeply_nested_json_is_one_row_error_whatever_the_depth(tmp_path: Path, depth: int) -> None:
     nested = "[" * depth + "]" * depth
-    path = write(tmp_path, '{"userId": "a", "message": "ok"}\n'
-                           f'{{"userId": "b", "message": "m", "x": {nested}, "w": "\\u0000"}}\n'
-                           '{"userId": "c", "message": "ok"}\n')
+    path = write(
+        tmp_path,
+        '{"userId": "a", "message": "ok"}\n'
+        f'{{"userId": "b", "message": "m", "x": {nested}, "w": "\\u0000"}}\n'
+        '{"userId": "c", "message": "ok"}\n',
+    )
     found = items(path)
     assert [i.line for i in found] == [1, 2, 3]
     assert isinstance(found[1], RowError)

@@ -76,7 +76,7 @@ def collect(
 def check_resume(path: Path, layout: Layout, max_record_bytes: int = 1 << 20) -> None:
     full, error = collect(path, layout, None, max_record_bytes)
     for k, (_item, pos) in enumerate(full):
-        assert collect(path, layout, pos, max_record_bytes) == (full[k + 1:], error)
+        assert collect(path, layout, pos, max_record_bytes) == (full[k + 1 :], error)
 
 
 # -- (a) generated tables come back exactly ----------------------------------------------------
@@ -111,13 +111,18 @@ def test_csv_round_trip(
         first = " ".join(data.rows[0][:2]).lower()
         assume(not any(word in first for word in HEADER_WORDS))
         assume(not data.rows[0][0].startswith(("{", "[")))
-    if terminator == "\n" and any("\r" in "".join(r[:2]) + "".join(r[2].values())
-                                  for r in data.rows):
+    if terminator == "\n" and any(
+        "\r" in "".join(r[:2]) + "".join(r[2].values()) for r in data.rows
+    ):
         quote_all = True  # csv.writer leaves a bare \r unquoted when lines end in \n
     out = io.StringIO()
     out.write(terminator * blank_lines)
-    writer = csv.writer(out, delimiter=delimiter, lineterminator=terminator,
-                        quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL)
+    writer = csv.writer(
+        out,
+        delimiter=delimiter,
+        lineterminator=terminator,
+        quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL,
+    )
     width = 2 + len(data.extra_names)
     order = table.draw(st.permutations(range(width))) if header else list(range(2))
     if header:
@@ -135,7 +140,9 @@ def test_csv_round_trip(
     path = write_file(folder, raw, compressed)
     layout = sniff(path)
     assert (layout.format, layout.compressed, layout.dialect_delimiter) == (
-        "csv", compressed, delimiter
+        "csv",
+        compressed,
+        delimiter,
     )
     got, error = collect(path, layout)
     assert error is None
@@ -146,8 +153,13 @@ def test_csv_round_trip(
     check_resume(path, layout)
 
 
-JSON_VALUES = st.one_of(st.text(CHARS, max_size=8), st.integers(), st.booleans(), st.none(),
-                        st.lists(st.integers(), max_size=2))
+JSON_VALUES = st.one_of(
+    st.text(CHARS, max_size=8),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+)
 
 
 @SETTINGS
@@ -200,14 +212,43 @@ def test_jsonl_round_trip(
 
 # -- (b) arbitrary bytes: only UnreadableFile, one item per record -----------------------------
 
-FRAGMENTS = st.sampled_from([
-    b",", b";", b"\t", b'"', b'""', b"\n", b"\r\n", b"\r", b" ", b"\xff", b"\xc3", b"\xa9",
-    b"\xef\xbb\xbf", b"\x00", b"{", b"}", b"[", b":", b"u1", b"hello", b"user_id", b"message",
-    b'"userId"', b'"message"', b"12", b"null", b"\\ud800",
-    # whole records, so that good rows are mixed in with the damage
-    b"u1,hello\n", b'u2,"multi\nline, quoted"\r\n', b"x;u3;hi\n",
-    b'{"userId": "u1", "message": "hi"}\n', b'{"user_id": 7, "msg": "yo", "x": [1]}\r\n',
-])
+FRAGMENTS = st.sampled_from(
+    [
+        b",",
+        b";",
+        b"\t",
+        b'"',
+        b'""',
+        b"\n",
+        b"\r\n",
+        b"\r",
+        b" ",
+        b"\xff",
+        b"\xc3",
+        b"\xa9",
+        b"\xef\xbb\xbf",
+        b"\x00",
+        b"{",
+        b"}",
+        b"[",
+        b":",
+        b"u1",
+        b"hello",
+        b"user_id",
+        b"message",
+        b'"userId"',
+        b'"message"',
+        b"12",
+        b"null",
+        b"\\ud800",
+        # whole records, so that good rows are mixed in with the damage
+        b"u1,hello\n",
+        b'u2,"multi\nline, quoted"\r\n',
+        b"x;u3;hi\n",
+        b'{"userId": "u1", "message": "hi"}\n',
+        b'{"user_id": 7, "msg": "yo", "x": [1]}\r\n',
+    ]
+)
 NOISE = st.one_of(
     st.binary(max_size=300),
     st.lists(FRAGMENTS, max_size=80).map(b"".join),
@@ -223,9 +264,7 @@ def forced_layouts(compressed: bool) -> list[Layout]:
     ]
 
 
-def check_accounting(
-    got: list[tuple[Item, Position]], start: Position, size: int
-) -> None:
+def check_accounting(got: list[tuple[Item, Position]], start: Position, size: int) -> None:
     previous = start
     for item, pos in got:
         assert isinstance(item, Row | RowError)
@@ -244,7 +283,8 @@ def check_accounting(
     max_record_bytes=st.sampled_from([8, 40, 1 << 20]),
 )
 def test_arbitrary_bytes(
-    folder: Path, data: bytes, compressed: bool, cut: int, max_record_bytes: int) -> None:
+    folder: Path, data: bytes, compressed: bool, cut: int, max_record_bytes: int
+) -> None:
     path = write_file(folder, data, compressed)
     if compressed and cut:
         blob = path.read_bytes()
@@ -268,7 +308,8 @@ def test_arbitrary_bytes(
     max_record_bytes=st.sampled_from([8, 40, 1 << 20]),
 )
 def test_resume_anywhere(
-    folder: Path, data: bytes, compressed: bool, cut: int, max_record_bytes: int) -> None:
+    folder: Path, data: bytes, compressed: bool, cut: int, max_record_bytes: int
+) -> None:
     path = write_file(folder, data, compressed)
     if compressed and cut:
         blob = path.read_bytes()

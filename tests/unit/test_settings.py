@@ -13,8 +13,12 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def test_environment_and_flags_build_the_settings(tmp_path: Path) -> None:
-    env = {"HOOKDROP_INBOX": str(tmp_path / "in"), "HOOKDROP_RATE_LIMIT": "250",
-           "REDIS_URL": "redis://127.0.0.1:6379/2", "HOOKDROP_SIGNING_SECRET": SECRET}
+    env = {
+        "HOOKDROP_INBOX": str(tmp_path / "in"),
+        "HOOKDROP_RATE_LIMIT": "250",
+        "REDIS_URL": "redis://127.0.0.1:6379/2",
+        "HOOKDROP_SIGNING_SECRET": SECRET,
+    }
     settings = Settings.load(env, {"rate_limit": "500", "chunk_size": None})
     assert settings.inbox == tmp_path / "in"
     assert settings.rate_limit == 500.0  # the flag wins over the environment
@@ -23,19 +27,22 @@ def test_environment_and_flags_build_the_settings(tmp_path: Path) -> None:
     assert settings.processing_dir == tmp_path / "in" / "processing"
 
 
-@pytest.mark.parametrize(("env", "named"), [
-    ({"HOOKDROP_WEBHOOK_URL": "ftp://x"}, "HOOKDROP_WEBHOOK_URL"),
-    ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
-    ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
-    ({"HOOKDROP_RATE_LIMIT": "fast"}, "HOOKDROP_RATE_LIMIT"),
-    ({"HOOKDROP_RATE_LIMIT": "-3"}, "HOOKDROP_RATE_LIMIT"),
-    ({"HOOKDROP_CHUNK_SIZE": "0"}, "HOOKDROP_CHUNK_SIZE"),
-    ({"HOOKDROP_SIGNING_SECRET": "hunter2"}, "HOOKDROP_SIGNING_SECRET"),
-    ({"HOOKDROP_API_LISTEN": "everywhere"}, "HOOKDROP_API_LISTEN"),
-    ({"HOOKDROP_LOG_FORMAT": "xml"}, "HOOKDROP_LOG_FORMAT"),
-    ({"HOOKDROP_API_ALLOWED_HOSTS": "https://proxy.example"}, "HOOKDROP_API_ALLOWED_HOSTS"),
-    ({"HOOKDROP_API_ALLOWED_HOSTS": "a.example, ::1"}, "HOOKDROP_API_ALLOWED_HOSTS"),
-])
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"HOOKDROP_WEBHOOK_URL": "ftp://x"}, "HOOKDROP_WEBHOOK_URL"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"HOOKDROP_RATE_LIMIT": "fast"}, "HOOKDROP_RATE_LIMIT"),
+        ({"HOOKDROP_RATE_LIMIT": "-3"}, "HOOKDROP_RATE_LIMIT"),
+        ({"HOOKDROP_CHUNK_SIZE": "0"}, "HOOKDROP_CHUNK_SIZE"),
+        ({"HOOKDROP_SIGNING_SECRET": "hunter2"}, "HOOKDROP_SIGNING_SECRET"),
+        ({"HOOKDROP_API_LISTEN": "everywhere"}, "HOOKDROP_API_LISTEN"),
+        ({"HOOKDROP_LOG_FORMAT": "xml"}, "HOOKDROP_LOG_FORMAT"),
+        ({"HOOKDROP_API_ALLOWED_HOSTS": "https://proxy.example"}, "HOOKDROP_API_ALLOWED_HOSTS"),
+        ({"HOOKDROP_API_ALLOWED_HOSTS": "a.example, ::1"}, "HOOKDROP_API_ALLOWED_HOSTS"),
+    ],
+)
 def test_a_bad_value_is_refused_with_the_setting_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as raised:
         Settings.load(env)
@@ -64,8 +71,13 @@ def test_allowed_hosts_are_a_comma_separated_list_of_names() -> None:
 
 
 def test_settings_round_trip_through_the_environment(tmp_path: Path) -> None:
-    settings = Settings(inbox=tmp_path, rate_limit=12.5, signing_secret=SECRET,
-                        api_listen=("::1", 9000), api_allowed_hosts=("a.example", "b:8443"))
+    settings = Settings(
+        inbox=tmp_path,
+        rate_limit=12.5,
+        signing_secret=SECRET,
+        api_listen=("::1", 9000),
+        api_allowed_hosts=("a.example", "b:8443"),
+    )
     assert Settings.load(settings.to_environ()) == settings
 
 
@@ -78,10 +90,20 @@ def test_every_setting_has_one_env_var_and_one_flag() -> None:
 
 
 def test_the_cli_refuses_to_start_with_one_clear_line(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOOKDROP_INBOX": str(tmp_path / "in"),
-           "REDIS_URL": "redis://127.0.0.1:1/0", "DATABASE_URL": "postgresql://x@127.0.0.1:1/x"}
-    done = subprocess.run([sys.executable, "-m", "hookdrop", "monitor"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOOKDROP_INBOX": str(tmp_path / "in"),
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "DATABASE_URL": "postgresql://x@127.0.0.1:1/x",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "hookdrop", "monitor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -91,16 +113,31 @@ def test_the_cli_refuses_to_start_with_one_clear_line(tmp_path: Path) -> None:
 def test_an_unwritable_inbox_is_named(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    env = {"PATH": "/usr/bin:/bin", "HOOKDROP_INBOX": str(blocker / "inbox"),
-           "REDIS_URL": "redis://127.0.0.1:1/0", "DATABASE_URL": "postgresql://x@127.0.0.1:1/x"}
-    done = subprocess.run([sys.executable, "-m", "hookdrop", "monitor"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOOKDROP_INBOX": str(blocker / "inbox"),
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "DATABASE_URL": "postgresql://x@127.0.0.1:1/x",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "hookdrop", "monitor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().startswith("hookdrop: configuration error: HOOKDROP_INBOX=")
 
 
 def test_help_names_every_environment_variable() -> None:
-    done = subprocess.run([sys.executable, "-m", "hookdrop", "monitor", "--help"],
-                          capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "hookdrop", "monitor", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     for spec in SETTINGS:
         assert spec.env in done.stdout
