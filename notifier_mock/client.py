@@ -24,7 +24,13 @@ class MockClient:
     """Talks to a running mock at ``base_url`` (e.g. ``http://127.0.0.1:8426``)."""
 
     def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    @property
+    def hook_url(self) -> str:
+        """The URL webhooks are sent to (any path but the admin ones is accepted)."""
+        return f"{self.base_url}/hook"
 
     def __enter__(self) -> MockClient:
         return self

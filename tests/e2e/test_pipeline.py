@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +9,15 @@ import pytest
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
-from tests.helpers import file_rows, free_port, hookdrop_process, kill_group, wait_for, write_csv
+from tests.helpers import (
+    StartMock,
+    file_rows,
+    free_port,
+    hookdrop_process,
+    kill_group,
+    wait_for,
+    write_csv,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -20,37 +25,15 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 @pytest.fixture
-def mock(tmp_path: Path) -> Iterator[MockClient]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "notifier_mock",
-            "--port",
-            str(port),
-            "--secret",
-            SECRET,
-            "--audit-path",
-            str(tmp_path / "accepted.tsv"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        with MockClient(f"http://127.0.0.1:{port}") as client:
-            wait_for(client.healthy, timeout=20, what="mock receiver up")
-            yield client
-    finally:
-        kill_group(process)  # type: ignore[arg-type]
+def mock(start_mock: StartMock, tmp_path: Path) -> MockClient:
+    """The receiver checks every signature with the secret the daemon signs with."""
+    return start_mock(secret=SECRET, audit_path=tmp_path / "accepted.tsv")
 
 
 @pytest.fixture
 def e2e_settings(settings: Settings, mock: MockClient) -> Settings:
-    base = str(mock._http.base_url).rstrip("/")
     return settings.replace(
-        webhook_url=f"{base}/hook",
+        webhook_url=mock.hook_url,
         signing_secret=SECRET,
         chunk_size=200,
         concurrency=32,

@@ -116,23 +116,6 @@ def drop_at_once(inbox: Path, staging: Path, files: int, rows: int) -> list[str]
     return names
 
 
-@pytest.fixture
-def mock() -> Iterator[MockClient]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "notifier_mock", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        with MockClient(f"http://127.0.0.1:{port}") as client:
-            wait_for(client.healthy, timeout=20, what="mock receiver up")
-            yield client
-    finally:
-        kill_group(process)
-
-
 def test_two_monitor_processes_on_one_inbox_claim_each_file_exactly_once(
     settings: Settings, store: Store, nodes: list[Node], tmp_path: Path
 ) -> None:
@@ -175,7 +158,7 @@ def test_global_rate_limit_holds_across_notifier_processes_of_two_hosts(
     pools = 2
     per_pool = 2
     base = settings.replace(
-        webhook_url=str(mock._http.base_url).rstrip("/") + "/hook",
+        webhook_url=mock.hook_url,
         rate_limit=limit,
         chunk_size=200,
         queue_high_water=20,
@@ -239,7 +222,7 @@ def test_batchers_and_notifiers_on_separate_hosts_share_the_work_and_send_each_a
 ) -> None:
     files, rows = 6, 3_000
     base = settings.replace(
-        webhook_url=str(mock._http.base_url).rstrip("/") + "/hook",
+        webhook_url=mock.hook_url,
         chunk_size=200,
         queue_high_water=20,
         concurrency=16,

@@ -10,8 +10,6 @@ and fails under CI.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,23 +75,6 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-@pytest.fixture
-def mock() -> Iterator[MockClient]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "notifier_mock", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        with MockClient(f"http://127.0.0.1:{port}") as client:
-            wait_for(client.healthy, timeout=20, what="mock receiver up")
-            yield client
-    finally:
-        kill_group(process)  # type: ignore[arg-type]
-
-
 def test_the_page_shows_a_dropped_file_reaching_100_percent(
     settings: Settings,
     mock: MockClient,
@@ -102,7 +83,7 @@ def test_the_page_shows_a_dropped_file_reaching_100_percent(
 ) -> None:
     port = free_port()
     settings = settings.replace(
-        webhook_url=f"{str(mock._http.base_url).rstrip('/')}/hook",
+        webhook_url=mock.hook_url,
         api_token=TOKEN,
         api_listen=("127.0.0.1", port),
         rate_limit=1500.0,

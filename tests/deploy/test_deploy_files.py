@@ -1,7 +1,14 @@
 """Static checks of the deployment files: docker-compose.yml, Dockerfile, systemd units.
 
-No Docker engine is needed. ``systemd-analyze verify`` runs when systemd is installed
-(``apt-get install -y systemd``); under CI (``CI`` set) its absence is a failure, locally a skip.
+No Docker engine is needed: the compose file is validated against the Compose specification's
+JSON schema (the one Compose v1 validates with, kept beside this file), and by ``docker compose
+config`` / ``docker-compose config`` as well where one is installed. ``systemd-analyze verify``
+runs when systemd is installed (``apt-get install -y systemd``); under CI (``CI`` set) its
+absence is a failure, locally a skip.
+
+Values are checked against each other and against hookdrop's own settings (a stop timeout longer
+than a webhook call may take, the database the server creates is the one the URLs name), not
+against literals copied from the files.
 """
 
 from __future__ import annotations
@@ -16,14 +23,19 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import click
+import jsonschema
 import pytest
 import yaml
 
+from hookdrop.cli.main import cli
 from hookdrop.settings import SETTINGS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_SCHEMA = Path(__file__).with_name("compose_spec.json")
 DOCKERFILE = ROOT / "Dockerfile"
 SYSTEMD = ROOT / "systemd"
 MONITOR_UNIT = SYSTEMD / "hookdrop-monitor.service"
@@ -75,9 +87,7 @@ HARDENING = {
     "EnvironmentFile": "/etc/hookdrop/hookdrop.env",
     "Type": "notify",
     "NotifyAccess": "main",
-    "WatchdogSec": "30",
     "Restart": "on-failure",
-    "RestartSec": "2",
     "KillMode": "mixed",
     "KillSignal": "SIGTERM",
 }
@@ -180,6 +190,19 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
+def seconds(value: str) -> float:
+    """``90s``, ``1m30s``, ``90`` (systemd and compose durations) in seconds."""
+    units = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h)", value)
+    assert parts and "".join(n + u for n, u in parts) == value.replace(" ", ""), value
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+DEFAULTS = Settings()
+
+
 # --- docker-compose.yml ------------------------------------------------------------------
 
 
@@ -201,6 +224,10 @@ def service_env(service: Mapping[str, Any]) -> dict[str, str]:
     if isinstance(env, list):
         return dict(item.partition("=")[::2] for item in env)
     return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def env_raw(service: Mapping[str, Any], name: str) -> str:
+    return service_env(service)[name]
 
 
 def service_command(service: Mapping[str, Any]) -> list[str]:
@@ -260,9 +287,20 @@ def test_postgres_has_volume_and_healthcheck(
     mounts = {v.split(":")[1]: v.split(":")[0] for v in postgres["volumes"]}
     assert mounts.get("/var/lib/postgresql/data") in compose["volumes"]
     assert "pg_isready" in json.dumps(postgres["healthcheck"]["test"])
-    env = service_env(postgres)
-    assert env["POSTGRES_DB"] == "hookdrop"
-    assert "POSTGRES_PASSWORD" in env
+    env = {k: interpolate(v, {}) for k, v in service_env(postgres).items()}
+    healthcheck = json.dumps(postgres["healthcheck"]["test"])
+    assert f"-U {env['POSTGRES_USER']}" in healthcheck and f"-d {env['POSTGRES_DB']}" in healthcheck
+    # The database, user and password the server is created with are the ones hookdrop uses.
+    for name in HOOKDROP_SERVICES:
+        url = urlsplit(interpolate(service_env(services[name])["DATABASE_URL"], {}))
+        assert url.path.lstrip("/") == env["POSTGRES_DB"], name
+        assert url.username == env["POSTGRES_USER"], name
+        assert url.password == env["POSTGRES_PASSWORD"], name
+    chosen = {"POSTGRES_PASSWORD": "s3cret"}
+    database_url = interpolate(service_env(services["monitor"])["DATABASE_URL"], chosen)
+    assert urlsplit(database_url).password == interpolate(
+        env_raw(postgres, "POSTGRES_PASSWORD"), chosen
+    )
 
 
 @pytest.mark.parametrize("name", ["monitor", "batcher", "notifier"])
@@ -291,7 +329,9 @@ def test_notifier_is_scalable(services: dict[str, Any]) -> None:
 @pytest.mark.parametrize("name", LONG_RUNNING)
 def test_long_running_services_restart_and_drain(services: dict[str, Any], name: str) -> None:
     assert services[name]["restart"] == "unless-stopped"
-    assert services[name]["stop_grace_period"] == "90s"
+    # Compose gives a stopping container as long as systemd gives a stopping worker.
+    worker_stop = seconds(unit_value(WORKER_UNIT, "Service", "TimeoutStopSec") or "0")
+    assert seconds(services[name]["stop_grace_period"]) == worker_stop
 
 
 @pytest.mark.parametrize("name", HOOKDROP_SERVICES)
@@ -306,7 +346,8 @@ def test_compose_command_per_service(services: dict[str, Any]) -> None:
     assert leading_command(service_command(services["notifier"])) == ("worker", "notifier")
     mock = service_command(services["mock"])
     assert leading_command(mock) == ("mock",)
-    assert mock[mock.index("--host") + 1] == "0.0.0.0"
+    # Reachable from the other containers, not only from inside its own.
+    assert mock[mock.index("--host") + 1] not in LOOPBACK
 
 
 @pytest.mark.parametrize("name", HOOKDROP_SERVICES)
@@ -326,20 +367,26 @@ def test_compose_env_builds_valid_settings(services: dict[str, Any], name: str) 
     host_env = {"HOOKDROP_API_TOKEN": "test-token"}
     env = {k: interpolate(v, host_env) for k, v in service_env(services[name]).items()}
     settings = Settings.load(env)
-    assert settings.redis_url == "redis://redis:6379/0"
-    assert settings.database_url is not None
-    assert settings.database_url.startswith("postgresql://hookdrop:")
-    assert settings.database_url.endswith("@postgres:5432/hookdrop")
-    assert settings.webhook_url == "http://mock:8426/"
+    # Every URL names a service of this file, on the port that service listens on.
+    redis_url = urlsplit(settings.redis_url or "")
+    assert redis_url.hostname in services and redis_url.port in (None, 6379)
+    assert "--port" not in service_command(services[redis_url.hostname])
+    database_url = urlsplit(settings.database_url or "")
+    assert database_url.hostname in services and database_url.port in (None, 5432)
+    webhook = urlsplit(settings.webhook_url or "")
+    assert webhook.hostname in services, "the default receiver is the mock service"
+    receiver = service_command(services[webhook.hostname])
+    assert str(webhook.port) == receiver[receiver.index("--port") + 1]
 
 
 def test_api_token_must_be_supplied(services: dict[str, Any]) -> None:
     env = service_env(services["monitor"])
     with pytest.raises(KeyError, match="HOOKDROP_API_TOKEN"):
         interpolate(env["HOOKDROP_API_TOKEN"], {})
-    assert Settings.load(
+    listen = Settings.load(
         {k: interpolate(v, {"HOOKDROP_API_TOKEN": "t"}) for k, v in env.items()}
-    ).api_listen == ("0.0.0.0", 8425)
+    ).api_listen
+    assert listen[0] not in LOOPBACK, "inside its container the API must be reachable to publish"
 
 
 @pytest.mark.parametrize("name", (*HOOKDROP_SERVICES, "redis", "postgres"))
@@ -349,7 +396,13 @@ def test_published_ports_are_loopback_only(services: dict[str, Any], name: str) 
 
 
 def test_monitor_api_published_on_loopback(services: dict[str, Any]) -> None:
-    assert ("127.0.0.1", "8425") in published_ports(services["monitor"])
+    env = service_env(services["monitor"])
+    listen = Settings.load(
+        {k: interpolate(v, {"HOOKDROP_API_TOKEN": "t"}) for k, v in env.items()}
+    ).api_listen
+    published = published_ports(services["monitor"])
+    assert str(listen[1]) in {port for _host, port in published}, "the API port is not published"
+    assert all(host in LOOPBACK for host, _port in published)
 
 
 @pytest.mark.parametrize("name", ["monitor", "batcher", "notifier"])
@@ -362,24 +415,58 @@ def test_inbox_volume_is_shared(
     assert service_env(services[name]).get("HOOKDROP_INBOX", INBOX) == INBOX
 
 
-def test_docker_compose_config() -> None:
+def compose_tools() -> list[list[str]]:
+    """The compose command lines installed here: v2's plugin, v1's docker-compose, or none."""
+    tools: list[list[str]] = []
     docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("docker client not installed")
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        pytest.skip("the docker compose plugin is not installed")
+    if docker is not None:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            tools.append([docker, "compose"])
+    legacy = shutil.which("docker-compose")
+    if legacy is not None:
+        tools.append([legacy])
+    return tools
+
+
+def schema_problems(document: Any) -> list[str]:
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    validator = jsonschema.Draft201909Validator(schema)
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
+        for error in validator.iter_errors(document)
+    ]
+
+
+def test_compose_file_matches_the_compose_schema(compose: dict[str, Any]) -> None:
+    """The Compose specification's schema, as Compose v1 applies it (no engine needed)."""
+    assert not schema_problems(compose)
+
+
+def test_compose_schema_check_catches_mistakes(compose: dict[str, Any]) -> None:
+    """The check above would notice a misspelt key or a wrong type (it is not vacuous)."""
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["monitor"]["restart_policy"] = "always"
+    broken["services"]["notifier"]["deploy"]["replicas"] = "two"
+    problems = schema_problems(broken)
+    assert any("restart_policy" in p for p in problems)
+    assert any("replicas" in p for p in problems)
+
+
+def test_compose_config_where_a_compose_tool_is_installed() -> None:
+    """``config -q`` of each installed compose tool accepts the file (none here: schema only)."""
     env = {**os.environ, "HOOKDROP_API_TOKEN": "test-token"}
-    result = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE), "config", "-q"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    for tool in compose_tools():
+        result = subprocess.run(
+            [*tool, "-f", str(COMPOSE), "config", "-q"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 0, f"{' '.join(tool)}: {result.stderr}"
 
 
 # --- Dockerfile --------------------------------------------------------------------------
@@ -389,7 +476,12 @@ def test_dockerfile_base_user_and_entrypoint() -> None:
     instructions = dockerfile_instructions()
     froms = [args for word, args in instructions if word == "FROM"]
     assert froms, "no FROM"
-    assert froms[-1].split()[0] == "python:3.11-slim"
+    # The image's Python is the oldest the project supports (what CI tests on).
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    oldest = pyproject["project"]["requires-python"].removeprefix(">=")
+    for line in froms:
+        image = line.split()[0]
+        assert re.fullmatch(rf"python:{re.escape(oldest)}(-slim)?(\S*)", image), image
     last_stage = instructions[max(i for i, (w, _) in enumerate(instructions) if w == "FROM") :]
     users = [args for word, args in last_stage if word == "USER"]
     assert users, "the image must switch to a non-root USER"
@@ -433,14 +525,31 @@ def test_service_hardening_and_lifecycle(unit: Path) -> None:
 def test_monitor_unit_commands() -> None:
     assert unit_value(MONITOR_UNIT, "Service", "ExecStart") == f"{VENV_HOOKDROP} monitor"
     assert unit_values(MONITOR_UNIT, "Service", "ExecStartPre") == [f"{VENV_HOOKDROP} db migrate"]
-    assert unit_value(MONITOR_UNIT, "Service", "TimeoutStopSec") == "60"
+
+
+@pytest.mark.parametrize("unit", [MONITOR_UNIT, WORKER_UNIT], ids=lambda p: p.name)
+def test_unit_timeouts_fit_what_the_process_does(unit: Path) -> None:
+    stop = seconds(unit_value(unit, "Service", "TimeoutStopSec") or "0")
+    watchdog = seconds(unit_value(unit, "Service", "WatchdogSec") or "0")
+    restart = seconds(unit_value(unit, "Service", "RestartSec") or "0")
+    # A graceful stop lets a webhook call in flight run to its timeout and its outcome be written.
+    assert stop > 2 * DEFAULTS.request_timeout
+    # The process pings at half the watchdog interval; one slow ping must not get it killed.
+    assert watchdog >= 10
+    # Restarts are paced, never a tight loop while Redis or PostgreSQL are down.
+    assert 0 < restart < watchdog
+
+
+def test_workers_get_at_least_the_monitors_stop_time() -> None:
+    monitor = seconds(unit_value(MONITOR_UNIT, "Service", "TimeoutStopSec") or "0")
+    worker = seconds(unit_value(WORKER_UNIT, "Service", "TimeoutStopSec") or "0")
+    assert worker >= monitor, "a worker finishes a chunk or its in-flight calls; it needs longer"
 
 
 def test_worker_unit_commands() -> None:
     exec_start = unit_value(WORKER_UNIT, "Service", "ExecStart")
     assert exec_start is not None
     assert exec_start.startswith(f"{VENV_HOOKDROP} worker %i")
-    assert int(unit_value(WORKER_UNIT, "Service", "TimeoutStopSec") or 0) >= 90
     assert "hookdrop-monitor.service" in " ".join(unit_values(WORKER_UNIT, "Unit", "After"))
 
 
@@ -571,20 +680,9 @@ def used_commands(services: Mapping[str, Any]) -> list[list[str]]:
 
 
 def test_cli_accepts_the_commands_used_here(services: dict[str, Any]) -> None:
-    """Each deployed command line parses with the real CLI (when hookdrop.cli exists)."""
-    click = pytest.importorskip("click")
-    try:
-        from hookdrop import cli as cli_module
-    except ModuleNotFoundError as exc:
-        if exc.name != "hookdrop.cli":
-            raise
-        pytest.skip("hookdrop.cli does not exist yet")
-    groups = [g for g in vars(cli_module).values() if isinstance(g, click.Group)]
-    roots = [g for g in groups if not any(g in p.commands.values() for p in groups)]
-    if len(roots) != 1:
-        pytest.skip(f"cannot tell the root click group of hookdrop.cli: {roots}")
+    """Each deployed command line parses with the real CLI."""
     for words in used_commands(services):
-        command: Any = roots[0]
+        command: Any = cli
         args = list(words)
         while isinstance(command, click.Group):
             assert args and args[0] in command.commands, f"`hookdrop {' '.join(words)}` unknown"
