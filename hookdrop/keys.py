@@ -99,20 +99,10 @@ class Keys:
     def lock(self, name: str) -> str:
         return f"{self.prefix}:lock:{name}"
 
-    # Live throughput series for the status page: sorted set of (second -> delivered count).
-    @property
-    def throughput(self) -> str:
-        return f"{self.prefix}:throughput"
-
     # Delivery latency histogram: hash of per-bucket counts "le:<ms>", "sum_ms", "count".
     @property
     def latency(self) -> str:
         return f"{self.prefix}:latency"
-
-    # Pub/sub channel announcing file progress changes (payload: file id).
-    @property
-    def events(self) -> str:
-        return f"{self.prefix}:events"
 
     # Lock held by the one batcher reading a file (value = its token; TTL renewed while reading).
     def reading(self, file_id: int) -> str:

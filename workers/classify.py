@@ -1,4 +1,4 @@
-"""What a webhook answer means for the alert (PRODUCT rule 7)."""
+"""What a webhook answer means for the alert (guarantee 7, docs/guarantees.md)."""
 
 from __future__ import annotations
 

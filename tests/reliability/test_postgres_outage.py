@@ -1,4 +1,4 @@
-"""PostgreSQL stops mid-run and comes back (PRODUCT rule 8: workers pause and retry).
+"""PostgreSQL stops mid-run and comes back: workers pause and retry (guarantee 8).
 
 While the ledger cannot be written, notifiers stop sending (an outcome that cannot be recorded
 could be sent twice later), batchers stop committing chunks, and every process waits it out

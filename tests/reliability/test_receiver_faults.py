@@ -254,7 +254,7 @@ def test_429_bursts_never_use_the_failure_budget_and_are_all_recorded(
 def test_a_lowered_limit_is_respected_within_5_seconds_and_then_used(
     faulty: Settings, store: Store, mock: Mock, tmp_path: Path
 ) -> None:
-    """PRODUCT rule 6 and its target: back under a lowered limit within 5 s, then use it.
+    """Guarantee 6 and its target: back under a lowered limit within 5 s, then use it.
 
     The mock counts what it received per second; the limit drops from none to 400/s.
     """

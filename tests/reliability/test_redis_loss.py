@@ -1,4 +1,4 @@
-"""Redis goes away mid-run and comes back, with or without its data (PRODUCT rules 4, 5).
+"""Redis goes away mid-run and comes back, with or without its data (guarantees 4, 5).
 
 Redis holds only queues, checkpoints and flags; PostgreSQL holds the ledger. Whether a private
 Redis comes back with its data (AOF, ``appendfsync always``) or empty, the run completes with

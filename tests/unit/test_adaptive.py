@@ -253,7 +253,7 @@ def simulate(
     ],
 )
 def test_it_settles_on_the_receivers_limit(receiver: Receiver, settled: int) -> None:
-    """PRODUCT target: at least 95% of the allowed rate used, at most 1% answered 429."""
+    """Settled: at least 95% of the allowed rate used and at most 1% answered 429."""
     run = simulate(receiver, 80)
     assert run.use(settled, 80, 1000) >= 0.95
     refused_late = sum(
@@ -274,7 +274,7 @@ def test_it_settles_on_the_receivers_limit(receiver: Receiver, settled: int) -> 
 def test_a_lowered_limit_is_respected_within_5_seconds_and_then_used(
     receiver: Receiver, lowered: float
 ) -> None:
-    """PRODUCT target: back under a lowered limit within 5 s (and staying there 3 s)."""
+    """Target: back under a lowered limit within 5 s (and staying there 3 s)."""
     run = simulate(receiver, 60, changes={15: lowered})
     under = next(t for t in range(15, 60) if max(run.sent[t : t + 3]) <= lowered * 1.05)
     assert under - 15 <= 5, run.sent
