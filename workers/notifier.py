@@ -5,11 +5,13 @@ Per chunk:
 1. Claim the alerts in PostgreSQL (a lease): delivered, cancelled or leased-elsewhere alerts
    are left out, so a job that runs twice, or a DLQ entry re-injected twice, sends nothing twice.
 2. Send with the global rate limit; every try of an alert carries its stable ``webhook-id``.
-3. Record outcomes by group commit: one writer writes everything that came in while its last
-   write ran, and a sender takes its next alert only once its last outcome is written. So a
-   ``kill -9`` can re-send at most the requests in flight (``concurrency`` per process) with
-   their same ids, never outcomes that were only waiting to be written. The lease is renewed
-   meanwhile.
+3. Record outcomes by group commit: a sender takes its next alert only once its last outcome
+   is written, so a ``kill -9`` can re-send at most the requests in flight (``concurrency``
+   per process) with their same ids, never outcomes that were only waiting to be written. The
+   writer writes once every running sender waits for it, or ``GATHER_SECONDS`` after the
+   first outcome came in: one statement for a whole round of senders instead of one for the
+   few that happened to finish first (each statement is a commit, PostgreSQL's main cost per
+   alert). The lease is renewed meanwhile.
 
 429 holds everybody briefly and cuts the global rate (see workers/adaptive.py); the refused
 alert waits for its ``Retry-After`` and is tried again without using the failure budget.
@@ -42,11 +44,12 @@ from hookdrop.store import AlertStatus, AlertToSend, Result
 from workers import context
 from workers.classify import Verdict, classify_error, classify_response
 from workers.ratelimit import GlobalLimiter
-from workers.transport import make_client
+from workers.transport import WebhookClient, make_client
 
 log = structlog.get_logger(__name__)
 
 KEEP_EVERY = 0.25  # seconds between lease renewals, pause checks and outcome reports
+GATHER_SECONDS = 0.01  # longest an outcome waits for others to be written with it
 
 
 def deliver_job(file_id: int, ids: list[str]) -> dict[str, Any]:
@@ -90,7 +93,7 @@ class Delivery:
         self.limiter = GlobalLimiter(
             ctx.redis, self.settings.keys, max_rate=self.settings.rate_limit
         )
-        self.client: httpx.AsyncClient | None = None
+        self.client: WebhookClient | None = None
         # One thread writes to PostgreSQL, so the event loop never waits on it.
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="hookdrop-results")
 
@@ -115,7 +118,7 @@ class Delivery:
             return {"file_id": file_id, "claimed": 0}
         return self.loop.run_until_complete(_Chunk(self, file_id, claimed).run())
 
-    def get_client(self) -> httpx.AsyncClient:
+    def get_client(self) -> WebhookClient:
         if self.client is None:
             self.client = make_client(
                 timeout=self.settings.request_timeout, concurrency=self.settings.concurrency
@@ -174,6 +177,8 @@ class _Chunk:
         self.pending: dict[str, Result] = {}
         self.pending_written: asyncio.Future[None] | None = None
         self.has_pending = asyncio.Event()
+        self.round_complete = asyncio.Event()  # every running sender waits for the writer
+        self.senders_left = 0
         self.db_ok = asyncio.Event()
         self.db_ok.set()
         self.unreported: list[Result] = []  # written, not yet in the Redis counters
@@ -198,6 +203,7 @@ class _Chunk:
             asyncio.create_task(self._sender(client))
             for _ in range(min(self.settings.concurrency, len(self.alerts)))
         ]
+        self.senders_left = len(senders)
         writer = asyncio.create_task(self._writer())
         keeper = asyncio.create_task(self._keeper())
         for result in self.unsendable:
@@ -209,6 +215,7 @@ class _Chunk:
         finally:
             self.finished = True
             self.has_pending.set()
+            self.round_complete.set()
             self.wake.set()  # the keeper ends now rather than at its next tick
             await writer  # it never drops a batch half-written
             await keeper
@@ -236,18 +243,23 @@ class _Chunk:
     def _should_stop(self) -> bool:
         return self.engine.ctx.stopping.is_set() or self.paused or self.lost
 
-    async def _sender(self, client: httpx.AsyncClient) -> None:
-        while (self.alerts or self.waiting) and not self._should_stop():
-            if self.waiting and self.waiting[0][0] <= time.monotonic():
-                alert = heapq.heappop(self.waiting)[2]
-            elif self.alerts:
-                alert = self.alerts.popleft()
-            else:  # only refused alerts are left: wait for the first one's Retry-After
-                await asyncio.sleep(max(0.0, self.waiting[0][0] - time.monotonic()))
-                continue
-            await self._deliver(client, alert)
+    async def _sender(self, client: WebhookClient) -> None:
+        try:
+            while (self.alerts or self.waiting) and not self._should_stop():
+                if self.waiting and self.waiting[0][0] <= time.monotonic():
+                    alert = heapq.heappop(self.waiting)[2]
+                elif self.alerts:
+                    alert = self.alerts.popleft()
+                else:  # only refused alerts are left: wait for the first one's Retry-After
+                    await asyncio.sleep(max(0.0, self.waiting[0][0] - time.monotonic()))
+                    continue
+                await self._deliver(client, alert)
+        finally:
+            self.senders_left -= 1
+            if len(self.pending) >= self.senders_left:
+                self.round_complete.set()
 
-    async def _deliver(self, client: httpx.AsyncClient, alert: _Alert) -> None:
+    async def _deliver(self, client: WebhookClient, alert: _Alert) -> None:
         limiter = self.engine.limiter
         while True:
             await self.db_ok.wait()
@@ -268,7 +280,7 @@ class _Chunk:
                     headers=self.engine.headers(alert.id, alert.body),
                     extensions={"timeout": self.engine.timeout},
                 )
-                response = await client.send(request)
+                response = await client.deliver(request)
                 verdict = classify_response(response)
             except httpx.HTTPError as exc:
                 verdict = classify_error(exc)
@@ -389,17 +401,24 @@ class _Chunk:
         if self.pending_written is None:
             self.pending_written = asyncio.get_running_loop().create_future()
         self.has_pending.set()
+        if len(self.pending) >= self.senders_left:
+            self.round_complete.set()
         return self.pending_written
 
     # -- bookkeeping ------------------------------------------------------------------------
 
     async def _writer(self) -> None:
-        """Write outcomes as they come: each write takes whatever arrived during the last."""
+        """Write outcomes in rounds: once every running sender waits for its outcome to be
+        written, or ``GATHER_SECONDS`` after the first one came in, whichever is first."""
         loop = asyncio.get_running_loop()
         store, owner = self.engine.store, self.engine.owner
         while True:
             await self.has_pending.wait()
+            if not self.finished and len(self.pending) < self.senders_left:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.round_complete.wait(), GATHER_SECONDS)
             self.has_pending.clear()
+            self.round_complete.clear()
             if not self.pending:
                 if self.finished:
                     return

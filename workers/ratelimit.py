@@ -180,6 +180,11 @@ class GlobalLimiter:
 
     async def acquire(self) -> int:
         """Wait for one token (and for any back-pressure pause to end); its epoch."""
+        if self._tokens > 0 and self.rate is None and time.monotonic() < self._next_adjust:
+            # No limit in force and tokens in hand: nothing to wait for. (Nobody holds the
+            # lock while tokens are left: its holder only waits when there are none.)
+            self._tokens -= 1
+            return self._epoch
         async with self._lock:
             if time.monotonic() >= self._next_adjust:
                 self._next_adjust = time.monotonic() + self.adjust_every

@@ -1,9 +1,11 @@
 """The HTTP client the notifier sends webhooks with.
 
 Callers (and tests) only see :mod:`httpx`: requests, responses and exceptions are httpx
-types. Underneath, :class:`AiohttpTransport` drives one long-lived ``aiohttp.ClientSession``
-because httpx's default (httpcore) transport is several times slower at the concurrency
-the notifier runs at; docs/benchmarks.md has the measurements.
+types. Underneath, :class:`WebhookTransport` sends over the small keep-alive pool of
+:mod:`workers.http1`, because general-purpose transports spend several times more CPU per
+request than a webhook call needs (docs/benchmarks.md has the measurements). The notifier
+sends through :meth:`WebhookClient.deliver`, which skips the client's redirect, auth and
+cookie handling that a webhook call never uses.
 
 Mocking with respx
 ------------------
@@ -26,31 +28,33 @@ import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
 import httpx
-from yarl import URL
+
+from workers import http1
 
 if TYPE_CHECKING:
     from httpx._types import CookieTypes
 
-__all__ = ["AiohttpTransport", "WebhookClient", "make_client"]
+__all__ = ["WebhookClient", "WebhookTransport", "make_client"]
 
 # Idle keep-alive connections are dropped a little before the common 5 s server idle timeout
 # (uvicorn, Node): reusing one the server is closing fails a POST, which is never retried.
 DEFAULT_KEEPALIVE_EXPIRY: Final = 4.0
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+_HTTP_VERSION: Final = {"http_version": b"HTTP/1.1"}
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """An httpx transport that sends each request over a shared ``aiohttp.ClientSession``.
+class WebhookTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that sends each request over a shared keep-alive pool.
 
-    HTTP/1.1 only, no proxies, response bodies are read eagerly (webhook answers are
-    small). Honours the httpx ``timeout`` request extension: ``pool`` bounds the wait for
-    one of the ``max_connections`` slots, ``connect`` the TCP/TLS setup, ``read`` each
-    socket read; ``write`` is not enforced separately (bodies are small). aiohttp and
-    socket errors are raised as the matching httpx exceptions.
+    HTTP/1.1 only, no proxies, response bodies are read whole (webhook answers are small;
+    more than 16 MiB is an error). Honours the httpx ``timeout`` request extension: ``pool``
+    bounds the wait for one of the ``max_connections`` slots, ``connect`` the TCP/TLS setup,
+    ``read`` the wait for the whole response; ``write`` is not enforced separately (bodies
+    are small). Failures are raised as the matching httpx exceptions.
 
-    The session is opened on the first request and bound to that event loop; use one
-    transport per loop and close it with :meth:`aclose`.
+    The pool is made on the first request and bound to that event loop; use one transport
+    per loop and close it with :meth:`aclose`.
     """
 
     def __init__(
@@ -65,147 +69,113 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._verify = verify
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: http1.Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Our own slot count, so a full pool surfaces as httpx.PoolTimeout rather than
-        # as aiohttp's connect timeout, which covers both the wait and the connect.
-        self._slots: asyncio.Semaphore | None = None
         self._closed = False
-        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
 
-    def _open(self) -> aiohttp.ClientSession:
+    def _open(self) -> http1.Pool:
         if self._closed:
-            raise RuntimeError("AiohttpTransport is closed")
+            raise RuntimeError("WebhookTransport is closed")
         loop = asyncio.get_running_loop()
-        if self._session is not None:
+        if self._pool is not None:
             if loop is not self._loop:
                 raise RuntimeError(
-                    "AiohttpTransport is bound to another event loop; "
+                    "WebhookTransport is bound to another event loop; "
                     "create one client per loop and keep that loop running"
                 )
-            return self._session
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            limit_per_host=0,
-            keepalive_timeout=self._keepalive_expiry,
-            # Same CA bundle (certifi) as httpx's own transport.
-            ssl=httpx.create_ssl_context() if self._verify is True else self._verify,
+            return self._pool
+        if self._verify is True:
+            context: ssl.SSLContext | None = httpx.create_ssl_context()  # certifi, as httpx
+        elif self._verify is False:
+            context = httpx.create_ssl_context(verify=False)
+        else:
+            context = self._verify
+        self._pool = http1.Pool(
+            max_connections=self._max_connections,
+            keepalive_expiry=self._keepalive_expiry,
+            ssl_context=context,
         )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # httpx already handles cookies, decompression, redirects and default headers.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None),
-            trust_env=False,
-        )
-        self._slots = asyncio.Semaphore(self._max_connections)
         self._loop = loop
-        return self._session
+        return self._pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and return the response with its body already read."""
-        session = self._session
-        if session is None or self._loop is not asyncio.get_running_loop():
-            session = self._open()
-        slots = self._slots
-        assert slots is not None  # set together with the session
-        timeouts: Mapping[str, float | None] = request.extensions.get("timeout", {})
-
-        if slots.locked():
-            try:
-                async with asyncio.timeout(timeouts.get("pool")):
-                    await slots.acquire()
-            except TimeoutError:
-                raise httpx.PoolTimeout(
-                    "timed out waiting for a free connection", request=request
-                ) from None
-        else:
-            await slots.acquire()  # a slot is free: returns without suspending
+        pool = self._pool
+        if pool is None or self._loop is not asyncio.get_running_loop():
+            pool = self._open()
+        url = request.url
+        scheme = url.scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(
+                f"request URL has an unsupported protocol {scheme!r}", request=request
+            )
         try:
-            headers = request.headers.multi_items()
-            try:
-                body = request.content
-            except httpx.RequestNotRead:
-                body = await request.aread()
-                # The body goes out whole with a Content-Length, not in httpx's chunks.
-                headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
-            url = URL(str(request.url), encoded=True)
-            if url.raw_user is not None:
-                # httpx already turned URL credentials into an Authorization header;
-                # aiohttp refuses a request that has both.
-                url = url.with_user(None)
-            try:
-                async with session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=body or None,
-                    allow_redirects=False,
-                    timeout=self._client_timeout(timeouts.get("connect"), timeouts.get("read")),
-                    server_hostname=request.extensions.get("sni_hostname"),
-                ) as response:
-                    content = await response.read()
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise _to_httpx(exc, request) from exc
-        finally:
-            slots.release()
-
-        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
-        if response.reason:
-            extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
-        # stream=, not content=: content= would add a Content-Length header of its own.
+            body = request.content
+            headers = request.headers.raw
+        except httpx.RequestNotRead:
+            body = await request.aread()
+            # The body goes out whole with a Content-Length, not in chunks.
+            headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"transfer-encoding"]
+            headers.append((b"Content-Length", str(len(body)).encode()))
+        head = b"".join(
+            [
+                request.method.encode(),
+                b" ",
+                url.raw_path,
+                b" HTTP/1.1\r\n",
+                *[b"%s: %s\r\n" % pair for pair in headers],
+                b"\r\n",
+            ]
+        )
+        timeouts: Mapping[str, float | None] = request.extensions.get("timeout", {})
+        sni = request.extensions.get("sni_hostname")
+        try:
+            raw = await pool.request(
+                (scheme, url.host, url.port or _DEFAULT_PORTS[scheme]),
+                head,
+                body,
+                pool_timeout=timeouts.get("pool"),
+                connect_timeout=timeouts.get("connect"),
+                read_timeout=timeouts.get("read"),
+                server_hostname=sni.decode() if isinstance(sni, bytes) else sni,
+            )
+        except http1.TransportFailure as exc:
+            raise _to_httpx(exc, request) from exc
+        extensions = dict(_HTTP_VERSION)
+        if raw.reason:
+            extensions["reason_phrase"] = raw.reason
+        # content= reads (and decodes) the body at once; it adds a Content-Length header
+        # only where the answer had none (a chunked or close-delimited one).
         return httpx.Response(
-            response.status,
-            headers=list(response.raw_headers),
-            stream=httpx.ByteStream(content),
+            raw.status,
+            headers=raw.headers,
+            content=raw.body,
             request=request,
             extensions=extensions,
         )
 
-    def _client_timeout(self, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
-        # A client uses one or two timeout settings; don't build a new object per request.
-        key = (connect, read)
-        timeout = self._timeouts.get(key)
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
-            if len(self._timeouts) < 64:
-                self._timeouts[key] = timeout
-        return timeout
-
     async def aclose(self) -> None:
-        """Close the session and every pooled connection."""
+        """Close every pooled connection; later requests raise RuntimeError."""
         self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
 
 
-def _to_httpx(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
-    """Map an aiohttp/socket error onto the httpx exception a caller would expect."""
-    message = str(exc) or type(exc).__name__
-    error: httpx.TransportError
-    # Order matters: the aiohttp classes below inherit from one another.
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        error = httpx.ConnectTimeout(message, request=request)
-    elif isinstance(exc, TimeoutError):  # SocketTimeoutError and other read timeouts
-        error = httpx.ReadTimeout(message, request=request)
-    elif isinstance(exc, aiohttp.ClientConnectorError):
-        error = httpx.ConnectError(message, request=request)
-    elif isinstance(exc, aiohttp.ServerDisconnectedError):
-        error = httpx.RemoteProtocolError(
-            "Server disconnected without sending a response.", request=request
-        )
-    elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        error = httpx.RemoteProtocolError(message, request=request)
-    elif isinstance(exc, aiohttp.NonHttpUrlClientError | aiohttp.InvalidURL):
-        error = httpx.UnsupportedProtocol(message, request=request)
-    elif isinstance(exc, OSError):  # resets and broken pipes on an open connection
-        error = httpx.ReadError(message, request=request)
-    else:
-        error = httpx.TransportError(message, request=request)
-    return error
+_ERRORS: Final[dict[type[http1.TransportFailure], type[httpx.TransportError]]] = {
+    http1.ConnectFailed: httpx.ConnectError,
+    http1.ConnectTimedOut: httpx.ConnectTimeout,
+    http1.PoolTimedOut: httpx.PoolTimeout,
+    http1.ReadTimedOut: httpx.ReadTimeout,
+    http1.Disconnected: httpx.RemoteProtocolError,
+    http1.ProtocolViolation: httpx.RemoteProtocolError,
+}
+
+
+def _to_httpx(exc: http1.TransportFailure, request: httpx.Request) -> httpx.TransportError:
+    """The httpx exception a caller expects for a failure of the pool."""
+    error_type = _ERRORS.get(type(exc), httpx.TransportError)
+    return error_type(str(exc) or type(exc).__name__, request=request)
 
 
 class _SendOnlyCookies(httpx.Cookies):
@@ -236,6 +206,21 @@ class WebhookClient(httpx.AsyncClient):
     def cookies(self, cookies: CookieTypes) -> None:
         self._send_only_cookies = _SendOnlyCookies(cookies)
 
+    async def deliver(self, request: httpx.Request) -> httpx.Response:
+        """Send one webhook call built in full by the caller; the response is read whole.
+
+        The short way through the client: no redirects to follow, no auth flow, cookies or
+        event hooks to apply (a webhook client has none), which is most of ``send``'s cost per
+        request. The transport is looked up as ``send`` does, so ``respx.mock(using="httpx")``
+        intercepts this too.
+        """
+        if self.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        transport = self._transport_for_url(request.url)
+        response = await transport.handle_async_request(request)
+        await response.aread()
+        return response
+
 
 def make_client(
     *,
@@ -243,16 +228,16 @@ def make_client(
     concurrency: int,
     headers: Mapping[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-) -> httpx.AsyncClient:
+) -> WebhookClient:
     """Build the webhook client: create once per process, reuse for every job, then ``aclose()``.
 
     ``timeout`` applies to each phase (pool wait, connect, read, write); ``concurrency``
-    caps open connections. ``transport`` replaces :class:`AiohttpTransport`, e.g. with
+    caps open connections. ``transport`` replaces :class:`WebhookTransport`, e.g. with
     ``httpx.MockTransport`` in tests; ``respx.mock(using="httpx")`` also works without it,
     plain ``respx.mock`` does not (see the module docstring).
     """
     return WebhookClient(
-        transport=transport or AiohttpTransport(max_connections=concurrency),
+        transport=transport or WebhookTransport(max_connections=concurrency),
         timeout=httpx.Timeout(timeout),
         headers=headers,
         # Skips .netrc and env lookups; env proxies are already ignored with a custom transport.

@@ -26,6 +26,7 @@ import psutil
 import redis
 
 from hookdrop.devtools.baseline import run_bare_send
+from hookdrop.devtools.cpu import CpuMeter, per_item_us
 from hookdrop.devtools.harness import Stack
 from hookdrop.settings import Settings
 
@@ -84,17 +85,40 @@ def _stack(settings: Settings, notifiers: int, mock_args: tuple[str, ...] = ()) 
     return Stack(settings, notifiers=notifiers, mock_args=mock_args)
 
 
+def _meter(stack: Stack) -> CpuMeter:
+    components = {
+        child.name: child.process.pid
+        for child in stack.supervisor.children
+        if child.process is not None
+    }
+    return CpuMeter(
+        components,
+        database_url=stack.admin_url,
+        redis_url=stack.settings.redis_url or "",
+    )
+
+
 def scenario_unlimited(
     settings: Settings, *, rows: int, notifiers: int, bare_requests: int
 ) -> tuple[dict[str, Any], Sampler]:
     with _stack(settings, notifiers) as stack:
+        meter = _meter(stack)
+        mock_pid = meter.components["mock"]
+        mock_before, sender_before = _process_cpu(mock_pid), time.process_time()
         bare = run_bare_send(
             f"http://127.0.0.1:{stack.mock_port}/bare", bare_requests, settings.concurrency
         )
+        bare_cpu = {
+            "sender": time.process_time() - sender_before,
+            "mock": _process_cpu(mock_pid) - mock_before,
+        }
         stack.mock.reset()
-        with Sampler(stack) as sampler:
+        start = meter.sample()
+        every_second = _Every(1.0, meter.sample)
+        with Sampler(stack, extra=every_second) as sampler:
             drop = stack.drop(rows)
             file = stack.wait_done(drop.path.name, timeout=rows / 200 + 120)
+        used = CpuMeter.since(start, meter.sample())
         stats = stack.mock.stats(per_user=False)
     accepted = [s for s in sampler.samples if s["accepted"] > 0]
     first = accepted[0]["t"] if accepted else drop.complete_at
@@ -112,7 +136,31 @@ def scenario_unlimited(
         "deliveries_per_s": round(ours, 1),
         "bare_sender_per_s": round(bare.per_second, 1),
         "ratio_to_bare": round(ours / bare.per_second, 3) if bare.per_second else None,
+        # CPU microseconds per delivered alert, per component, and per bare request.
+        "cpu_us_per_alert": per_item_us(used, stats["unique"]),
+        "bare_cpu_us_per_request": per_item_us(bare_cpu, bare.ok),
     }, sampler
+
+
+def _process_cpu(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+@dataclass
+class _Every:
+    """Call ``action`` at most once per ``period`` seconds (the sampler calls far more often)."""
+
+    period: float
+    action: Callable[[], object]
+    _last: float = 0.0
+
+    def __call__(self) -> dict[str, float]:
+        now = time.monotonic()
+        if now - self._last >= self.period:
+            self._last = now
+            self.action()
+        return {}
 
 
 def _steady(

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import respx
 
-from workers.transport import AiohttpTransport, WebhookClient, make_client
+from workers.transport import WebhookClient, WebhookTransport, make_client
 
 T = TypeVar("T")
 
@@ -137,14 +137,14 @@ class Receiver:
         self.respond = respond
         self.connections = 0
         self.requests: list[tuple[bytes, bytes]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self.url = ""
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
+        self.tasks.add(task)
         self.connections += 1
         try:
             while True:
@@ -164,6 +164,8 @@ class Receiver:
                     return
                 writer.write(answer)
                 await writer.drain()
+                if b"\r\nconnection: close\r\n" in answer.split(b"\r\n\r\n")[0].lower() + b"\r\n":
+                    return  # as a server does after an answer that ends with the connection
         finally:
             writer.close()
 
@@ -176,9 +178,9 @@ class Receiver:
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
-        for task in self._tasks:
+        for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self._server.wait_closed()
 
 
@@ -320,6 +322,97 @@ def test_real_transport_disconnect_is_remote_protocol_error() -> None:
     run(scenario())
 
 
+def test_real_transport_reads_chunked_and_close_delimited_bodies() -> None:
+    chunked = (
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"a"\r\n4\r\n:1}\n\r\n0\r\n\r\n'
+    )
+    until_close = b'HTTP/1.1 503 Busy\r\nConnection: close\r\n\r\n{"later":true}'
+
+    async def answers(head: bytes, body: bytes) -> bytes | None:
+        return chunked if b"chunked" in head else until_close
+
+    async def scenario() -> None:
+        async with receiver_and_client(answers) as (receiver, c):
+            first = await c.post(receiver.url, json=PAYLOAD, headers={"x-want": "chunked"})
+            assert first.json() == {"a": 1}
+            second = await c.post(receiver.url, json=PAYLOAD)
+            assert second.status_code == 503
+            assert second.json() == {"later": True}
+            # The close-delimited answer ended its connection; the next call opens another.
+            third = await c.post(receiver.url, json=PAYLOAD, headers={"x-want": "chunked"})
+            assert third.status_code == 200
+            assert receiver.connections == 2
+
+    run(scenario())
+
+
+def test_real_transport_answer_in_small_pieces() -> None:
+    """A response that arrives a few bytes at a time is put together whole."""
+
+    class Trickle(Receiver):
+        async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            answer = http_response(201, b'{"slow":"yes"}', {"X-Extra": "1"})
+            for start in range(0, len(answer), 3):
+                writer.write(answer[start : start + 3])
+                await writer.drain()
+                await asyncio.sleep(0)
+            writer.close()
+
+    async def scenario() -> None:
+        async with Trickle() as receiver, make_client(timeout=5, concurrency=1) as c:
+            response = await c.post(receiver.url, json=PAYLOAD)
+            assert response.status_code == 201
+            assert response.json() == {"slow": "yes"}
+            assert response.headers["x-extra"] == "1"
+
+    run(scenario())
+
+
+def test_real_transport_replaces_a_connection_the_server_closed_while_idle() -> None:
+    async def answer_then_close(head: bytes, body: bytes) -> bytes | None:
+        return http_response()
+
+    async def scenario() -> None:
+        async with receiver_and_client(answer_then_close) as (receiver, c):
+            assert (await c.post(receiver.url, json=PAYLOAD)).status_code == 200
+            for task in receiver.tasks:  # the server drops its idle keep-alive connection
+                task.cancel()
+            await asyncio.gather(*receiver.tasks, return_exceptions=True)
+            await asyncio.sleep(0.05)  # let the FIN reach the client
+            assert (await c.post(receiver.url, json=PAYLOAD)).status_code == 200
+            assert receiver.connections == 2
+
+    run(scenario())
+
+
+def test_real_transport_refuses_an_invalid_answer() -> None:
+    async def garbage(head: bytes, body: bytes) -> bytes | None:
+        return b"HELLO THERE\r\n\r\n"
+
+    async def scenario() -> None:
+        async with receiver_and_client(garbage) as (receiver, c):
+            with pytest.raises(httpx.RemoteProtocolError):
+                await c.post(receiver.url, json=PAYLOAD)
+
+    run(scenario())
+
+
+def test_real_transport_under_uvloop() -> None:
+    """The notifiers run on uvloop, whose transports are not asyncio's own classes."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        async with receiver_and_client() as (receiver, c):
+            assert isinstance(c, WebhookClient)
+            request = c.build_request("POST", receiver.url, json=PAYLOAD)
+            responses = await asyncio.gather(*(c.deliver(request) for _ in range(20)))
+            assert all(r.status_code == 200 and r.json() == {"ok": True} for r in responses)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -338,7 +431,7 @@ def test_real_transport_refused_connection_is_connect_error() -> None:
     run(scenario())
 
 
-def test_plain_respx_mock_does_not_intercept_the_aiohttp_transport() -> None:
+def test_plain_respx_mock_does_not_intercept_the_webhook_transport() -> None:
     """Documents why tests must use ``respx.mock(using="httpx")`` or a transport override."""
 
     async def scenario() -> None:
@@ -360,10 +453,10 @@ def test_aclose_closes_pooled_connections_and_refuses_new_requests() -> None:
             await c.post(receiver.url, json=PAYLOAD)
             await c.aclose()
             for _ in range(100):  # the receiver sees EOF and its handler returns
-                if not any(not t.done() for t in receiver._tasks):
+                if not any(not t.done() for t in receiver.tasks):
                     break
                 await asyncio.sleep(0.01)
-            assert all(t.done() for t in receiver._tasks)
+            assert all(t.done() for t in receiver.tasks)
             with pytest.raises(RuntimeError):
                 await c.post(receiver.url, json=PAYLOAD)
 
@@ -371,7 +464,7 @@ def test_aclose_closes_pooled_connections_and_refuses_new_requests() -> None:
 
 
 def test_transport_refuses_a_second_event_loop() -> None:
-    transport = AiohttpTransport(max_connections=1)
+    transport = WebhookTransport(max_connections=1)
     with asyncio.Runner() as first:
         receiver = Receiver()
         first.run(receiver.__aenter__())
@@ -385,4 +478,4 @@ def test_transport_refuses_a_second_event_loop() -> None:
 
 def test_max_connections_must_be_positive() -> None:
     with pytest.raises(ValueError):
-        AiohttpTransport(max_connections=0)
+        WebhookTransport(max_connections=0)
