@@ -8,10 +8,10 @@ Per chunk:
 3. Record outcomes by group commit: a sender takes its next alert only once its last outcome
    is written, so a ``kill -9`` can re-send at most the requests in flight (``concurrency``
    per process) with their same ids, never outcomes that were only waiting to be written. The
-   writer writes once every running sender waits for it, or ``GATHER_SECONDS`` after the
-   first outcome came in: one statement for a whole round of senders instead of one for the
-   few that happened to finish first (each statement is a commit, PostgreSQL's main cost per
-   alert). The lease is renewed meanwhile.
+   writer writes once half the running senders wait for it, or ``GATHER_SECONDS`` after the
+   first outcome came in: one statement for a round of senders instead of one for the few
+   that happened to finish first (each statement is a commit, much of PostgreSQL's cost per
+   alert), while the other half keep sending. The lease is renewed meanwhile.
 
 429 holds everybody briefly and cuts the global rate (see workers/adaptive.py); the refused
 alert waits for its ``Retry-After`` and is tried again without using the failure budget.
@@ -49,7 +49,7 @@ from workers.transport import WebhookClient, make_client
 log = structlog.get_logger(__name__)
 
 KEEP_EVERY = 0.25  # seconds between lease renewals, pause checks and outcome reports
-GATHER_SECONDS = 0.01  # longest an outcome waits for others to be written with it
+GATHER_SECONDS = 0.005  # longest an outcome waits for others to be written with it
 
 
 def deliver_job(file_id: int, ids: list[str]) -> dict[str, Any]:
@@ -256,7 +256,7 @@ class _Chunk:
                 await self._deliver(client, alert)
         finally:
             self.senders_left -= 1
-            if len(self.pending) >= self.senders_left:
+            if len(self.pending) >= self._round():
                 self.round_complete.set()
 
     async def _deliver(self, client: WebhookClient, alert: _Alert) -> None:
@@ -401,20 +401,25 @@ class _Chunk:
         if self.pending_written is None:
             self.pending_written = asyncio.get_running_loop().create_future()
         self.has_pending.set()
-        if len(self.pending) >= self.senders_left:
+        if len(self.pending) >= self._round():
             self.round_complete.set()
         return self.pending_written
+
+    def _round(self) -> int:
+        """Outcomes worth a write of their own: half the running senders wait for it, the
+        other half go on sending meanwhile."""
+        return max(1, (self.senders_left + 1) // 2)
 
     # -- bookkeeping ------------------------------------------------------------------------
 
     async def _writer(self) -> None:
-        """Write outcomes in rounds: once every running sender waits for its outcome to be
-        written, or ``GATHER_SECONDS`` after the first one came in, whichever is first."""
+        """Write outcomes in rounds: once half the running senders wait for their outcomes to
+        be written, or ``GATHER_SECONDS`` after the first one came in, whichever is first."""
         loop = asyncio.get_running_loop()
         store, owner = self.engine.store, self.engine.owner
         while True:
             await self.has_pending.wait()
-            if not self.finished and len(self.pending) < self.senders_left:
+            if not self.finished and len(self.pending) < self._round():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.round_complete.wait(), GATHER_SECONDS)
             self.has_pending.clear()

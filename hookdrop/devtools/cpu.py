@@ -47,14 +47,16 @@ class CpuMeter:
             except psutil.NoSuchProcess:
                 continue
 
-    def _backends(self, ports: set[int]) -> list[int]:
+    def _backends(self, ports: dict[int, str]) -> list[tuple[int, str]]:
+        """(backend pid, component it serves) for the given client ports."""
         if not ports:
             return []
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%s)", (sorted(ports),)
+                "SELECT pid, client_port FROM pg_stat_activity WHERE client_port = ANY(%s)",
+                (sorted(ports),),
             ).fetchall()
-        return [int(row[0]) for row in rows]
+        return [(int(pid), ports[int(port)]) for pid, port in rows]
 
     def _redis_cpu(self) -> float:
         conn = redis.Redis.from_url(self.redis_url)
@@ -67,23 +69,25 @@ class CpuMeter:
     def sample(self) -> Sample:
         """Record what every process has used so far; return the totals per component."""
         server_port = urlsplit(self.database_url).port or 5432
-        ports: set[int] = set()
+        ports: dict[int, str] = {}
         for name, process in self._processes():
             try:
                 self._seen[(name, process.pid)] = _cpu(process)
                 for conn in process.net_connections(kind="tcp"):
                     if conn.raddr and conn.raddr.port == server_port:
-                        ports.add(conn.laddr.port)
+                        ports[conn.laddr.port] = name
             except psutil.Error:
                 continue  # gone, or not ours to read: keep what was last seen
-        for pid in self._backends(ports):
+        for pid, serves in self._backends(ports):
             try:
-                self._seen[("postgres", pid)] = _cpu(psutil.Process(pid))
+                self._seen[(f"postgres for {serves}", pid)] = _cpu(psutil.Process(pid))
             except psutil.Error:
                 continue
         totals: Sample = {}
         for (name, _pid), seconds in self._seen.items():
             totals[name] = totals.get(name, 0.0) + seconds
+            if name.startswith("postgres for "):
+                totals["postgres"] = totals.get("postgres", 0.0) + seconds
         totals["redis"] = self._redis_cpu()
         return totals
 
@@ -94,9 +98,14 @@ class CpuMeter:
 
 
 def per_item_us(seconds: Sample, items: int) -> dict[str, float]:
-    """CPU microseconds per item for each component, and their sum as ``total``."""
+    """CPU microseconds per item for each component, and their sum as ``total``.
+
+    ``postgres`` is the sum of the ``postgres for <component>`` parts (the backends serving
+    that component's connections), so the parts are not added to the total twice.
+    """
     if items <= 0:
         return {}
     out = {name: round(value / items * 1e6, 1) for name, value in sorted(seconds.items())}
-    out["total"] = round(sum(seconds.values()) / items * 1e6, 1)
+    counted = sum(v for name, v in seconds.items() if not name.startswith("postgres for "))
+    out["total"] = round(counted / items * 1e6, 1)
     return out
