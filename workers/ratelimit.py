@@ -231,7 +231,9 @@ class GlobalLimiter:
             int(raw.get("version", 0)),
         )
 
-    def _save(self, snap: _Snapshot, state: adaptive.RateState) -> bool:
+    def save(self, snap: _Snapshot, state: adaptive.RateState) -> bool:
+        """Store ``state`` if nobody changed the rate since ``snap`` was read (compare-and-set
+        on the version); False when another process got there first."""
         args: list[str | int] = [snap.version]
         for field, value in state.to_fields().items():
             args += [field, value]
@@ -247,7 +249,7 @@ class GlobalLimiter:
             max_rate=self.max_rate,
             tuning=self.tuning,
         )
-        if new is None or not self._save(snap, new):
+        if new is None or not self.save(snap, new):
             return snap.state
         return new
 
@@ -282,7 +284,7 @@ class GlobalLimiter:
             )
             if self.max_rate > 0:
                 new = dataclasses.replace(new, rate=min(new.rate, self.max_rate))
-            if self._save(snap, new):
+            if self.save(snap, new):
                 return new.rate or None
             epoch = snap.state.epoch  # lost a race: react only if nobody else did
         state = self.snapshot().state

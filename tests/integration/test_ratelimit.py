@@ -139,8 +139,8 @@ def test_a_quiet_spell_with_demand_raises_the_rate_once_for_everyone(
     snap_a, snap_b = a.snapshot(), b.snapshot()
     new = tick(snap_a.state, now=snap_a.now, granted=snap_a.granted, max_rate=0)
     assert new is not None and new.rate == 200
-    assert a._save(snap_a, new) is True  # the compare-and-set itself
-    assert b._save(snap_b, new) is False  # b read a stale version
+    assert a.save(snap_a, new) is True  # the compare-and-set itself
+    assert b.save(snap_b, new) is False  # b read a stale version
     assert a.state().rate == 200 and a.take(1).rate == 200.0
 
 
