@@ -15,6 +15,7 @@ from pathlib import Path
 import redis
 import structlog
 
+from daemon.summary import write_summary
 from hookdrop.inbox import disk_name
 from hookdrop.intake import write_error_note
 from hookdrop.queues import enqueue_deliveries, enqueue_read, notifier_queue
@@ -116,10 +117,21 @@ class Recovery:
         for row in finished:
             self.redis.delete(self.keys.checkpoint(row.id))
             log.info("file.finished", file_id=row.id, name=row.name)
-        self.move_finished()
+        moved = self.move_finished()
+        for row in finished:
+            if row.id not in moved:  # finished again after a replay: already moved
+                self._refresh_summary(row.id)
         return len(finished)
 
-    def move_finished(self) -> None:
+    def _refresh_summary(self, file_id: int) -> None:
+        file = self.store.get_file(file_id)
+        if file is not None and file.final_path:
+            write_summary(Path(file.final_path), file)
+
+    def move_finished(self) -> set[int]:
+        """Move finished files out of processing/, each with its summary (and, if it failed,
+        its error note) beside it; the ids of the files moved."""
+        moved: set[int] = set()
         for row in self.store.files_to_move():
             source = Path(row.processing_path)
             folder = (
@@ -136,8 +148,12 @@ class Recovery:
                     log.error("file.missing", file_id=row.id, path=str(source))
                     self.store.set_final_path(row.id, "")
                     continue
+            file = self.store.get_file(row.id)
             if row.status == FileStatus.FAILED:
-                file = self.store.get_file(row.id)
                 write_error_note(final, str(file and file.error))
+            if file is not None:
+                write_summary(final, file)
             self.store.set_final_path(row.id, str(final))
+            moved.add(row.id)
             log.info("file.moved", file_id=row.id, to=str(final))
+        return moved

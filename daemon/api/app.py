@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 from redis import Redis
 from starlette.staticfiles import StaticFiles
 
-from daemon.api import dlq, files, live, metrics, system, uploads
+from daemon.api import dlq, files, live, metrics, results, system, uploads
 from daemon.api._hub import MAX_UPLOAD_BYTES, Hub, StorePool
 from daemon.api.auth import OPEN_PATHS, TokenAuth
 from daemon.api.crosssite import CrossSiteGuard, HostPolicy
@@ -80,6 +80,6 @@ def create_app(
     app.mount("/static", StaticFiles(directory=system.STATIC_DIR), name="static")
     for kind, status in _ERRORS:
         app.add_exception_handler(kind, _error(status))
-    for module in (files, uploads, live, dlq, system, metrics):
+    for module in (files, results, uploads, live, dlq, system, metrics):
         app.include_router(module.router)
     return app

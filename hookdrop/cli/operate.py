@@ -8,6 +8,7 @@ the inbox.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -123,9 +124,21 @@ def files(settings: Settings, limit: int, offset: int, as_json: bool) -> None:
 @limit_option
 @offset_option
 @json_option
+@click.option(
+    "--csv",
+    "as_csv",
+    is_flag=True,
+    help="Print every row's outcome as CSV (line, user id, alert id, status, HTTP code, "
+    "error), the whole file, streamed.",
+)
 @with_settings
-def result(settings: Settings, file_id: int, limit: int, offset: int, as_json: bool) -> None:
+def result(
+    settings: Settings, file_id: int, limit: int, offset: int, as_json: bool, as_csv: bool
+) -> None:
     """A file's bad rows and the alerts that did not get through, with reasons."""
+    if as_csv:
+        _result_csv(settings, file_id)
+        return
     with control_for(settings) as control:
         data = control.file_result(file_id, limit, offset)
     if as_json:
@@ -142,6 +155,20 @@ def result(settings: Settings, file_id: int, limit: int, offset: int, as_json: b
             f"  line {a['line_no']} user {a['user_id']}: {a['status']}{code}"
             f" after {a['attempts']} tries: {a['last_error'] or ''}"
         )
+
+
+def _result_csv(settings: Settings, file_id: int) -> None:
+    from hookdrop.ops import result_csv
+
+    out = sys.stdout.buffer  # UTF-8 whatever the locale
+    with control_for(settings) as control:
+        pieces = result_csv(control.store, file_id)
+        try:
+            for piece in pieces:
+                out.write(piece.encode("utf-8"))
+        finally:
+            pieces.close()
+    out.flush()
 
 
 @click.group("dlq")

@@ -4,6 +4,7 @@ from hookdrop.ops.actions import DEFAULT_REPLAY, Control, check_statuses
 from hookdrop.ops.dropbox import InboxWriter, check_name, send, send_chunks
 from hookdrop.ops.errors import BadRequest, Conflict, ControlError, TooLarge, UnknownFile
 from hookdrop.ops.rates import RateTracker
+from hookdrop.ops.results import result_csv
 from hookdrop.ops.views import jsonable, summary
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "check_name",
     "check_statuses",
     "jsonable",
+    "result_csv",
     "send",
     "send_chunks",
     "summary",

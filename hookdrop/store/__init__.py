@@ -1,5 +1,6 @@
 """The ledger in PostgreSQL: files, alerts and row errors, with typed rows and statuses."""
 
+from hookdrop.store._results import INVALID, ResultLine, result_lines
 from hookdrop.store._sql import migrations
 from hookdrop.store._store import AlertInput, Store
 from hookdrop.store.rows import (
@@ -29,6 +30,7 @@ from hookdrop.store.statuses import (
 __all__ = [
     "ACTIVE_FILES",
     "FINISHED_FILES",
+    "INVALID",
     "OPEN",
     "REPLAYABLE",
     "TERMINAL",
@@ -45,8 +47,10 @@ __all__ = [
     "FileStatus",
     "FileToMove",
     "Result",
+    "ResultLine",
     "RowErrorRow",
     "Store",
     "Totals",
     "migrations",
+    "result_lines",
 ]

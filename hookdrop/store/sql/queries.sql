@@ -322,3 +322,18 @@ SELECT max(version) AS version FROM hookdrop_migrations;
 SELECT * FROM files
 WHERE name = %(name)s AND status <> 'duplicate' AND processing_path LIKE %(under)s
 ORDER BY id DESC LIMIT 1;
+
+-- name: result_lines
+-- One line per row of a file, in the file's order: its alerts (a repeated row is one alert,
+-- listed at the line that first read it) and its row errors. Read through a server-side
+-- cursor, so PostgreSQL sorts (spilling to disk past work_mem) and hands the lines out in
+-- batches: the reader's memory does not grow with the file.
+SELECT line, user_id, alert_id, status, http_code, error FROM (
+    SELECT line_no AS line, user_id, id AS alert_id, status, last_status_code AS http_code,
+           last_error AS error
+    FROM alerts WHERE file_id = %(file_id)s
+    UNION ALL
+    SELECT line_no, NULL, NULL, 'invalid', NULL, reason
+    FROM row_errors WHERE file_id = %(file_id)s
+) AS lines
+ORDER BY line, alert_id;
