@@ -54,7 +54,7 @@ def result_lines(
             cursor.close()
 
 
-def _positional(_cursor: psycopg.ServerCursor[Any]) -> RowMaker[ResultLine]:
+def _positional(_cursor: psycopg.Cursor[Any]) -> RowMaker[ResultLine]:
     # The query's columns are ResultLine's fields in order: built by position, which costs a
     # sixth of what building from a name mapping does (class_row), per line of millions.
     def make(values: Sequence[Any]) -> ResultLine:
