@@ -41,10 +41,15 @@ IGNORED_SUFFIXES: Final = (
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
+# The notes hookdrop writes beside finished files: never read, even if moved back in with them.
+NOTE_SUFFIXES: Final = (ERROR_SUFFIX, SUMMARY_SUFFIX)
+
+
 def is_ignored(name: str) -> bool:
-    """Hidden files and the temp names of common transfer tools are never read."""
+    """Hidden files, the temp names of common transfer tools and hookdrop's own notes are
+    never read."""
     lowered = name.lower()
-    return name.startswith(".") or lowered.endswith(IGNORED_SUFFIXES)
+    return name.startswith(".") or lowered.endswith(IGNORED_SUFFIXES + NOTE_SUFFIXES)
 
 
 def safe_name(name: str) -> str:

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from structlog.testing import capture_logs
 
 from daemon.api import run_api_in_thread
+from daemon.readiness import ReadinessTracker
 from daemon.recovery import Recovery
 from hookdrop.alerts import alert_id
 from hookdrop.cli import cli
@@ -350,3 +351,13 @@ def test_a_summary_that_cannot_be_written_does_not_stop_the_file(
     assert row is not None and row.final_path == str(final) and final.exists()
     assert [e["file_id"] for e in logs if e["event"] == "file.summary_failed"] == [file_id]
     assert not [p for p in rsettings.done_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_notes_moved_back_into_the_inbox_are_never_read(tmp_path: Path) -> None:
+    tracker = ReadinessTracker(0.0)
+    for name in ("7--week.csv.summary.json", "7--week.csv.error.txt", "X.SUMMARY.JSON"):
+        (tmp_path / name).write_text('{"file_id": 7}\n')
+        tracker.hint(tmp_path / name)
+    (tmp_path / "week.csv").write_text("u,m\n")
+    tracker.hint(tmp_path / "week.csv")
+    assert tracker.pending == [tmp_path / "week.csv"]
