@@ -166,9 +166,9 @@ def _result_csv(settings: Settings, file_id: int) -> None:
         try:
             for piece in pieces:
                 out.write(piece.encode("utf-8"))
+            out.flush()  # a reader gone (`| head`) ends it quietly: click handles EPIPE
         finally:
             pieces.close()
-    out.flush()
 
 
 @click.group("dlq")

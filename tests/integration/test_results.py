@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import os
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from hookdrop.intake import ensure_dirs
 from hookdrop.ops import UnknownFile, result_csv
 from hookdrop.settings import Settings
 from hookdrop.store import AlertStatus, Result, Store, result_lines
+from tests.helpers import kill_group
 
 TOKEN = "test-token-0123456789"
 
@@ -361,3 +364,28 @@ def test_notes_moved_back_into_the_inbox_are_never_read(tmp_path: Path) -> None:
     (tmp_path / "week.csv").write_text("u,m\n")
     tracker.hint(tmp_path / "week.csv")
     assert tracker.pending == [tmp_path / "week.csv"]
+
+
+def test_cli_result_csv_into_a_pipe_closed_early_stops_quietly(
+    rsettings: Settings, store: Store
+) -> None:
+    file_id = big_file(store, 50_000)  # megabytes: far more than a pipe holds
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hookdrop", "result", str(file_id), "--csv"],
+        env={**os.environ, **rsettings.to_environ()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.read(5) == b"line,"
+        process.stdout.close()  # as `| head -1` does
+        stderr = process.stderr.read().decode()
+        assert process.wait(timeout=30) == 1
+    finally:
+        kill_group(process)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
