@@ -22,8 +22,6 @@ from hookdrop.store import ResultLine, Store, result_lines
 
 HEADER = ("line", "user_id", "alert_id", "status", "http_code", "error")
 PIECE_CHARS = 64 * 1024
-
-
 BATCH = 2000  # lines per fetch from the server-side cursor
 
 
