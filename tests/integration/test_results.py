@@ -389,3 +389,24 @@ def test_cli_result_csv_into_a_pipe_closed_early_stops_quietly(
             if pipe is not None:
                 pipe.close()
     assert "Traceback" not in stderr and "Error" not in stderr, stderr
+
+
+def test_a_cancelled_file_gets_its_summary_in_failed(
+    rsettings: Settings, store: Store, rconn: redis.Redis
+) -> None:
+    file_id, _ = tricky_file(store, sha="sha-cancelled")
+    processing = rsettings.processing_dir / "tok--stopped.csv"
+    processing.write_text("the file\n")
+    with store.transaction() as conn:
+        conn.execute(
+            "UPDATE files SET processing_path = %s, name = 'stopped.csv' WHERE id = %s",
+            (str(processing), file_id),
+        )
+    with store.transaction() as conn:  # the three alerts still leased were handed back
+        conn.execute("UPDATE alerts SET lease_until = now() WHERE file_id = %s", (file_id,))
+    assert store.cancel_file(file_id)
+    Recovery(rsettings, store, rconn).finish_files()
+    final = rsettings.failed_dir / f"{file_id}--stopped.csv"
+    summary = json.loads((rsettings.failed_dir / f"{final.name}.summary.json").read_text())
+    assert (summary["status"], summary["delivered"], summary["rejected"]) == ("cancelled", 1, 1)
+    assert summary["cancelled"] == 3 and summary["finished_at"] is not None
