@@ -13,20 +13,16 @@ cannot be written is logged and skipped.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from hookdrop.inbox import SUMMARY_SUFFIX, note_path
+from hookdrop.inbox import SUMMARY_SUFFIX, note_path, write_note
 from hookdrop.store import FileRow
 
 log = structlog.get_logger(__name__)
-
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def summary_of(row: FileRow) -> dict[str, Any]:
@@ -60,31 +56,12 @@ def write_summary(final: Path, row: FileRow) -> Path | None:
     written (logged)."""
     note = note_path(final, SUMMARY_SUFFIX)
     data = json.dumps(summary_of(row), ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
-    temp = final.parent / f".summary.{secrets.token_hex(8)}.tmp"
     try:
-        fd = os.open(temp, _CREATE, 0o644)
-        try:
-            with os.fdopen(fd, "wb", closefd=False) as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, note)
+        write_note(note, data)
     except OSError as exc:
         log.error("file.summary_failed", file_id=row.id, path=str(note), error=str(exc))
-        _remove(temp)
         return None
     return note
-
-
-def _remove(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("file.summary_temp_left", path=str(path), error=str(exc))
 
 
 def _iso(moment: datetime | None) -> str | None:

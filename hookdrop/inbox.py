@@ -8,8 +8,10 @@ through that descriptor or is checked against the identity it had when it was cl
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +86,33 @@ def original_name(disk: str) -> str:
 
 def note_path(final: Path, suffix: str = ERROR_SUFFIX) -> Path:
     return final.with_name(final.name + suffix)
+
+
+_NOTE_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def write_note(note: Path, data: bytes) -> None:
+    """Put ``data`` at ``note`` whole or not at all, never through a link planted there.
+
+    The bytes go to a hidden temporary file created new beside it (``O_EXCL``, no link
+    followed), are synced, then renamed over ``note``: a link at that name is replaced, and a
+    reader sees the whole note or none. Raises ``OSError``; the temporary file is removed.
+    """
+    temp = note.parent / f".note.{secrets.token_hex(8)}.tmp"
+    fd = os.open(temp, _NOTE_CREATE, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, note)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def kind_of(mode: int) -> str:

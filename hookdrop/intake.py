@@ -33,6 +33,7 @@ from hookdrop.inbox import (
     kind_of,
     note_path,
     open_regular,
+    write_note,
 )
 from hookdrop.queues import enqueue_read
 from hookdrop.settings import Settings
@@ -92,7 +93,7 @@ def write_error_note(final: Path, error: str) -> None:
     """``<name>.error.txt`` beside a failed file; a note that cannot be written is logged."""
     note = note_path(final)
     try:
-        note.write_text(f"{final.name}: {error}\n", encoding="utf-8")
+        write_note(note, f"{final.name}: {error}\n".encode())
     except OSError as exc:
         log.error("file.note_failed", path=str(note), error=str(exc))
 
