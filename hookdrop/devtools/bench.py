@@ -29,6 +29,7 @@ from hookdrop.devtools.baseline import run_bare_send
 from hookdrop.devtools.cpu import CpuMeter, per_item_us
 from hookdrop.devtools.harness import Stack
 from hookdrop.settings import Settings
+from hookdrop.store import FileStatus
 
 
 @dataclass
@@ -306,7 +307,7 @@ def scenario_large(
             redis_mem.append(int(conn.info("memory")["used_memory"]) / 2**20)
             row = stack.file_row(drop.path.name)
             read = row.rows_total if row else 0
-            if row is not None and row.status in ("done", "failed"):
+            if row is not None and row.status in (FileStatus.DONE, FileStatus.FAILED):
                 break
             time.sleep(0.5)
         conn.close()
