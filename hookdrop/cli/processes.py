@@ -9,8 +9,8 @@ import click
 
 from hookdrop import sdnotify
 from hookdrop.cli._common import check_inbox, configure_logs, connect, with_settings
-from hookdrop.cli.supervise import Supervisor
 from hookdrop.settings import Settings, environ_snapshot
+from hookdrop.supervise import Supervisor
 
 
 @click.command()

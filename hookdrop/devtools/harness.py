@@ -22,11 +22,11 @@ import psycopg
 import redis
 from psycopg import sql
 
-from hookdrop.cli.supervise import Supervisor
 from hookdrop.connections import connect_store
 from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
 from hookdrop.store import FileRow, FileStatus
+from hookdrop.supervise import Supervisor
 from notifier_mock import MockClient
 
 
