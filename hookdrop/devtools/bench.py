@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 import redis
 
+from hookdrop.connections import redis_url
 from hookdrop.devtools.baseline import run_bare_send
 from hookdrop.devtools.cpu import CpuMeter, per_item_us
 from hookdrop.devtools.harness import Stack
@@ -95,7 +96,7 @@ def _meter(stack: Stack) -> CpuMeter:
     return CpuMeter(
         components,
         database_url=stack.admin_url,
-        redis_url=stack.settings.redis_url or "",
+        redis_url=redis_url(stack.settings),
     )
 
 
@@ -292,7 +293,7 @@ def scenario_large(
     settings: Settings, *, rows: int, seconds: float, notifiers: int
 ) -> dict[str, Any]:
     with _stack(settings, notifiers) as stack:
-        conn = redis.Redis.from_url(stack.settings.redis_url or "")
+        conn = redis.Redis.from_url(redis_url(stack.settings))
         batcher = stack.supervisor.children[2]
         assert batcher.name == "batcher" and batcher.process is not None
         proc = psutil.Process(batcher.process.pid)
