@@ -34,6 +34,16 @@ def load_settings(raw: dict[str, Any]) -> Settings:
     return Settings.load(environ_snapshot(), overrides)
 
 
+#: How many notifier processes a command that starts a whole stack runs.
+notifiers_option = click.option(
+    "--notifiers",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Notifier worker processes.",
+)
+
+
 def with_settings(func: F) -> F:
     """Build the Settings object from env + flags and pass it as the first argument."""
 
