@@ -17,8 +17,10 @@ from hookdrop.errors import QueueUnavailable
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 
-# No socket timeout: RQ's workers block on a dequeue for minutes. Dead peers are found by
-# TCP keepalive and the periodic health check instead.
+# No socket timeout of our own: blocking commands (RQ's dequeue) must be free to wait. An RQ
+# worker sets one on the pool it is given, its dequeue timeout plus 10 s (with the workers'
+# 15 s TTL: 1 s dequeues, an 11 s socket timeout for every client of that pool). Elsewhere
+# dead peers are found by TCP keepalive and the periodic health check.
 _REDIS_OPTIONS: dict[str, Any] = {
     "health_check_interval": 30,
     "socket_connect_timeout": 5,
@@ -64,12 +66,14 @@ class Redis(redis.Redis):
 
 
 def redis_url(settings: Settings) -> str:
+    """The Redis URL of resolved settings; ConfigError when it is missing."""
     settings.require("redis_url")
     assert settings.redis_url is not None
     return settings.redis_url
 
 
 def database_url(settings: Settings) -> str:
+    """The PostgreSQL URL of resolved settings; ConfigError when it is missing."""
     settings.require("database_url")
     assert settings.database_url is not None
     return settings.database_url

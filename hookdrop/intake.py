@@ -37,7 +37,7 @@ from hookdrop.inbox import (
 )
 from hookdrop.queues import enqueue_read
 from hookdrop.settings import Settings
-from hookdrop.store import Store
+from hookdrop.store import FileStatus, Store
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +52,7 @@ class ClaimInterrupted(Exception):
 @dataclass(frozen=True, slots=True)
 class Registered:
     file_id: int
-    status: str  # claimed, duplicate, failed
+    status: FileStatus  # claimed, duplicate or failed
     path: Path  # where the file is now
     detail: str | None = None
 
@@ -196,7 +196,7 @@ class Intake:
             format=layout.format,
             compressed=layout.compressed,
         )
-        return Registered(file_id, "claimed", target)
+        return Registered(file_id, FileStatus.CLAIMED, target)
 
     def _duplicate(
         self, target: Path, name: str, sha: str, generation: int, size: int
@@ -219,7 +219,7 @@ class Intake:
             "not sent again — use `hookdrop resend` to send it anyway"
         )
         log.warning("file.duplicate", file_id=file_id, duplicate_of=first.id, name=name)
-        return Registered(file_id, "duplicate", final, detail)
+        return Registered(file_id, FileStatus.DUPLICATE, final, detail)
 
     def _unreadable(
         self, target: Path, name: str, sha: str, generation: int, *, size: int, error: str
@@ -242,7 +242,7 @@ class Intake:
             error = f"{error} (same content as file {file_id})"
         write_error_note(final, error)
         log.warning("file.unreadable", file_id=file_id, name=name, error=error)
-        return Registered(file_id, "failed", final, error)
+        return Registered(file_id, FileStatus.FAILED, final, error)
 
     def set_aside(self, path: Path, name: str, error: str) -> Registered | None:
         """Move something that will not be read to failed/ (or leave it) and record why.
@@ -286,7 +286,7 @@ class Intake:
             kind="file" if stat.S_ISREG(st.st_mode) else kind_of(st.st_mode),
             left_in_place=final is None,
         )
-        return Registered(file_id, "failed", final or path, error)
+        return Registered(file_id, FileStatus.FAILED, final or path, error)
 
     def _move(self, source: Path, folder: Path, tag: str, name: str) -> Path:
         final = folder / disk_name(tag, name)

@@ -2,7 +2,9 @@
 
 An outage of PostgreSQL or Redis pauses the work that needs it and never drops it; so a
 caller wraps the step in :func:`retrying` (or :func:`retrying_async`) and gets its result once
-the server answers, or the last error when ``stop`` says the process is stopping.
+the server answers, or the last error when ``stop`` says the process is stopping. ``stop`` is
+a predicate or a flag (:class:`hookdrop.shutdown.StopFlag`, :class:`threading.Event`); a flag
+also cuts the wait between tries short.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 import structlog
 
@@ -48,6 +50,22 @@ def compute_backoff(
     return ceiling / 2 + rand() * ceiling / 2
 
 
+@runtime_checkable
+class Flag(Protocol):
+    """A stop flag whose ``wait`` returns early once it is set."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+Stop = Callable[[], bool] | Flag
+
+
+def _is_stopping(stop: Stop) -> bool:
+    return stop.is_set() if isinstance(stop, Flag) else stop()
+
+
 def _event(exc: BaseException) -> str:
     return "db.unavailable" if isinstance(exc, StoreUnavailable) else "redis.unavailable"
 
@@ -60,7 +78,7 @@ def retrying(
     action: Callable[[], T],
     *,
     what: str,
-    stop: Callable[[], bool] = _never,
+    stop: Stop = _never,
     retry_on: tuple[type[Exception], ...] = TRANSIENT,
     base: float = 0.5,
     cap: float = 10.0,
@@ -69,7 +87,8 @@ def retrying(
     """``action()``, tried again with backoff while it raises one of ``retry_on``.
 
     ``stop`` lets a stopping process give up (its work is recovered later): the last error is
-    raised then.
+    raised then. When ``stop`` is a flag, the wait between tries is the flag's own ``wait``, so
+    a stop ends it at once (``sleep`` is used with a predicate only).
     """
     attempt = 0
     while True:
@@ -77,18 +96,22 @@ def retrying(
             return action()
         except retry_on as exc:
             attempt += 1
-            if stop():
+            if _is_stopping(stop):
                 raise
             delay = compute_backoff(attempt, base=base, cap=cap)
             log.warning(_event(exc), action=what, error=str(exc), retry_in=round(delay, 2))
-            sleep(delay)
+            if isinstance(stop, Flag):
+                if stop.wait(delay):
+                    raise
+            else:
+                sleep(delay)
 
 
 async def retrying_async(
     action: Callable[[], Awaitable[T]],
     *,
     what: str,
-    stop: Callable[[], bool] = _never,
+    stop: Stop = _never,
     retry_on: tuple[type[Exception], ...] = TRANSIENT,
     on_failure: Callable[[], object] | None = None,
     base: float = 0.5,
@@ -103,7 +126,7 @@ async def retrying_async(
             attempt += 1
             if on_failure is not None:
                 on_failure()
-            if stop():
+            if _is_stopping(stop):
                 raise
             delay = compute_backoff(attempt, base=base, cap=cap)
             log.warning(_event(exc), action=what, error=str(exc), retry_in=round(delay, 2))

@@ -34,11 +34,6 @@ def _address(raw: str) -> str | None:
     return None  # e.g. vsock:... addresses, which this client does not speak
 
 
-def _one_line(text: str) -> str:
-    """Keep a free-text value on one line: the protocol is newline-separated."""
-    return " ".join(text.split())
-
-
 def notify(*lines: str, environ: Mapping[str, str] | None = None) -> bool:
     """Send ``lines`` (e.g. ``"READY=1"``) as one datagram to ``$NOTIFY_SOCKET``.
 

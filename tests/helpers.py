@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from rq import Queue
 from rq.job import Job
 
 from daemon.monitor import Monitor
+from hookdrop import connections, ports
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
@@ -32,9 +32,7 @@ T = TypeVar("T")
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port()
 
 
 def wait_for(
@@ -58,8 +56,8 @@ def wait_for(
 @contextmanager
 def running_monitor(settings: Settings, name: str = "test-monitor") -> Iterator[Monitor]:
     """A real Monitor (watchdog and all) in a thread, stopped on exit."""
-    conn = redis.Redis.from_url(settings.redis_url)  # type: ignore[arg-type]
-    store = Store(settings.database_url)  # type: ignore[arg-type]
+    conn = redis.Redis.from_url(connections.redis_url(settings))
+    store = Store(connections.database_url(settings))
     monitor = Monitor(settings, store, conn, name=name)
     failure: list[BaseException] = []
 
@@ -158,8 +156,35 @@ def run_hookdrop(
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     finally:
-        kill_group(process)  # type: ignore[arg-type]
+        kill_group(process)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@contextmanager
+def hookdrop_stack(
+    settings: Settings, logs: Path, *, notifiers: int = 2
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Monitor, batcher and a pool of notifiers, each in its own process group, logging to
+    ``logs``; running once the monitor made its folders, killed on exit."""
+    logs.mkdir(exist_ok=True)
+    procs = [
+        hookdrop_process(settings, "monitor", log_path=logs / "monitor.log"),
+        hookdrop_process(settings, "worker", "batcher", log_path=logs / "batcher.log"),
+        hookdrop_process(
+            settings,
+            "worker",
+            "notifier",
+            "--processes",
+            str(notifiers),
+            log_path=logs / "notifier.log",
+        ),
+    ]
+    try:
+        wait_for(settings.processing_dir.exists, what="monitor ready")
+        yield procs
+    finally:
+        for process in procs:
+            kill_group(process)
 
 
 def reap_processes() -> None:
@@ -168,7 +193,7 @@ def reap_processes() -> None:
         kill_group(_STARTED.pop())
 
 
-def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+def kill_group(process: subprocess.Popen[Any], sig: int = signal.SIGKILL) -> None:
     """Kill a process and everything it started, as a machine crash would."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
@@ -239,6 +264,39 @@ def ledger_file(
         file_id, rows=count + len(errors), invalid=len(errors), alerts=count, error=None
     )
     return file_id, [aid for aid, _ in written.owned]
+
+
+class MockProcess:
+    """The mock receiver as a process of its own (in its own process group) and its client."""
+
+    def __init__(self, *, audit_path: Path | None = None, **flags: object) -> None:
+        """Start it with ``--name=value`` flags (``latency_ms=20``), and wait until it answers."""
+        self.port = free_port()
+        self.audit = audit_path
+        if audit_path is not None:
+            flags["audit_path"] = audit_path
+        args = [f"--{name.replace('_', '-')}={value}" for name, value in flags.items()]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "notifier_mock", "--port", str(self.port), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.client = MockClient(self.url)
+        try:
+            wait_for(self.client.healthy, timeout=30, what="mock receiver up")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def url(self) -> str:
+        """The receiver's base URL; webhooks go to ``url + "/hook"``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.client.close()
+        kill_group(self.process)
 
 
 StartMock = Callable[..., MockClient]

@@ -5,15 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from enum import StrEnum
 
 import httpx
 
 EXCERPT = 200
 
 
+class VerdictKind(StrEnum):
+    """What becomes of the alert after one answer (or failure to get one)."""
+
+    DELIVERED = "delivered"  # 2xx
+    THROTTLED = "throttled"  # 429: waits, uses no attempt
+    RETRY = "retry"  # 5xx, 408, timeout, connection error
+    REJECTED = "rejected"  # any other 4xx: not tried again
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    kind: str  # delivered, throttled, retry, rejected
+    kind: VerdictKind
     code: int | None = None
     error: str | None = None
     retry_after: float | None = None  # seconds, for throttled answers
@@ -38,24 +48,30 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 def classify_response(response: httpx.Response) -> Verdict:
     code = response.status_code
     if 200 <= code < 300:
-        return Verdict("delivered", code)
+        return Verdict(VerdictKind.DELIVERED, code)
     if code == 429:
         return Verdict(
-            "throttled",
+            VerdictKind.THROTTLED,
             code,
             "429 Too Many Requests",
             parse_retry_after(response.headers.get("retry-after")),
         )
     excerpt = _excerpt(response)
     if code >= 500 or code == 408:
-        return Verdict("retry", code, f"HTTP {code}: {excerpt}" if excerpt else f"HTTP {code}")
-    return Verdict("rejected", code, f"HTTP {code}: {excerpt}" if excerpt else f"HTTP {code}")
+        return Verdict(
+            VerdictKind.RETRY, code, f"HTTP {code}: {excerpt}" if excerpt else f"HTTP {code}"
+        )
+    return Verdict(
+        VerdictKind.REJECTED, code, f"HTTP {code}: {excerpt}" if excerpt else f"HTTP {code}"
+    )
 
 
 def classify_error(exc: httpx.HTTPError) -> Verdict:
     if isinstance(exc, httpx.TimeoutException):
-        return Verdict("retry", None, f"timeout ({type(exc).__name__})")
-    return Verdict("retry", None, f"connection error ({type(exc).__name__}: {exc})"[:EXCERPT])
+        return Verdict(VerdictKind.RETRY, None, f"timeout ({type(exc).__name__})")
+    return Verdict(
+        VerdictKind.RETRY, None, f"connection error ({type(exc).__name__}: {exc})"[:EXCERPT]
+    )
 
 
 def _excerpt(response: httpx.Response) -> str:

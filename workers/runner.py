@@ -24,7 +24,7 @@ from hookdrop import sdnotify
 from hookdrop.connections import connect_redis, connect_store
 from hookdrop.errors import QueueUnavailable
 from hookdrop.queues import batcher_queue, notifier_queue
-from hookdrop.retry import compute_backoff
+from hookdrop.retry import retrying
 from hookdrop.settings import Settings
 from hookdrop.shutdown import StopFlag, StopSignals
 from workers import context
@@ -144,11 +144,15 @@ def _redis_lost(ctx: context.WorkerContext) -> bool:
 
 
 def _wait_for_redis(ctx: context.WorkerContext) -> None:
-    attempt = 0
-    while _redis_lost(ctx):
-        if ctx.stopping.is_set():
-            return
-        attempt += 1
-        delay = compute_backoff(attempt, base=0.5, cap=10)
-        log.warning("redis.unavailable", action="worker loop", retry_in=round(delay, 2))
-        ctx.stopping.wait(delay)
+    """Until Redis answers again, or the worker is asked to stop."""
+    try:
+        retrying(
+            ctx.redis.ping,
+            what="worker loop",
+            stop=ctx.stopping,
+            retry_on=(QueueUnavailable,),
+            base=0.5,
+            cap=10,
+        )
+    except QueueUnavailable:
+        return  # stopping: nothing is lost, PostgreSQL holds the work

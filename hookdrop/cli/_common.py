@@ -34,6 +34,16 @@ def load_settings(raw: dict[str, Any]) -> Settings:
     return Settings.load(environ_snapshot(), overrides)
 
 
+#: How many notifier processes a command that starts a whole stack runs.
+notifiers_option = click.option(
+    "--notifiers",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Notifier worker processes.",
+)
+
+
 def with_settings(func: F) -> F:
     """Build the Settings object from env + flags and pass it as the first argument."""
 
@@ -56,6 +66,7 @@ def connect(
     ``start`` nothing is started: with no server running the command ends in one line.
     Checks both servers answer, then migrates (``migrate``) or checks (``schema``) the schema.
     """
+    from hookdrop.connections import database_url
     from hookdrop.embedded import embedded_servers, find_running
     from hookdrop.store import Store
 
@@ -100,10 +111,8 @@ def connect(
                 database_url=settings.database_url or servers.database_url,
             )
             _check_reachable(settings.redis_url, settings.database_url)
-        database_url = settings.database_url
-        assert database_url is not None
         if migrate or schema:
-            with Store(database_url) as store:
+            with Store(database_url(settings)) as store:
                 if migrate:
                     store.migrate()
                 else:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hookdrop.cli._common import configure_logs, connect, with_settings
+from hookdrop.cli._common import configure_logs, connect, notifiers_option, with_settings
 from hookdrop.settings import Settings
 
 
@@ -19,13 +19,7 @@ from hookdrop.settings import Settings
     show_default=True,
     help="Rows in the demo file.",
 )
-@click.option(
-    "--notifiers",
-    type=click.IntRange(1, 64),
-    default=2,
-    show_default=True,
-    help="Notifier worker processes.",
-)
+@notifiers_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option(
     "--timeout", type=float, default=900, show_default=True, help="Give up after this many seconds."
@@ -50,7 +44,7 @@ def demo(settings: Settings, rows: int, notifiers: int, as_json: bool, timeout: 
     show_default=True,
     help="Which scenarios to run (letters a-e, see the docs).",
 )
-@click.option("--notifiers", type=click.IntRange(1, 64), default=2, show_default=True)
+@notifiers_option
 @click.option("--quick", is_flag=True, help="Small sizes (a smoke run for CI).")
 @click.option("--rows", type=click.IntRange(1), default=None, help="Rows for scenario a.")
 @click.option("--limit", type=float, default=None, help="Receiver limit for scenario b.")

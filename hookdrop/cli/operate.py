@@ -33,6 +33,13 @@ limit_option = click.option(
     "--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="Items per page."
 )
 offset_option = click.option("--offset", type=click.IntRange(0), default=0, help="Items to skip.")
+statuses_option = click.option(
+    "--status",
+    "status_list",
+    default="dlq,dead",
+    show_default=True,
+    help="Comma-separated: dlq, dead, rejected.",
+)
 
 
 def _statuses(value: str) -> list[str]:
@@ -177,13 +184,7 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option(
-    "--status",
-    "status_list",
-    default="dlq,dead",
-    show_default=True,
-    help="Comma-separated: dlq, dead, rejected.",
-)
+@statuses_option
 @limit_option
 @offset_option
 @json_option
@@ -208,13 +209,7 @@ def dlq_list(settings: Settings, status_list: str, limit: int, offset: int, as_j
 @click.option(
     "--file", "file_id", type=click.IntRange(1), default=None, help="Only this file's alerts."
 )
-@click.option(
-    "--status",
-    "status_list",
-    default="dlq,dead",
-    show_default=True,
-    help="Comma-separated: dlq, dead, rejected.",
-)
+@statuses_option
 @with_settings
 def dlq_replay(settings: Settings, file_id: int | None, status_list: str) -> None:
     """Send DLQ and dead alerts again now, with a fresh attempt budget."""

@@ -8,9 +8,15 @@ import sys
 import click
 
 from hookdrop import sdnotify
-from hookdrop.cli._common import check_inbox, configure_logs, connect, with_settings
-from hookdrop.cli.supervise import Supervisor
+from hookdrop.cli._common import (
+    check_inbox,
+    configure_logs,
+    connect,
+    notifiers_option,
+    with_settings,
+)
 from hookdrop.settings import Settings, environ_snapshot
+from hookdrop.supervise import Supervisor
 
 
 @click.command()
@@ -96,13 +102,7 @@ def mock(args: tuple[str, ...]) -> None:
     help="Also run the mock receiver and point HOOKDROP_WEBHOOK_URL at it.",
 )
 @click.option("--mock-port", type=int, default=8426, show_default=True)
-@click.option(
-    "--notifiers",
-    type=click.IntRange(1, 64),
-    default=2,
-    show_default=True,
-    help="Notifier worker processes.",
-)
+@notifiers_option
 @click.option(
     "--batchers",
     type=click.IntRange(1, 16),

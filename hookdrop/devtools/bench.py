@@ -25,10 +25,12 @@ from typing import Any
 import psutil
 import redis
 
+from hookdrop.connections import redis_url
 from hookdrop.devtools.baseline import run_bare_send
 from hookdrop.devtools.cpu import CpuMeter, per_item_us
 from hookdrop.devtools.harness import Stack
 from hookdrop.settings import Settings
+from hookdrop.store import FileStatus
 
 
 @dataclass
@@ -94,7 +96,7 @@ def _meter(stack: Stack) -> CpuMeter:
     return CpuMeter(
         components,
         database_url=stack.admin_url,
-        redis_url=stack.settings.redis_url or "",
+        redis_url=redis_url(stack.settings),
     )
 
 
@@ -291,7 +293,7 @@ def scenario_large(
     settings: Settings, *, rows: int, seconds: float, notifiers: int
 ) -> dict[str, Any]:
     with _stack(settings, notifiers) as stack:
-        conn = redis.Redis.from_url(stack.settings.redis_url or "")
+        conn = redis.Redis.from_url(redis_url(stack.settings))
         batcher = stack.supervisor.children[2]
         assert batcher.name == "batcher" and batcher.process is not None
         proc = psutil.Process(batcher.process.pid)
@@ -306,7 +308,7 @@ def scenario_large(
             redis_mem.append(int(conn.info("memory")["used_memory"]) / 2**20)
             row = stack.file_row(drop.path.name)
             read = row.rows_total if row else 0
-            if row is not None and row.status in ("done", "failed"):
+            if row is not None and row.status in (FileStatus.DONE, FileStatus.FAILED):
                 break
             time.sleep(0.5)
         conn.close()

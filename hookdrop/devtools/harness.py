@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -22,11 +21,12 @@ import psycopg
 import redis
 from psycopg import sql
 
-from hookdrop.cli.supervise import Supervisor
-from hookdrop.connections import connect_store
+from hookdrop.connections import connect_store, database_url, redis_url
+from hookdrop.ports import free_port
 from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
 from hookdrop.store import FileRow, FileStatus
+from hookdrop.supervise import Supervisor
 from notifier_mock import MockClient
 
 
@@ -36,12 +36,6 @@ def with_search_path(url: str, schema: str) -> str:
     query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
     query.append(("options", f"-csearch_path={schema}"))
     return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +82,12 @@ class Stack:
         run = uuid.uuid4().hex[:8]
         self.run_id = run
         self.mock_port = free_port()
+        self.mock = MockClient(f"http://127.0.0.1:{self.mock_port}")
         root = base.state_dir / "runs" / run
-        webhook = base.webhook_url
-        if with_mock:
-            webhook = f"http://127.0.0.1:{self.mock_port}/hook"
+        webhook = self.mock.hook_url if with_mock else base.webhook_url
         # A run owns its Redis prefix and its PostgreSQL schema: one deployment per ledger.
         self.schema = f"hookdrop_run_{run}"
-        self.admin_url = base.database_url or ""
+        self.admin_url = database_url(base)
         self.settings = base.replace(
             inbox=root / "inbox",
             key_prefix=f"run-{run}",
@@ -124,7 +117,6 @@ class Stack:
         self.supervisor.add("monitor", ["monitor"])
         self.supervisor.add("batcher", ["worker", "batcher"])
         self.supervisor.add("notifier", ["worker", "notifier", "--processes", str(notifiers)])
-        self.mock = MockClient(f"http://127.0.0.1:{self.mock_port}")
         self.store = connect_store(self.settings, name="hookdrop-harness")
 
     def start(self, *, timeout: float = 60) -> None:
@@ -155,7 +147,7 @@ class Stack:
                     sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
                 )
             shutil.rmtree(self.root, ignore_errors=True)
-            conn = redis.Redis.from_url(self.settings.redis_url or "")
+            conn = redis.Redis.from_url(redis_url(self.settings))
             forget_deployment(conn, self.settings.keys)
             conn.close()
 

@@ -33,6 +33,7 @@ from hookdrop.ops.errors import BadRequest, Conflict, UnknownFile
 from hookdrop.ops.rates import RATE_WINDOW, RateTracker
 from hookdrop.ops.views import average_rate, counts, jsonable, no_open_alerts, summary
 from hookdrop.queues import batcher_queue, enqueue_deliveries, notifier_queue
+from hookdrop.ratestate import OUTCOME_HISTORY_SECONDS, Outcome, read_outcomes, read_rate
 from hookdrop.settings import Settings
 from hookdrop.store import (
     ACTIVE_FILES,
@@ -47,7 +48,6 @@ from hookdrop.store import (
 log = structlog.get_logger(__name__)
 
 DEFAULT_REPLAY = (AlertStatus.DLQ, AlertStatus.DEAD)
-THROUGHPUT_SECONDS = 120  # the notifiers prune their per-second counters past this
 # A cancelled file's in-flight jobs stop on the paused key; it outlives any job's chunk.
 CANCEL_KEY_TTL = 7 * 24 * 3600
 
@@ -269,7 +269,7 @@ class Control:
             "notifier": notifier_queue(self.redis, self.keys),
         }
         pttl = int(self.redis.pttl(self.keys.backpressure))
-        rate = self.redis.hget(self.keys.ratecontrol, "rate")
+        rate = read_rate(self.redis, self.keys)
         series = self.throughput(seconds=int(RATE_WINDOW))["series"]
         return {
             "files": totals,
@@ -281,25 +281,24 @@ class Control:
             "dead": dead,
             "backpressure": {"active": pttl > 0, "seconds_left": round(max(0, pttl) / 1000, 3)},
             "rate_limit": {
-                "current": float(rate) if rate else None,
+                "current": rate,
                 "configured": self.settings.rate_limit or None,
             },
             "delivered_per_second": round(sum(p["ok"] for p in series) / max(1, len(series)), 1),
         }
 
-    def throughput(self, seconds: int = THROUGHPUT_SECONDS) -> dict[str, Any]:
+    def throughput(self, seconds: int = OUTCOME_HISTORY_SECONDS) -> dict[str, Any]:
         """Accepted and throttled requests per second over the last ``seconds`` (whole
         seconds only), from the notifiers' shared counters."""
         now = int(self.redis.time()[0])
-        raw: dict[bytes, bytes] = self.redis.hgetall(self.keys.outcomes)  # type: ignore[assignment]
-        found: dict[tuple[int, str], int] = {}
-        for field, value in raw.items():
-            second, _, kind = field.decode().partition(":")
-            if second.isdigit():
-                found[(int(second), kind)] = int(value)
-        start = now - max(1, min(seconds, THROUGHPUT_SECONDS))
+        found = read_outcomes(self.redis, self.keys)
+        start = now - max(1, min(seconds, OUTCOME_HISTORY_SECONDS))
         series = [
-            {"t": t, "ok": found.get((t, "ok"), 0), "throttled": found.get((t, "throttled"), 0)}
+            {
+                "t": t,
+                "ok": found.get((t, Outcome.OK), 0),
+                "throttled": found.get((t, Outcome.THROTTLED), 0),
+            }
             for t in range(start, now)
         ]
         return {"now": now, "series": series}

@@ -30,6 +30,7 @@ import jsonschema
 import pytest
 import yaml
 
+from hookdrop import connections
 from hookdrop.cli.main import cli
 from hookdrop.settings import SETTINGS, Settings
 
@@ -368,10 +369,10 @@ def test_compose_env_builds_valid_settings(services: dict[str, Any], name: str) 
     env = {k: interpolate(v, host_env) for k, v in service_env(services[name]).items()}
     settings = Settings.load(env)
     # Every URL names a service of this file, on the port that service listens on.
-    redis_url = urlsplit(settings.redis_url or "")
+    redis_url = urlsplit(connections.redis_url(settings))
     assert redis_url.hostname in services and redis_url.port in (None, 6379)
     assert "--port" not in service_command(services[redis_url.hostname])
-    database_url = urlsplit(settings.database_url or "")
+    database_url = urlsplit(connections.database_url(settings))
     assert database_url.hostname in services and database_url.port in (None, 5432)
     webhook = urlsplit(settings.webhook_url or "")
     assert webhook.hostname in services, "the default receiver is the mock service"

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from notifier_mock import MockClient
-from tests.helpers import StartMock, free_port, kill_group, wait_for
+from tests.helpers import MockProcess, StartMock
 
 
 @pytest.fixture
@@ -21,36 +19,18 @@ def start_mock(tmp_path: Path) -> Iterator[StartMock]:
     ``audit_path``; every one is stopped, with its process group, when the test ends, pass or
     fail.
     """
-    started: list[tuple[subprocess.Popen[bytes], MockClient]] = []
+    started: list[MockProcess] = []
 
     def start(**flags: object) -> MockClient:
-        port = free_port()
-        flags.setdefault("audit_path", tmp_path / f"accepted-{len(started)}.tsv")
-        args = [f"--{name.replace('_', '-')}={value}" for name, value in flags.items()]
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "notifier_mock",
-                "--port",
-                str(port),
-                *args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        client = MockClient(f"http://127.0.0.1:{port}")
-        started.append((process, client))
-        wait_for(client.healthy, timeout=20, what="mock receiver up")
-        return client
+        audit = flags.pop("audit_path", tmp_path / f"accepted-{len(started)}.tsv")
+        started.append(MockProcess(audit_path=Path(str(audit)), **flags))
+        return started[-1].client
 
     try:
         yield start
     finally:
-        for process, client in started:
-            client.close()
-            kill_group(process)
+        for mock in started:
+            mock.close()
 
 
 @pytest.fixture

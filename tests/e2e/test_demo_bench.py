@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hookdrop import connections
 from hookdrop.settings import Settings
 from tests.helpers import run_hookdrop
 
@@ -17,8 +18,8 @@ pytestmark = pytest.mark.e2e
 def _env(settings: Settings, tmp_path: Path) -> dict[str, str]:
     env = {
         **os.environ,
-        "REDIS_URL": settings.redis_url or "",
-        "DATABASE_URL": settings.database_url or "",
+        "REDIS_URL": connections.redis_url(settings),
+        "DATABASE_URL": connections.database_url(settings),
         "HOOKDROP_STATE_DIR": str(tmp_path / "state"),
         "HOOKDROP_SETTLE_SECONDS": "0.3",
         "HOOKDROP_LOG_FORMAT": "json",

@@ -13,8 +13,7 @@ from tests.helpers import (
     StartMock,
     file_rows,
     free_port,
-    hookdrop_process,
-    kill_group,
+    hookdrop_stack,
     wait_for,
     write_csv,
 )
@@ -46,17 +45,7 @@ def test_a_dropped_file_reaches_the_receiver_once_per_alert(
     e2e_settings: Settings, store: Store, mock: MockClient, tmp_path: Path
 ) -> None:
     settings = e2e_settings
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    procs = [
-        hookdrop_process(settings, "monitor", log_path=logs / "monitor.log"),
-        hookdrop_process(settings, "worker", "batcher", log_path=logs / "batcher.log"),
-        hookdrop_process(
-            settings, "worker", "notifier", "--processes", "2", log_path=logs / "notifier.log"
-        ),
-    ]
-    try:
-        wait_for(settings.processing_dir.exists, what="monitor ready")
+    with hookdrop_stack(settings, tmp_path / "logs"):
         pairs = write_csv(settings.inbox / "drop.csv", 5_000)
         with (settings.inbox / "drop.csv").open("a") as handle:
             handle.write("u1,alert number 1\n")  # a repeated row is one alert
@@ -74,9 +63,6 @@ def test_a_dropped_file_reaches_the_receiver_once_per_alert(
             timeout=10,
             what="audit file complete",
         )
-    finally:
-        for process in procs:
-            kill_group(process)
     assert stats["duplicates"] == 0
     assert stats["bad_signature"] == 0
     assert stats["unique"] == len(pairs)

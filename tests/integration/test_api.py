@@ -16,6 +16,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from daemon.api import ApiServer, create_app, run_api_in_thread
+from hookdrop import connections
 from hookdrop.errors import ConfigError
 from hookdrop.intake import ensure_dirs
 from hookdrop.latency import observe_latencies
@@ -23,16 +24,11 @@ from hookdrop.ops import Control
 from hookdrop.queues import enqueue_deliveries
 from hookdrop.settings import Settings
 from hookdrop.store import Store
+from tests.helpers import free_port
 from tests.integration.test_control import make_file
 
 TOKEN = "test-token-0123456789"
 REQUEST_HEADER = {"x-hookdrop-request": "1"}
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -138,8 +134,8 @@ def test_readyz_checks_both_servers(client: httpx.Client) -> None:
 
 
 def test_readyz_is_503_naming_redis_when_redis_is_down(asettings: Settings) -> None:
-    dead = redis.Redis.from_url(f"redis://127.0.0.1:{closed_port()}/0", socket_connect_timeout=1)
-    app = create_app(asettings, lambda: Store(asettings.database_url or ""), dead)
+    dead = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    app = create_app(asettings, lambda: Store(connections.database_url(asettings)), dead)
 
     async def probe() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
@@ -395,9 +391,9 @@ def test_upload_without_a_name_is_400(client: httpx.Client) -> None:
 
 
 def test_upload_past_the_size_limit_is_413_and_leaves_nothing(asettings: Settings) -> None:
-    conn = redis.Redis.from_url(asettings.redis_url or "")
+    conn = redis.Redis.from_url(connections.redis_url(asettings))
     app = create_app(
-        asettings, lambda: Store(asettings.database_url or ""), conn, max_upload_bytes=1000
+        asettings, lambda: Store(connections.database_url(asettings)), conn, max_upload_bytes=1000
     )
 
     def chunks() -> Iterator[bytes]:

@@ -27,7 +27,7 @@ from hookdrop.intake import ensure_dirs
 from hookdrop.ops import Control
 from hookdrop.settings import Settings
 from hookdrop.store import Store
-from tests.helpers import file_rows
+from tests.helpers import file_rows, free_port
 from tests.integration.test_control import make_file
 
 TOKEN = "crosssite-token-0123456789"
@@ -85,9 +85,7 @@ def own_origin(api: ApiServer) -> Origin:
 
 
 def other_local_port(api: ApiServer) -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     assert port != api.port
     return port
 

@@ -15,6 +15,7 @@ from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import not_a_server_error
 
 from daemon.api import create_app
+from hookdrop import connections
 from hookdrop.intake import ensure_dirs
 from hookdrop.settings import Settings
 from hookdrop.store import Store
@@ -30,7 +31,7 @@ def api_schema(settings: Settings, redis_url: str) -> Iterator[Any]:
     conn = redis.Redis.from_url(redis_url)
     app = create_app(
         fuzz_settings,
-        lambda: Store(fuzz_settings.database_url or ""),
+        lambda: Store(connections.database_url(fuzz_settings)),
         conn,
         max_upload_bytes=64 * 1024,
     )

@@ -236,7 +236,7 @@ def test_a_kill_9_of_the_owner_stops_its_servers(state_dir: Path) -> None:
             what="PostgreSQL gone",
         )
     finally:
-        kill_group(owner)  # type: ignore[arg-type]
+        kill_group(owner)
         if owner.stdout is not None:
             owner.stdout.close()
 
@@ -254,7 +254,7 @@ def test_concurrent_starts_share_one_pair_of_servers(state_dir: Path) -> None:
         outputs = [process.communicate(timeout=120)[0] for process in processes]
     finally:
         for process in processes:
-            kill_group(process)  # type: ignore[arg-type]
+            kill_group(process)
 
     assert [process.returncode for process in processes] == [0, 0], outputs
     results = [
@@ -375,7 +375,7 @@ def test_root_runs_postgres_from_binaries_installed_in_a_root_only_folder() -> N
         try:
             output = owner.communicate(timeout=180)[0]
         finally:
-            kill_group(owner)  # type: ignore[arg-type]
+            kill_group(owner)
         assert owner.returncode == 0, output[-3000:]
         assert "cannot reach the PostgreSQL binaries" not in output
         result = [line for line in output.splitlines() if line.startswith("RESULT ")]

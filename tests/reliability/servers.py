@@ -16,7 +16,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -33,8 +32,7 @@ from redis.retry import Retry
 from hookdrop.errors import StoreUnavailable
 from hookdrop.settings import Settings
 from hookdrop.store import Store
-from notifier_mock import MockClient
-from tests.helpers import free_port, hookdrop_process, kill_group, wait_for
+from tests.helpers import MockProcess, free_port, hookdrop_process, kill_group, wait_for
 
 LOOPBACK = "127.0.0.1"
 
@@ -140,7 +138,7 @@ class RedisServer:
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            kill_group(self.process)  # type: ignore[arg-type]
+            kill_group(self.process)
         self.process = None
 
     def wipe(self) -> None:
@@ -333,32 +331,13 @@ class Fleet:
         return Counter(str(e.get("event")) for e in self.events(name))
 
 
-class Mock:
+class Mock(MockProcess):
     """The mock receiver as its own process, with its audit file."""
 
-    def __init__(self, root: Path) -> None:
-        self.port = free_port()
-        self.audit = root / "accepted.tsv"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "notifier_mock",
-                "--port",
-                str(self.port),
-                "--audit-path",
-                str(self.audit),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.client = MockClient(self.url)
-        wait_for(self.client.healthy, timeout=30, what="mock receiver up")
+    audit: Path
 
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+    def __init__(self, root: Path) -> None:
+        super().__init__(audit_path=root / "accepted.tsv")
 
     def accepted(self) -> int:
         return int(self.client.stats(per_user=False)["accepted"])
@@ -380,10 +359,6 @@ class Mock:
             )
 
         return wait_for(read, timeout=10, what=f"{expected} lines in the mock's audit file")
-
-    def close(self) -> None:
-        self.client.close()
-        kill_group(self.process)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- the checks

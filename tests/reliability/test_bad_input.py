@@ -18,8 +18,6 @@ import hashlib
 import os
 import random
 import re
-import subprocess
-import sys
 import threading
 import uuid
 import zlib
@@ -34,15 +32,15 @@ import pytest
 import redis
 from rq import Queue
 
+from hookdrop import connections
 from hookdrop.intake import ensure_dirs
 from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
 from tests.helpers import (
+    MockProcess,
     file_rows,
-    free_port,
-    kill_group,
     run_burst,
     running_monitor,
     wait_for,
@@ -273,19 +271,11 @@ def _url_with_path(url: str, path: str) -> str:
 
 @pytest.fixture(scope="module")
 def mock_url() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "notifier_mock", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    receiver = MockProcess()
     try:
-        with MockClient(f"http://127.0.0.1:{port}") as client:
-            wait_for(client.healthy, what="mock receiver up")
-        yield f"http://127.0.0.1:{port}"
+        yield receiver.url
     finally:
-        kill_group(process)  # type: ignore[arg-type]
+        receiver.close()
 
 
 @pytest.fixture(scope="module")
@@ -313,9 +303,9 @@ def outcome(
     )
     outside = root / "outside"
     outside.mkdir()
-    conn = redis.Redis.from_url(settings.redis_url)  # type: ignore[arg-type]
+    conn = redis.Redis.from_url(connections.redis_url(settings))
     try:
-        with Store(settings.database_url) as store, MockClient(mock_url) as mock:  # type: ignore[arg-type]
+        with Store(connections.database_url(settings)) as store, MockClient(mock_url) as mock:
             ensure_dirs(settings)
             with running_monitor(settings):
                 for case in CASES:
@@ -576,7 +566,7 @@ def test_a_file_changed_in_processing_while_being_read_completes_from_what_was_c
     problems: list[BaseException] = []
 
     def interfere() -> None:
-        conn = redis.Redis.from_url(settings.redis_url)  # type: ignore[arg-type]
+        conn = redis.Redis.from_url(connections.redis_url(settings))
         queue = Queue(settings.keys.notifier_queue, connection=conn)
 
         def drained() -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from hookdrop import connections
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from tests.helpers import kill_group, wait_for
@@ -366,7 +367,7 @@ def test_an_unreadable_file_goes_to_failed_and_the_monitor_goes_on(
         assert Path(row["final_path"]).parent == settings.failed_dir
         assert monitor.poll() is None
     finally:
-        kill_group(monitor)  # type: ignore[arg-type]
+        kill_group(monitor)
 
 
 def test_hidden_names_and_folders_stay_and_a_folder_is_logged_once(
@@ -578,7 +579,7 @@ def test_resending_a_link_set_aside_in_failed_reads_nothing_outside_the_inbox(
     )
     import redis as redis_client
 
-    conn = redis_client.Redis.from_url(settings.redis_url or "")
+    conn = redis_client.Redis.from_url(connections.redis_url(settings))
     try:
         with pytest.raises(Conflict, match="symbolic link"):
             Control(settings, store, conn).resend(row["id"])

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import pytest
 
+from hookdrop import connections
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from tests.helpers import file_rows, wait_for, write_csv
@@ -105,8 +106,8 @@ def run_kills(
 def kill_settings(settings: Settings, mock: Mock) -> Settings:
     return chaos_settings(
         settings.inbox.parent,
-        redis_url=settings.redis_url or "",
-        database_url=settings.database_url or "",
+        redis_url=connections.redis_url(settings),
+        database_url=connections.database_url(settings),
         webhook_url=f"{mock.url}/hook",
         key_prefix=settings.key_prefix,
     ).replace(rate_limit=RATE_LIMIT)

@@ -12,8 +12,6 @@ request timeout, 3 s leases.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -29,7 +27,14 @@ import pytest
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
-from tests.helpers import file_rows, free_port, hookdrop_process, kill_group, wait_for, write_csv
+from tests.helpers import (
+    MockProcess,
+    file_rows,
+    free_port,
+    hookdrop_stack,
+    wait_for,
+    write_csv,
+)
 
 pytestmark = pytest.mark.chaos
 
@@ -70,53 +75,24 @@ class Mock:
 
 @pytest.fixture
 def mock(tmp_path: Path) -> Iterator[Mock]:
-    port = free_port()
-    audit = tmp_path / "accepted.tsv"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "notifier_mock",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--audit-path",
-            str(audit),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    receiver = MockProcess(audit_path=tmp_path / "accepted.tsv")
     try:
-        with MockClient(f"http://127.0.0.1:{port}") as client:
-            wait_for(client.healthy, what="mock receiver up")
-            yield Mock(client, f"http://127.0.0.1:{port}/hook", audit)
+        yield Mock(receiver.client, receiver.client.hook_url, tmp_path / "accepted.tsv")
     finally:
-        kill_group(process)  # type: ignore[arg-type]
+        receiver.close()
 
 
 @contextmanager
 def hookdrop_running(settings: Settings, logs: Path) -> Iterator[None]:
     """Monitor, batcher and a pool of two notifiers, each in its own process group."""
-    logs.mkdir(exist_ok=True)
-    procs = [
-        hookdrop_process(settings, "monitor", log_path=logs / "monitor.log"),
-        hookdrop_process(settings, "worker", "batcher", log_path=logs / "batcher.log"),
-        hookdrop_process(
-            settings, "worker", "notifier", "--processes", "2", log_path=logs / "notifier.log"
-        ),
-    ]
     try:
-        wait_for(settings.processing_dir.exists, what="monitor ready")
-        assert [p.args[3:] for p in procs if p.poll() is not None] == [], "did not start"
-        yield
-        assert [p.args[3:] for p in procs if p.poll() is not None] == [], "died during the test"
-        # The notifier pool restarts a child that dies; it must never have had to.
-        assert "worker.died" not in (logs / "notifier.log").read_text(errors="replace")
+        with hookdrop_stack(settings, logs) as procs:
+            assert [p.args[3:] for p in procs if p.poll() is not None] == [], "did not start"
+            yield
+            assert [p.args[3:] for p in procs if p.poll() is not None] == [], "died in the test"
+            # The notifier pool restarts a child that dies; it must never have had to.
+            assert "process.died" not in (logs / "notifier.log").read_text(errors="replace")
     finally:
-        for process in procs:
-            kill_group(process)
         for log in sorted(logs.iterdir()):  # shown by pytest only when the test fails
             print(f"--- {log.name} (last lines)")
             print("\n".join(log.read_text(errors="replace").splitlines()[-15:]))

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gzip
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -14,6 +13,7 @@ import httpx
 import pytest
 import respx
 
+from tests.helpers import free_port
 from workers.transport import WebhookClient, WebhookTransport, make_client
 
 T = TypeVar("T")
@@ -413,18 +413,11 @@ def test_real_transport_under_uvloop() -> None:
         runner.run(scenario())
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def test_real_transport_refused_connection_is_connect_error() -> None:
     async def scenario() -> None:
         async with make_client(timeout=2, concurrency=2) as c:
             with pytest.raises(httpx.ConnectError) as caught:
-                await c.post(f"http://127.0.0.1:{closed_port()}/hook", json=PAYLOAD)
+                await c.post(f"http://127.0.0.1:{free_port()}/hook", json=PAYLOAD)
             assert isinstance(caught.value, httpx.TransportError)
             assert caught.value.request.method == "POST"
 

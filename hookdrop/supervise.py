@@ -24,11 +24,14 @@ import structlog
 
 from hookdrop import sdnotify
 from hookdrop.lifeline import PARENT_PID_VARIABLE
+from hookdrop.retry import compute_backoff
 from hookdrop.shutdown import StopFlag, StopSignals
 
 log = structlog.get_logger(__name__)
 
-MAX_BACKOFF = 30.0
+# Restart delays: 1 s after the first death, doubling up to 30 s.
+RESTART_BASE = 1.0
+RESTART_CAP = 30.0
 # Exit statuses of a child that stopped because it was asked to (by signal, or at once).
 _STOPPED = frozenset(
     {0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT}
@@ -42,7 +45,6 @@ class Child:
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
-    backoff: float = 0.5
     restart_at: float | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -132,13 +134,15 @@ class Supervisor:
                 continue
             if child.restart_at is None:
                 child.restarts += 1
-                child.backoff = min(MAX_BACKOFF, child.backoff * 2)
-                child.restart_at = now + child.backoff
+                delay = compute_backoff(
+                    child.restarts, base=RESTART_BASE, cap=RESTART_CAP, jitter=False
+                )
+                child.restart_at = now + delay
                 log.error(
                     "process.died",
                     name=child.name,
                     exit_code=child.process.returncode,
-                    restart_in=child.backoff,
+                    restart_in=delay,
                 )
             elif now >= child.restart_at:
                 self._spawn(child)
