@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import psutil
-import psycopg
 import redis
+
+from hookdrop.store import backends_of
 
 Sample = dict[str, float]
 
@@ -51,12 +52,7 @@ class CpuMeter:
         """(backend pid, component it serves) for the given client ports."""
         if not ports:
             return []
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            rows = conn.execute(
-                "SELECT pid, client_port FROM pg_stat_activity WHERE client_port = ANY(%s)",
-                (sorted(ports),),
-            ).fetchall()
-        return [(int(pid), ports[int(port)]) for pid, port in rows]
+        return [(pid, ports[port]) for pid, port in backends_of(self.database_url, ports)]
 
     def _redis_cpu(self) -> float:
         conn = redis.Redis.from_url(self.redis_url)

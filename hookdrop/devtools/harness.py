@@ -17,15 +17,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
-import psycopg
 import redis
-from psycopg import sql
 
 from hookdrop.connections import connect_store, database_url, redis_url
 from hookdrop.ports import free_port
 from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
-from hookdrop.store import FileRow, FileStatus
+from hookdrop.store import FileRow, FileStatus, create_schema, drop_schema
 from hookdrop.supervise import Supervisor
 from notifier_mock import MockClient
 
@@ -121,10 +119,7 @@ class Stack:
 
     def start(self, *, timeout: float = 60) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        with psycopg.connect(self.admin_url, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-            )
+        create_schema(self.admin_url, self.schema)
         self.store.migrate()
         self.supervisor.start(log_dir=self.logs)
         deadline = time.monotonic() + timeout
@@ -142,10 +137,7 @@ class Stack:
         self.mock.close()
         self.store.close()
         if not self.keep:
-            with psycopg.connect(self.admin_url, autocommit=True) as admin:
-                admin.execute(
-                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
-                )
+            drop_schema(self.admin_url, self.schema)
             shutil.rmtree(self.root, ignore_errors=True)
             conn = redis.Redis.from_url(redis_url(self.settings))
             forget_deployment(conn, self.settings.keys)

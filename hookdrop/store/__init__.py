@@ -1,5 +1,6 @@
 """The ledger in PostgreSQL: files, alerts and row errors, with typed rows and statuses."""
 
+from hookdrop.store._admin import backends_of, create_schema, drop_schema
 from hookdrop.store._results import INVALID, ResultLine, result_lines
 from hookdrop.store._sql import migrations
 from hookdrop.store._store import AlertInput, Store
@@ -51,6 +52,9 @@ __all__ = [
     "RowErrorRow",
     "Store",
     "Totals",
+    "backends_of",
+    "create_schema",
+    "drop_schema",
     "migrations",
     "result_lines",
 ]
