@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -58,14 +59,15 @@ def ensure(
         return port, None, False
     pid = _process.read_pid(rdir / "redis.pid")
     if pid is not None and _process.is_our_process(pid, "redis-server", rdir):
-        # Alive but not answering yet, e.g. still loading a big AOF after a restart: wait
-        # rather than start a second server on the same files.
+        # Alive but not ready yet, e.g. still loading data an earlier version persisted:
+        # wait (bounded) rather than start a second server on the same files.
         known = port
         if known is not None and _process.wait_until(lambda: _is_ours(known, conf), START_TIMEOUT):
             return known, None, False
         raise ConfigError(
-            f"embedded Redis (pid {pid}) runs but does not answer on port {port}; "
-            f"see {rdir / 'redis.log'}"
+            f"the embedded Redis of {rdir.parent} (pid {pid}) runs but did not become ready "
+            f"on port {port} within {START_TIMEOUT:.0f} s; stop it with `hookdrop servers "
+            f"stop` and see {rdir / 'redis.log'}"
         )
     path = binary()
     for attempt in range(_PORT_ATTEMPTS):
@@ -98,6 +100,7 @@ def _launch(
     logfile = rdir / "redis.log"
     # A live server was ruled out by the caller, so any pidfile is left over from a crash.
     pidfile.unlink(missing_ok=True)
+    _forget_data(rdir)
     conf.write_text(_config(rdir, port, daemonize=detach), encoding="utf-8")
     offset = _process.size_of(logfile)
     child: _process.Child | None = None
@@ -138,6 +141,13 @@ def _launch(
     return child
 
 
+def _forget_data(rdir: Path) -> None:
+    """Delete the data files earlier versions persisted, which would be loaded at start."""
+    for name in ("dump.rdb", "appendonly.aof"):
+        (rdir / name).unlink(missing_ok=True)
+    shutil.rmtree(rdir / "appendonlydir", ignore_errors=True)
+
+
 def _config(rdir: Path, port: int, *, daemonize: bool) -> str:
     lines = [
         "# Written by hookdrop before every start of the embedded Redis; edits are lost.",
@@ -148,9 +158,11 @@ def _config(rdir: Path, port: int, *, daemonize: bool) -> str:
         f"pidfile {_quote(rdir / 'redis.pid')}",
         f"logfile {_quote(rdir / 'redis.log')}",
         f"dir {_quote(rdir)}",
-        # The durable default for a single box: lose at most a second of writes on a crash.
-        "appendonly yes",
-        "appendfsync everysec",
+        # No persistence: Redis holds queues, progress and flags, which hookdrop rebuilds
+        # from PostgreSQL and processing/ when they are lost (docs/guarantees.md, rule 4).
+        # So every start is empty and quick, and nothing on disk grows from run to run.
+        "appendonly no",
+        'save ""',
         "",
     ]
     return "\n".join(lines)
@@ -177,9 +189,20 @@ def _server_info(port: int) -> dict[str, object] | None:
 
 
 def _is_ours(port: int, conf: Path) -> bool:
+    """True when the Redis of ``conf`` answers on ``port`` and has its data loaded."""
     info = _server_info(port)
     # Another server could have taken the port since we recorded it: compare config files.
-    return info is not None and str(info.get("config_file", "")) == str(conf)
+    if info is None or str(info.get("config_file", "")) != str(conf):
+        return False
+    client = _local_client(port)
+    try:
+        # INFO answers while a server still loads its data; PING does not.
+        return bool(client.ping())
+    except redis.exceptions.RedisError as exc:
+        log.debug("embedded.redis.not_ready", port=port, error=str(exc))
+        return False
+    finally:
+        client.close()
 
 
 def no_retry() -> Retry:

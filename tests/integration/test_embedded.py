@@ -144,7 +144,9 @@ def test_cold_start_serves_both_urls(state_dir: Path) -> None:
         )
         with redis.Redis.from_url(servers.redis_url) as client:
             assert client.ping()
-            assert client.config_get("appendonly") == {"appendonly": "yes"}
+            # Redis state is rebuilt from PostgreSQL when lost: nothing is persisted.
+            assert client.config_get("appendonly") == {"appendonly": "no"}
+            assert client.config_get("save") == {"save": ""}
         with psycopg.connect(servers.database_url) as conn:
             row = conn.execute("select 1, current_database()").fetchone()
         assert row == (1, "hookdrop")
@@ -182,7 +184,7 @@ def test_a_server_asked_for_alone_is_started_alone(state_dir: Path) -> None:
     assert not (state_dir / "redis").exists()
 
 
-def test_stop_then_start_keeps_data(state_dir: Path) -> None:
+def test_stop_then_start_keeps_postgres_data_and_starts_redis_empty(state_dir: Path) -> None:
     servers = start_detached(state_dir)
     assert servers.redis_url and servers.database_url
     with redis.Redis.from_url(servers.redis_url) as client:
@@ -197,9 +199,28 @@ def test_stop_then_start_keeps_data(state_dir: Path) -> None:
     with embedded_servers(state_dir) as again:
         assert again.redis_url and again.database_url
         with redis.Redis.from_url(again.redis_url) as client:
-            assert client.get("hookdrop:test:kept") == b"yes"
+            assert client.get("hookdrop:test:kept") is None
         with psycopg.connect(again.database_url) as conn:
             assert conn.execute("select id from kept").fetchall() == [(42,)]
+
+
+def test_redis_data_an_earlier_version_persisted_is_neither_loaded_nor_kept(
+    state_dir: Path,
+) -> None:
+    rdir = state_dir / "redis"
+    (rdir / "appendonlydir").mkdir(parents=True)
+    # An AOF whose loading would take long, or fail: it must not be read at all.
+    (rdir / "appendonlydir" / "appendonly.aof.1.incr.aof").write_bytes(b"*1\r\n$4\r\nPI" * 1000)
+    (rdir / "dump.rdb").write_bytes(b"REDIS0011 not a real snapshot")
+
+    with embedded_servers(state_dir, postgres=False) as servers:
+        assert servers.redis_url
+        with redis.Redis.from_url(servers.redis_url) as client:
+            assert client.ping()
+            assert client.dbsize() == 0
+            client.set("hookdrop:test:gone", "soon")
+
+    assert sorted(p.name for p in rdir.iterdir()) == ["redis.conf", "redis.log"]
 
 
 def test_stop_and_find_without_servers_start_and_create_nothing(tmp_path: Path) -> None:
