@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -203,3 +204,78 @@ def test_up_leaves_servers_it_did_not_start_running(home: Path) -> None:
     status = run_hookdrop("servers", "status", env=_env(home), cwd=home, timeout=60)
     assert status.returncode == 3
     assert _left_in(home) == []
+
+
+def _start_demo(home: Path) -> subprocess.Popen[bytes]:
+    with (home / "demo.log").open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "hookdrop", "demo", "--rows", "300000", "--notifiers", "2"],
+            cwd=home,
+            env=_env(home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _busy_tree(home: Path, demo: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """The demo's processes once its notifier workers run (it is then sending)."""
+
+    def tree() -> list[psutil.Process] | None:
+        assert demo.poll() is None, (home / "demo.log").read_text()[-3000:]
+        found = psutil.Process(demo.pid).children(recursive=True)
+        notifiers = [p for p in found if _command(p)[-3:] == ["notifier", "--processes", "1"]]
+        return found if len(notifiers) == 2 else None
+
+    return wait_for(tree, timeout=180, what="the demo's notifier workers")
+
+
+def _command(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # gone, or a zombie
+        return []
+
+
+def _alive(processes: list[psutil.Process]) -> list[str]:
+    left = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{process.pid} {' '.join(_command(process)[-4:])}")
+        except psutil.NoSuchProcess:
+            continue
+    return left
+
+
+def test_a_sigterm_of_a_busy_demo_stops_everything_it_started(home: Path) -> None:
+    demo = _start_demo(home)
+    try:
+        started = _busy_tree(home, demo)
+
+        os.kill(demo.pid, signal.SIGTERM)
+
+        assert demo.wait(timeout=120) == 130, (home / "demo.log").read_text()[-3000:]
+        assert _alive(started) == []
+        assert _left_in(home) == []
+        assert "Traceback" not in (home / "demo.log").read_text()
+    finally:
+        kill_group(demo)
+
+
+def test_a_kill_9_of_a_busy_demo_leaves_no_process_running(home: Path) -> None:
+    demo = _start_demo(home)
+    started: list[psutil.Process] = []
+    try:
+        started = _busy_tree(home, demo)
+
+        os.kill(demo.pid, signal.SIGKILL)
+
+        wait_for(lambda: _alive(started) == [], timeout=60, what="the demo's processes gone")
+        wait_for(lambda: _left_in(home) == [], timeout=60, what="servers gone")
+    finally:
+        # Whatever is left is in the demo's group, or a server in a session of its own.
+        for process in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        kill_group(demo)
