@@ -112,14 +112,23 @@ def connect(
 
 
 def _check_reachable(redis_url: str | None, database_url: str | None) -> None:
-    from hookdrop.embedded import postgres_reachable, redis_reachable
+    from hookdrop.embedded import postgres_problem, redis_problem
 
-    if redis_url and not redis_reachable(redis_url):
-        raise ConfigError(f"REDIS_URL={_hide_password(redis_url)}: cannot connect to Redis")
-    if database_url and not postgres_reachable(database_url):
+    if redis_url and (problem := redis_problem(redis_url)):
         raise ConfigError(
-            f"DATABASE_URL={_hide_password(database_url)}: cannot connect to PostgreSQL"
+            f"REDIS_URL={hide_password(redis_url)}: cannot use Redis: {_masked(problem, redis_url)}"
         )
+    if database_url and (problem := postgres_problem(database_url)):
+        raise ConfigError(
+            f"DATABASE_URL={hide_password(database_url)}: cannot use PostgreSQL: "
+            f"{_masked(problem, database_url)}"
+        )
+
+
+def _masked(text: str, url: str) -> str:
+    """``text`` without the password of ``url``, should a library have quoted it."""
+    password = _password(url)
+    return text.replace(password, "***") if password else text
 
 
 def check_inbox(settings: Settings) -> None:
@@ -135,14 +144,26 @@ def check_inbox(settings: Settings) -> None:
         raise ConfigError(f"HOOKDROP_INBOX={settings.inbox}: not writable by this user")
 
 
-def _hide_password(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
+def _password(url: str) -> str | None:
+    from urllib.parse import parse_qsl, urlsplit
 
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    try:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        return parts.password or query.get("password") or None
+    except ValueError:
+        return None
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` option) as ``***``."""
+    password = _password(url)
+    if not password:
+        return url
+    head, sep, tail = url.partition("?")
+    head = head.replace(f":{password}@", ":***@")
+    tail = tail.replace(f"password={password}", "password=***")
+    return head + sep + tail
 
 
 def configure_logs(settings: Settings, process: str) -> None:

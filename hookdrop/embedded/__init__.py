@@ -47,7 +47,9 @@ __all__ = [
     "embedded_postgres_dir",
     "embedded_servers",
     "find_running",
+    "postgres_problem",
     "postgres_reachable",
+    "redis_problem",
     "redis_reachable",
     "start_detached",
     "stop_embedded",
@@ -153,28 +155,49 @@ def embedded_postgres_dir(state_dir: Path) -> Path:
 
 def redis_reachable(url: str, timeout: float = 1.0) -> bool:
     """True when the Redis server at ``url`` answers PING within ``timeout`` seconds."""
-    client = redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=_redis.no_retry()
-    )
+    return redis_problem(url, timeout) is None
+
+
+def redis_problem(url: str, timeout: float = 1.0) -> str | None:
+    """Why the Redis server at ``url`` does not answer PING (``None``: it does)."""
     try:
-        return bool(client.ping())
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=_redis.no_retry()
+        )
+    except ValueError as exc:
+        return _one_line(exc)
+    try:
+        client.ping()
+    except (redis.exceptions.RedisError, ValueError) as exc:
+        # Refused, timed out, a wrong password, a database index out of range, still loading.
         log.debug("embedded.probe.redis_unreachable", error=str(exc))
-        return False
+        return _one_line(exc)
     finally:
         client.close()
+    return None
 
 
 def postgres_reachable(url: str, timeout: float = 2.0) -> bool:
     """True when a connection to the PostgreSQL server at ``url`` opens within ``timeout``."""
+    return postgres_problem(url, timeout) is None
+
+
+def postgres_problem(url: str, timeout: float = 2.0) -> str | None:
+    """Why a connection to the PostgreSQL server at ``url`` does not open (``None``: it does)."""
     # libpq takes whole seconds and treats anything below 2 as 2.
     seconds = max(2, round(timeout))
     try:
         with psycopg.connect(url, connect_timeout=seconds):
-            return True
-    except psycopg.OperationalError as exc:
+            return None
+    except (psycopg.Error, ValueError) as exc:
+        # Refused, unknown database or role, a malformed URL or option.
         log.debug("embedded.probe.postgres_unreachable", error=str(exc).strip())
-        return False
+        return _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # --------------------------------------------------------------------------- orchestration
