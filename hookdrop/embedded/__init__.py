@@ -98,7 +98,19 @@ def embedded_servers(
 def start_detached(state_dir: Path) -> EmbeddedServers:
     """Ensure both servers run for ``state_dir`` and outlive this process."""
     state_dir = _state.prepare(state_dir)
-    return _ensure(state_dir, want_redis=True, want_postgres=True, detach=True, children=[])
+    started: list[str] = []
+    try:
+        return _ensure(
+            state_dir,
+            want_redis=True,
+            want_postgres=True,
+            detach=True,
+            children=[],
+            started=started,
+        )
+    except BaseException:
+        _stop_named(state_dir, started)
+        raise
 
 
 def find_running(state_dir: Path) -> EmbeddedServers:
@@ -210,13 +222,14 @@ def _ensure(
     want_postgres: bool,
     detach: bool,
     children: list[_process.Child],
+    started: list[str] | None = None,
 ) -> EmbeddedServers:
-    """Reuse or start the wanted servers; the ones started as children go into ``children``
-    as soon as they run, so a failure later on still stops them."""
+    """Reuse or start the wanted servers; the ones started go into ``started`` (and, as
+    children, into ``children``) as soon as they run, so a failure later on still stops them."""
     began = time.monotonic()
     redis_port: int | None = None
     pg_port: int | None = None
-    started: list[str] = []
+    started = [] if started is None else started
     with _state.locked(state_dir):
         state = _state.read(state_dir)
         if want_redis:
@@ -261,6 +274,18 @@ def _ensure(
         database_url=_postgres.url(pg_port) if pg_port is not None else None,
         started=tuple(started),
     )
+
+
+def _stop_named(state_dir: Path, names: list[str]) -> None:
+    """Stop the detached servers named (a failed start stops what it started)."""
+    if not names:
+        return
+    with _state.locked(state_dir):
+        state = _state.read(state_dir)
+        if POSTGRES in names:
+            _postgres.stop(_postgres.Layout(_postgres.postgres_dir(state_dir, state)))
+        if REDIS in names:
+            _redis.stop(state_dir / "redis", _state.port(state, "redis_port"))
 
 
 def _stop_children(state_dir: Path, children: list[_process.Child]) -> None:

@@ -146,8 +146,12 @@ def _prepare_root(layout: Layout, run_as: RunAs | None) -> None:
     layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     if run_as is None:
         return
-    if layout.root.stat().st_uid != run_as.uid:
-        os.chown(layout.root, run_as.uid, run_as.gid)
+    # The server writes its log itself when started by pg_ctl: a log first opened by root (a
+    # server started as a child writes to the parent's handle) would refuse it.
+    layout.log.touch(mode=0o600)
+    for path in (layout.root, layout.log):
+        if path.stat().st_uid != run_as.uid:
+            os.chown(path, run_as.uid, run_as.gid)
     if not can_traverse(layout.root, run_as):
         raise ConfigError(
             f"user {run_as.name} cannot reach {layout.root}; make its parent folders "

@@ -327,6 +327,34 @@ def test_failing_postgres_raises_config_error_and_stops_the_redis_started_with_i
     assert find_running(state_dir) == EmbeddedServers(state_dir.resolve())
 
 
+def test_a_failed_detached_start_stops_the_redis_it_started(state_dir: Path) -> None:
+    with embedded_servers(state_dir):
+        pass
+    conf = embedded_postgres_dir(state_dir) / "data" / "postgresql.conf"
+    with conf.open("a", encoding="utf-8") as handle:
+        handle.write("this is not = a valid = line\n")
+
+    with pytest.raises(ConfigError, match=r"embedded PostgreSQL failed to start"):
+        start_detached(state_dir)
+
+    assert find_running(state_dir) == EmbeddedServers(state_dir.resolve())
+    assert _processes_in(state_dir) == []
+
+
+@needs_root
+def test_a_detached_start_under_root_writes_a_log_root_created(state_dir: Path) -> None:
+    with embedded_servers(state_dir):
+        pass
+    log = embedded_postgres_dir(state_dir) / "postgres.log"
+    os.chown(log, 0, 0)
+    log.chmod(0o644)
+
+    servers = start_detached(state_dir)
+
+    assert servers.database_url and postgres_reachable(servers.database_url)
+    assert log.stat().st_uid != 0
+
+
 @needs_root
 def test_postgres_runs_as_an_unprivileged_user_under_root(state_dir: Path) -> None:
     with embedded_servers(state_dir) as servers:
