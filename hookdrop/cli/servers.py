@@ -14,8 +14,9 @@ from hookdrop.settings import Settings
 def servers() -> None:
     """The embedded Redis and PostgreSQL of HOOKDROP_STATE_DIR (used when no URLs are set).
 
-    Every command that needs them starts them itself and stops them when it ends; start them
-    here to keep them running across commands (they are then reused and left running).
+    Every command that needs them starts them (or uses the running ones); the last command
+    using them stops them when it ends, however it ends. Start them here to keep them running
+    across commands, until `hookdrop servers stop`.
     """
 
 
@@ -29,7 +30,7 @@ def _server_lines(redis_url: str | None, database_url: str | None) -> list[str]:
 @servers.command("start")
 @with_settings
 def servers_start(settings: Settings) -> None:
-    """Start them (if they do not run yet) to run until `hookdrop servers stop`."""
+    """Start them (if they do not run yet) and keep them until `hookdrop servers stop`."""
     from hookdrop.embedded import start_detached
 
     configure_logs(settings, "servers")
@@ -40,7 +41,7 @@ def servers_start(settings: Settings) -> None:
 @servers.command("stop")
 @with_settings
 def servers_stop(settings: Settings) -> None:
-    """Stop them, whoever started them (their data stays in the state folder)."""
+    """Stop them, whoever started or uses them (PostgreSQL's data stays on disk)."""
     from hookdrop.embedded import stop_embedded
 
     configure_logs(settings, "servers")
@@ -56,7 +57,7 @@ def servers_stop(settings: Settings) -> None:
 @with_settings
 def servers_status(settings: Settings) -> None:
     """Say which run and their URLs; exit 3 when neither runs."""
-    from hookdrop.embedded import find_running
+    from hookdrop.embedded import find_running, servers_use
 
     configure_logs(settings, "servers")
     found = find_running(settings.state_dir)
@@ -64,6 +65,7 @@ def servers_status(settings: Settings) -> None:
     click.echo("\n".join(_server_lines(found.redis_url, found.database_url)))
     if not (found.redis_url or found.database_url):
         sys.exit(3)
+    click.echo(f"running: {servers_use(settings.state_dir)}")
 
 
 COMMANDS = (servers,)

@@ -160,7 +160,11 @@ class Stack:
             conn.close()
 
     def __enter__(self) -> Stack:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # a Ctrl-C or SIGTERM while starting stops what did start
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,17 +8,21 @@ them by URL. Production always uses real servers given by URL.
 Who stops them:
 
 - :func:`embedded_servers` reuses servers already running for the state folder and starts
-  the missing ones as children of the calling process; it stops those (and only those) when
-  the ``with`` block ends, and the kernel stops them if the process dies first.
-- :func:`start_detached` (``hookdrop servers start``) starts them to outlive the caller;
-  :func:`stop_embedded` (``hookdrop servers stop``) stops whatever runs for a state folder.
-- :func:`find_running` only looks: it never starts anything.
+  the missing ones (detached); the calling process is one of their users until the ``with``
+  block ends. The last user out stops them; if users die without doing so (SIGKILL), the
+  state folder's guardian process stops them (``_users``).
+- :func:`start_detached` (``hookdrop servers start``) starts them and keeps them after their
+  users end; :func:`stop_embedded` (``hookdrop servers stop``) stops whatever runs for a state
+  folder, whoever uses them.
+- :func:`find_running` and :func:`servers_use` only look: they never start anything.
 
 Layout of the state folder::
 
     embedded.lock     fcntl lock that serialises start and stop across processes
-    embedded.json     the chosen ports and PostgreSQL folder, reused by later callers
-    redis/            redis.conf, redis.pid, redis.log, appendonly.aof, dump.rdb
+    embedded.json     the chosen ports and PostgreSQL folder, reused by later callers; "kept"
+    users.lock        a shared lock held by every command using the servers
+    guard.lock        held by the guardian; guard.log is its output
+    redis/            redis.conf, redis.pid, redis.log (Redis keeps no data on disk)
     pg/               postgres.log and data/ (see embedded_postgres_dir when running as root)
 
 Both servers trust every connection from 127.0.0.1 without a password: this is a single-box
@@ -28,16 +32,18 @@ default, which is one more reason production uses real servers.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import psycopg
 import redis
 import structlog
 
-from hookdrop.embedded import _postgres, _process, _redis, _state
+from hookdrop.embedded import _postgres, _redis, _state, _users
 from hookdrop.embedded._postgres import DATABASE_NAME, DATABASE_ROLE
 
 __all__ = [
@@ -51,8 +57,10 @@ __all__ = [
     "postgres_reachable",
     "redis_problem",
     "redis_reachable",
+    "servers_use",
     "start_detached",
     "stop_embedded",
+    "stop_unused",
 ]
 
 log = structlog.get_logger(__name__)
@@ -78,39 +86,61 @@ class EmbeddedServers:
 def embedded_servers(
     state_dir: Path, *, redis: bool = True, postgres: bool = True
 ) -> Iterator[EmbeddedServers]:
-    """Servers for ``state_dir`` while the block runs: reused if running, else started and
-    owned by this process, which stops them at the end of the block (or by dying).
+    """Servers for ``state_dir`` while the block runs: reused if running, else started.
 
-    Raises ConfigError when a server cannot start; what was started is stopped again. Enter
-    it from a thread that lives as long as the block, such as the main thread: the kernel's
-    signal goes out when the thread that started a server ends.
+    This process is one of their users until the block ends; the last user out stops them
+    (unless kept by :func:`start_detached`), and if users die without doing so, the guardian
+    of the state folder stops them. Raises ConfigError when a server cannot start; what was
+    started is stopped again.
     """
     state_dir = _state.prepare(state_dir)
-    children: list[_process.Child] = []
+    users = _users.join(state_dir)
     try:
-        yield _ensure(
-            state_dir, want_redis=redis, want_postgres=postgres, detach=False, children=children
-        )
+        started: list[str] = []
+        try:
+            servers = _ensure(state_dir, want_redis=redis, want_postgres=postgres, started=started)
+            with _state.locked(state_dir):
+                _users.start_guardian(state_dir)
+        except BaseException:
+            _stop_named(state_dir, started)
+            raise
+        yield servers
     finally:
-        _stop_children(state_dir, children)
+        _leave(state_dir, users)
 
 
 def start_detached(state_dir: Path) -> EmbeddedServers:
-    """Ensure both servers run for ``state_dir`` and outlive this process."""
+    """Ensure both servers run for ``state_dir`` and keep them running after every command
+    using them has ended, until :func:`stop_embedded`."""
     state_dir = _state.prepare(state_dir)
-    started: list[str] = []
-    try:
-        return _ensure(
-            state_dir,
-            want_redis=True,
-            want_postgres=True,
-            detach=True,
-            children=[],
-            started=started,
-        )
-    except BaseException:
-        _stop_named(state_dir, started)
-        raise
+    with _users.join(state_dir):
+        started: list[str] = []
+        try:
+            servers = _ensure(state_dir, want_redis=True, want_postgres=True, started=started)
+        except BaseException:
+            _stop_named(state_dir, started)
+            raise
+        with _state.locked(state_dir):
+            state = _state.read(state_dir)
+            state["kept"] = True
+            _state.write(state_dir, state)
+    return servers
+
+
+def _leave(state_dir: Path, users: IO[str]) -> None:
+    """Stop being a user; the last one out stops the servers unless they are kept."""
+    with users:
+        with _state.locked(state_dir):
+            last = _users.last_to_leave(users)
+            if last:
+                _stop_all_locked(state_dir, unless_kept=True)
+        if last:
+            fcntl.flock(users.fileno(), fcntl.LOCK_UN)
+            _users.wait_guardian_gone(state_dir)
+        else:
+            # Either others still use the servers, or a guardian took the lock to stop them;
+            # in that case wait for it, so the servers are gone when this command ends.
+            _users.wait_for_guardian(users)
 
 
 def find_running(state_dir: Path) -> EmbeddedServers:
@@ -134,22 +164,53 @@ def find_running(state_dir: Path) -> EmbeddedServers:
 
 
 def stop_embedded(state_dir: Path) -> list[str]:
-    """Stop the servers of ``state_dir`` that run, whoever started them; return their names.
+    """Stop the servers of ``state_dir`` that run, whoever started or uses them; return
+    their names.
 
-    Data stays on disk, so the next start continues where they left off. Raises
+    PostgreSQL's data stays on disk, so the next start continues where it left off. Raises
     HookdropError when a server does not exit within a minute.
     """
     state_dir = state_dir.expanduser().resolve()
     if not state_dir.is_dir():
         return []
-    stopped = []
     with _state.locked(state_dir):
-        state = _state.read(state_dir)
-        if _redis.stop(state_dir / "redis", _state.port(state, "redis_port")) is not None:
-            stopped.append(REDIS)
-        layout = _postgres.Layout(_postgres.postgres_dir(state_dir, state))
-        if _postgres.stop(layout) is not None:
-            stopped.append(POSTGRES)
+        return _stop_all_locked(state_dir, unless_kept=False)
+
+
+def stop_unused(state_dir: Path) -> list[str]:
+    """Stop the servers of ``state_dir`` unless they are kept (the guardian's stop)."""
+    if not state_dir.is_dir():
+        return []
+    with _state.locked(state_dir):
+        return _stop_all_locked(state_dir, unless_kept=True)
+
+
+def servers_use(state_dir: Path) -> str:
+    """Who keeps the servers of ``state_dir`` running, in a few words."""
+    state_dir = state_dir.expanduser().resolve()
+    found = find_running(state_dir)
+    if not (found.redis_url or found.database_url):
+        return "not running"
+    if _state.read(state_dir).get("kept"):
+        return "kept until `hookdrop servers stop`"
+    if _users.in_use(state_dir):
+        return "in use; they stop when the last command using them ends"
+    return "no command uses them; `hookdrop servers stop` stops them"
+
+
+def _stop_all_locked(state_dir: Path, *, unless_kept: bool) -> list[str]:
+    """Stop both servers (state lock held); kept ones only when ``unless_kept`` is false."""
+    state = _state.read(state_dir)
+    if unless_kept and state.get("kept"):
+        return []
+    stopped = []
+    if _redis.stop(state_dir / "redis", _state.port(state, "redis_port")) is not None:
+        stopped.append(REDIS)
+    layout = _postgres.Layout(_postgres.postgres_dir(state_dir, state))
+    if _postgres.stop(layout) is not None:
+        stopped.append(POSTGRES)
+    if state.pop("kept", None) is not None:
+        _state.write(state_dir, state)
     return stopped
 
 
@@ -220,24 +281,17 @@ def _ensure(
     *,
     want_redis: bool,
     want_postgres: bool,
-    detach: bool,
-    children: list[_process.Child],
-    started: list[str] | None = None,
+    started: list[str],
 ) -> EmbeddedServers:
-    """Reuse or start the wanted servers; the ones started go into ``started`` (and, as
-    children, into ``children``) as soon as they run, so a failure later on still stops them."""
+    """Reuse or start the wanted servers; the ones started go into ``started`` as soon as
+    they run, so a failure later on still stops them."""
     began = time.monotonic()
     redis_port: int | None = None
     pg_port: int | None = None
-    started = [] if started is None else started
     with _state.locked(state_dir):
         state = _state.read(state_dir)
         if want_redis:
-            redis_port, child, fresh = _redis.ensure(
-                state_dir / "redis", _state.port(state, "redis_port"), detach=detach
-            )
-            if child is not None:
-                children.append(child)
+            redis_port, fresh = _redis.ensure(state_dir / "redis", _state.port(state, "redis_port"))
             if fresh:
                 started.append(REDIS)
             state["redis_port"] = redis_port
@@ -247,11 +301,7 @@ def _ensure(
             # Record the folder before anything is created in it, so it never moves.
             state["postgres_dir"] = str(layout.root)
             _state.write(state_dir, state)
-            pg_port, child, fresh = _postgres.ensure(
-                layout, _state.port(state, "postgres_port"), detach=detach
-            )
-            if child is not None:
-                children.append(child)
+            pg_port, fresh = _postgres.ensure(layout, _state.port(state, "postgres_port"))
             if fresh:
                 started.append(POSTGRES)
             state["postgres_port"] = pg_port
@@ -286,16 +336,3 @@ def _stop_named(state_dir: Path, names: list[str]) -> None:
             _postgres.stop(_postgres.Layout(_postgres.postgres_dir(state_dir, state)))
         if REDIS in names:
             _redis.stop(state_dir / "redis", _state.port(state, "redis_port"))
-
-
-def _stop_children(state_dir: Path, children: list[_process.Child]) -> None:
-    """Stop the servers this process started, newest first (killing any that hang)."""
-    if not children:
-        return
-    # Under the lock, so that a command starting meanwhile waits and then starts its own
-    # servers instead of reusing ones about to stop.
-    with _state.locked(state_dir):
-        for child in reversed(children):
-            timeout = _redis.STOP_TIMEOUT if child.name == REDIS else _postgres.STOP_TIMEOUT
-            if _process.stop_child(child, timeout):
-                log.info(f"embedded.{child.name}.stopped", pid=child.process.pid)

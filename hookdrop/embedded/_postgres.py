@@ -167,20 +167,18 @@ def running(layout: Layout, port: int | None) -> bool:
     return port is not None and _answers(port, layout.data)
 
 
-def ensure(
-    layout: Layout, port: int | None, *, detach: bool
-) -> tuple[int, _process.Child | None, bool]:
-    """Reuse the running server or start one: ``(port, child to stop or None, started)``."""
+def ensure(layout: Layout, port: int | None) -> tuple[int, bool]:
+    """Reuse the running server or start one (detached): ``(port, started)``."""
     if port is not None and _answers(port, layout.data):
         _create_database(port)
-        return port, None, False
+        return port, False
     live = _postmaster(layout.data)
     if live is not None:
         # Alive but not answering yet (starting, recovering): wait rather than start again.
         live_port = live[1]
         if _process.wait_until(lambda: _answers(live_port, layout.data), START_TIMEOUT):
             _create_database(live_port)
-            return live_port, None, False
+            return live_port, False
         raise ConfigError(
             f"embedded PostgreSQL (pid {live[0]}) runs but does not answer on port "
             f"{live_port}; see {layout.log}"
@@ -203,25 +201,23 @@ def ensure(
             port = _process.free_port()
         began = time.monotonic()
         try:
-            child = _start(bindir, layout, run_as, port, detach=detach)
+            _pg_ctl_start(bindir, layout, run_as, port)
         except _PortInUse:
             log.warning("embedded.postgres.port_taken", port=port)
             continue
         try:
             _create_database(port)
         except BaseException:
-            if child is not None:
-                _process.stop_child(child, STOP_TIMEOUT)
+            stop(layout)
             raise
         log.info(
             "embedded.postgres.started",
             port=port,
             dir=str(layout.root),
             run_as=run_as.name if run_as else None,
-            detached=detach,
             seconds=round(time.monotonic() - began, 3),
         )
-        return port, child, True
+        return port, True
     raise ConfigError(
         f"embedded PostgreSQL failed to start: no free port after {_PORT_ATTEMPTS} attempts; "
         f"see {layout.log}"
@@ -277,39 +273,8 @@ def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
     )
 
 
-def _start(
-    bindir: Path, layout: Layout, run_as: RunAs | None, port: int, *, detach: bool
-) -> _process.Child | None:
+def _pg_ctl_start(bindir: Path, layout: Layout, run_as: RunAs | None, port: int) -> None:
     offset = _process.size_of(layout.log)
-    if detach:
-        _pg_ctl_start(bindir, layout, run_as, port, offset)
-        return None
-    # The postmaster itself, not pg_ctl, so that it is our child. SIGINT is its fast
-    # shutdown: clients are disconnected, a checkpoint is written, the server exits.
-    child = _process.spawn_owned(
-        [str(bindir / "postgres"), "-D", str(layout.data), "-p", str(port)],
-        name="postgres",
-        cwd=layout.root,
-        log_path=layout.log,
-        stop_signal=signal.SIGINT,
-        run_as=run_as,
-    )
-    deadline = time.monotonic() + START_TIMEOUT
-    while not _answers(port, layout.data):
-        if child.process.poll() is not None or time.monotonic() > deadline:
-            _process.stop_child(child, 5)
-            new_log = _process.read_from(layout.log, offset)
-            if "Address already in use" in new_log:
-                raise _PortInUse
-            reason = _process.last_line(new_log) or "no answer within 60 s"
-            raise ConfigError(f"embedded PostgreSQL failed to start: {reason}; see {layout.log}")
-        time.sleep(0.05)
-    return child
-
-
-def _pg_ctl_start(
-    bindir: Path, layout: Layout, run_as: RunAs | None, port: int, offset: int
-) -> None:
     code, output = _process.run(
         [
             str(bindir / "pg_ctl"),

@@ -256,7 +256,7 @@ def test_a_sigterm_of_a_busy_demo_stops_everything_it_started(home: Path) -> Non
         os.kill(demo.pid, signal.SIGTERM)
 
         assert demo.wait(timeout=120) == 130, (home / "demo.log").read_text()[-3000:]
-        assert _alive(started) == []
+        assert _alive(started) == [], (home / "demo.log").read_text()[-3000:]
         assert _left_in(home) == []
         assert "Traceback" not in (home / "demo.log").read_text()
     finally:
