@@ -9,7 +9,10 @@ Isolation holds with several test runs on the same servers at once: each test ha
 of its own (every Redis key it makes starts with it, RQ's job, queue and worker keys included)
 and exactly those keys are deleted when it ends; nothing is flushed. Each test has its own
 PostgreSQL database, cloned from a migrated template. Every hookdrop process a test starts
-with ``hookdrop_process`` is killed with its process group when the test ends, pass or fail.
+with ``hookdrop_process`` is killed with its process group when the test ends, pass or fail,
+and every process a test starts gets SIGKILL if the test run itself dies
+(``tests.helpers.dies_with_tests``). A SIGTERM ends the run as Ctrl-C does, with every
+fixture's clean-up.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import uuid
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -198,6 +203,19 @@ def _no_env_leaks() -> Iterator[None]:
             else:
                 os.environ.pop(key, None)
         pytest.fail(f"test changed the environment: {changed}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up must finish
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Whatever a test started and did not reap (an interrupted test) goes with the run."""
+    reap_processes()
 
 
 @pytest.hookimpl(wrapper=True)

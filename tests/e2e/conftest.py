@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from notifier_mock import MockClient
-from tests.helpers import StartMock, free_port, kill_group, wait_for
+from tests.helpers import StartMock, dies_with_tests, free_port, kill_group, wait_for
 
 
 @pytest.fixture
@@ -39,6 +39,7 @@ def start_mock(tmp_path: Path) -> Iterator[StartMock]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
         )
         client = MockClient(f"http://127.0.0.1:{port}")
         started.append((process, client))

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from hookdrop.embedded import EmbeddedServers, embedded_postgres_dir, find_running, stop_embedded
-from tests.helpers import free_port, kill_group, run_hookdrop, wait_for
+from tests.helpers import dies_with_tests, free_port, kill_group, run_hookdrop, wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -94,6 +94,7 @@ def _start_up(home: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
         )
 
 
@@ -215,6 +216,7 @@ def _start_demo(home: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
         )
 
 

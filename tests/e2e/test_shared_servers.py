@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Servers
-from tests.helpers import kill_group
+from tests.helpers import dies_with_tests, kill_group
 
 pytestmark = pytest.mark.e2e
 
@@ -70,6 +70,7 @@ def test_two_test_runs_at_once_on_the_same_servers_both_pass(
                             stdout=out,
                             stderr=subprocess.STDOUT,
                             start_new_session=True,
+                            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
                         ),
                         output,
                     )

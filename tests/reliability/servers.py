@@ -34,7 +34,7 @@ from hookdrop.errors import StoreUnavailable
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
-from tests.helpers import free_port, hookdrop_process, kill_group, wait_for
+from tests.helpers import dies_with_tests, free_port, hookdrop_process, kill_group, wait_for
 
 LOOPBACK = "127.0.0.1"
 
@@ -122,6 +122,7 @@ class RedisServer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
             )
         process = self.process
         wait_for(
@@ -352,6 +353,7 @@ class Mock:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
         )
         self.client = MockClient(self.url)
         wait_for(self.client.healthy, timeout=30, what="mock receiver up")

@@ -40,6 +40,7 @@ from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
 from tests.helpers import (
+    dies_with_tests,
     file_rows,
     free_port,
     kill_group,
@@ -279,6 +280,7 @@ def mock_url() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
     )
     try:
         with MockClient(f"http://127.0.0.1:{port}") as client:

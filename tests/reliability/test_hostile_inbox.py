@@ -28,7 +28,7 @@ import pytest
 
 from hookdrop.settings import Settings
 from hookdrop.store import Store
-from tests.helpers import kill_group, wait_for
+from tests.helpers import dies_with_tests, kill_group, wait_for
 from tests.reliability.conftest import chaos_settings
 from tests.reliability.servers import Fleet, Mock, wait_delivered
 
@@ -348,6 +348,7 @@ def test_an_unreadable_file_goes_to_failed_and_the_monitor_goes_on(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
         )
     try:
         wait_for(settings.processing_dir.exists, timeout=30, what="monitor ready")

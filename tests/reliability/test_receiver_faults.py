@@ -29,7 +29,15 @@ import pytest
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
-from tests.helpers import file_rows, free_port, hookdrop_process, kill_group, wait_for, write_csv
+from tests.helpers import (
+    dies_with_tests,
+    file_rows,
+    free_port,
+    hookdrop_process,
+    kill_group,
+    wait_for,
+    write_csv,
+)
 
 pytestmark = pytest.mark.chaos
 
@@ -87,6 +95,7 @@ def mock(tmp_path: Path) -> Iterator[Mock]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
     )
     try:
         with MockClient(f"http://127.0.0.1:{port}") as client:
