@@ -95,11 +95,17 @@ def connect(
                     "`hookdrop up` or `hookdrop servers start`)"
                 )
         if missing:
+            where = f"the embedded {{}} of {settings.state_dir}"
+            _check_reachable(
+                None if settings.redis_url else servers.redis_url,
+                None if settings.database_url else servers.database_url,
+                redis_name=where.format("Redis"),
+                database_name=where.format("PostgreSQL"),
+            )
             settings = settings.replace(
                 redis_url=settings.redis_url or servers.redis_url,
                 database_url=settings.database_url or servers.database_url,
             )
-            _check_reachable(settings.redis_url, settings.database_url)
         database_url = settings.database_url
         assert database_url is not None
         if migrate or schema:
@@ -111,18 +117,30 @@ def connect(
         yield settings
 
 
-def _check_reachable(redis_url: str | None, database_url: str | None) -> None:
+def _check_reachable(
+    redis_url: str | None,
+    database_url: str | None,
+    *,
+    redis_name: str = "REDIS_URL",
+    database_name: str = "DATABASE_URL",
+) -> None:
+    """Raise ConfigError naming the server (a setting, or an embedded server) that fails."""
     from hookdrop.embedded import postgres_problem, redis_problem
 
     if redis_url and (problem := redis_problem(redis_url)):
         raise ConfigError(
-            f"REDIS_URL={hide_password(redis_url)}: cannot use Redis: {_masked(problem, redis_url)}"
+            f"{_named(redis_name, redis_url)}: cannot use Redis: {_masked(problem, redis_url)}"
         )
     if database_url and (problem := postgres_problem(database_url)):
         raise ConfigError(
-            f"DATABASE_URL={hide_password(database_url)}: cannot use PostgreSQL: "
+            f"{_named(database_name, database_url)}: cannot use PostgreSQL: "
             f"{_masked(problem, database_url)}"
         )
+
+
+def _named(name: str, url: str) -> str:
+    shown = hide_password(url)
+    return f"{name}={shown}" if name.isupper() else f"{name} ({shown})"
 
 
 def _masked(text: str, url: str) -> str:

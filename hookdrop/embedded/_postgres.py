@@ -231,23 +231,29 @@ def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
     # half-made data folder that later starts would trip over.
     if staging.exists():
         shutil.rmtree(staging)
-    code, output = _process.run(
-        [
-            str(bindir / "initdb"),
-            "-D",
-            str(staging),
-            "-U",
-            DATABASE_ROLE,
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C",
-            "--no-instructions",
-        ],
-        run_as=run_as,
-        cwd=layout.root,
-        timeout=120,
-    )
+    try:
+        code, output = _process.run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(staging),
+                "-U",
+                DATABASE_ROLE,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-instructions",
+            ],
+            run_as=run_as,
+            cwd=layout.root,
+            timeout=120,
+        )
+    except BaseException:
+        # Interrupted (Ctrl-C) or failed to run: no half-made folder for the next start.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if code != 0:
+        shutil.rmtree(staging, ignore_errors=True)
         raise ConfigError(
             f"embedded PostgreSQL initdb failed: {_process.last_line(output) or 'no output'}"
         )

@@ -167,7 +167,8 @@ def test_up_stops_its_servers_when_it_is_stopped(
         # 130: the usual exit code after Ctrl-C.
         assert up.wait(timeout=120) in (0, 130), (home / "up.log").read_text()[-3000:]
         assert _left_in(home) == []
-        log = (home / "up.log").read_text()
+        # Stopped by up as their last user, or by the guardian when it saw that first.
+        log = (home / "up.log").read_text() + (home / ".hookdrop" / "guard.log").read_text()
         assert "embedded.redis.stopped" in log and "embedded.postgres.stopped" in log
     finally:
         kill_group(up)
@@ -281,3 +282,35 @@ def test_a_kill_9_of_a_busy_demo_leaves_no_process_running(home: Path) -> None:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
         kill_group(demo)
+
+
+def test_ctrl_c_during_initdb_ends_cleanly_and_the_next_run_works(home: Path) -> None:
+    staging = home / ".hookdrop" / "pg" / "data.initdb"
+    with (home / "migrate.log").open("ab") as out:
+        migrate = subprocess.Popen(
+            [sys.executable, "-m", "hookdrop", "db", "migrate"],
+            cwd=home,
+            env=_env(home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
+        )
+    try:
+        wait_for(lambda: staging.exists() or migrate.poll() is not None, what="initdb")
+        assert migrate.poll() is None, (home / "migrate.log").read_text()
+
+        _ctrl_c(migrate)
+
+        assert migrate.wait(timeout=60) == 130
+    finally:
+        kill_group(migrate)
+    output = (home / "migrate.log").read_text()
+    assert "Traceback" not in output, output[-3000:]
+    assert output.strip().splitlines()[-1] == "aborted"
+    assert not staging.exists() and not (home / ".hookdrop" / "pg" / "data").exists()
+    assert _left_in(home) == []
+
+    again = run_hookdrop("db", "migrate", env=_env(home), cwd=home, timeout=180)
+
+    assert again.returncode == 0, again.stderr[-3000:]
