@@ -39,12 +39,21 @@ def servers_start(settings: Settings) -> None:
 
 
 @servers.command("stop")
+@click.option(
+    "--remove",
+    is_flag=True,
+    help="Also delete their data, wherever it is (see `hookdrop servers status`).",
+)
 @with_settings
-def servers_stop(settings: Settings) -> None:
-    """Stop them, whoever started or uses them (PostgreSQL's data stays on disk)."""
-    from hookdrop.embedded import stop_embedded
+def servers_stop(settings: Settings, remove: bool) -> None:
+    """Stop them, whoever started or uses them (PostgreSQL's data stays unless --remove)."""
+    from hookdrop.embedded import remove_embedded, stop_embedded
 
     configure_logs(settings, "servers")
+    if remove:
+        for folder in remove_embedded(settings.state_dir):
+            click.echo(f"removed {folder}")
+        return
     stopped = stop_embedded(settings.state_dir)
     click.echo(
         f"stopped: {', '.join(stopped)}"
@@ -57,11 +66,14 @@ def servers_stop(settings: Settings) -> None:
 @with_settings
 def servers_status(settings: Settings) -> None:
     """Say which run and their URLs; exit 3 when neither runs."""
-    from hookdrop.embedded import find_running, servers_use
+    from hookdrop.embedded import embedded_postgres_dir, find_running, servers_use
 
     configure_logs(settings, "servers")
     found = find_running(settings.state_dir)
     click.echo(f"state folder {found.state_dir}")
+    pg_dir = embedded_postgres_dir(found.state_dir) if found.state_dir.is_dir() else None
+    if pg_dir is not None and pg_dir.exists():
+        click.echo(f"postgresql data {pg_dir}")
     click.echo("\n".join(_server_lines(found.redis_url, found.database_url)))
     if not (found.redis_url or found.database_url):
         sys.exit(3)

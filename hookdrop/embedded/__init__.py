@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ __all__ = [
     "postgres_reachable",
     "redis_problem",
     "redis_reachable",
+    "remove_embedded",
     "servers_use",
     "start_detached",
     "stop_embedded",
@@ -175,6 +177,28 @@ def stop_embedded(state_dir: Path) -> list[str]:
         return []
     with _state.locked(state_dir):
         return _stop_all_locked(state_dir, unless_kept=False)
+
+
+def remove_embedded(state_dir: Path) -> list[Path]:
+    """Stop the servers of ``state_dir`` and delete their files (PostgreSQL's data wherever
+    it went, Redis's folder, the record of ports); return the folders deleted."""
+    state_dir = state_dir.expanduser().resolve()
+    if not state_dir.is_dir():
+        return []
+    with _state.locked(state_dir):
+        _stop_all_locked(state_dir, unless_kept=False)
+        state = _state.read(state_dir)
+        removed = []
+        for folder in (
+            _postgres.postgres_dir(state_dir, state) if state.get("postgres_dir") else None,
+            state_dir / "pg",
+            state_dir / "redis",
+        ):
+            if folder is not None and folder.exists():
+                shutil.rmtree(folder)
+                removed.append(folder)
+        _state.forget(state_dir)
+    return removed
 
 
 def stop_unused(state_dir: Path) -> list[str]:

@@ -4,7 +4,9 @@ PostgreSQL refuses to run as root, so under root it runs as the ``postgres`` sys
 ``nobody``). That user must reach both its data folder and the binaries:
 
 - data: when it cannot traverse the folders leading to the state folder (a 0700 home or
-  ``mktemp -d``), the data goes to ``/var/lib/hookdrop/embedded-postgres/<name>-<hash>``;
+  ``mktemp -d``), the data goes to ``/var/lib/hookdrop/embedded-postgres/<checkout>-<id>``,
+  a random id chosen once per state folder and recorded in its ``embedded.json``
+  (``hookdrop servers stop --remove`` deletes it);
 - binaries: when it cannot reach the installed package (a virtualenv inside such a folder),
   it runs a copy of pgserver's ``bin``, ``lib``, ``share`` and bundled libraries (hard links
   where the file system allows), kept beside the data folder and made once per installation.
@@ -12,10 +14,10 @@ PostgreSQL refuses to run as root, so under root it runs as the ``postgres`` sys
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import time
@@ -89,23 +91,21 @@ def postgres_dir(state_dir: Path, state: dict[str, Any]) -> Path:
     if isinstance(recorded, str) and recorded:
         return Path(recorded)
     inside = state_dir / "pg"
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or can_traverse(state_dir, _default_run_as()):
         return inside
-    fallback = _ROOT_PG_PARENTS[-1] / _fallback_name(state_dir)
-    for candidate in (inside, fallback):
-        if (candidate / "data").exists():
-            return candidate
-    return inside if can_traverse(state_dir, _default_run_as()) else fallback
+    return _ROOT_PG_PARENTS[-1] / _relocated_name(state_dir)
 
 
 def relocated(layout: Layout) -> bool:
     return layout.root.parent == _ROOT_PG_PARENTS[-1]
 
 
-def _fallback_name(state_dir: Path) -> str:
-    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", state_dir.name)[:40] or "state"
-    return f"{name}-{digest}"
+def _relocated_name(state_dir: Path) -> str:
+    """``<checkout>-<random id>``: a new state folder, even at the same path (a new clone),
+    never reuses the data of an old one; the name says whose it is and is never hidden."""
+    folder = state_dir.parent if state_dir.name.startswith(".") else state_dir
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", folder.name).lstrip(".")[:40] or "state"
+    return f"{name}-{secrets.token_hex(8)}"
 
 
 def _default_run_as() -> RunAs:

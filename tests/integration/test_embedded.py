@@ -474,6 +474,31 @@ def test_root_moves_postgres_out_of_an_unreachable_state_dir(tmp_path: Path) -> 
 
 
 @needs_root
+def test_relocated_data_belongs_to_one_state_folder_and_goes_with_remove(tmp_path: Path) -> None:
+    hidden = tmp_path / "clone"
+    hidden.mkdir(mode=0o700)
+    hidden.chmod(0o700)
+    state = hidden / ".hookdrop"
+    copies = set(RELOCATED.glob("pgbin-*"))
+    folders = []
+    try:
+        for _ in range(2):  # a clone, deleted, then cloned again at the same path
+            with embedded_servers(state, redis=False):
+                pass
+            folders.append(embedded_postgres_dir(state))
+            assert folders[-1].parent == RELOCATED
+            assert folders[-1].name.startswith("clone-")  # named after it, never hidden
+
+            removed = hookdrop.embedded.remove_embedded(state)
+
+            assert folders[-1] in removed and not folders[-1].exists()
+            assert not (state / "embedded.json").exists()
+        assert folders[0] != folders[1]
+    finally:
+        _clean_up(state, tmp_path, copies)
+
+
+@needs_root
 def test_root_keeps_postgres_inside_a_reachable_state_dir(reachable_dir: Path) -> None:
     with embedded_servers(reachable_dir) as servers:
         assert embedded_postgres_dir(reachable_dir) == reachable_dir.resolve() / "pg"
