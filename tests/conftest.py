@@ -18,7 +18,6 @@ fixture's clean-up.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -40,7 +39,7 @@ from hookdrop.errors import ConfigError
 from hookdrop.keys import Keys
 from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
-from hookdrop.store import Store, migrations
+from hookdrop.store import Store
 from tests.helpers import free_port, reap_processes
 
 
@@ -90,22 +89,22 @@ def servers() -> Iterator[Servers]:
 
 
 @pytest.fixture(scope="session")
-def template_db(servers: Servers) -> str:
-    """A migrated database, named after the migrations' content, cloned by every test."""
-    digest = hashlib.sha1("".join(sql for _, _, sql in migrations()).encode()).hexdigest()[:10]
-    name = f"hookdrop_tpl_{digest}"
+def template_db(servers: Servers) -> Iterator[str]:
+    """A migrated database of this test run, cloned by every test and dropped at its end.
+
+    Its own, not one per migration set: another run on the same server may be cloning from
+    its own template at the moment this one is dropped.
+    """
+    name = f"hookdrop_tpl_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(servers.admin_url, autocommit=True) as admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            building = f"{name}_build_{uuid.uuid4().hex[:6]}"
-            admin.execute(f'CREATE DATABASE "{building}"')
-            with Store(_with_database(servers.admin_url, building)) as store:
-                store.migrate()
-            try:
-                admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
-            except psycopg.errors.DuplicateDatabase:
-                admin.execute(f'DROP DATABASE "{building}"')
-    return name
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with Store(_with_database(servers.admin_url, name)) as store:
+            store.migrate()
+        yield name
+    finally:
+        with psycopg.connect(servers.admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
