@@ -198,6 +198,9 @@ def remove_embedded(state_dir: Path) -> list[Path]:
                 shutil.rmtree(folder)
                 removed.append(folder)
         _state.forget(state_dir)
+        copy = _postgres.remove_binaries_copy()
+        if copy is not None:
+            removed.append(copy)
     return removed
 
 

@@ -31,7 +31,7 @@ import structlog
 from psycopg import sql
 
 from hookdrop.embedded import _process
-from hookdrop.embedded._binaries import binaries_for, can_traverse
+from hookdrop.embedded._binaries import binaries_for, can_traverse, remove_copy
 from hookdrop.embedded._package import package_dir
 from hookdrop.embedded._process import RunAs
 from hookdrop.errors import ConfigError, HookdropError
@@ -94,6 +94,15 @@ def postgres_dir(state_dir: Path, state: dict[str, Any]) -> Path:
     if os.geteuid() != 0 or can_traverse(state_dir, _default_run_as()):
         return inside
     return _ROOT_PG_PARENTS[-1] / _relocated_name(state_dir)
+
+
+def remove_binaries_copy() -> Path | None:
+    """Delete the copy of this installation's binaries kept for relocated data, if unused."""
+    try:
+        install = install_dir()
+    except ConfigError:
+        return None
+    return remove_copy(install, _ROOT_PG_PARENTS[-1])
 
 
 def relocated(layout: Layout) -> bool:
