@@ -20,7 +20,11 @@ import time
 from pathlib import Path
 from typing import IO
 
+import structlog
+
 from hookdrop.errors import ConfigError
+
+log = structlog.get_logger(__name__)
 
 USERS_FILE = "users.lock"
 GUARD_FILE = "guard.lock"
@@ -128,13 +132,17 @@ def start_guardian(state_dir: Path) -> None:
         "os.read(ready, 1)\n"
     )
     # Not in the state folder (cwd /): a guardian is no server, whatever looks for those.
-    subprocess.run(
-        [sys.executable, "-c", launcher, str(state_dir), str(state_dir / GUARD_LOG)],
-        cwd="/",
-        env={k: v for k, v in os.environ.items() if k != "HOOKDROP_PARENT_PID"},
-        check=True,
-        timeout=60,
-    )
+    try:
+        subprocess.run(
+            [sys.executable, "-c", launcher, str(state_dir), str(state_dir / GUARD_LOG)],
+            cwd="/",
+            env={k: v for k, v in os.environ.items() if k != "HOOKDROP_PARENT_PID"},
+            check=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        # The last user still stops the servers; only a kill of every user would leave them.
+        log.warning("embedded.guard.not_started", state_dir=str(state_dir), error=str(exc))
 
 
 def wait_guardian_gone(state_dir: Path, timeout: float = 10.0) -> None:
