@@ -174,13 +174,16 @@ def test_up_stops_its_servers_when_it_is_stopped(
         kill_group(up)
 
 
-def test_a_kill_9_of_up_leaves_no_server_running(home: Path) -> None:
+def test_a_kill_9_of_up_leaves_no_process_running(home: Path) -> None:
     up = _start_up(home)
     try:
         _wait_running(home, up)
+        started = psutil.Process(up.pid).children(recursive=True)
+        assert len(started) >= 3  # mock, monitor, batcher, notifier
 
         os.kill(up.pid, signal.SIGKILL)
 
+        wait_for(lambda: _alive(started) == [], timeout=60, what="up's processes gone")
         wait_for(lambda: _left_in(home) == [], timeout=60, what="servers gone")
     finally:
         kill_group(up)
