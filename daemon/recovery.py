@@ -15,6 +15,8 @@ from pathlib import Path
 import redis
 import structlog
 
+from hookdrop.endpoints import DEFAULT, LiveEndpoints
+from hookdrop.endpoints.state import CLOSED, read_state
 from hookdrop.inbox import disk_name
 from hookdrop.intake import write_error_note
 from hookdrop.queues import enqueue_deliveries, enqueue_read, notifier_queue
@@ -27,8 +29,15 @@ BATCH = 5000
 
 
 class Recovery:
-    def __init__(self, settings: Settings, store: Store, conn: redis.Redis) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        conn: redis.Redis,
+        endpoints: LiveEndpoints | None = None,
+    ) -> None:
         self.settings = settings
+        self.endpoints = endpoints or LiveEndpoints(settings, {})
         self.keys = settings.keys
         self.store = store
         self.redis = conn
@@ -93,15 +102,38 @@ class Recovery:
             log.warning("alert.orphan_requeued", alerts=len(rows))
         return len(rows)
 
+    def _names(self) -> list[str]:
+        return sorted({DEFAULT, *self.endpoints.current.names})
+
     def reinject_dlq(self) -> int:
-        """Send DLQ entries whose time has come, unless the receiver asked us to hold off."""
-        if self.redis.exists(self.keys.backpressure):
-            return 0
-        rows = self.store.take_due_dlq(interval=self.settings.dlq_interval, limit=BATCH)
+        """Send DLQ entries whose time has come, but not to an endpoint that asked us to hold
+        off or whose circuit breaker is open."""
+        held = [
+            name
+            for name in self._names()
+            if not read_state(self.redis, self.keys.scoped(name)).accepting
+        ]
+        rows = self.store.take_due_dlq(interval=self.settings.dlq_interval, limit=BATCH, held=held)
         self._enqueue_grouped(rows)
         if rows:
             log.info("dlq.reinjected", alerts=len(rows))
         return len(rows)
+
+    def requeue_deferred(self) -> int:
+        """Deferred alerts of endpoints open again, queued; while a breaker waits for its
+        probe, one alert at a time (it is the probe)."""
+        count = 0
+        for name in self._names():
+            state = read_state(self.redis, self.keys.scoped(name))
+            if not state.accepting:
+                continue
+            limit = BATCH if state.breaker == CLOSED else 1
+            rows = self.store.take_deferred(name, limit=limit)
+            self._enqueue_grouped(rows)
+            if rows:
+                log.info("alert.deferred_requeued", endpoint=name, alerts=len(rows))
+            count += len(rows)
+        return count
 
     def _enqueue_grouped(self, rows: list[AlertRef]) -> None:
         by_file: dict[int, list[str]] = defaultdict(list)

@@ -202,8 +202,11 @@ def ledger_file(
     chunk_size: int = 100,
     extra: dict[str, Any] | None = None,
     errors: list[tuple[int, str, str]] | None = None,
+    endpoint: str = "default",
+    bodies: list[bytes | None] | None = None,
 ) -> tuple[int, list[str]]:
-    """A file row whose ``count`` alerts are in the ledger and fully read (no file on disk)."""
+    """A file row whose ``count`` alerts are in the ledger and fully read (no file on disk);
+    ``bodies`` are their rendered bodies (None: the default body)."""
     from hookdrop.alerts import alert_id
 
     sha = sha or f"sha-{name}-{count}"
@@ -217,13 +220,22 @@ def ledger_file(
         path="/nonexistent",
         claimed_by="t",
         identity=None,
+        endpoint=endpoint,
     )
     assert file_id is not None
     if status != "claimed":
         with store.transaction() as conn:
             conn.execute("UPDATE files SET status = %s WHERE id = %s", (status, file_id))
     alerts = [
-        (alert_id(sha, 0, f"u{n}", f"m{n}"), n + 2, f"u{n}", f"m{n}", extra) for n in range(count)
+        (
+            alert_id(sha, 0, f"u{n}", f"m{n}", endpoint),
+            n + 2,
+            f"u{n}",
+            f"m{n}",
+            extra,
+            bodies[n] if bodies else None,
+        )
+        for n in range(count)
     ]
     errors = errors or []
     written = store.write_chunk(

@@ -25,7 +25,7 @@ import redis
 import structlog
 from rq import Worker
 
-from hookdrop.inbox import NotRegularFile, disk_name, open_regular
+from hookdrop.inbox import NotRegularFile, disk_name, open_regular, processing_tag
 from hookdrop.intake import Intake, ensure_dirs
 from hookdrop.keys import Keys
 from hookdrop.ops.dropbox import COPY_BLOCK, InboxWriter
@@ -236,11 +236,12 @@ class Control:
             for block in iter(lambda: handle.read(COPY_BLOCK), b""):
                 writer.write(block)
             target = writer.commit_to(
-                self.settings.processing_dir / disk_name(secrets.token_hex(6), row.name)
+                self.settings.processing_dir
+                / disk_name(processing_tag(secrets.token_hex(6), row.endpoint), row.name)
             )
         owner = f"{socket.gethostname()}:{os.getpid()}:resend"
         registered = Intake(self.settings, self.store, self.redis, owner).register(
-            target, row.name, generation=generation
+            target, row.name, generation=generation, endpoint=row.endpoint
         )
         if registered is None:
             raise Conflict(f"file {file_id}: the copy vanished from processing/")
