@@ -44,7 +44,9 @@ def run_monitor(settings: Settings) -> None:
     )
     signals.install()
     endpoints.install_sighup()
-    api = run_api_in_thread(settings)  # a port in use stops the start with a ConfigError
+    api = run_api_in_thread(
+        settings, endpoints=endpoints
+    )  # a port in use stops the start with a ConfigError
     sdnotify.notify("READY=1", f"STATUS=watching {settings.inbox}")
     try:
         monitor.run()

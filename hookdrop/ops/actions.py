@@ -25,10 +25,12 @@ import redis
 import structlog
 from rq import Worker
 
+from hookdrop.endpoints import LiveEndpoints
 from hookdrop.inbox import NotRegularFile, disk_name, open_regular, processing_tag
 from hookdrop.intake import Intake, ensure_dirs
 from hookdrop.keys import Keys
 from hookdrop.ops.dropbox import COPY_BLOCK, InboxWriter
+from hookdrop.ops.endpoints import endpoints_view
 from hookdrop.ops.errors import BadRequest, Conflict, UnknownFile
 from hookdrop.ops.rates import RATE_WINDOW, RateTracker
 from hookdrop.ops.views import average_rate, counts, jsonable, no_open_alerts, summary
@@ -67,9 +69,15 @@ class Control:
     """Operator actions on one Store and one Redis connection (not shared across threads)."""
 
     def __init__(
-        self, settings: Settings, store: Store, conn: redis.Redis, rates: RateTracker | None = None
+        self,
+        settings: Settings,
+        store: Store,
+        conn: redis.Redis,
+        rates: RateTracker | None = None,
+        endpoints: LiveEndpoints | None = None,
     ) -> None:
         self.settings = settings
+        self.live = endpoints
         self.keys: Keys = settings.keys
         self.store = store
         self.redis = conn
@@ -261,6 +269,13 @@ class Control:
         }
 
     # -- the whole system -------------------------------------------------------------------
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """Every endpoint: URL (credentials masked), limit, rate in force, back-pressure,
+        breaker, counts."""
+        if self.live is None:
+            self.live = LiveEndpoints(self.settings, {})
+        return endpoints_view(self.live.current, self.store, self.redis, self.keys)
 
     def overview(self) -> dict[str, Any]:
         totals = jsonable(self.store.totals())
