@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -38,6 +38,10 @@ class Renderer:
         self.format = fmt
         self._body = _compile(body) if body is not None else None
         self._fields = [(name, _compile(text)) for name, text in fields]
+        # Every variable the templates name, to say which one a row lacks.
+        self._names: set[str] = set()
+        for text in [body or "", *(text for _name, text in fields)]:
+            self._names |= meta.find_undeclared_variables(_ENV.parse(text)) - _ENV.globals.keys()
 
     @property
     def templated(self) -> bool:
@@ -66,6 +70,13 @@ class Renderer:
             file=file,
             line=line,
         )
+        missing = sorted(self._names - variables.keys())
+        if missing:
+            columns = ", ".join(sorted(extra or {})) or "none besides the user and the message"
+            raise RenderError(
+                f"the template uses {missing[0]!r}, which this row does not have "
+                f"(its extra columns: {columns})"
+            )
         try:
             if self._body is not None:
                 text = self._body.render(variables)
