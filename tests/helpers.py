@@ -21,6 +21,7 @@ from rq import Queue
 from rq.job import Job
 
 from daemon.monitor import Monitor
+from hookdrop.endpoints import LiveEndpoints
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
@@ -56,11 +57,15 @@ def wait_for(
 
 
 @contextmanager
-def running_monitor(settings: Settings, name: str = "test-monitor") -> Iterator[Monitor]:
-    """A real Monitor (watchdog and all) in a thread, stopped on exit."""
+def running_monitor(
+    settings: Settings, name: str = "test-monitor", environ: dict[str, str] | None = None
+) -> Iterator[Monitor]:
+    """A real Monitor (watchdog and all) in a thread, stopped on exit; ``environ`` holds the
+    variables the endpoints file names."""
     conn = redis.Redis.from_url(settings.redis_url)  # type: ignore[arg-type]
     store = Store(settings.database_url)  # type: ignore[arg-type]
-    monitor = Monitor(settings, store, conn, name=name)
+    endpoints = LiveEndpoints(settings, environ or {})
+    monitor = Monitor(settings, store, conn, name=name, endpoints=endpoints)
     failure: list[BaseException] = []
 
     def target() -> None:
