@@ -47,7 +47,8 @@ CONFIG = f"""
 [endpoints.chat]
 url = "{CHAT}"
 method = "PUT"
-body = '{{"text": {{{{ ("*" ~ userId ~ "*: " ~ alertMessage) | tojson }}}}, "sev": {{{{ severity | tojson }}}}}}'
+body = '''{{"text": {{{{ ("*" ~ userId ~ "*: " ~ alertMessage) | tojson }}}},
+    "sev": {{{{ severity | tojson }}}}}}'''
 headers = {{ Authorization = "Bearer ${{CHAT_TOKEN}}" }}
 
 [endpoints.sms]

@@ -156,7 +156,9 @@ def test_extra_columns_are_variables_by_name_and_as_extra(tmp_path: Path) -> Non
         """
         [endpoints.api]
         url = "https://api.example"
-        body = '{"to": {{ userId | tojson }}, "sev": {{ severity | tojson }}, "all": {{ extra | tojson }}, "id": "{{ alert_id }}", "at": "{{ file }}:{{ line }}"}'
+        body = '''{"to": {{ userId | tojson }}, "sev": {{ severity | tojson }},
+            "all": {{ extra | tojson }}, "id": "{{ alert_id }}",
+            "at": "{{ file }}:{{ line }}"}'''
         """,
     )
     body = render(endpoints, "api", extra={"severity": "high", "team": "db"})
