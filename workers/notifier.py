@@ -12,7 +12,8 @@ Per chunk:
 
 429 holds everybody sending to that endpoint briefly and cuts its rate (workers/adaptive.py);
 the refused alert waits for its ``Retry-After`` without using its failure budget. A pause
-longer than ``DEFER_AFTER_SECONDS``, or a breaker that opens, ends the job: its alerts wait in
+longer than ``DEFER_AFTER_SECONDS``, nothing but 429s for ``REFUSED_HAND_BACK_SECONDS``, or
+a breaker that opens, ends the job: its alerts wait in
 PostgreSQL as deferred (no budget spent, no worker held) and the monitor queues them again
 once the endpoint is open (daemon/recovery.py), so one endpoint's trouble never holds the
 workers other endpoints need. 5xx, timeouts and connection errors retry with backoff, then go
@@ -41,12 +42,17 @@ from hookdrop.store import AlertStatus, AlertToSend, Result
 from workers import context
 from workers.breaker import CLOSED, PROBE
 from workers.classify import Verdict, classify_error, classify_response
-from workers.outcomes import ChunkBook
+from workers.outcomes import KEEP_EVERY, ChunkBook
 from workers.ratelimit import EndpointPaused
-from workers.targets import Target, body_of
+from workers.targets import DEFER_AFTER_SECONDS, Target, body_of
 from workers.transport import WebhookClient
 
 log = structlog.get_logger(__name__)
+
+# Only 429s for this long, however short each pause: the chunk's alerts are handed back and
+# the endpoint is held (its back-pressure flag) for HOLD_SECONDS.
+REFUSED_HAND_BACK_SECONDS = 5.0
+HOLD_SECONDS = 10.0
 
 
 def deliver_job(file_id: int, ids: list[str]) -> dict[str, Any]:
@@ -132,6 +138,8 @@ class Delivery:
             return self._defer(file_id, claimed, "endpoint not configured")
         try:
             decision = target.breaker.admit()
+            if decision in (CLOSED, PROBE) and target.limiter.paused_for() > DEFER_AFTER_SECONDS:
+                decision = "held by back-pressure"
         except QueueUnavailable as exc:
             log.warning("redis.unavailable", action="breaker", error=str(exc))
             decision = CLOSED
@@ -180,6 +188,7 @@ class _Chunk(ChunkBook):
         # Alerts refused with a 429, by when they may be sent again (ties in arrival order).
         self.waiting: list[tuple[float, int, _Alert]] = []
         self._order = 0
+        self.refused_since: float | None = None  # only 429s since then (monotonic)
         self.unsendable = unsendable
         self.counts = {
             "delivered": 0,
@@ -272,7 +281,9 @@ class _Chunk(ChunkBook):
                 elif self.alerts:
                     alert = self.alerts.popleft()
                 else:  # only refused alerts are left: wait for the first one's Retry-After
-                    await asyncio.sleep(max(0.0, self.waiting[0][0] - time.monotonic()))
+                    # (in short steps: a hand-back or a stop ends the wait)
+                    wait = self.waiting[0][0] - time.monotonic()
+                    await asyncio.sleep(min(max(0.0, wait), KEEP_EVERY))
                     continue
                 await self._deliver(client, alert)
         finally:
@@ -312,6 +323,8 @@ class _Chunk(ChunkBook):
                     return
             elif target.breaker.dirty:
                 self._breaker_ok()
+            if verdict.kind != "throttled":
+                self.refused_since = None
             if verdict.kind == "delivered":
                 await self._finish(
                     alert,
@@ -371,6 +384,20 @@ class _Chunk(ChunkBook):
         heapq.heappush(self.waiting, (alert.not_before, self._order, alert))
         rate = self.target.limiter.throttled(pause, epoch)
         self.counts["throttled"] += 1
+        now = time.monotonic()
+        if self.refused_since is None:
+            self.refused_since = now
+        elif now - self.refused_since > REFUSED_HAND_BACK_SECONDS and not self.deferring:
+            # Nothing but 429s for a while, in short pauses: the receiver refuses everything;
+            # hand the chunk back rather than keep a worker other endpoints need.
+            self.deferring = True
+            self.target.limiter.hold(HOLD_SECONDS)
+            log.info(
+                "endpoint.held",
+                endpoint=self.target.name,
+                seconds=round(now - self.refused_since, 1),
+                hold=HOLD_SECONDS,
+            )
         self._note(
             Result(
                 alert.id,

@@ -318,6 +318,11 @@ class GlobalLimiter:
         if ok or throttled:
             self._report(keys=[self.keys.outcomes], args=[ok, throttled])
 
+    def hold(self, seconds: float) -> None:
+        """The receiver refuses everything: raise the back-pressure flag for ``seconds``, so
+        jobs for this endpoint hand their alerts back at once and the monitor waits."""
+        self._pause(keys=[self.keys.backpressure], args=[max(1, int(seconds * 1000))])
+
     def paused_for(self) -> float:
         """Seconds left on the back-pressure flag (0 when none)."""
         pttl = int(self.redis.pttl(self.keys.backpressure))

@@ -15,7 +15,8 @@ from tests.helpers import StartMock, free_port, kill_group, wait_for
 
 @pytest.fixture
 def start_mock(tmp_path: Path) -> Iterator[StartMock]:
-    """Start a mock receiver (flags as ``name=value``, e.g. ``latency_ms=20``).
+    """Start a mock receiver (flags as ``name=value``, e.g. ``latency_ms=20``; ``True`` for a
+    flag without a value, e.g. ``any_body=True``).
 
     Each mock logs what it accepted to ``accepted-N.tsv`` in the test's folder unless given an
     ``audit_path``; every one is stopped, with its process group, when the test ends, pass or
@@ -26,7 +27,10 @@ def start_mock(tmp_path: Path) -> Iterator[StartMock]:
     def start(**flags: object) -> MockClient:
         port = free_port()
         flags.setdefault("audit_path", tmp_path / f"accepted-{len(started)}.tsv")
-        args = [f"--{name.replace('_', '-')}={value}" for name, value in flags.items()]
+        args = [
+            f"--{name.replace('_', '-')}" + ("" if value is True else f"={value}")
+            for name, value in flags.items()
+        ]
         process = subprocess.Popen(
             [
                 sys.executable,
