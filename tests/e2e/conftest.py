@@ -16,7 +16,7 @@ from tests.helpers import StartMock, free_port, kill_group, wait_for
 @pytest.fixture
 def start_mock(tmp_path: Path) -> Iterator[StartMock]:
     """Start a mock receiver (flags as ``name=value``, e.g. ``latency_ms=20``; ``True`` for a
-    flag without a value, e.g. ``any_body=True``).
+    flag without a value, e.g. ``any_body=True``; ``port`` to take a given one).
 
     Each mock logs what it accepted to ``accepted-N.tsv`` in the test's folder unless given an
     ``audit_path``; every one is stopped, with its process group, when the test ends, pass or
@@ -25,7 +25,7 @@ def start_mock(tmp_path: Path) -> Iterator[StartMock]:
     started: list[tuple[subprocess.Popen[bytes], MockClient]] = []
 
     def start(**flags: object) -> MockClient:
-        port = free_port()
+        port = int(flags.pop("port", 0)) or free_port()  # type: ignore[call-overload]
         flags.setdefault("audit_path", tmp_path / f"accepted-{len(started)}.tsv")
         args = [
             f"--{name.replace('_', '-')}" + ("" if value is True else f"={value}")
