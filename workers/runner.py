@@ -102,6 +102,7 @@ def _watchdog_pings(stop: threading.Event) -> None:
 def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
     """Run one worker in this process until stopped (or, with ``burst``, until idle)."""
     ctx = build_context(settings)
+    ctx.live.install_sighup()  # at once: SIGHUP's default action would end the process
     ctx.store.check_schema()
     ctx.redis.ping()
     context.install(ctx)
