@@ -318,9 +318,11 @@ class _Chunk(ChunkBook):
             latency = (time.perf_counter() - started) * 1000
             if verdict.kind != "throttled" and verdict.code is not None:
                 limiter.answered(epoch)  # a real answer: 429s in this epoch measure our rate
+            opened = False
             if verdict.kind == "retry":
-                if self._breaker_failed(verdict, probe=probe):
-                    return
+                opened = self._breaker_failed(verdict, probe=probe)
+                if probe and opened:
+                    return  # the breaker's test failed, not the alert: it waits on, unspent
             elif target.breaker.dirty:
                 self._breaker_ok()
             if verdict.kind != "throttled":
@@ -351,13 +353,13 @@ class _Chunk(ChunkBook):
                 # the rate the controller now allows.
                 self._throttled(alert, verdict, latency, epoch)
                 return
-            if await self._failed(alert, verdict, latency):
-                return
+            if await self._failed(alert, verdict, latency) or opened:
+                return  # DLQ or dead; or the breaker is open: the alert waits, deferred
             await asyncio.sleep(compute_backoff(alert.tries, base=0.2, cap=10.0))
 
     def _breaker_failed(self, verdict: Verdict, *, probe: bool) -> bool:
-        """Count a failure at the breaker; True when it is open now (the alert goes back,
-        deferred, without spending its budget)."""
+        """Count a failure at the breaker; True when it is open now: the chunk hands its
+        alerts back (deferred), and they wait without spending their budget."""
         try:
             state = self.target.breaker.failed(verdict.error, probe=probe)
         except QueueUnavailable as exc:
