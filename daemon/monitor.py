@@ -231,13 +231,25 @@ class Monitor:
         return bool(self.redis.set(key, self.name, nx=True, px=max(1, int(every * 900))))
 
     def sync_folders(self) -> None:
-        """A folder per endpoint, watched; again after a reload changed the endpoints."""
+        """A folder per endpoint, watched; again after a reload changed the endpoints (or a
+        refused folder may have become a real one: looked at again on each reload)."""
         live = self.endpoints.current
         if self.endpoints.generation == self._endpoints_seen:
             return
         self._endpoints_seen = self.endpoints.generation
-        ensure_dirs(self.settings, live.folders)
-        wanted = {self.settings.inbox / name for name in live.folders}
+        wanted = set()
+        for name in live.folders:
+            folder = self.settings.inbox / name
+            try:
+                folder.mkdir(exist_ok=True)
+                if folder.is_symlink() or not folder.is_dir():
+                    raise NotADirectoryError("not a folder (links are not followed)")
+            except OSError as exc:
+                # Anyone who writes into the inbox can put a link or a file there first: that
+                # endpoint gets no files from the inbox until it is a folder, the rest go on.
+                log.error("inbox.folder_refused", folder=name, error=str(exc))
+                continue
+            wanted.add(folder)
         for folder in sorted(wanted - self.folders):
             if self._observer is not None:
                 self._observer.schedule(self._handler, str(folder), recursive=False)

@@ -16,7 +16,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,11 +57,9 @@ class Registered:
     detail: str | None = None
 
 
-def ensure_dirs(settings: Settings, endpoints: Iterable[str] = ()) -> None:
-    """The inbox, its three work folders and a folder per endpoint (but ``default``), which
-    must be folders and not links."""
-    work = (settings.inbox, settings.processing_dir, settings.done_dir, settings.failed_dir)
-    for folder in (*work, *(settings.inbox / name for name in endpoints)):
+def ensure_dirs(settings: Settings) -> None:
+    """The inbox and its three work folders, which must be folders and not links."""
+    for folder in (settings.inbox, settings.processing_dir, settings.done_dir, settings.failed_dir):
         folder.mkdir(parents=True, exist_ok=True)
         if folder.is_symlink() or not folder.is_dir():
             raise NotADirectoryError(f"{folder} must be a directory, not a link or a file")

@@ -18,9 +18,11 @@ import redis
 import respx
 from structlog.testing import capture_logs
 
+from daemon.claim import Claimer
 from daemon.recovery import Recovery
 from hookdrop.endpoints import LiveEndpoints
 from hookdrop.endpoints.state import read_state
+from hookdrop.intake import ensure_dirs
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from tests.helpers import (
@@ -248,3 +250,25 @@ def test_a_bad_reload_keeps_the_running_endpoints_and_a_good_one_applies(
     live.request_reload()
     assert "extra" in live.current
     assert live.generation == 1
+
+
+def test_an_endpoint_folder_swapped_for_a_link_leads_nowhere(
+    esettings: Settings, store: Store, rconn: redis.Redis, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.csv").write_text("user_id,message\nu1,x\n", encoding="utf-8")
+    ensure_dirs(esettings)
+    (esettings.inbox / "chat").symlink_to(elsewhere)
+    assert (
+        Claimer(esettings, store, rconn, "m").claim(esettings.inbox / "chat" / "secret.csv") is None
+    )
+    assert (elsewhere / "secret.csv").exists()  # not taken
+    assert not file_rows(store)
+    # The monitor refuses that folder, and watches the others.
+    with running_monitor(esettings, environ=ENV) as monitor:
+        wait_for(lambda: esettings.inbox / "sms" in monitor.folders, what="folders made")
+        assert esettings.inbox / "chat" not in monitor.folders
+        write_csv(esettings.inbox / "sms" / "ok.csv", 2)
+        wait_for(lambda: len(file_rows(store)) == 1, what="the sms file claimed")
+    assert (elsewhere / "secret.csv").exists()
