@@ -44,8 +44,6 @@ class HookdropWorker(SimpleWorker):
     def _install_signal_handlers(self) -> None:
         flag = self.hookdrop_context.stopping if self.hookdrop_context else StopFlag()
         StopSignals(flag, on_first=self._stop_after_job).install()
-        if self.hookdrop_context is not None:
-            self.hookdrop_context.live.install_sighup()  # the endpoints are read again
 
     def _stop_after_job(self) -> None:
         """Runs inside the signal handler: flags only, no lock, no I/O."""
@@ -103,6 +101,7 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
     """Run one worker in this process until stopped (or, with ``burst``, until idle)."""
     ctx = build_context(settings)
     ctx.live.install_sighup()  # at once: SIGHUP's default action would end the process
+    ctx.live.watch(ctx.stopping)
     ctx.store.check_schema()
     ctx.redis.ping()
     context.install(ctx)

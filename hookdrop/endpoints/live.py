@@ -1,13 +1,15 @@
 """The endpoints a running process uses, re-read from the file on SIGHUP.
 
 The signal handler only sets a flag (it may run while the main thread holds a lock); the
-file is read the next time a caller asks for the endpoints, outside the handler. A new file
+file is read the next time a caller asks for the endpoints, outside the handler, or by the
+thread :meth:`LiveEndpoints.watch` starts (workers, which may sit idle). A new file
 that does not load is refused with one line (``config.refused``) and the running endpoints
 stay; work in flight is unaffected either way (a job uses the endpoint it started with).
 """
 
 from __future__ import annotations
 
+import contextvars
 import signal
 import threading
 from collections.abc import Mapping
@@ -18,6 +20,7 @@ import structlog
 from hookdrop.endpoints.config import Endpoints, load_endpoints
 from hookdrop.errors import ConfigError
 from hookdrop.settings import Settings
+from hookdrop.shutdown import StopFlag
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +46,25 @@ class LiveEndpoints:
             self.request_reload()
 
         signal.signal(signal.SIGHUP, handler)
+
+    def watch(self, stop: StopFlag, every: float = 0.5) -> threading.Thread:
+        """Read the file soon after a SIGHUP even while nobody asks for the endpoints (an
+        idle worker), until ``stop`` is set: a daemon thread."""
+
+        def loop() -> None:
+            while not stop.wait(every):
+                if self._wanted:
+                    self.reload()
+
+        # With this thread's log context (the process name), copied into the new one.
+        thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(loop,),
+            daemon=True,
+            name="hookdrop-reload",
+        )
+        thread.start()
+        return thread
 
     @property
     def current(self) -> Endpoints:

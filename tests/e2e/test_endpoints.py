@@ -142,9 +142,14 @@ url = "{default.hook_url}"
     path = tmp_path / "endpoints.toml"
     path.write_text(config + '\n[endpoints.more]\nurl = "not a url"\n', encoding="utf-8")
     process.send_signal(signal.SIGHUP)
-    # The monitor reads it at once; a worker when its next job needs the endpoints.
-    wait_for(lambda: events(log, "config.refused"), what="the bad file refused")
-    assert "'more'" in events(log, "config.refused")[0]["error"]
+    # By every process: the monitor, the batcher and both notifiers.
+    wait_for(lambda: len(events(log, "config.refused")) == 4, what="the bad file refused")
+    assert {e["process"] for e in events(log, "config.refused")} == {
+        "monitor",
+        "batcher",
+        "notifier",
+    }
+    assert all("'more'" in e["error"] for e in events(log, "config.refused"))
     assert process.poll() is None
     path.write_text(config + f'\n[endpoints.more]\nurl = "{default.hook_url}"\n', "utf-8")
     process.send_signal(signal.SIGHUP)
