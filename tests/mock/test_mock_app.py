@@ -400,3 +400,43 @@ def test_audit_file_has_one_line_per_accepted_request(
     assert len(lines) == app.state.counters.accepted > 0
     assert all(line.count("\t") == 1 for line in lines)
     assert lines[0].split("\t")[1].startswith("user\\t")
+
+
+def test_any_body_a_required_header_and_recorded_bodies(
+    make_app: Callable[..., MockApp],
+) -> None:
+    app = make_app(any_body=True, require_header="Authorization: Bearer t", record_bodies=2)
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        good = {"authorization": "Bearer t", "webhook-id": "m1"}
+        form = await client.put("/", content=b"To=u1&Body=hi", headers=good)
+        assert form.status_code == 200
+        text = await client.post("/", json={"text": "hi"}, headers={**good, "webhook-id": "m2"})
+        assert text.status_code == 200
+        again = await client.patch("/", content=b"x", headers={**good, "webhook-id": "m1"})
+        assert again.status_code == 200
+        missing = await client.post("/", content=b"x", headers={"webhook-id": "m3"})
+        assert missing.status_code == 401
+        wrong = await client.post("/", content=b"x", headers={**good, "authorization": "no"})
+        assert wrong.status_code == 401
+        stats = (await client.get("/stats")).json()
+        assert (stats["accepted"], stats["unique"], stats["duplicates"]) == (3, 2, 1)
+        assert stats["bad_request"] == 2
+        assert stats["current"]["require_header"] == "Authorization: ***"
+        bodies = (await client.get("/admin/bodies")).json()["bodies"]
+        assert [(b["method"], b["body"]) for b in bodies] == [
+            ("PUT", "To=u1&Body=hi"),
+            ("POST", '{"text":"hi"}'),
+        ]
+        assert bodies[0]["headers"]["authorization"] == "Bearer t"
+
+    drive(app, scenario)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"require_header": "no colon"}, {"require_header": "X: "}, {"record_bodies": -1}],
+)
+def test_bad_new_flags_are_refused(settings: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        MockConfig(**settings)
