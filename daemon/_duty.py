@@ -1,4 +1,4 @@
-"""What every monitor duty works with: settings, the ledger and Redis."""
+"""What every monitor duty works with: settings, the endpoints, the ledger and Redis."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections import defaultdict
 
 import redis
 
+from hookdrop.endpoints import DEFAULT, LiveEndpoints
 from hookdrop.queues import enqueue_deliveries
 from hookdrop.settings import Settings
 from hookdrop.store import AlertRef, Store
@@ -14,11 +15,21 @@ BATCH = 5000
 
 
 class Duty:
-    def __init__(self, settings: Settings, store: Store, conn: redis.Redis) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        conn: redis.Redis,
+        endpoints: LiveEndpoints | None = None,
+    ) -> None:
         self.settings = settings
+        self.endpoints = endpoints or LiveEndpoints(settings, {})
         self.keys = settings.keys
         self.store = store
         self.redis = conn
+
+    def _names(self) -> list[str]:
+        return sorted({DEFAULT, *self.endpoints.current.names})
 
     def _enqueue_grouped(self, rows: list[AlertRef]) -> None:
         by_file: dict[int, list[str]] = defaultdict(list)

@@ -3,9 +3,11 @@
 1. The file is opened once, without following a link and without blocking on a pipe, and must
    be a regular file on the inbox's file system; links, pipes, sockets, devices and files that
    cannot be opened go to ``failed/`` with a note.
-2. ``rename`` into ``processing/`` under a unique name: atomic on one file system, so of
-   several monitors racing for a file exactly one succeeds. If what landed there is not the
-   file that was opened (swapped in between), it is set aside unread.
+   A file in an endpoint's folder is opened and renamed relative to that folder, itself
+   opened without following a link, so a folder swapped for a link leads nowhere.
+2. ``rename`` into ``processing/`` under a unique name (carrying the endpoint): atomic on one
+   file system, so of several monitors racing for a file exactly one succeeds. If what
+   landed there is not the file that was opened (swapped in between), it is set aside unread.
 3. :class:`~hookdrop.intake.Intake` hashes and sniffs it through the open descriptor, records
    it (with its identity, which the batcher checks before it reads) and queues it.
 
@@ -26,11 +28,15 @@ import redis
 import structlog
 
 from hookdrop.inbox import (
+    DEFAULT_ENDPOINT,
     NotRegularFile,
     disk_name,
+    endpoint_of,
     kind_of,
+    open_folder,
     open_regular,
     original_name,
+    processing_tag,
     safe_name,
 )
 from hookdrop.intake import Intake, Registered, ensure_dirs
@@ -60,12 +66,34 @@ class Claimer:
         self.inbox_device = os.stat(settings.inbox).st_dev
 
     def claim(self, path: Path) -> Registered | None:
-        """Take ``path`` from the inbox; None when it is gone (another monitor got it)."""
+        """Take ``path`` from the inbox (its top: endpoint ``default``, or an endpoint's
+        folder); None when it is gone (another monitor got it)."""
+        if path.parent == self.settings.inbox:
+            return self._claim(path, DEFAULT_ENDPOINT, None)
+        try:
+            folder = open_folder(path.parent)
+        except FileNotFoundError:
+            return None
+        except NotRegularFile as exc:
+            log.warning("inbox.folder_refused", folder=path.parent.name, error=str(exc))
+            return None
+        try:
+            if os.fstat(folder).st_dev != self.inbox_device:
+                log.warning("inbox.folder_refused", folder=path.parent.name, error="a mount")
+                return None
+            return self._claim(path, path.parent.name, folder)
+        finally:
+            os.close(folder)
+
+    def _claim(self, path: Path, endpoint: str, folder: int | None) -> Registered | None:
         # Names that are not valid UTF-8 get their odd bytes escaped (\xe9), so the name can
         # be stored, shown and used for the files hookdrop makes from it.
         name = safe_name(path.name)
         try:
-            seen = os.lstat(path)
+            if folder is None:
+                seen = os.lstat(path)
+            else:
+                seen = os.stat(path.name, dir_fd=folder, follow_symlinks=False)
         except FileNotFoundError:
             return None
         if not stat.S_ISREG(seen.st_mode):
@@ -77,7 +105,7 @@ class Claimer:
                 "only regular files are read (links are not followed)",
             )
         try:
-            fd, opened = open_regular(path)
+            fd, opened = open_regular(path, dir_fd=folder)
         except FileNotFoundError:
             return None
         except NotRegularFile as exc:
@@ -99,9 +127,10 @@ class Claimer:
                     name,
                     f"{name} is on another file system (a mount inside the inbox); not read",
                 )
-            target = self.settings.processing_dir / disk_name(uuid.uuid4().hex[:12], name)
+            tag = processing_tag(uuid.uuid4().hex[:12], endpoint)
+            target = self.settings.processing_dir / disk_name(tag, name)
             try:
-                self._rename_into_processing(path, target)
+                self._rename_into_processing(path, target, folder)
             except FileNotFoundError:
                 log.info("file.claim_lost", name=name)
                 return None
@@ -109,13 +138,16 @@ class Claimer:
                 return self.intake.set_aside(
                     target, name, f"{name} was replaced while it was being claimed; not read"
                 )
-            log.info("file.claimed", name=name, size=opened.st_size)
+            log.info("file.claimed", name=name, size=opened.st_size, endpoint=endpoint)
             # After the rename, which moves the change time: the identity the batcher checks.
-            return self.intake.register_open(fd, os.fstat(fd), target, name)
+            return self.intake.register_open(fd, os.fstat(fd), target, name, endpoint=endpoint)
         finally:
             os.close(fd)
 
-    def _rename_into_processing(self, path: Path, target: Path) -> None:
+    def _rename_into_processing(self, path: Path, target: Path, folder: int | None) -> None:
+        if folder is not None:  # relative to the endpoint's folder as opened
+            os.rename(path.name, target, src_dir_fd=folder)
+            return
         try:
             os.rename(path, target)
         except FileNotFoundError:
@@ -142,13 +174,15 @@ class Claimer:
             if self.intake.redis.exists(self.settings.keys.claiming(entry.name)):
                 continue  # still being hashed by the monitor that claimed it
             name = original_name(entry.name)
-            target = self.settings.processing_dir / disk_name(uuid.uuid4().hex[:12], name)
+            endpoint = endpoint_of(entry.name)
+            tag = processing_tag(uuid.uuid4().hex[:12], endpoint)
+            target = self.settings.processing_dir / disk_name(tag, name)
             try:
                 os.rename(entry.path, target)
             except FileNotFoundError:
                 continue  # adopted by another monitor
             log.warning("file.orphan_adopted", name=name)
-            registered = self.intake.register(target, name)
+            registered = self.intake.register(target, name, endpoint=endpoint)
             if registered is not None:
                 adopted.append(registered)
         return adopted

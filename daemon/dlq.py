@@ -1,7 +1,8 @@
-"""Re-injecting the DLQ: alerts whose retry time has come go back to the notifier queue.
+"""Alerts waiting in PostgreSQL go back to the notifier queue: the DLQ once an alert's retry
+time has come, deferred alerts once their endpoint takes requests again.
 
-The DLQ lives in PostgreSQL (alerts with status `dlq`), so it survives a Redis loss; nothing is
-re-injected while the receiver's back-pressure flag is up.
+Both live in PostgreSQL (alerts with status `dlq` or `deferred`), so they survive a Redis loss;
+nothing is queued for an endpoint whose back-pressure flag is up or whose breaker is open.
 """
 
 from __future__ import annotations
@@ -9,17 +10,38 @@ from __future__ import annotations
 import structlog
 
 from daemon._duty import BATCH, Duty
+from hookdrop.endpoints.state import CLOSED, read_state
 
 log = structlog.get_logger(__name__)
 
 
 class DlqReinjection(Duty):
     def reinject_dlq(self) -> int:
-        """Send DLQ entries whose time has come, unless the receiver asked us to hold off."""
-        if self.redis.exists(self.keys.backpressure):
-            return 0
-        rows = self.store.take_due_dlq(interval=self.settings.dlq_interval, limit=BATCH)
+        """Send DLQ entries whose time has come, but not to an endpoint that asked us to hold
+        off or whose circuit breaker is open."""
+        held = [
+            name
+            for name in self._names()
+            if not read_state(self.redis, self.keys.scoped(name)).accepting
+        ]
+        rows = self.store.take_due_dlq(interval=self.settings.dlq_interval, limit=BATCH, held=held)
         self._enqueue_grouped(rows)
         if rows:
             log.info("dlq.reinjected", alerts=len(rows))
         return len(rows)
+
+    def requeue_deferred(self) -> int:
+        """Deferred alerts of endpoints open again, queued; while a breaker waits for its
+        probe, one alert at a time (it is the probe)."""
+        count = 0
+        for name in self._names():
+            state = read_state(self.redis, self.keys.scoped(name))
+            if not state.accepting:
+                continue
+            limit = BATCH if state.breaker == CLOSED else 1
+            rows = self.store.take_deferred(name, limit=limit)
+            self._enqueue_grouped(rows)
+            if rows:
+                log.info("alert.deferred_requeued", endpoint=name, alerts=len(rows))
+            count += len(rows)
+        return count

@@ -28,11 +28,13 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from daemon.claim import Claimer
 from daemon.readiness import ReadinessTracker
 from daemon.recovery import Recovery
 from hookdrop.connections import connect_store
+from hookdrop.endpoints import LiveEndpoints
 from hookdrop.errors import QueueUnavailable, StoreUnavailable
 from hookdrop.inbox import WORK_FOLDERS, is_ignored
 from hookdrop.intake import ClaimInterrupted, ensure_dirs
@@ -48,13 +50,14 @@ SMALL_CLAIM_THREADS = 2
 # huge files (or sparse ones) must not hold up every small one behind them.
 LARGE_FILE_BYTES = 64 << 20
 MAX_NOTED = 1000  # ignored entries logged one by one
+DEFERRED_EVERY = 1.0  # seconds between looks for deferred alerts whose endpoint is open again
 
 
 class _Hints(FileSystemEventHandler):
     """Turns watchdog events into path hints; the main loop decides what they mean."""
 
-    def __init__(self, inbox: Path, sink: queue.SimpleQueue[Path]) -> None:
-        self.inbox = inbox
+    def __init__(self, folders: set[Path], sink: queue.SimpleQueue[Path]) -> None:
+        self.folders = folders  # the inbox and the endpoints' folders (changed on reload)
         self.sink = sink
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -66,7 +69,7 @@ class _Hints(FileSystemEventHandler):
             path = Path(os.fsdecode(event.src_path))
         else:
             return
-        if path.parent == self.inbox:
+        if path.parent in self.folders:
             self.sink.put(path)
 
 
@@ -140,13 +143,18 @@ class Monitor:
         on_stopping: Callable[[], None] | None = None,
         stopping: StopFlag | None = None,
         store_factory: Callable[[], Store] | None = None,
+        endpoints: LiveEndpoints | None = None,
     ) -> None:
         self.settings = settings
+        self.endpoints = endpoints or LiveEndpoints(settings, {})
+        self._endpoints_seen = -1  # the reload generation the folders were made for
+        self.folders: set[Path] = {settings.inbox}
+        self._observer: BaseObserver | None = None
         self.store = store
         self.redis = conn
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.tracker = ReadinessTracker(settings.settle_seconds)
-        self.recovery = Recovery(settings, store, conn)
+        self.recovery = Recovery(settings, store, conn, self.endpoints)
         self.hints: queue.SimpleQueue[Path] = queue.SimpleQueue()
         self.stopping = stopping or StopFlag()
         self.on_tick = on_tick
@@ -165,18 +173,33 @@ class Monitor:
         # claim), by what they were then: skipped until they change.
         self._set_aside: dict[Path, tuple[int, int, int, int] | None] = {}
         self._noted: set[str] = set()
+        self._handler = _Hints(self.folders, self.hints)
 
     def scan(self) -> None:
         """Find files whose events were missed (daemon down, overflow, network filesystems)."""
-        for entry in os.scandir(self.settings.inbox):
+        self._scan_folder(self.settings.inbox, top=True)
+        for folder in sorted(self.folders - {self.settings.inbox}):
+            self._scan_folder(folder, top=False)
+
+    def _scan_folder(self, folder: Path, *, top: bool) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return  # an endpoint's folder removed by hand: made again on the next reload
+        for entry in entries:
+            shown = entry.name if top else f"{folder.name}/{entry.name}"
             if entry.is_dir(follow_symlinks=False):
-                if entry.name not in WORK_FOLDERS:
+                if not (
+                    top and (entry.name in WORK_FOLDERS or folder / entry.name in self.folders)
+                ):
                     self._note_ignored(
-                        entry.name, "a folder (only files at the top of the inbox are read)"
+                        shown,
+                        "a folder that is no endpoint's (only files at the top of the inbox "
+                        "and in the endpoints' folders are read)",
                     )
                 continue
             if is_ignored(entry.name):
-                self._note_ignored(entry.name, "a hidden or temporary name", level="debug")
+                self._note_ignored(shown, "a hidden or temporary name", level="debug")
                 continue
             self.tracker.hint(Path(entry.path))
 
@@ -207,8 +230,25 @@ class Monitor:
         key = self.settings.keys.lock(duty)
         return bool(self.redis.set(key, self.name, nx=True, px=max(1, int(every * 900))))
 
+    def sync_folders(self) -> None:
+        """A folder per endpoint, watched; again after a reload changed the endpoints."""
+        live = self.endpoints.current
+        if self.endpoints.generation == self._endpoints_seen:
+            return
+        self._endpoints_seen = self.endpoints.generation
+        ensure_dirs(self.settings, live.folders)
+        wanted = {self.settings.inbox / name for name in live.folders}
+        for folder in sorted(wanted - self.folders):
+            if self._observer is not None:
+                self._observer.schedule(self._handler, str(folder), recursive=False)
+            log.info("inbox.endpoint_folder", folder=folder.name)
+        # A folder of an endpoint no longer configured is left alone (and no longer read).
+        self.folders.clear()
+        self.folders.update({self.settings.inbox, *wanted})
+
     def step(self) -> None:
         """One pass of the loop: hints, readiness, claims, due duties."""
+        self.sync_folders()
         self._collect()
         while True:
             try:
@@ -229,6 +269,8 @@ class Monitor:
             self._start_claim(path)
         if self._due("finish", 1.0):
             self.recovery.finish_files()
+        if self._due("deferred", DEFERRED_EVERY) and self._leader("deferred", DEFERRED_EVERY):
+            self.recovery.requeue_deferred()
         if self._due("dlq", self.settings.dlq_interval) and self._leader(
             "dlq", self.settings.dlq_interval
         ):
@@ -288,9 +330,9 @@ class Monitor:
         """Watch and claim until asked to stop; outages pause the loop, never end it."""
         ensure_dirs(self.settings)
         observer = Observer()
-        observer.schedule(
-            _Hints(self.settings.inbox, self.hints), str(self.settings.inbox), recursive=False
-        )
+        self._observer = observer
+        observer.schedule(self._handler, str(self.settings.inbox), recursive=False)
+        self.sync_folders()
         observer.start()
         log.info("monitor.started", inbox=str(self.settings.inbox), name=self.name)
         failures = 0

@@ -1,4 +1,5 @@
-"""The monitor process: the Monitor loop, signals, systemd notifications (and the HTTP API)."""
+"""The monitor process: the Monitor loop, signals (SIGHUP re-reads the endpoints), systemd
+notifications (and the HTTP API)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from daemon.api import run_api_in_thread
 from daemon.monitor import Monitor
 from hookdrop import sdnotify
 from hookdrop.connections import connect_redis, connect_store
-from hookdrop.settings import Settings
+from hookdrop.endpoints import LiveEndpoints
+from hookdrop.settings import Settings, environ_snapshot
 from hookdrop.shutdown import StopFlag, StopSignals
 
 
@@ -30,11 +32,21 @@ def run_monitor(settings: Settings) -> None:
     def stopping_now() -> None:
         sdnotify.notify("STOPPING=1")
 
+    endpoints = LiveEndpoints(settings, environ_snapshot())  # a bad file stops the start
     monitor = Monitor(
-        settings, store, conn, on_tick=tick, stopping=stopping, on_stopping=stopping_now
+        settings,
+        store,
+        conn,
+        on_tick=tick,
+        stopping=stopping,
+        on_stopping=stopping_now,
+        endpoints=endpoints,
     )
     signals.install()
-    api = run_api_in_thread(settings)  # a port in use stops the start with a ConfigError
+    endpoints.install_sighup()
+    api = run_api_in_thread(
+        settings, endpoints=endpoints
+    )  # a port in use stops the start with a ConfigError
     sdnotify.notify("READY=1", f"STATUS=watching {settings.inbox}")
     try:
         monitor.run()

@@ -6,7 +6,9 @@ import base64
 import hashlib
 
 
-def alert_id(content_sha256: str, generation: int, user_id: str, message: str) -> str:
+def alert_id(
+    content_sha256: str, generation: int, user_id: str, message: str, endpoint: str = "default"
+) -> str:
     """The id a receiver sees as ``webhook-id`` on every try of this alert.
 
     Derived from the file's content hash and the row (user id + message), so a row repeated in
@@ -16,6 +18,8 @@ def alert_id(content_sha256: str, generation: int, user_id: str, message: str) -
     digest = hashlib.blake2b(digest_size=15)
     digest.update(content_sha256.encode())
     digest.update(b"\x00%d\x00" % generation)
+    if endpoint != "default":
+        digest.update(b"endpoint\x00" + endpoint.encode() + b"\x00")
     digest.update(user_id.encode("utf-8", "surrogatepass"))
     digest.update(b"\x00")
     digest.update(message.encode("utf-8", "surrogatepass"))

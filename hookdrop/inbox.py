@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Final
 
 SEPARATOR: Final = "--"
+ENDPOINT_MARK: Final = "@"
+DEFAULT_ENDPOINT: Final = "default"
 ERROR_SUFFIX: Final = ".error.txt"
 SUMMARY_SUFFIX: Final = ".summary.json"
 PROCESSING: Final = "processing"
@@ -79,6 +81,18 @@ def disk_name(tag: str, name: str) -> str:
     return f"{head}{stem}{_ELLIPSIS}{suffix}"
 
 
+def processing_tag(token: str, endpoint: str) -> str:
+    """The tag of a name in ``processing/``: it carries the endpoint (but ``default``), so a
+    claim a crash left half done is finished for the right endpoint."""
+    return token if endpoint == DEFAULT_ENDPOINT else f"{token}{ENDPOINT_MARK}{endpoint}"
+
+
+def endpoint_of(disk: str) -> str:
+    """The endpoint a name made with :func:`processing_tag` belongs to."""
+    tag = disk.split(SEPARATOR, 1)[0] if SEPARATOR in disk else ""
+    return tag.split(ENDPOINT_MARK, 1)[1] if ENDPOINT_MARK in tag else DEFAULT_ENDPOINT
+
+
 def original_name(disk: str) -> str:
     """The name part of a name made by :func:`disk_name` (possibly shortened)."""
     return disk.split(SEPARATOR, 1)[1] if SEPARATOR in disk else disk
@@ -112,6 +126,20 @@ def write_note(note: Path, data: bytes) -> None:
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
+        raise
+
+
+def open_folder(path: Path) -> int:
+    """A descriptor of the folder ``path`` (an endpoint's folder in the inbox), opened without
+    following a link: files are then claimed relative to it, so a folder swapped for a link
+    leads nowhere. Raises NotRegularFile for anything but a folder."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise NotRegularFile(
+                f"{safe_name(path.name)} is not a folder (links are not followed)"
+            ) from None
         raise
 
 
@@ -157,16 +185,18 @@ class ChangedFile(OSError):
     """The file is not the one that was claimed (replaced, grown or shrunk since)."""
 
 
-def open_regular(path: Path, expect: FileIdentity | None = None) -> tuple[int, os.stat_result]:
+def open_regular(
+    path: Path, expect: FileIdentity | None = None, *, dir_fd: int | None = None
+) -> tuple[int, os.stat_result]:
     """Open ``path`` for reading and return the descriptor and its stat.
 
     A final symbolic link is not followed and a pipe does not block; anything that is not a
     regular file raises :class:`NotRegularFile`. With ``expect``, a file whose identity differs
-    (another inode, size or modification time) raises :class:`ChangedFile`. The caller closes
-    the descriptor.
+    (another inode, size or modification time) raises :class:`ChangedFile`. With ``dir_fd``,
+    ``path.name`` is opened in that folder. The caller closes the descriptor.
     """
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path.name if dir_fd is not None else path, _OPEN_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # the final component is a symbolic link
             raise NotRegularFile(f"{safe_name(path.name)} is a symbolic link") from None

@@ -16,7 +16,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import structlog
 from hookdrop.errors import UnreadableFile
 from hookdrop.formats import sniff
 from hookdrop.inbox import (
+    DEFAULT_ENDPOINT,
     ChangedFile,
     FileIdentity,
     describe_change,
@@ -57,9 +58,11 @@ class Registered:
     detail: str | None = None
 
 
-def ensure_dirs(settings: Settings) -> None:
-    """The inbox and its three work folders, which must be folders and not links."""
-    for folder in (settings.inbox, settings.processing_dir, settings.done_dir, settings.failed_dir):
+def ensure_dirs(settings: Settings, endpoints: Iterable[str] = ()) -> None:
+    """The inbox, its three work folders and a folder per endpoint (but ``default``), which
+    must be folders and not links."""
+    work = (settings.inbox, settings.processing_dir, settings.done_dir, settings.failed_dir)
+    for folder in (*work, *(settings.inbox / name for name in endpoints)):
         folder.mkdir(parents=True, exist_ok=True)
         if folder.is_symlink() or not folder.is_dir():
             raise NotADirectoryError(f"{folder} must be a directory, not a link or a file")
@@ -116,19 +119,30 @@ class Intake:
         self.owner = owner
         self.stopping = stopping
 
-    def register(self, target: Path, name: str, *, generation: int = 0) -> Registered | None:
+    def register(
+        self, target: Path, name: str, *, generation: int = 0, endpoint: str = DEFAULT_ENDPOINT
+    ) -> Registered | None:
         """Record a file that sits in processing/ and queue it (or set it aside)."""
         try:
             fd, opened = open_regular(target)
         except OSError as exc:
             return self.set_aside(target, name, f"{name} cannot be read in processing/: {exc}")
         try:
-            return self.register_open(fd, opened, target, name, generation=generation)
+            return self.register_open(
+                fd, opened, target, name, generation=generation, endpoint=endpoint
+            )
         finally:
             os.close(fd)
 
     def register_open(
-        self, fd: int, opened: os.stat_result, target: Path, name: str, *, generation: int = 0
+        self,
+        fd: int,
+        opened: os.stat_result,
+        target: Path,
+        name: str,
+        *,
+        generation: int = 0,
+        endpoint: str = DEFAULT_ENDPOINT,
     ) -> Registered | None:
         """Record the file behind ``fd`` (now at ``target``) and queue it, or set it aside."""
         claiming = self.settings.keys.claiming(target.name)
@@ -139,7 +153,9 @@ class Intake:
 
         alive()
         try:
-            return self._register_open(fd, opened, target, name, generation=generation, alive=alive)
+            return self._register_open(
+                fd, opened, target, name, generation=generation, endpoint=endpoint, alive=alive
+            )
         finally:
             self.redis.delete(claiming)
 
@@ -151,6 +167,7 @@ class Intake:
         name: str,
         *,
         generation: int,
+        endpoint: str,
         alive: Callable[[], None],
     ) -> Registered | None:
         identity = FileIdentity.of(opened)
@@ -167,7 +184,7 @@ class Intake:
             raise
         except UnreadableFile as exc:
             return self._unreadable(
-                target, name, sha, generation, size=opened.st_size, error=str(exc)
+                target, name, sha, generation, endpoint, size=opened.st_size, error=str(exc)
             )
         except ChangedFile as exc:
             return self.set_aside(target, name, f"{name} changed: {exc}; not read")
@@ -183,9 +200,10 @@ class Intake:
             path=str(target),
             claimed_by=self.owner,
             identity=identity,
+            endpoint=endpoint,
         )
         if file_id is None:
-            return self._duplicate(target, name, sha, generation, opened.st_size)
+            return self._duplicate(target, name, sha, generation, endpoint, size=opened.st_size)
         self.redis.set(self.settings.keys.read_queued(file_id), "1", ex=600)
         enqueue_read(self.redis, self.settings.keys, file_id)
         log.info(
@@ -195,13 +213,14 @@ class Intake:
             size=opened.st_size,
             format=layout.format,
             compressed=layout.compressed,
+            endpoint=endpoint,
         )
         return Registered(file_id, FileStatus.CLAIMED, target)
 
     def _duplicate(
-        self, target: Path, name: str, sha: str, generation: int, size: int
+        self, target: Path, name: str, sha: str, generation: int, endpoint: str, *, size: int
     ) -> Registered:
-        first = self.store.find_file_by_content(sha, generation)
+        first = self.store.find_file_by_content(sha, generation, endpoint)
         assert first is not None  # the insert just conflicted with it
         final = self._move(target, self.settings.done_dir, f"dup{first.id}", name)
         file_id = self.store.insert_duplicate(
@@ -213,6 +232,7 @@ class Intake:
             claimed_by=self.owner,
             duplicate_of=first.id,
             final_path=str(final),
+            endpoint=endpoint,
         )
         detail = (
             f"same content as file {first.id} ({first.name}, {first.status}); "
@@ -222,7 +242,15 @@ class Intake:
         return Registered(file_id, FileStatus.DUPLICATE, final, detail)
 
     def _unreadable(
-        self, target: Path, name: str, sha: str, generation: int, *, size: int, error: str
+        self,
+        target: Path,
+        name: str,
+        sha: str,
+        generation: int,
+        endpoint: str,
+        *,
+        size: int,
+        error: str,
     ) -> Registered:
         final = self._move(target, self.settings.failed_dir, uuid.uuid4().hex[:8], name)
         file_id = self.store.insert_unreadable(
@@ -234,9 +262,10 @@ class Intake:
             claimed_by=self.owner,
             error=error,
             final_path=str(final),
+            endpoint=endpoint,
         )
         if file_id is None:  # the same unreadable content was seen before
-            first = self.store.find_file_by_content(sha, generation)
+            first = self.store.find_file_by_content(sha, generation, endpoint)
             assert first is not None
             file_id = first.id
             error = f"{error} (same content as file {file_id})"

@@ -16,6 +16,19 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "hookdrop"
+    # The endpoint the per-endpoint keys below belong to (see :meth:`scoped`).
+    endpoint: str = "default"
+
+    def scoped(self, endpoint: str) -> Keys:
+        """The same keys, with the per-endpoint ones (rate limit, back-pressure, rate
+        controller, outcomes, breaker) of ``endpoint``."""
+        return Keys(self.prefix, endpoint)
+
+    @property
+    def _ep(self) -> str:
+        """``<prefix>`` for the endpoint ``default`` (the names it always had),
+        ``<prefix>:ep:<name>`` for the others."""
+        return self.prefix if self.endpoint == "default" else f"{self.prefix}:ep:{self.endpoint}"
 
     # RQ queue names (RQ stores them under rq:queue:<name>).
     @property
@@ -71,25 +84,34 @@ class Keys:
     def checkpoint(self, file_id: int) -> str:
         return f"{self.prefix}:ckpt:{file_id}"
 
-    # Back-pressure flag: exists while every notifier must hold off (429 seen); TTL = pause.
+    # Per endpoint (see _ep): back-pressure flag: exists while every notifier must hold off
+    # its endpoint (429 seen); TTL = pause.
     @property
     def backpressure(self) -> str:
-        return f"{self.prefix}:backpressure"
+        return f"{self._ep}:backpressure"
 
-    # Global rate limiter tokens: hash {tat (GCRA), granted (running total of tokens)}.
+    # Per endpoint: global rate limiter tokens: hash {tat (GCRA), granted (running total)}.
     @property
     def ratelimit(self) -> str:
-        return f"{self.prefix}:rl"
+        return f"{self._ep}:rl"
 
-    # Adaptive rate controller: hash of workers.adaptive.RateState fields plus version.
+    # Per endpoint: adaptive rate controller: hash of workers.adaptive.RateState fields plus
+    # version.
     @property
     def ratecontrol(self) -> str:
-        return f"{self.prefix}:rl:ctl"
+        return f"{self._ep}:rl:ctl"
 
-    # Per-second counters of accepted / throttled requests: hash field = unix second.
+    # Per endpoint: per-second counters of accepted / throttled requests: hash field =
+    # "<unix second>:ok|throttled|granted".
     @property
     def outcomes(self) -> str:
-        return f"{self.prefix}:rl:outcomes"
+        return f"{self._ep}:rl:outcomes"
+
+    # Per endpoint: circuit breaker: hash {state (closed|open|probing), fails (consecutive
+    # failures), opened (unix s), probe_at (unix s), interval (s), error (last one)}.
+    @property
+    def breaker(self) -> str:
+        return f"{self._ep}:breaker"
 
     # A file paused by the operator (exists = paused).
     def paused(self, file_id: int) -> str:

@@ -79,7 +79,8 @@ def _database_url(value: str) -> str:
     return value
 
 
-def _secret(value: str) -> str:
+def parse_secret(value: str) -> str:
+    """A Standard Webhooks secret, checked; ValueError says what is wrong."""
     if not value.startswith("whsec_"):
         raise ValueError("must be a Standard Webhooks secret starting with whsec_")
     import base64
@@ -92,6 +93,13 @@ def _secret(value: str) -> str:
     if len(raw) < 24:
         raise ValueError("the key must be at least 24 bytes (32 recommended)")
     return value
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return number
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -142,6 +150,14 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 SETTINGS: tuple[Spec, ...] = (
     Spec(
+        "config",
+        "HOOKDROP_CONFIG",
+        "--config",
+        "TOML file of endpoints ([endpoints.NAME] tables; see docs/endpoints.md). Unset: one "
+        "endpoint, default, from HOOKDROP_WEBHOOK_URL and the settings below.",
+        _path,
+    ),
+    Spec(
         "inbox",
         "HOOKDROP_INBOX",
         "--inbox",
@@ -175,7 +191,7 @@ SETTINGS: tuple[Spec, ...] = (
         "HOOKDROP_SIGNING_SECRET",
         "--signing-secret",
         "Standard Webhooks secret (whsec_...); when set every request is signed.",
-        _secret,
+        parse_secret,
     ),
     Spec(
         "state_dir",
@@ -277,6 +293,14 @@ SETTINGS: tuple[Spec, ...] = (
         _positive_int,
     ),
     Spec(
+        "breaker_failures",
+        "HOOKDROP_BREAKER_FAILURES",
+        "--breaker-failures",
+        "Consecutive failures (connection errors, timeouts, 5xx) that open an endpoint's "
+        "circuit breaker; 0 never opens it.",
+        _non_negative_int,
+    ),
+    Spec(
         "dlq_interval",
         "HOOKDROP_DLQ_INTERVAL",
         "--dlq-interval",
@@ -331,6 +355,7 @@ _DEFAULT_STATE = Path(".hookdrop").absolute()
 class Settings:
     """Everything a hookdrop process needs to know, checked when built."""
 
+    config: Path | None = None
     inbox: Path = _DEFAULT_INBOX
     webhook_url: str | None = None
     rate_limit: float = 0.0
@@ -350,6 +375,7 @@ class Settings:
     request_timeout: float = 10.0
     max_tries: int = 3
     attempt_budget: int = 12
+    breaker_failures: int = 5
     dlq_interval: float = 30.0
     lease_seconds: float = 30.0
     backpressure_seconds: float = 1.0

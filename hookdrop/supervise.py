@@ -3,7 +3,8 @@
 Children are ordinary ``hookdrop`` commands with their settings in the environment. A child
 that dies is restarted with a growing delay (without holding up the others); the first
 SIGTERM/SIGINT is passed on to every child as SIGTERM (a graceful stop), a repeat a second or
-more later is passed on as SIGINT (children stop at once), and children still running after
+more later is passed on as SIGINT (children stop at once), SIGHUP is passed on as it is (the
+children re-read their configuration), and children still running after
 ``stop_timeout`` are killed. Each child is told its parent's pid, so it stops by itself if
 the supervisor is killed (see :func:`hookdrop.lifeline.follow_parent`).
 """
@@ -47,6 +48,7 @@ class Child:
     restarts: int = 0
     restart_at: float | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    reloads: bool = True  # passed SIGHUP (re-read the configuration)
 
 
 class Supervisor:
@@ -58,9 +60,10 @@ class Supervisor:
         self.log_dir: Path | None = None
         self.stopping = StopFlag()
         self._forced = False
+        self._reload = False  # SIGHUP seen, not yet passed on
 
-    def add(self, name: str, args: list[str], **extra_env: str) -> Child:
-        child = Child(name, args, extra_env=extra_env)
+    def add(self, name: str, args: list[str], *, reloads: bool = True, **extra_env: str) -> Child:
+        child = Child(name, args, extra_env=extra_env, reloads=reloads)
         self.children.append(child)
         return child
 
@@ -151,6 +154,7 @@ class Supervisor:
         """Start everything, keep it running until a stop signal, then stop it all."""
         signals = StopSignals(self.stopping, on_force=self.force)
         signals.install()
+        signal.signal(signal.SIGHUP, self._reload_requested)
         self.start()
         if on_ready is not None:
             on_ready()
@@ -158,11 +162,21 @@ class Supervisor:
         pings.start()
         while not self.stopping.is_set():
             self.check()
+            if self._reload:
+                self._reload = False
+                log.info("process.reloading")
+                for child in self.children:
+                    if child.reloads and child.process is not None and child.process.poll() is None:
+                        child.process.send_signal(signal.SIGHUP)
             self.stopping.wait(POLL)
         sdnotify.notify("STOPPING=1")
         log.info("process.stopping", signal=signals.signum)
         self.signal_all(signal.SIGTERM)
         return self.wait()
+
+    def _reload_requested(self, _signum: int, _frame: object) -> None:
+        """SIGHUP: passed on to the children from the loop (a handler only sets a flag)."""
+        self._reload = True
 
 
 def _watchdog_pings(stop: StopFlag) -> None:

@@ -39,7 +39,11 @@ _OK = Response(200, b'{"ok":true}')
 _HUNG = error_response(504, "injected timeout")
 _BAD_SIGNATURE = error_response(401, "missing or bad webhook-signature")
 _FALSE_VALUES = frozenset({"0", "false", "no", "off"})
-_ADMIN_PATHS = frozenset({"/stats", "/healthz", "/admin/config", "/admin/reset"})
+_ADMIN_PATHS = frozenset({"/stats", "/healthz", "/admin/config", "/admin/reset", "/admin/bodies"})
+_WEBHOOK_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_MISSING_HEADER = error_response(401, "missing or wrong required header")
+# Headers kept with a recorded body.
+_RECORDED_HEADERS = (b"content-type", b"authorization", b"webhook-id", b"webhook-signature")
 _ERRORS = {status: error_response(status, "injected error") for status in (500, 502, 503)}
 
 
@@ -49,7 +53,7 @@ class MockState:
     ``config`` is replaced (never mutated) on every change; ``counters`` is reset in place.
     """
 
-    __slots__ = ("audit", "config", "counters", "limiter", "throttle_remaining")
+    __slots__ = ("audit", "bodies", "config", "counters", "limiter", "throttle_remaining")
 
     def __init__(
         self, config: MockConfig, counters: Counters, limiter: TokenBucket, audit: AuditLog | None
@@ -59,6 +63,7 @@ class MockState:
         self.limiter = limiter
         self.audit = audit
         self.throttle_remaining = 0
+        self.bodies: list[dict[str, Any]] = []  # recorded requests (record_bodies)
 
     def config_dict(self) -> dict[str, Any]:
         """The current config as served by ``GET /admin/config``."""
@@ -102,6 +107,12 @@ class MockApp:
         self._faults = FaultPicker(config, self._rng)
         self._key = secret_key(config.secret) if config.secret is not None else None
         self._hang_s = config.timeout_hang_s
+        self._any_body = config.any_body
+        self._required: tuple[bytes, bytes] | None = None
+        if config.require_header:
+            name, _, value = config.require_header.partition(":")
+            self._required = (name.strip().lower().encode(), value.strip().encode())
+        self._record = config.record_bodies
 
     def configure(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Apply live changes (as ``POST /admin/config``); all-or-nothing, ValueError if invalid."""
@@ -135,7 +146,7 @@ class MockApp:
         if kind == "http":
             if scope["path"] in _ADMIN_PATHS:
                 await self._admin(scope, receive, send)
-            elif scope["method"] == "POST":
+            elif scope["method"] in _WEBHOOK_METHODS:
                 await self._webhook(scope, receive, send)
             else:
                 await error_response(405, "webhooks are POSTed").send(send)
@@ -206,6 +217,12 @@ class MockApp:
     async def _accept(self, scope: Scope, body: bytes, send: Send) -> None:
         counters = self._counters
         msg_id = timestamp = signature = None
+        if self._required is not None and self._required not in scope["headers"]:
+            counters.bad_request += 1
+            await _MISSING_HEADER.send(send)
+            return
+        if len(self.state.bodies) < self._record:
+            self._keep(scope, body)
         for name, value in scope["headers"]:
             if name.startswith(b"webhook-"):
                 if name == b"webhook-id":
@@ -223,13 +240,16 @@ class MockApp:
             counters.bad_signature += 1
             await _BAD_SIGNATURE.send(send)
             return
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            counters.bad_request += 1
-            await error_response(400, "body is not valid JSON").send(send)
-            return
-        user = payload.get("userId") if isinstance(payload, dict) else None
+        if self._any_body:
+            user = msg_id.decode("utf-8", "replace") if msg_id else body.decode("utf-8", "replace")
+        else:
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                counters.bad_request += 1
+                await error_response(400, "body is not valid JSON").send(send)
+                return
+            user = payload.get("userId") if isinstance(payload, dict) else None
         if isinstance(user, bool) or not isinstance(user, str | int) or user == "":
             counters.bad_request += 1
             await error_response(
@@ -246,6 +266,16 @@ class MockApp:
         if self.state.audit is not None:
             self.state.audit.write(key, user_key)
         await _OK.send(send)
+
+    def _keep(self, scope: Scope, body: bytes) -> None:
+        headers = {
+            name.decode(): value.decode("utf-8", "replace")
+            for name, value in scope["headers"]
+            if name in _RECORDED_HEADERS
+        }
+        self.state.bodies.append(
+            {"method": scope["method"], "headers": headers, "body": body.decode("utf-8", "replace")}
+        )
 
     async def _hang(self, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -275,8 +305,11 @@ class MockApp:
             data = state.counters.snapshot(per_user=per_user)
             data["current"] = state.config_dict()
             await json_response(200, data).send(send)
+        elif path == "/admin/bodies" and method == "GET":
+            await json_response(200, {"bodies": state.bodies}).send(send)
         elif path == "/admin/reset" and method == "POST":
             state.counters.reset()
+            state.bodies.clear()
             await _OK.send(send)
         elif path == "/admin/config" and method == "GET":
             await json_response(200, state.config_dict()).send(send)

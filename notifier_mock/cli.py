@@ -56,6 +56,18 @@ def build_parser(prog: str = "python -m notifier_mock") -> argparse.ArgumentPars
         help="whsec_... secret: check signatures (default $NOTIFIER_MOCK_SECRET)",
     )
     add("--audit-path", default=None, help="append 'webhook-id<TAB>userId' per accepted request")
+    add(
+        "--any-body",
+        action="store_true",
+        help='accept any body (form, {"text": ...}); count requests by webhook-id',
+    )
+    add("--require-header", default=None, help="'Name: value' every request must carry (401)")
+    add(
+        "--record-bodies",
+        type=int,
+        default=0,
+        help="keep the first N requests for GET /admin/bodies (default 0)",
+    )
     add("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     return parser
 

@@ -61,6 +61,11 @@ class MockClient:
         except httpx.TransportError:
             return False
 
+    def client_bodies(self) -> list[dict[str, Any]]:
+        """``GET /admin/bodies``: the requests kept with ``--record-bodies``."""
+        bodies: list[dict[str, Any]] = self._json(self._http.get("/admin/bodies"))["bodies"]
+        return bodies
+
     def stats(self, per_user: bool = True) -> Stats:
         """``GET /stats`` (``per_user=False`` leaves out the per-user map)."""
         params = {} if per_user else {"per_user": "0"}

@@ -88,6 +88,12 @@ class MockConfig:
     reset_rate: float = 0.0
     secret: str | None = None
     audit_path: str | os.PathLike[str] | None = None
+    # Any body (a form, {"text": ...}): counted by webhook-id instead of its JSON userId.
+    any_body: bool = False
+    # "Name: value" every request must carry (401 otherwise), e.g. an Authorization header.
+    require_header: str | None = None
+    # Keep the first N requests (method, headers of interest, body) for GET /admin/bodies.
+    record_bodies: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -128,6 +134,16 @@ class MockConfig:
         fix(self, "timeout_hang_s", hang)
         if self.secret is not None:
             secret_key(self.secret)
+        if self.require_header is not None:
+            name, sep, value = self.require_header.partition(":")
+            if not sep or not name.strip() or not value.strip():
+                raise ValueError(
+                    f"require_header must be 'Name: value', got {self.require_header!r}"
+                )
+        if isinstance(self.record_bodies, bool) or not isinstance(self.record_bodies, int):
+            raise ValueError(f"record_bodies must be a whole number, got {self.record_bodies!r}")
+        if self.record_bodies < 0:
+            raise ValueError(f"record_bodies must be 0 or more, got {self.record_bodies}")
         if self.audit_path is not None and not os.fspath(self.audit_path):
             raise ValueError("audit_path must be a file path or None, got an empty string")
 
@@ -169,4 +185,9 @@ class MockConfig:
             "secret": "whsec_***" if self.secret is not None else None,
             "signature_check": self.secret is not None,
             "audit_path": os.fspath(self.audit_path) if self.audit_path is not None else None,
+            "any_body": self.any_body,
+            "require_header": self.require_header.partition(":")[0] + ": ***"
+            if self.require_header
+            else None,
+            "record_bodies": self.record_bodies,
         }

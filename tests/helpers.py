@@ -21,6 +21,7 @@ from rq.job import Job
 
 from daemon.monitor import Monitor
 from hookdrop import connections, ports
+from hookdrop.endpoints import LiveEndpoints
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
@@ -54,11 +55,15 @@ def wait_for(
 
 
 @contextmanager
-def running_monitor(settings: Settings, name: str = "test-monitor") -> Iterator[Monitor]:
-    """A real Monitor (watchdog and all) in a thread, stopped on exit."""
+def running_monitor(
+    settings: Settings, name: str = "test-monitor", environ: dict[str, str] | None = None
+) -> Iterator[Monitor]:
+    """A real Monitor (watchdog and all) in a thread, stopped on exit; ``environ`` holds the
+    variables the endpoints file names."""
     conn = redis.Redis.from_url(connections.redis_url(settings))
     store = Store(connections.database_url(settings))
-    monitor = Monitor(settings, store, conn, name=name)
+    endpoints = LiveEndpoints(settings, environ or {})
+    monitor = Monitor(settings, store, conn, name=name, endpoints=endpoints)
     failure: list[BaseException] = []
 
     def target() -> None:
@@ -227,8 +232,11 @@ def ledger_file(
     chunk_size: int = 100,
     extra: dict[str, Any] | None = None,
     errors: list[tuple[int, str, str]] | None = None,
+    endpoint: str = "default",
+    bodies: list[bytes | None] | None = None,
 ) -> tuple[int, list[str]]:
-    """A file row whose ``count`` alerts are in the ledger and fully read (no file on disk)."""
+    """A file row whose ``count`` alerts are in the ledger and fully read (no file on disk);
+    ``bodies`` are their rendered bodies (None: the default body)."""
     from hookdrop.alerts import alert_id
 
     sha = sha or f"sha-{name}-{count}"
@@ -242,13 +250,22 @@ def ledger_file(
         path="/nonexistent",
         claimed_by="t",
         identity=None,
+        endpoint=endpoint,
     )
     assert file_id is not None
     if status != "claimed":
         with store.transaction() as conn:
             conn.execute("UPDATE files SET status = %s WHERE id = %s", (status, file_id))
     alerts = [
-        (alert_id(sha, 0, f"u{n}", f"m{n}"), n + 2, f"u{n}", f"m{n}", extra) for n in range(count)
+        (
+            alert_id(sha, 0, f"u{n}", f"m{n}", endpoint),
+            n + 2,
+            f"u{n}",
+            f"m{n}",
+            extra,
+            bodies[n] if bodies else None,
+        )
+        for n in range(count)
     ]
     errors = errors or []
     written = store.write_chunk(
@@ -269,13 +286,17 @@ def ledger_file(
 class MockProcess:
     """The mock receiver as a process of its own (in its own process group) and its client."""
 
-    def __init__(self, *, audit_path: Path | None = None, **flags: object) -> None:
-        """Start it with ``--name=value`` flags (``latency_ms=20``), and wait until it answers."""
-        self.port = free_port()
+    def __init__(self, *, audit_path: Path | None = None, port: int = 0, **flags: object) -> None:
+        """Start it with ``--name=value`` flags (``latency_ms=20``; ``True`` for a bare
+        ``--name``), on ``port`` (a free one if 0), and wait until it answers."""
+        self.port = port or free_port()
         self.audit = audit_path
         if audit_path is not None:
             flags["audit_path"] = audit_path
-        args = [f"--{name.replace('_', '-')}={value}" for name, value in flags.items()]
+        args = [
+            f"--{name.replace('_', '-')}" + ("" if value is True else f"={value}")
+            for name, value in flags.items()
+        ]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "notifier_mock", "--port", str(self.port), *args],
             stdout=subprocess.DEVNULL,

@@ -34,6 +34,7 @@ import redis
 import structlog
 
 from hookdrop.alerts import alert_id
+from hookdrop.endpoints import Renderer, RenderError
 from hookdrop.errors import QueueUnavailable, UnreadableFile
 from hookdrop.formats import Gap, Item, Layout, Position, RowError, read_rows
 from hookdrop.inbox import (
@@ -301,6 +302,15 @@ class Batcher:
             time.sleep(0.05)
         self._renew(file_id)
 
+    def _renderer(self, file: FileRow) -> Renderer:
+        """The endpoint's templates; an endpoint this batcher does not know (its configuration
+        changed) gets the default body, and the notifier holds its alerts back."""
+        endpoints = self.ctx.live.current
+        if file.endpoint in endpoints:
+            return endpoints[file.endpoint].renderer
+        log.warning("endpoint.unknown", file_id=file.id, endpoint=file.endpoint)
+        return Renderer()
+
     def _queued(self) -> int:
         """Notifier jobs waiting; while Redis is away, wait for it rather than fail."""
         return retrying(lambda: int(self.queue.count), what="queue depth")
@@ -315,6 +325,7 @@ class Batcher:
         sha, generation = file.content_sha256, file.generation
         alerts: dict[str, AlertInput] = {}
         errors: list[tuple[int, str, str]] = []
+        renderer = self._renderer(file)
         records = 0
         for record, _pos in items:
             if isinstance(record, Gap):
@@ -323,9 +334,22 @@ class Batcher:
             if isinstance(record, RowError):
                 errors.append((record.line, record.reason, record.excerpt))
                 continue
-            aid = alert_id(sha, generation, record.user_id, record.message)
-            if aid not in alerts:
-                alerts[aid] = (aid, record.line, record.user_id, record.message, record.extra)
+            aid = alert_id(sha, generation, record.user_id, record.message, file.endpoint)
+            if aid in alerts:
+                continue
+            try:
+                body = renderer.render(
+                    user_id=record.user_id,
+                    message=record.message,
+                    extra=record.extra,
+                    alert_id=aid,
+                    file=file.name,
+                    line=record.line,
+                )
+            except RenderError as exc:
+                errors.append((record.line, str(exc), f"{record.user_id},{record.message}"[:120]))
+                continue
+            alerts[aid] = (aid, record.line, record.user_id, record.message, record.extra, body)
         last = items[-1][1]
         if not records:
             # Only blank lines since the last chunk: move the checkpoint past them.

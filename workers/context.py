@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from hookdrop.endpoints import LiveEndpoints
 from hookdrop.settings import Settings
 from hookdrop.shutdown import StopFlag
 from hookdrop.store import Store
@@ -28,6 +29,17 @@ class WorkerContext:
     stopping: StopFlag = field(default_factory=StopFlag)
     extras: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
+    # The endpoints, re-read on SIGHUP; built from the settings alone when not given.
+    endpoints: LiveEndpoints | None = None
+
+    def __post_init__(self) -> None:
+        if self.endpoints is None:
+            self.endpoints = LiveEndpoints(self.settings, {})
+
+    @property
+    def live(self) -> LiveEndpoints:
+        assert self.endpoints is not None
+        return self.endpoints
 
     def close(self) -> None:
         self.closed = True

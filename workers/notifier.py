@@ -1,22 +1,24 @@
-"""The notifier: one RQ job delivers one chunk of alerts, concurrently, over persistent
-connections that live as long as the worker process.
+"""The notifier: one RQ job delivers one chunk of alerts of one file, so of one endpoint,
+concurrently, over persistent connections that live as long as the worker process.
 
 Per chunk:
 1. Claim the alerts in PostgreSQL (a lease): delivered, cancelled or leased-elsewhere alerts
    are left out, so a job that runs twice, or a DLQ entry re-injected twice, sends nothing twice.
-2. Send with the global rate limit; every try of an alert carries its stable ``webhook-id``.
-3. Record outcomes by group commit: a sender takes its next alert only once its last outcome
-   is written, so a ``kill -9`` can re-send at most the requests in flight (``concurrency``
-   per process) with their same ids, never outcomes that were only waiting to be written. The
-   writer writes once half the running senders wait for it, or ``GATHER_SECONDS`` after the
-   first outcome came in: one statement for a round of senders instead of one for the few
-   that happened to finish first (each statement is a commit, much of PostgreSQL's cost per
-   alert), while the other half keep sending. The lease is renewed meanwhile.
+2. Ask the endpoint's circuit breaker (workers/breaker.py): closed, send; due a probe, send
+   one alert first; open, hand the alerts back as deferred at once.
+3. Send with the endpoint's global rate limit; every try of an alert carries its stable
+   ``webhook-id``.
+4. Record outcomes by group commit (workers/outcomes.py); the lease is renewed meanwhile.
 
-429 holds everybody briefly and cuts the global rate (see workers/adaptive.py); the refused
-alert waits for its ``Retry-After`` and is tried again without using the failure budget.
-5xx, timeouts and connection errors retry with backoff, then go to the DLQ (or end ``dead``
-when the attempt budget is spent); other 4xx are ``rejected`` at once.
+429 holds everybody sending to that endpoint briefly and cuts its rate (workers/adaptive.py);
+the refused alert waits for its ``Retry-After`` without using its failure budget. A pause
+longer than ``DEFER_AFTER_SECONDS``, nothing but 429s for ``REFUSED_HAND_BACK_SECONDS``, or
+a breaker that opens, ends the job: its alerts wait in
+PostgreSQL as deferred (no budget spent, no worker held) and the monitor queues them again
+once the endpoint is open (daemon/recovery.py), so one endpoint's trouble never holds the
+workers other endpoints need. 5xx, timeouts and connection errors retry with backoff, then go
+to the DLQ (or end ``dead`` when the endpoint's attempt budget is spent); other 4xx are
+``rejected`` at once.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import json
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -33,23 +34,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import orjson
 import structlog
 
-from hookdrop.errors import QueueUnavailable, StoreUnavailable
-from hookdrop.latency import observe_latencies
-from hookdrop.retry import compute_backoff, retrying, retrying_async
-from hookdrop.signing import secret_key, sign
+from hookdrop.errors import QueueUnavailable
+from hookdrop.retry import compute_backoff, retrying
 from hookdrop.store import AlertStatus, AlertToSend, Result
 from workers import context
+from workers.breaker import CLOSED, PROBE
 from workers.classify import Verdict, classify_error, classify_response
-from workers.ratelimit import GlobalLimiter
-from workers.transport import WebhookClient, make_client
+from workers.outcomes import KEEP_EVERY, ChunkBook
+from workers.ratelimit import EndpointPaused
+from workers.targets import DEFER_AFTER_SECONDS, Target, body_of
+from workers.transport import WebhookClient
 
 log = structlog.get_logger(__name__)
 
-KEEP_EVERY = 0.25  # seconds between lease renewals, pause checks and outcome reports
-GATHER_SECONDS = 0.005  # longest an outcome waits for others to be written with it
+# Only 429s for this long, however short each pause: the chunk's alerts are handed back and
+# the endpoint is held (its back-pressure flag) for HOLD_SECONDS.
+REFUSED_HAND_BACK_SECONDS = 5.0
+HOLD_SECONDS = 10.0
 
 
 def deliver_job(file_id: int, ids: list[str]) -> dict[str, Any]:
@@ -73,40 +76,52 @@ class _Alert:
 
 
 class Delivery:
-    """Per-process delivery engine: one event loop, one HTTP client, one limiter."""
+    """Per-process delivery engine: one event loop, and per endpoint one HTTP client, one
+    limiter and one breaker."""
 
     def __init__(self, ctx: context.WorkerContext) -> None:
         import uvloop
 
         self.ctx = ctx
         self.settings = ctx.settings
-        self.settings.require("webhook_url")
-        # Parsed once: httpx would otherwise parse and merge the URL on every request.
-        self.url = httpx.URL(self.settings.webhook_url or "")
-        timeout = self.settings.request_timeout
-        self.timeout = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         self.store = ctx.store
         self.owner = ctx.name
         self.loop = uvloop.new_event_loop()
-        secret = self.settings.signing_secret
-        self.key = secret_key(secret) if secret else None
-        self.limiter = GlobalLimiter(
-            ctx.redis, self.settings.keys, max_rate=self.settings.rate_limit
-        )
-        self.client: WebhookClient | None = None
+        self.targets: dict[str, Target] = {}
+        self._generation = -1
         # One thread writes to PostgreSQL, so the event loop never waits on it.
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="hookdrop-results")
 
     def close(self) -> None:
-        if self.client is not None and not self.loop.is_running():
-            # Bounded: after a stop at once, connections may still wait for answers.
-            with contextlib.suppress(TimeoutError):
-                self.loop.run_until_complete(asyncio.wait_for(self.client.aclose(), 5))
-            self.client = None
+        for target in self.targets.values():
+            self._close_client(target)
         for task in asyncio.all_tasks(self.loop):
             task.cancel()  # senders left behind by a stop at once
         self.loop.close()
         self.writer.shutdown(wait=False, cancel_futures=True)
+
+    def _close_client(self, target: Target) -> None:
+        if target.client is not None and not self.loop.is_running():
+            # Bounded: after a stop at once, connections may still wait for answers.
+            with contextlib.suppress(TimeoutError):
+                self.loop.run_until_complete(asyncio.wait_for(target.client.aclose(), 5))
+            target.client = None
+
+    def target(self, name: str) -> Target | None:
+        """The endpoint as configured now (rebuilt after a reload changed it); None when it
+        is not configured."""
+        live = self.ctx.live
+        endpoints = live.current
+        if live.generation != self._generation:
+            self._generation = live.generation
+            for old in list(self.targets.values()):
+                if old.name not in endpoints or endpoints[old.name] != old.endpoint:
+                    self._close_client(old)
+                    del self.targets[old.name]
+        found = self.targets.get(name)
+        if found is None and name in endpoints:
+            found = self.targets[name] = Target(endpoints[name], self.ctx.redis, self.settings.keys)
+        return found
 
     def run_chunk(self, file_id: int, ids: list[str]) -> dict[str, Any]:
         claimed = retrying(
@@ -116,45 +131,45 @@ class Delivery:
         )
         if not claimed:
             return {"file_id": file_id, "claimed": 0}
-        return self.loop.run_until_complete(_Chunk(self, file_id, claimed).run())
+        name = claimed[0].endpoint
+        target = self.target(name)
+        if target is None:
+            log.error("endpoint.unknown", file_id=file_id, endpoint=name, alerts=len(claimed))
+            return self._defer(file_id, claimed, "endpoint not configured")
+        try:
+            decision = target.breaker.admit()
+            if decision in (CLOSED, PROBE) and target.limiter.paused_for() > DEFER_AFTER_SECONDS:
+                decision = "held by back-pressure"
+        except QueueUnavailable as exc:
+            log.warning("redis.unavailable", action="breaker", error=str(exc))
+            decision = CLOSED
+        if decision not in (CLOSED, PROBE):
+            return self._defer(file_id, claimed, f"breaker {decision}")
+        chunk = _Chunk(self, target, file_id, claimed, probe=decision == PROBE)
+        return self.loop.run_until_complete(chunk.run())
 
-    def get_client(self) -> WebhookClient:
-        if self.client is None:
-            self.client = make_client(
-                timeout=self.settings.request_timeout, concurrency=self.settings.concurrency
-            )
-        return self.client
-
-    def headers(self, alert_id: str, body: bytes) -> dict[str, str]:
-        stamp = int(time.time())
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": alert_id,
-            "webhook-timestamp": str(stamp),
-        }
-        if self.key is not None:
-            headers["webhook-signature"] = sign(self.key, alert_id, stamp, body)
-        return headers
-
-
-def body_of(alert: AlertToSend) -> bytes:
-    """The JSON body: the extra fields, then ``userId`` and ``alertMessage``."""
-    payload = dict(alert.extra or {})
-    payload["userId"] = alert.user_id
-    payload["alertMessage"] = alert.message
-    try:
-        return orjson.dumps(payload)
-    except TypeError:  # orjson refuses integers beyond 64 bits; the stdlib keeps them exact
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    def _defer(self, file_id: int, rows: list[AlertToSend], reason: str) -> dict[str, Any]:
+        ids = [row.id for row in rows]
+        retrying(lambda: self.store.defer_alerts(ids, self.owner), what="defer alerts")
+        log.info("chunk.deferred", file_id=file_id, alerts=len(ids), reason=reason)
+        return {"file_id": file_id, "claimed": len(ids), "deferred": len(ids)}
 
 
-class _Chunk:
-    """The work of one job: send every claimed alert to an end state or to the DLQ."""
+class _Chunk(ChunkBook):
+    """The work of one job: send every claimed alert to an end state, the DLQ or back."""
 
-    def __init__(self, engine: Delivery, file_id: int, rows: list[AlertToSend]) -> None:
-        self.engine = engine
-        self.settings = engine.settings
-        self.file_id = file_id
+    def __init__(
+        self,
+        engine: Delivery,
+        target: Target,
+        file_id: int,
+        rows: list[AlertToSend],
+        *,
+        probe: bool = False,
+    ) -> None:
+        super().__init__(engine, target, file_id)
+        self.endpoint = target.endpoint
+        self.probe = probe  # send one alert alone first: the breaker's probe
         self.alerts: deque[_Alert] = deque()
         unsendable: list[Result] = []
         for row in rows:
@@ -169,19 +184,11 @@ class _Chunk:
                         error=f"cannot build the webhook body: {exc}"[:200],
                     )
                 )
-        self.open: dict[str, _Alert] = {a.id: a for a in self.alerts}
+        self.open = {a.id: a for a in self.alerts}
         # Alerts refused with a 429, by when they may be sent again (ties in arrival order).
         self.waiting: list[tuple[float, int, _Alert]] = []
         self._order = 0
-        # Outcomes waiting for the writer, and the future their write completes.
-        self.pending: dict[str, Result] = {}
-        self.pending_written: asyncio.Future[None] | None = None
-        self.has_pending = asyncio.Event()
-        self.round_complete = asyncio.Event()  # every running sender waits for the writer
-        self.senders_left = 0
-        self.db_ok = asyncio.Event()
-        self.db_ok.set()
-        self.unreported: list[Result] = []  # written, not yet in the Redis counters
+        self.refused_since: float | None = None  # only 429s since then (monotonic)
         self.unsendable = unsendable
         self.counts = {
             "delivered": 0,
@@ -191,19 +198,10 @@ class _Chunk:
             "throttled": 0,
             "retried": 0,
         }
-        self.paused = False
-        self.lost = False  # our lease was taken over (after an outage): stop sending
-        self.finished = False
-        self.wake = asyncio.Event()
 
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
-        client = self.engine.get_client()
-        senders = [
-            asyncio.create_task(self._sender(client))
-            for _ in range(min(self.settings.concurrency, len(self.alerts)))
-        ]
-        self.senders_left = len(senders)
+        client = self.target.get_client()
         writer = asyncio.create_task(self._writer())
         keeper = asyncio.create_task(self._keeper())
         for result in self.unsendable:
@@ -211,6 +209,14 @@ class _Chunk:
             log.warning("alert.rejected", alert_id=result.alert_id, error=result.error)
             self._note(result)
         try:
+            if self.probe and self.alerts:
+                self.senders_left = 1
+                await self._send_probe(client)
+            senders = [
+                asyncio.create_task(self._sender(client))
+                for _ in range(min(self.endpoint.concurrency, len(self.alerts)))
+            ]
+            self.senders_left = len(senders)
             await asyncio.gather(*senders)
         finally:
             self.finished = True
@@ -220,28 +226,52 @@ class _Chunk:
             await writer  # it never drops a batch half-written
             await keeper
         self._report()
-        leftover = [a.id for a in self.open.values() if not a.done]
-        if leftover:  # stop or pause: hand them back to the lease sweep right away
-            retrying(
-                lambda: self.engine.store.release_alerts(leftover, self.engine.owner),
-                what="release alerts",
-            )
-            reason = "paused" if self.paused else "lease lost" if self.lost else "stopping"
-            log.info("chunk.released", file_id=self.file_id, alerts=len(leftover), reason=reason)
+        self._hand_back()
         elapsed = time.monotonic() - started
         log.info(
             "chunk.done",
             file_id=self.file_id,
+            endpoint=self.endpoint.name,
             alerts=len(self.open),
             seconds=round(elapsed, 3),
             **self.counts,
         )
         return {"file_id": self.file_id, "claimed": len(self.open), **self.counts}
 
+    def _hand_back(self) -> None:
+        """Alerts not finished here: deferred (endpoint held) or released to the lease sweep
+        (stop, pause, lease lost)."""
+        leftover = [a.id for a in self.open.values() if not a.done]
+        if not leftover:
+            return
+        store, owner = self.engine.store, self.engine.owner
+        if self.deferring and not self.lost:
+            retrying(lambda: store.defer_alerts(leftover, owner), what="defer alerts")
+            reason = "endpoint held"
+        else:
+            retrying(lambda: store.release_alerts(leftover, owner), what="release alerts")
+            reason = "paused" if self.paused else "lease lost" if self.lost else "stopping"
+        self.counts["deferred" if self.deferring and not self.lost else "released"] = len(leftover)
+        log.info(
+            "chunk.released",
+            file_id=self.file_id,
+            endpoint=self.endpoint.name,
+            alerts=len(leftover),
+            reason=reason,
+        )
+
     # -- sending ----------------------------------------------------------------------------
 
     def _should_stop(self) -> bool:
-        return self.engine.ctx.stopping.is_set() or self.paused or self.lost
+        return self.engine.ctx.stopping.is_set() or self.paused or self.lost or self.deferring
+
+    async def _send_probe(self, client: WebhookClient) -> None:
+        """One alert alone: its answer closes the breaker or opens it again."""
+        alert = self.alerts.popleft()
+        self.target.breaker.dirty = True  # its success must reach Redis
+        await self._deliver(client, alert, probe=True)
+        if not alert.done and not self.deferring:
+            self.alerts.appendleft(alert)  # throttled: sent again with the others
 
     async def _sender(self, client: WebhookClient) -> None:
         try:
@@ -251,7 +281,9 @@ class _Chunk:
                 elif self.alerts:
                     alert = self.alerts.popleft()
                 else:  # only refused alerts are left: wait for the first one's Retry-After
-                    await asyncio.sleep(max(0.0, self.waiting[0][0] - time.monotonic()))
+                    # (in short steps: a hand-back or a stop ends the wait)
+                    wait = self.waiting[0][0] - time.monotonic()
+                    await asyncio.sleep(min(max(0.0, wait), KEEP_EVERY))
                     continue
                 await self._deliver(client, alert)
         finally:
@@ -259,34 +291,42 @@ class _Chunk:
             if len(self.pending) >= self._round():
                 self.round_complete.set()
 
-    async def _deliver(self, client: WebhookClient, alert: _Alert) -> None:
-        limiter = self.engine.limiter
+    async def _deliver(self, client: WebhookClient, alert: _Alert, *, probe: bool = False) -> None:
+        target = self.target
+        limiter = target.limiter
         while True:
             await self.db_ok.wait()
             if self._should_stop():
                 return
             try:
                 epoch = await limiter.acquire()
+            except EndpointPaused as exc:
+                if not self.deferring:
+                    log.info("endpoint.held", endpoint=target.name, seconds=round(exc.seconds, 1))
+                self.deferring = True
+                return
             except QueueUnavailable as exc:
                 log.warning("redis.unavailable", action="rate limit", error=str(exc))
                 await asyncio.sleep(1.0)
                 continue
             started = time.perf_counter()
             try:
-                request = httpx.Request(
-                    "POST",
-                    self.engine.url,
-                    content=alert.body,
-                    headers=self.engine.headers(alert.id, alert.body),
-                    extensions={"timeout": self.engine.timeout},
-                )
-                response = await client.deliver(request)
+                response = await client.deliver(target.request(alert.id, alert.body))
                 verdict = classify_response(response)
             except httpx.HTTPError as exc:
                 verdict = classify_error(exc)
             latency = (time.perf_counter() - started) * 1000
             if verdict.kind != "throttled" and verdict.code is not None:
                 limiter.answered(epoch)  # a real answer: 429s in this epoch measure our rate
+            opened = False
+            if verdict.kind == "retry":
+                opened = self._breaker_failed(verdict, probe=probe)
+                if probe and opened:
+                    return  # the breaker's test failed, not the alert: it waits on, unspent
+            elif target.breaker.dirty:
+                self._breaker_ok()
+            if verdict.kind != "throttled":
+                self.refused_since = None
             if verdict.kind == "delivered":
                 await self._finish(
                     alert,
@@ -313,9 +353,28 @@ class _Chunk:
                 # the rate the controller now allows.
                 self._throttled(alert, verdict, latency, epoch)
                 return
-            if await self._failed(alert, verdict, latency):
-                return
+            if await self._failed(alert, verdict, latency) or opened:
+                return  # DLQ or dead; or the breaker is open: the alert waits, deferred
             await asyncio.sleep(compute_backoff(alert.tries, base=0.2, cap=10.0))
+
+    def _breaker_failed(self, verdict: Verdict, *, probe: bool) -> bool:
+        """Count a failure at the breaker; True when it is open now: the chunk hands its
+        alerts back (deferred), and they wait without spending their budget."""
+        try:
+            state = self.target.breaker.failed(verdict.error, probe=probe)
+        except QueueUnavailable as exc:
+            log.warning("redis.unavailable", action="breaker", error=str(exc))
+            return False
+        if state == CLOSED:
+            return False
+        self.deferring = True
+        return True
+
+    def _breaker_ok(self) -> None:
+        try:
+            self.target.breaker.succeeded()
+        except QueueUnavailable as exc:
+            log.warning("redis.unavailable", action="breaker", error=str(exc))
 
     def _throttled(self, alert: _Alert, verdict: Verdict, latency: float, epoch: int) -> None:
         pause = verdict.retry_after
@@ -325,8 +384,22 @@ class _Chunk:
         alert.not_before = time.monotonic() + pause
         self._order += 1
         heapq.heappush(self.waiting, (alert.not_before, self._order, alert))
-        rate = self.engine.limiter.throttled(pause, epoch)
+        rate = self.target.limiter.throttled(pause, epoch)
         self.counts["throttled"] += 1
+        now = time.monotonic()
+        if self.refused_since is None:
+            self.refused_since = now
+        elif now - self.refused_since > REFUSED_HAND_BACK_SECONDS and not self.deferring:
+            # Nothing but 429s for a while, in short pauses: the receiver refuses everything;
+            # hand the chunk back rather than keep a worker other endpoints need.
+            self.deferring = True
+            self.target.limiter.hold(HOLD_SECONDS)
+            log.info(
+                "endpoint.held",
+                endpoint=self.target.name,
+                seconds=round(now - self.refused_since, 1),
+                hold=HOLD_SECONDS,
+            )
         self._note(
             Result(
                 alert.id,
@@ -340,6 +413,7 @@ class _Chunk:
         log.info(
             "alert.throttled",
             alert_id=alert.id,
+            endpoint=self.endpoint.name,
             pause=round(pause, 3),
             rate=rate and round(rate, 1),
         )
@@ -360,11 +434,11 @@ class _Chunk:
                 next_at=next_at,
             )
 
-        if total >= self.settings.attempt_budget:
+        if total >= self.endpoint.attempt_budget:
             await self._finish(alert, result(AlertStatus.DEAD))
             log.error("alert.dead", alert_id=alert.id, attempts=total, error=verdict.error)
             return True
-        if alert.tries >= self.settings.max_tries:
+        if alert.tries >= self.endpoint.max_tries:
             delay = compute_backoff(
                 total, base=self.settings.dlq_interval / 4, cap=self.settings.dlq_interval * 20
             )
@@ -381,129 +455,3 @@ class _Chunk:
         alert.done = True
         self.counts[result.status] += 1
         await self._note(result)
-
-    def _note(self, result: Result) -> asyncio.Future[None]:
-        """Queue an outcome for the writer, merged with any earlier one of this alert; the
-        future completes when it is written."""
-        earlier = self.pending.get(result.alert_id)
-        if earlier is not None:
-            result = Result(
-                result.alert_id,
-                result.status,
-                failed=earlier.failed + result.failed,
-                throttled=earlier.throttled + result.throttled,
-                code=result.code,
-                error=result.error or earlier.error,
-                latency_ms=result.latency_ms,
-                next_at=result.next_at,
-            )
-        self.pending[result.alert_id] = result
-        if self.pending_written is None:
-            self.pending_written = asyncio.get_running_loop().create_future()
-        self.has_pending.set()
-        if len(self.pending) >= self._round():
-            self.round_complete.set()
-        return self.pending_written
-
-    def _round(self) -> int:
-        """Outcomes worth a write of their own: half the running senders wait for it, the
-        other half go on sending meanwhile."""
-        return max(1, (self.senders_left + 1) // 2)
-
-    # -- bookkeeping ------------------------------------------------------------------------
-
-    async def _writer(self) -> None:
-        """Write outcomes in rounds: once half the running senders wait for their outcomes to
-        be written, or ``GATHER_SECONDS`` after the first one came in, whichever is first."""
-        loop = asyncio.get_running_loop()
-        store, owner = self.engine.store, self.engine.owner
-        while True:
-            await self.has_pending.wait()
-            if not self.finished and len(self.pending) < self._round():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.round_complete.wait(), GATHER_SECONDS)
-            self.has_pending.clear()
-            self.round_complete.clear()
-            if not self.pending:
-                if self.finished:
-                    return
-                continue
-            batch, written_future = list(self.pending.values()), self.pending_written
-            self.pending, self.pending_written = {}, None
-            assert written_future is not None
-
-            async def record(batch: list[Result] = batch) -> int:
-                return await loop.run_in_executor(
-                    self.engine.writer, store.record_results, batch, owner
-                )
-
-            try:
-                # While it fails, stop sending: an outcome we cannot record could be sent
-                # twice later.
-                written = await retrying_async(
-                    record,
-                    what="record results",
-                    retry_on=(StoreUnavailable,),
-                    on_failure=self.db_ok.clear,
-                )
-            except BaseException as exc:
-                written_future.set_exception(exc)
-                raise
-            if written < len(batch) and not self.lost:
-                # Our lease ran out (a long PostgreSQL outage) and the sweep handed these
-                # alerts to another job: sending the rest too would send them twice.
-                self.lost = True
-                log.warning(
-                    "chunk.lease_lost", file_id=self.file_id, unwritten=len(batch) - written
-                )
-            self.db_ok.set()
-            self.unreported.extend(batch)
-            written_future.set_result(None)
-
-    async def _keeper(self) -> None:
-        """Renew the lease, watch for a pause and report outcomes, until the chunk is done."""
-        loop = asyncio.get_running_loop()
-        last_renew = time.monotonic()
-        while not self.finished:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), KEEP_EVERY)
-            self._report()
-            if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
-                holding = [a.id for a in self.open.values() if not a.done]
-                try:
-                    await loop.run_in_executor(
-                        self.engine.writer,
-                        self.engine.store.renew_leases,
-                        holding,
-                        self.engine.owner,
-                        self.settings.lease_seconds,
-                    )
-                    last_renew = time.monotonic()
-                except StoreUnavailable as exc:
-                    log.warning("db.unavailable", action="renew lease", error=str(exc))
-            try:
-                if self.engine.ctx.redis.exists(self.settings.keys.paused(self.file_id)):
-                    self.paused = True
-            except QueueUnavailable as exc:  # Redis away: keep sending, PostgreSQL decides
-                log.warning("redis.unavailable", action="check pause", error=str(exc))
-
-    def _report(self) -> None:
-        """Written outcomes into the shared per-second counters and latency histogram."""
-        batch, self.unreported = self.unreported, []
-        if not batch:
-            return
-        ok = sum(1 for r in batch if r.status == AlertStatus.DELIVERED)
-        throttled = sum(r.throttled for r in batch)
-        try:
-            self.engine.limiter.report(ok, throttled)
-            observe_latencies(
-                self.engine.ctx.redis,
-                self.settings.keys,
-                [
-                    r.latency_ms
-                    for r in batch
-                    if r.status == AlertStatus.DELIVERED and r.latency_ms is not None
-                ],
-            )
-        except QueueUnavailable as exc:
-            log.warning("redis.unavailable", action="report outcomes", error=str(exc))

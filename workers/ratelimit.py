@@ -1,4 +1,6 @@
-"""One rate limit for every notifier process on every host, kept in Redis.
+"""One rate limit per endpoint for every notifier process on every host, kept in Redis.
+
+Every endpoint has its own limiter, flag and controller state (its keys: ``Keys.scoped``).
 
 - Tokens come from a GCRA script that runs inside Redis and reads Redis ``TIME``, so worker
   clocks do not matter and N processes together never exceed the rate. Processes take tokens
@@ -106,6 +108,14 @@ return 1
 """
 
 
+class EndpointPaused(Exception):
+    """The endpoint is held for longer than the caller wants to wait: give its work back."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"held for {seconds:.1f} s")
+        self.seconds = seconds
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
     tokens: int
@@ -141,8 +151,11 @@ class GlobalLimiter:
         burst_seconds: float = 0.05,
         tuning: adaptive.Tuning | None = None,
         adjust_every: float = 0.25,
+        defer_after: float | None = None,
     ) -> None:
         self.redis = conn
+        # Held longer than this (a 429 pause): acquire raises EndpointPaused instead of waiting.
+        self.defer_after = defer_after
         self.keys = keys
         self.max_rate = max_rate
         self.burst_seconds = burst_seconds
@@ -200,6 +213,13 @@ class GlobalLimiter:
                     self._tokens += grant.tokens
                     self._epoch = grant.epoch
                     break
+                if (
+                    self.defer_after is not None
+                    and grant.rate is not None
+                    and grant.rate < 0
+                    and grant.wait_seconds > self.defer_after
+                ):
+                    raise EndpointPaused(grant.wait_seconds)
                 if self._batch() < want:
                     continue  # asked for a batch sized for another rate: ask again, at once
                 await asyncio.sleep(max(grant.wait_seconds, 0.001))
@@ -297,6 +317,11 @@ class GlobalLimiter:
         """Feed accepted / throttled counts into the shared per-second series."""
         if ok or throttled:
             self._report(keys=[self.keys.outcomes], args=[ok, throttled])
+
+    def hold(self, seconds: float) -> None:
+        """The receiver refuses everything: raise the back-pressure flag for ``seconds``, so
+        jobs for this endpoint hand their alerts back at once and the monitor waits."""
+        self._pause(keys=[self.keys.backpressure], args=[max(1, int(seconds * 1000))])
 
     def paused_for(self) -> float:
         """Seconds left on the back-pressure flag (0 when none)."""

@@ -22,10 +22,11 @@ from rq.worker import WorkerStatus
 
 from hookdrop import sdnotify
 from hookdrop.connections import connect_redis, connect_store
+from hookdrop.endpoints import LiveEndpoints
 from hookdrop.errors import QueueUnavailable
 from hookdrop.queues import batcher_queue, notifier_queue
 from hookdrop.retry import retrying
-from hookdrop.settings import Settings
+from hookdrop.settings import Settings, environ_snapshot
 from hookdrop.shutdown import StopFlag, StopSignals
 from workers import context
 
@@ -43,6 +44,8 @@ class HookdropWorker(SimpleWorker):
     def _install_signal_handlers(self) -> None:
         flag = self.hookdrop_context.stopping if self.hookdrop_context else StopFlag()
         StopSignals(flag, on_first=self._stop_after_job).install()
+        if self.hookdrop_context is not None:
+            self.hookdrop_context.live.install_sighup()  # the endpoints are read again
 
     def _stop_after_job(self) -> None:
         """Runs inside the signal handler: flags only, no lock, no I/O."""
@@ -55,7 +58,8 @@ def build_context(settings: Settings, name: str | None = None) -> context.Worker
     settings.require("redis_url", "database_url")
     conn = connect_redis(settings, name="hookdrop-worker")
     store = connect_store(settings, name="hookdrop-worker")
-    ctx = context.WorkerContext(settings=settings, redis=conn, store=store)
+    endpoints = LiveEndpoints(settings, environ_snapshot())
+    ctx = context.WorkerContext(settings=settings, redis=conn, store=store, endpoints=endpoints)
     if name:
         ctx.name = name
     return ctx
@@ -98,6 +102,7 @@ def _watchdog_pings(stop: threading.Event) -> None:
 def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
     """Run one worker in this process until stopped (or, with ``burst``, until idle)."""
     ctx = build_context(settings)
+    ctx.live.install_sighup()  # at once: SIGHUP's default action would end the process
     ctx.store.check_schema()
     ctx.redis.ping()
     context.install(ctx)

@@ -13,6 +13,7 @@ from fastapi import Path as PathParam
 from redis import Redis
 
 from daemon.api.crosssite import REQUEST_HEADER
+from hookdrop.endpoints import LiveEndpoints
 from hookdrop.ops import Control, RateTracker
 from hookdrop.settings import Settings
 from hookdrop.store import Store
@@ -78,11 +79,12 @@ class Hub:
     redis: Redis
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     rates: RateTracker = field(default_factory=RateTracker)
+    endpoints: LiveEndpoints | None = None  # the monitor's, re-read on SIGHUP
 
     def call(self, action: Callable[[Control], T]) -> T:
         """Run one control action with a borrowed Store (blocking: call from a thread)."""
         with self.pool.borrow() as store:
-            return action(Control(self.settings, store, self.redis, self.rates))
+            return action(Control(self.settings, store, self.redis, self.rates, self.endpoints))
 
 
 def hub_of(request: Request) -> Hub:
@@ -93,7 +95,7 @@ def hub_of(request: Request) -> Hub:
 def get_control(request: Request) -> Iterator[Control]:
     hub = hub_of(request)
     with hub.pool.borrow() as store:
-        yield Control(hub.settings, store, hub.redis, hub.rates)
+        yield Control(hub.settings, store, hub.redis, hub.rates, hub.endpoints)
 
 
 ControlDep = Annotated[Control, Depends(get_control)]

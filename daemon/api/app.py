@@ -16,6 +16,7 @@ from daemon.api import dlq, files, live, metrics, results, system, uploads
 from daemon.api._hub import MAX_UPLOAD_BYTES, Hub, StorePool
 from daemon.api.auth import OPEN_PATHS, TokenAuth
 from daemon.api.crosssite import CrossSiteGuard, HostPolicy
+from hookdrop.endpoints import LiveEndpoints
 from hookdrop.errors import QueueUnavailable, StoreUnavailable
 from hookdrop.ops import BadRequest, Conflict, TooLarge, UnknownFile
 from hookdrop.settings import Settings
@@ -51,9 +52,10 @@ def create_app(
     redis: Redis,
     *,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    endpoints: LiveEndpoints | None = None,
 ) -> FastAPI:
     """The API on one Redis client (thread-safe) and Stores made by ``store_factory``."""
-    hub = Hub(settings, StorePool(store_factory), redis, max_upload_bytes)
+    hub = Hub(settings, StorePool(store_factory), redis, max_upload_bytes, endpoints=endpoints)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -87,6 +88,7 @@ class Collector:
                 "The adaptive global rate limit (requests/s).",
                 value=current,
             )
+        yield from _per_endpoint(control.endpoints())
         buckets, total = latency_histogram(control.redis, control.keys)
         yield HistogramMetricFamily(
             "hookdrop_delivery_latency_seconds",
@@ -94,6 +96,50 @@ class Collector:
             buckets=buckets,
             sum_value=total,
         )
+
+
+def _per_endpoint(endpoints: list[dict[str, Any]]) -> Iterator[Metric]:
+    """The same for each endpoint, labelled ``endpoint``."""
+    label = ["endpoint"]
+    delivered = CounterMetricFamily(
+        "hookdrop_endpoint_alerts", "Alerts that reached an end state.", labels=[*label, "status"]
+    )
+    waiting = GaugeMetricFamily(
+        "hookdrop_endpoint_open_alerts", "Alerts on their way, by state.", labels=[*label, "state"]
+    )
+    pressure = GaugeMetricFamily(
+        "hookdrop_endpoint_backpressure_active", "1 while a 429 holds it off.", labels=label
+    )
+    breaker = GaugeMetricFamily(
+        "hookdrop_endpoint_breaker_open",
+        "1 while its circuit breaker is open (or probing).",
+        labels=label,
+    )
+    failures = GaugeMetricFamily(
+        "hookdrop_endpoint_breaker_failures", "Consecutive failures counted.", labels=label
+    )
+    rate = GaugeMetricFamily(
+        "hookdrop_endpoint_rate_limit_current", "Rate limit in force (requests/s).", labels=label
+    )
+    speed = GaugeMetricFamily(
+        "hookdrop_endpoint_deliveries_per_second",
+        "Accepted webhook calls per second over the last 10 s.",
+        labels=label,
+    )
+    for view in endpoints:
+        name = [view["name"]]
+        counts = view["counts"]
+        for status in ("delivered", "rejected", "dead"):
+            delivered.add_metric([*name, status], counts[status])
+        for state in ("pending", "sending", "retrying", "throttled", "dlq", "deferred"):
+            waiting.add_metric([*name, state], counts.get(state, 0))
+        pressure.add_metric(name, int(view["backpressure"]["active"]))
+        breaker.add_metric(name, int(view["breaker"]["state"] != "closed"))
+        failures.add_metric(name, view["breaker"]["failures"])
+        if view["rate_limit"]["current"] is not None:
+            rate.add_metric(name, view["rate_limit"]["current"])
+        speed.add_metric(name, view["delivered_per_second"])
+    yield from (delivered, waiting, pressure, breaker, failures, rate, speed)
 
 
 @router.get(

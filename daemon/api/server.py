@@ -12,6 +12,7 @@ import uvicorn
 
 from daemon.api.app import create_app
 from hookdrop.connections import connect_redis, connect_store
+from hookdrop.endpoints import LiveEndpoints
 from hookdrop.errors import ConfigError
 from hookdrop.settings import Settings
 
@@ -42,7 +43,12 @@ def _bind(host: str, port: int) -> socket.socket:
         ) from None
 
 
-def run_api_in_thread(settings: Settings, *, startup_timeout: float = 10.0) -> ApiServer:
+def run_api_in_thread(
+    settings: Settings,
+    *,
+    startup_timeout: float = 10.0,
+    endpoints: LiveEndpoints | None = None,
+) -> ApiServer:
     """Serve the API on ``settings.api_listen`` from a daemon thread with its own loop.
 
     The socket is bound here, so a port in use is a ConfigError raised to the caller.
@@ -50,7 +56,12 @@ def run_api_in_thread(settings: Settings, *, startup_timeout: float = 10.0) -> A
     host, port = settings.api_listen
     conn = connect_redis(settings, name="hookdrop-api")
     sock = _bind(host, port)
-    app = create_app(settings, lambda: connect_store(settings, name="hookdrop-api"), conn)
+    app = create_app(
+        settings,
+        lambda: connect_store(settings, name="hookdrop-api"),
+        conn,
+        endpoints=endpoints,
+    )
     config = uvicorn.Config(
         app,
         log_config=None,

@@ -22,6 +22,15 @@ def overview(control: ControlDep) -> Any:
     return control.overview()
 
 
+@router.get(
+    "/endpoints",
+    summary="Every endpoint: URL (credentials masked), limit, rate in force, back-pressure, "
+    "circuit breaker, counts",
+)
+def endpoints(control: ControlDep) -> Any:
+    return {"endpoints": control.endpoints()}
+
+
 @router.get("/throughput", summary="Accepted webhook calls per second over the last 120 s")
 def throughput(control: ControlDep, seconds: Annotated[int, Query(ge=1, le=120)] = 120) -> Any:
     return control.throughput(seconds)

@@ -51,6 +51,7 @@ def files_table(files: list[dict[str, Any]]) -> Any:
     for name, justify in (
         ("id", "right"),
         ("name", "left"),
+        ("endpoint", "left"),
         ("status", "left"),
         ("done", "right"),
         ("delivered", "right"),
@@ -68,6 +69,7 @@ def files_table(files: list[dict[str, Any]]) -> Any:
         table.add_row(
             str(f["id"]),
             escape(f["name"]),
+            escape(f["endpoint"]),
             status,
             f"{f['percent']}%",
             f"{c['delivered']:,}/{c['alerts']:,}",
@@ -101,13 +103,13 @@ def overview_text(o: dict[str, Any]) -> str:
 def file_text(f: dict[str, Any]) -> str:
     c = f["counts"]
     lines = [
-        f"file {f['id']} {f['name']} (generation {f['generation']}): {f['status']}"
-        + (" (paused)" if f["paused"] and not f["finished"] else ""),
+        f"file {f['id']} {f['name']} → {f['endpoint']} (generation {f['generation']}): "
+        f"{f['status']}" + (" (paused)" if f["paused"] and not f["finished"] else ""),
         f"  rows {c['rows']:,} · invalid {c['invalid']:,} · alerts {c['alerts']:,}",
         f"  delivered {c['delivered']:,} · queued {c['queued']:,} · sending {c['sending']:,}"
         f" · throttled {c['throttled']:,} · retrying {c['retrying']:,}",
-        f"  in DLQ {c['dlq']:,} · dead {c['dead']:,} · rejected {c['rejected']:,}"
-        f" · cancelled {c['cancelled']:,}",
+        f"  in DLQ {c['dlq']:,} · deferred {c['deferred']:,} · dead {c['dead']:,}"
+        f" · rejected {c['rejected']:,} · cancelled {c['cancelled']:,}",
     ]
     if not f["finished"]:
         lines.append(f"  {f['percent']}% · rate {_rate(f['rate'])} · ETA {_eta(f['eta_seconds'])}")
@@ -163,3 +165,47 @@ def watch(fetch: Callable[[], list[dict[str, Any]]], as_json: bool) -> None:
             if all(f["finished"] for f in files):
                 return
             time.sleep(WATCH_INTERVAL)
+
+
+def endpoints_table(endpoints: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="endpoints", title_justify="left")
+    for name in (
+        "name",
+        "url",
+        "limit",
+        "rate",
+        "back-pressure",
+        "breaker",
+        "delivered",
+        "open",
+        "deferred",
+        "dlq",
+        "dead",
+        "rejected",
+    ):
+        table.add_column(name, justify="left" if name in ("name", "url", "breaker") else "right")
+    for e in endpoints:
+        c = e["counts"]
+        pressure = e["backpressure"]
+        breaker = e["breaker"]
+        state = breaker["state"]
+        if state != "closed" and breaker["probe_in"] is not None:
+            state += f" (probe in {max(0.0, breaker['probe_in']):.0f} s)"
+        waiting = sum(c.get(k, 0) for k in ("pending", "sending", "retrying", "throttled"))
+        table.add_row(
+            escape(e["name"]),
+            escape(e["url"] or "(not configured)"),
+            _rate(e["rate_limit"]["configured"]),
+            _rate(e["rate_limit"]["current"]),
+            f"{pressure['seconds_left']:.1f} s" if pressure["active"] else "-",
+            state,
+            f"{c['delivered']:,}",
+            f"{waiting:,}",
+            f"{c.get('deferred', 0):,}",
+            f"{c.get('dlq', 0):,}",
+            f"{c['dead']:,}",
+            f"{c['rejected']:,}",
+        )
+    return table

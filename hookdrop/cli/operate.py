@@ -18,6 +18,7 @@ import click
 
 from hookdrop.cli._common import configure_logs, connect, with_settings
 from hookdrop.cli._views import (
+    endpoints_table,
     file_text,
     files_table,
     overview_text,
@@ -26,7 +27,7 @@ from hookdrop.cli._views import (
     watch,
 )
 from hookdrop.errors import ConfigError
-from hookdrop.settings import Settings
+from hookdrop.settings import Settings, environ_snapshot
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 limit_option = click.option(
@@ -49,6 +50,7 @@ def _statuses(value: str) -> list[str]:
 @contextmanager
 def control_for(settings: Settings) -> Iterator[Any]:
     from hookdrop.connections import connect_redis, connect_store
+    from hookdrop.endpoints import LiveEndpoints
     from hookdrop.ops import Control
 
     quiet = settings.replace(log_level="warning") if settings.log_level == "info" else settings
@@ -58,7 +60,7 @@ def control_for(settings: Settings) -> Iterator[Any]:
         conn = connect_redis(live, name="hookdrop-cli")
         store = connect_store(live, name="hookdrop-cli")
         try:
-            yield Control(live, store, conn)
+            yield Control(live, store, conn, endpoints=LiveEndpoints(live, environ_snapshot()))
         finally:
             store.close()
             conn.close()
@@ -292,4 +294,31 @@ pause = _action(
 resume = _action("resume", "resumed", "Resume a paused file.")
 cancel = _action("cancel", "cancelled", "Cancel every alert of a file not yet sent.")
 
-COMMANDS = (status, files, result, dlq, replay, resend, send, pause, resume, cancel)
+
+@click.command("endpoints")
+@json_option
+@with_settings
+def endpoints(settings: Settings, as_json: bool) -> None:
+    """Every endpoint: URL (credentials masked), configured limit, rate in force,
+    back-pressure, circuit breaker, counts."""
+    with control_for(settings) as control:
+        rows = control.endpoints()
+    if as_json:
+        print_json(rows)
+    else:
+        table_console().print(endpoints_table(rows))
+
+
+COMMANDS = (
+    status,
+    files,
+    result,
+    dlq,
+    replay,
+    resend,
+    send,
+    pause,
+    resume,
+    cancel,
+    endpoints,
+)

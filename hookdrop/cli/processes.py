@@ -15,6 +15,8 @@ from hookdrop.cli._common import (
     notifiers_option,
     with_settings,
 )
+from hookdrop.endpoints import Endpoints, load_endpoints
+from hookdrop.errors import ConfigError
 from hookdrop.settings import Settings, environ_snapshot
 from hookdrop.supervise import Supervisor
 
@@ -46,7 +48,7 @@ def worker(settings: Settings, kind: str, processes: int, burst: bool) -> None:
     """Run batcher or notifier workers (one queue per process)."""
     configure_logs(settings, kind)
     if kind == "notifier":
-        settings.require("webhook_url")
+        require_endpoints(settings)
     from workers.runner import run_worker
 
     with connect(settings) as live:
@@ -116,25 +118,36 @@ def up(settings: Settings, with_mock: bool, mock_port: int, notifiers: int, batc
     configure_logs(settings, "up")
     if with_mock:
         settings = settings.replace(webhook_url=f"http://127.0.0.1:{mock_port}/")
-    settings.require("webhook_url")
+    endpoints = require_endpoints(settings)
     check_inbox(settings)
     # Embedded servers started here stop when everything below has stopped; the children
     # get the URLs in their environment and never start servers of their own.
     with connect(settings, migrate=True) as live:
         sup = Supervisor({**environ_snapshot(), **live.to_environ()})
         if with_mock:
-            sup.add("mock", ["mock", "--port", str(mock_port)])
+            sup.add("mock", ["mock", "--port", str(mock_port)], reloads=False)
         sup.add("monitor", ["monitor"])
         for n in range(batchers):
             sup.add(f"batcher-{n + 1}", ["worker", "batcher"])
         for n in range(notifiers):
             sup.add(f"notifier-{n + 1}", ["worker", "notifier"])
+        targets = ", ".join(f"{e.name} {e.masked_url}" for e in endpoints)
         click.echo(
-            f"hookdrop up: inbox {live.inbox}, webhook {live.webhook_url}, "
+            f"hookdrop up: inbox {live.inbox}, endpoints: {targets}, "
             f"API http://{live.api_listen[0]}:{live.api_listen[1]}/ "
             "(Ctrl+C stops)"
         )
         sys.exit(sup.run())
+
+
+def require_endpoints(settings: Settings) -> Endpoints:
+    """The endpoints, checked now so a bad file stops the start with one line."""
+    endpoints = load_endpoints(settings, environ_snapshot())
+    if not endpoints.names:
+        raise ConfigError(
+            "no endpoint: set HOOKDROP_WEBHOOK_URL (--webhook-url) or HOOKDROP_CONFIG (--config)"
+        )
+    return endpoints
 
 
 COMMANDS = (monitor, worker, db, mock, up)

@@ -25,10 +25,12 @@ import redis
 import structlog
 from rq import Worker
 
-from hookdrop.inbox import NotRegularFile, disk_name, open_regular
+from hookdrop.endpoints import LiveEndpoints
+from hookdrop.inbox import NotRegularFile, disk_name, open_regular, processing_tag
 from hookdrop.intake import Intake, ensure_dirs
 from hookdrop.keys import Keys
 from hookdrop.ops.dropbox import COPY_BLOCK, InboxWriter
+from hookdrop.ops.endpoints import endpoints_view
 from hookdrop.ops.errors import BadRequest, Conflict, UnknownFile
 from hookdrop.ops.rates import RATE_WINDOW, RateTracker
 from hookdrop.ops.views import average_rate, counts, jsonable, no_open_alerts, summary
@@ -67,9 +69,15 @@ class Control:
     """Operator actions on one Store and one Redis connection (not shared across threads)."""
 
     def __init__(
-        self, settings: Settings, store: Store, conn: redis.Redis, rates: RateTracker | None = None
+        self,
+        settings: Settings,
+        store: Store,
+        conn: redis.Redis,
+        rates: RateTracker | None = None,
+        endpoints: LiveEndpoints | None = None,
     ) -> None:
         self.settings = settings
+        self.live = endpoints
         self.keys: Keys = settings.keys
         self.store = store
         self.redis = conn
@@ -236,11 +244,12 @@ class Control:
             for block in iter(lambda: handle.read(COPY_BLOCK), b""):
                 writer.write(block)
             target = writer.commit_to(
-                self.settings.processing_dir / disk_name(secrets.token_hex(6), row.name)
+                self.settings.processing_dir
+                / disk_name(processing_tag(secrets.token_hex(6), row.endpoint), row.name)
             )
         owner = f"{socket.gethostname()}:{os.getpid()}:resend"
         registered = Intake(self.settings, self.store, self.redis, owner).register(
-            target, row.name, generation=generation
+            target, row.name, generation=generation, endpoint=row.endpoint
         )
         if registered is None:
             raise Conflict(f"file {file_id}: the copy vanished from processing/")
@@ -260,6 +269,13 @@ class Control:
         }
 
     # -- the whole system -------------------------------------------------------------------
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """Every endpoint: URL (credentials masked), limit, rate in force, back-pressure,
+        breaker, counts."""
+        if self.live is None:
+            self.live = LiveEndpoints(self.settings, {})
+        return endpoints_view(self.live.current, self.store, self.redis, self.keys)
 
     def overview(self) -> dict[str, Any]:
         totals = jsonable(self.store.totals())

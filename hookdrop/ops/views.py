@@ -22,6 +22,7 @@ def summary(row: FileRow) -> dict[str, Any]:
     return {
         "id": row.id,
         "name": row.name,
+        "endpoint": row.endpoint,
         "status": str(row.status),
         "finished": finished,
         "paused": row.paused,
@@ -49,6 +50,7 @@ def counts(row: FileRow, open_counts: dict[AlertStatus, int]) -> dict[str, int]:
         "throttled": open_counts.get(AlertStatus.THROTTLED, 0),
         "retrying": open_counts.get(AlertStatus.RETRYING, 0),
         "dlq": open_counts.get(AlertStatus.DLQ, 0),
+        "deferred": open_counts.get(AlertStatus.DEFERRED, 0),
         "dead": row.dead,
         "rejected": row.rejected,
         "cancelled": row.cancelled,

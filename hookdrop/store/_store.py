@@ -8,31 +8,28 @@ anything else :class:`~hookdrop.errors.StoreError`. Callers never handle driver 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import structlog
-from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
-from hookdrop.errors import ConfigError, StoreError, StoreUnavailable
+from hookdrop.errors import ConfigError
 from hookdrop.inbox import FileIdentity
-from hookdrop.store._sql import migrations, queries
+from hookdrop.store._base import Conn, execute, first_line, optional_int
+from hookdrop.store._delivery import DeliveryQueries
+from hookdrop.store._sql import migrations
 from hookdrop.store.rows import (
     ActiveFile,
-    AlertRef,
-    AlertToSend,
     ChunkWritten,
     DlqEntry,
     FailedAlert,
     FileRef,
     FileRow,
     FileToMove,
-    Result,
     RowErrorRow,
     Totals,
 )
@@ -40,93 +37,19 @@ from hookdrop.store.statuses import AlertStatus, FileStatus
 
 log = structlog.get_logger(__name__)
 
-R = TypeVar("R")
-Conn = psycopg.Connection[dict[str, Any]]
-AlertInput = tuple[str, int, str, str, dict[str, object] | None]  # id, line, user, message, extra
+# id, line, user, message, extra, body (None: the default body)
+AlertInput = tuple[str, int, str, str, dict[str, object] | None, bytes | None]
 
-# SQLSTATE classes of a server that cannot serve now: connection exceptions, insufficient
-# resources, operator intervention (shutdown, starting up).
-_OUTAGE_CLASSES = ("08", "53", "57")
 # Errors that one row can cause: a value PostgreSQL cannot hold, or a size it cannot index.
 _ROW_FAULTS = (psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError)
 _EXCERPT = 120
 
 
-class Store:
+class Store(DeliveryQueries):
     """A connection to PostgreSQL with hookdrop's queries.
 
     One per process (or per thread); reconnects after the server comes back.
     """
-
-    def __init__(self, url: str, *, application_name: str = "hookdrop") -> None:
-        self.url = url
-        self.application_name = application_name
-        self._conn: Conn | None = None
-
-    # -- connection -------------------------------------------------------------------------
-
-    def _connect(self) -> Conn:
-        if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg.connect(
-                    self.url,
-                    autocommit=True,
-                    row_factory=dict_row,
-                    connect_timeout=5,
-                    application_name=self.application_name,
-                )
-            except psycopg.OperationalError as exc:
-                raise StoreUnavailable(f"PostgreSQL unreachable: {_first_line(exc)}") from exc
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[Conn]:
-        """A transaction; a lost or refused connection comes out as StoreUnavailable, any
-        other driver error as StoreError."""
-        conn = self._connect()
-        try:
-            with conn.transaction():
-                yield conn
-        except psycopg.Error as exc:
-            if _is_outage(exc, conn):
-                self.close()
-                raise StoreUnavailable(f"PostgreSQL error: {_first_line(exc)}") from exc
-            raise StoreError(f"PostgreSQL refused a statement: {_first_line(exc)}") from exc
-
-    def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        with self.transaction() as conn:
-            return _execute(conn, name, params)
-
-    def _typed(self, row_type: type[R], name: str, params: dict[str, Any] | None = None) -> list[R]:
-        with self.transaction() as conn:
-            cur = conn.cursor(row_factory=class_row(row_type))
-            cur.execute(queries()[name], params)
-            return cur.fetchall() if cur.description else []
-
-    def _first(
-        self, row_type: type[R], name: str, params: dict[str, Any] | None = None
-    ) -> R | None:
-        rows = self._typed(row_type, name, params)
-        return rows[0] if rows else None
-
-    def _value(self, name: str, params: dict[str, Any] | None = None) -> Any:
-        """The first column of the first row, or None."""
-        rows = self._rows(name, params)
-        return next(iter(rows[0].values())) if rows else None
-
-    def ping(self) -> None:
-        self._rows("ping")
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -134,13 +57,13 @@ class Store:
         """Apply pending migrations, once, whichever process gets there first."""
         applied: list[str] = []
         with self.transaction() as conn:
-            _execute(conn, "migration_lock", None)
-            _execute(conn, "create_migrations_table", None)
-            done = {row["version"] for row in _execute(conn, "applied_migrations", None)}
+            execute(conn, "migration_lock", None)
+            execute(conn, "create_migrations_table", None)
+            done = {row["version"] for row in execute(conn, "applied_migrations", None)}
             for version, name, sql in migrations():
                 if version not in done:
                     conn.execute(sql)
-                    _execute(conn, "record_migration", {"version": version, "name": name})
+                    execute(conn, "record_migration", {"version": version, "name": name})
                     applied.append(name)
         for name in applied:
             log.info("db.migrated", migration=name)
@@ -168,9 +91,11 @@ class Store:
         path: str,
         claimed_by: str,
         identity: FileIdentity | None,
+        endpoint: str = "default",
     ) -> int | None:
-        """Record a claimed file; None when this content (and generation) is known already."""
-        return _optional_int(
+        """Record a claimed file; None when this content (for this endpoint, and generation)
+        is known already."""
+        return optional_int(
             self._value(
                 "insert_file",
                 {
@@ -186,12 +111,19 @@ class Store:
                     "file_key": identity.key if identity else None,
                     "mtime_ns": identity.mtime_ns if identity else None,
                     "ctime_ns": identity.ctime_ns if identity else None,
+                    "endpoint": endpoint,
                 },
             )
         )
 
-    def find_file_by_content(self, sha: str, generation: int) -> FileRef | None:
-        return self._first(FileRef, "find_file_by_content", {"sha": sha, "generation": generation})
+    def find_file_by_content(
+        self, sha: str, generation: int, endpoint: str = "default"
+    ) -> FileRef | None:
+        return self._first(
+            FileRef,
+            "find_file_by_content",
+            {"sha": sha, "generation": generation, "endpoint": endpoint},
+        )
 
     def insert_duplicate(
         self,
@@ -204,6 +136,7 @@ class Store:
         claimed_by: str,
         duplicate_of: int,
         final_path: str,
+        endpoint: str = "default",
     ) -> int:
         file_id = self._value(
             "insert_duplicate",
@@ -216,6 +149,7 @@ class Store:
                 "claimed_by": claimed_by,
                 "duplicate_of": duplicate_of,
                 "final_path": final_path,
+                "endpoint": endpoint,
             },
         )
         return int(file_id)
@@ -231,9 +165,10 @@ class Store:
         claimed_by: str,
         error: str,
         final_path: str | None,
+        endpoint: str = "default",
     ) -> int | None:
         """Record a file that cannot be read; None when this key was recorded before."""
-        return _optional_int(
+        return optional_int(
             self._value(
                 "insert_unreadable",
                 {
@@ -245,6 +180,7 @@ class Store:
                     "claimed_by": claimed_by,
                     "error": error,
                     "final_path": final_path,
+                    "endpoint": endpoint,
                 },
             )
         )
@@ -319,7 +255,7 @@ class Store:
         """Insert one chunk's alerts and row errors; return the alerts it owns, how many rows
         the ledger refused, and the file's status (a batcher stops reading a cancelled file).
 
-        ``alerts`` holds (id, line, user_id, message, extra) with ids unique within the chunk.
+        ``alerts`` holds (id, line, user_id, message, extra, body) with ids unique within the chunk.
         Replaying the same chunk returns the same owned ids, so a batcher that crashed between
         this write and its Redis checkpoint enqueues exactly what it would have. A row that
         PostgreSQL refuses (a value it cannot store) becomes a row error; it never fails the
@@ -332,7 +268,7 @@ class Store:
                 for row, reason in refused
             ]
             if all_errors:
-                _execute(
+                execute(
                     conn,
                     "insert_row_errors",
                     {
@@ -342,7 +278,7 @@ class Store:
                         "excerpts": [_storable(e[2]) for e in all_errors],
                     },
                 )
-            progress = _execute(
+            progress = execute(
                 conn,
                 "file_progress",
                 {
@@ -356,60 +292,6 @@ class Store:
         return ChunkWritten(
             [(row["id"], AlertStatus(row["status"])) for row in owned], len(refused), status
         )
-
-    # -- notifier ---------------------------------------------------------------------------
-
-    def claim_alerts(self, ids: Sequence[str], owner: str, lease: float) -> list[AlertToSend]:
-        """Lease the alerts among ``ids`` that still need sending to ``owner``."""
-        return self._typed(
-            AlertToSend, "claim_alerts", {"ids": list(ids), "owner": owner, "lease": lease}
-        )
-
-    def renew_leases(self, ids: Sequence[str], owner: str, lease: float) -> None:
-        if ids:
-            self._rows("renew_leases", {"ids": list(ids), "owner": owner, "lease": lease})
-
-    def release_alerts(self, ids: Sequence[str], owner: str) -> None:
-        """Give back leased alerts that were not tried; the lease sweep queues them again."""
-        if ids:
-            self._rows("release_alerts", {"ids": list(ids), "owner": owner})
-
-    def record_results(self, results: Sequence[Result], owner: str) -> int:
-        """Write outcomes in one statement; returns how many were still ours to write."""
-        if not results:
-            return 0
-        written = self._value(
-            "record_results",
-            {
-                "owner": owner,
-                "ids": [r.alert_id for r in results],
-                "statuses": [str(r.status) for r in results],
-                "failed": [r.failed for r in results],
-                "throttled": [r.throttled for r in results],
-                "codes": [r.code for r in results],
-                "errors": [r.error for r in results],
-                "latencies": [r.latency_ms for r in results],
-                "next_at": [r.next_at for r in results],
-            },
-        )
-        return int(written or 0)
-
-    # -- recovery ---------------------------------------------------------------------------
-
-    def take_due_dlq(self, *, interval: float, limit: int) -> list[AlertRef]:
-        """DLQ entries whose time has come, pushed ``interval`` forward (a crash before they
-        are queued only delays them)."""
-        return self._typed(AlertRef, "take_due_dlq", {"interval": interval, "limit": limit})
-
-    def take_expired_leases(self, *, lease: float, limit: int) -> list[AlertRef]:
-        """Alerts whose notifier died holding them, made claimable by anyone."""
-        return self._typed(AlertRef, "take_expired_leases", {"lease": lease, "limit": limit})
-
-    def orphaned_pending(self, *, age: float, limit: int) -> list[AlertRef]:
-        return self._typed(AlertRef, "orphaned_pending", {"age": age, "limit": limit})
-
-    def open_alert_ids(self, file_id: int) -> list[str]:
-        return [row["id"] for row in self._rows("open_alert_ids", {"file_id": file_id})]
 
     # -- operators --------------------------------------------------------------------------
 
@@ -462,7 +344,7 @@ def _upsert_alerts(
         return [], []
     try:
         with conn.transaction():
-            return _execute(
+            return execute(
                 conn,
                 "upsert_alerts",
                 {
@@ -473,43 +355,21 @@ def _upsert_alerts(
                     "users": [a[2] for a in alerts],
                     "messages": [a[3] for a in alerts],
                     "extras": [Jsonb(a[4]) if a[4] else None for a in alerts],
+                    "bodies": [a[5] for a in alerts],
                 },
             ), []
     except _ROW_FAULTS as exc:
         if len(alerts) == 1:
-            return [], [(alerts[0], _first_line(exc))]
+            return [], [(alerts[0], first_line(exc))]
     half = len(alerts) // 2
     owned, refused = _upsert_alerts(conn, file_id, seq, alerts[:half])
     more_owned, more_refused = _upsert_alerts(conn, file_id, seq, alerts[half:])
     return owned + more_owned, refused + more_refused
 
 
-def _optional_int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
 def _storable(text: str) -> str:
     """Text PostgreSQL accepts: no NUL, no lone surrogates."""
     return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
-
-
-def _is_outage(exc: psycopg.Error, conn: Conn) -> bool:
-    if conn.broken or conn.closed:
-        return True
-    if exc.sqlstate:
-        return exc.sqlstate[:2] in _OUTAGE_CLASSES
-    # Raised by the driver itself: lost connections are these; bad values are DataError.
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-
-
-def _execute(conn: Conn, name: str, params: dict[str, Any] | None) -> list[dict[str, Any]]:
-    # queries() reads our own file, shipped with the package: as trusted as a literal.
-    cur = conn.execute(queries()[name], params)
-    return cur.fetchall() if cur.description else []
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def as_of(moment: datetime | None) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +44,7 @@ class FileRow:
     file_key: str | None
     mtime_ns: int | None
     ctime_ns: int | None
+    endpoint: str
 
     @property
     def identity(self) -> FileIdentity | None:
@@ -110,6 +111,9 @@ class AlertToSend:
     message: str
     extra: dict[str, Any] | None
     attempts: int
+    body: bytes | None  # rendered from the endpoint's template; None: the default body
+    endpoint: str
+    file_name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,3 +184,14 @@ class Result:
     error: str | None = None
     latency_ms: float | None = None
     next_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class EndpointCounts:
+    """One endpoint's files and alerts, for the operator."""
+
+    delivered: int = 0
+    rejected: int = 0
+    dead: int = 0
+    active_files: int = 0
+    open: dict[AlertStatus, int] = field(default_factory=dict)  # alerts by state still open

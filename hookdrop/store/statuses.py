@@ -29,6 +29,7 @@ class AlertStatus(StrEnum):
     DELIVERED = "delivered"
     REJECTED = "rejected"  # a 4xx other than 429: not tried again
     CANCELLED = "cancelled"
+    DEFERRED = "deferred"  # its endpoint is paused or its breaker open: waits, no budget spent
 
 
 #: Files being read or delivered.
@@ -48,6 +49,7 @@ OPEN = (
     AlertStatus.RETRYING,
     AlertStatus.THROTTLED,
     AlertStatus.DLQ,
+    AlertStatus.DEFERRED,
 )
 #: Alert states an operator can replay.
 REPLAYABLE = frozenset({AlertStatus.DLQ, AlertStatus.DEAD, AlertStatus.REJECTED})

@@ -556,11 +556,17 @@ def test_worker_unit_commands() -> None:
 
 def unit_commands() -> Iterator[tuple[str, list[str]]]:
     for unit, instances in ((MONITOR_UNIT, ("",)), (WORKER_UNIT, QUEUES)):
-        for key in ("ExecStartPre", "ExecStart", "ExecStartPost", "ExecReload", "ExecStop"):
+        for key in ("ExecStartPre", "ExecStart", "ExecStartPost", "ExecStop"):
             for line in unit_values(unit, "Service", key):
                 for instance in instances:
                     words = shlex.split(line.replace("%i", instance))
                     yield f"{unit.name} {key}", words
+
+
+@pytest.mark.parametrize("unit", [MONITOR_UNIT, WORKER_UNIT], ids=lambda p: p.name)
+def test_reload_sends_sighup_to_the_main_process(unit: Path) -> None:
+    # SIGHUP re-reads the endpoints; a worker pool's supervisor passes it to its workers.
+    assert unit_values(unit, "Service", "ExecReload") == ["/bin/kill -HUP $MAINPID"]
 
 
 def test_unit_commands_are_hookdrop_subcommands() -> None:

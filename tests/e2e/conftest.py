@@ -13,7 +13,8 @@ from tests.helpers import MockProcess, StartMock
 
 @pytest.fixture
 def start_mock(tmp_path: Path) -> Iterator[StartMock]:
-    """Start a mock receiver (flags as ``name=value``, e.g. ``latency_ms=20``).
+    """Start a mock receiver (flags as ``name=value``, e.g. ``latency_ms=20``; ``True`` for a
+    flag without a value, e.g. ``any_body=True``; ``port`` to take a given one).
 
     Each mock logs what it accepted to ``accepted-N.tsv`` in the test's folder unless given an
     ``audit_path``; every one is stopped, with its process group, when the test ends, pass or

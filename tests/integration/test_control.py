@@ -49,6 +49,7 @@ def csettings(settings: Settings) -> Settings:
         chunk_size=100,
         max_tries=1,
         attempt_budget=1,
+        breaker_failures=0,  # dead alerts are under test, not the breaker
     )
 
 

@@ -37,6 +37,7 @@ def dsettings(settings: Settings) -> Settings:
         attempt_budget=5,
         backpressure_seconds=0.2,
         concurrency=8,
+        breaker_failures=0,  # the DLQ and the budget are under test; the breaker has its own
     )
 
 

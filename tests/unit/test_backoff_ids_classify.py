@@ -86,3 +86,13 @@ def test_transport_errors_are_retried() -> None:
     assert classify_error(httpx.ReadTimeout("slow")).kind == "retry"
     assert "timeout" in (classify_error(httpx.ConnectTimeout("x")).error or "")
     assert classify_error(httpx.ConnectError("refused")).kind == "retry"
+
+
+def test_alert_ids_of_the_default_endpoint_are_unchanged_and_others_differ() -> None:
+    from hookdrop.alerts import alert_id
+
+    default = alert_id("sha", 0, "u1", "hi")
+    assert alert_id("sha", 0, "u1", "hi", "default") == default
+    assert alert_id("sha", 0, "u1", "hi", "chat") != default
+    assert alert_id("sha", 0, "u1", "hi", "chat") == alert_id("sha", 0, "u1", "hi", "chat")
+    assert alert_id("sha", 0, "u1", "hi", "chat") != alert_id("sha", 0, "u1", "hi", "sms")

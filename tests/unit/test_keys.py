@@ -60,3 +60,20 @@ def test_a_deployment_owns_no_key_of_another_prefix_nor_rq_shared_keys() -> None
         f"rq:job:{Keys('x').new_job_id()}",
     ):
         assert not keys.owns(key), key
+
+
+def test_the_default_endpoint_keeps_its_key_names_and_others_get_their_own() -> None:
+    keys = Keys("hd")
+    assert keys.scoped("default") == keys
+    assert (keys.backpressure, keys.ratelimit, keys.ratecontrol, keys.outcomes) == (
+        "hd:backpressure",
+        "hd:rl",
+        "hd:rl:ctl",
+        "hd:rl:outcomes",
+    )
+    chat = keys.scoped("chat")
+    per_endpoint = {chat.backpressure, chat.ratelimit, chat.ratecontrol, chat.outcomes}
+    per_endpoint.add(chat.breaker)
+    assert all(key.startswith("hd:ep:chat:") for key in per_endpoint)
+    assert all(keys.owns(key) for key in per_endpoint)
+    assert chat.notifier_queue == keys.notifier_queue  # one queue shared by every endpoint

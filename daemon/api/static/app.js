@@ -95,6 +95,7 @@ function fileRow(f) {
   const name = cell(f.name, "name");
   name.title = f.error ? f.name + " — " + f.error : f.name;
   tr.appendChild(name);
+  tr.appendChild(cell(f.endpoint));
   const st = document.createElement("td");
   const badge = document.createElement("span");
   badge.className = "status " + (f.paused ? "paused" : f.status);
@@ -132,6 +133,37 @@ function fileRow(f) {
   return tr;
 }
 
+function endpointRow(e) {
+  const tr = document.createElement("tr");
+  const c = e.counts;
+  const bp = e.backpressure;
+  const br = e.breaker;
+  let breaker = br.state;
+  if (br.state !== "closed" && br.probe_in !== null) {
+    breaker += " (probe in " + Math.max(0, br.probe_in).toFixed(0) + " s)";
+  }
+  tr.append(
+    cell(e.name),
+    cell(e.url || "(not configured)"),
+    cell(e.rate_limit.configured === null ? "–" : fmtRate(e.rate_limit.configured) + "/s", "num"),
+    cell(e.rate_limit.current === null ? "–" : fmtRate(e.rate_limit.current) + "/s", "num"),
+    cell(bp.active ? bp.seconds_left.toFixed(1) + " s left" : "off"),
+    cell(breaker),
+    cell(fmt(c.delivered), "num"),
+    cell(fmt(c.deferred || 0), "num"),
+    cell(fmt(c.dlq || 0), "num"),
+    cell(fmt(c.dead), "num"),
+  );
+  tr.children[5].className = "breaker " + br.state;
+  return tr;
+}
+
+function renderEndpoints(list) {
+  const body = document.querySelector("#endpoints tbody");
+  if (!list.endpoints.length) return;
+  body.replaceChildren(...list.endpoints.map(endpointRow));
+}
+
 function renderFiles(list) {
   const body = document.querySelector("#files tbody");
   if (!list.files.length) return;
@@ -152,10 +184,12 @@ function showError(message) {
 async function refresh() {
   const conn = $("connection");
   try {
-    const [overview, files, throughput] = await Promise.all([
+    const [overview, files, throughput, endpoints] = await Promise.all([
       getJSON("/overview"), getJSON("/files?limit=50"), getJSON("/throughput"),
+      getJSON("/endpoints"),
     ]);
     renderOverview(overview);
+    renderEndpoints(endpoints);
     renderFiles(files);
     renderChart(throughput);
     conn.textContent = "live";

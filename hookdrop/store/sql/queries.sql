@@ -3,29 +3,30 @@
 
 -- name: insert_file
 INSERT INTO files (name, content_sha256, generation, size_bytes, layout, chunk_size, status,
-                   processing_path, claimed_by, file_key, mtime_ns, ctime_ns)
+                   processing_path, claimed_by, file_key, mtime_ns, ctime_ns, endpoint)
 VALUES (%(name)s, %(sha)s, %(generation)s, %(size)s, %(layout)s, %(chunk_size)s, %(status)s,
-        %(path)s, %(claimed_by)s, %(file_key)s, %(mtime_ns)s, %(ctime_ns)s)
-ON CONFLICT (content_sha256, generation) WHERE status <> 'duplicate' DO NOTHING
+        %(path)s, %(claimed_by)s, %(file_key)s, %(mtime_ns)s, %(ctime_ns)s, %(endpoint)s)
+ON CONFLICT (content_sha256, endpoint, generation) WHERE status <> 'duplicate' DO NOTHING
 RETURNING id;
 
 -- name: find_file_by_content
 SELECT id, status, name FROM files
-WHERE content_sha256 = %(sha)s AND generation = %(generation)s AND status <> 'duplicate';
+WHERE content_sha256 = %(sha)s AND endpoint = %(endpoint)s AND generation = %(generation)s
+  AND status <> 'duplicate';
 
 -- name: insert_duplicate
 INSERT INTO files (name, content_sha256, generation, size_bytes, chunk_size, status,
-                   duplicate_of, final_path, claimed_by, finished_at)
+                   duplicate_of, final_path, claimed_by, finished_at, endpoint)
 VALUES (%(name)s, %(sha)s, %(generation)s, %(size)s, %(chunk_size)s, 'duplicate',
-        %(duplicate_of)s, %(final_path)s, %(claimed_by)s, now())
+        %(duplicate_of)s, %(final_path)s, %(claimed_by)s, now(), %(endpoint)s)
 RETURNING id;
 
 -- name: insert_unreadable
 INSERT INTO files (name, content_sha256, generation, size_bytes, chunk_size, status, error,
-                   final_path, claimed_by, finished_at)
+                   final_path, claimed_by, finished_at, endpoint)
 VALUES (%(name)s, %(sha)s, %(generation)s, %(size)s, %(chunk_size)s, 'failed', %(error)s,
-        %(final_path)s, %(claimed_by)s, now())
-ON CONFLICT (content_sha256, generation) WHERE status <> 'duplicate' DO NOTHING
+        %(final_path)s, %(claimed_by)s, now(), %(endpoint)s)
+ON CONFLICT (content_sha256, endpoint, generation) WHERE status <> 'duplicate' DO NOTHING
 RETURNING id;
 
 -- name: get_file
@@ -47,10 +48,11 @@ WHERE status IN ('claimed', 'reading', 'delivering') ORDER BY id;
 -- name: upsert_alerts
 -- Returns the alerts this chunk owns: new ones, and on a replay of the same chunk the ones it
 -- inserted before. A row repeated in a later chunk belongs to its first chunk and is skipped.
-INSERT INTO alerts AS a (id, file_id, chunk_seq, line_no, user_id, message, extra)
-SELECT u.id, %(file_id)s, %(seq)s, u.line_no, u.user_id, u.message, u.extra
+INSERT INTO alerts AS a (id, file_id, chunk_seq, line_no, user_id, message, extra, body)
+SELECT u.id, %(file_id)s, %(seq)s, u.line_no, u.user_id, u.message, u.extra, u.body
 FROM unnest(%(ids)s::text[], %(lines)s::bigint[], %(users)s::text[], %(messages)s::text[],
-            %(extras)s::jsonb[]) AS u(id, line_no, user_id, message, extra)
+            %(extras)s::jsonb[], %(bodies)s::bytea[])
+     AS u(id, line_no, user_id, message, extra, body)
 ON CONFLICT (id) DO UPDATE SET chunk_seq = a.chunk_seq
     WHERE a.file_id = EXCLUDED.file_id AND a.chunk_seq = EXCLUDED.chunk_seq
 RETURNING a.id, a.status;
@@ -90,10 +92,41 @@ UPDATE alerts AS a SET
 FROM files AS f
 WHERE a.id = ANY(%(ids)s) AND f.id = a.file_id
   AND NOT f.paused AND f.status IN ('claimed', 'reading', 'delivering', 'done', 'failed')
-  AND (a.status IN ('pending', 'dlq')
+  AND (a.status IN ('pending', 'dlq', 'deferred')
        OR (a.status IN ('sending', 'retrying', 'throttled')
            AND (a.lease_until < now() OR a.lease_owner IS NULL)))
-RETURNING a.id, a.file_id, a.user_id, a.message, a.extra, a.attempts;
+RETURNING a.id, a.file_id, a.user_id, a.message, a.extra, a.attempts, a.body, f.endpoint,
+          f.name AS file_name;
+
+-- name: defer_alerts
+-- The endpoint is paused or its breaker open: give leased alerts back to wait in PostgreSQL
+-- (no budget spent, no worker held); take_deferred queues them again once it is open.
+UPDATE alerts SET status = 'deferred', lease_owner = NULL, lease_until = NULL
+WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s
+  AND status IN ('sending', 'retrying', 'throttled');
+
+-- name: take_deferred
+-- Deferred alerts of one endpoint, back to pending for a new job (if that job is lost, the
+-- orphaned-pending sweep finds them).
+UPDATE alerts SET status = 'pending'
+WHERE id IN (
+    SELECT a.id FROM alerts AS a JOIN files AS f ON f.id = a.file_id
+    WHERE a.status = 'deferred' AND f.endpoint = %(endpoint)s
+    ORDER BY a.file_id, a.line_no LIMIT %(limit)s FOR UPDATE OF a SKIP LOCKED)
+RETURNING id, file_id;
+
+-- name: endpoint_counts
+-- Alerts not yet at an end state (rejected and cancelled left out), by endpoint and status.
+SELECT f.endpoint, a.status, count(*) AS n
+FROM alerts AS a JOIN files AS f ON f.id = a.file_id
+WHERE a.status IN ('pending', 'sending', 'retrying', 'throttled', 'dlq', 'dead', 'deferred')
+GROUP BY f.endpoint, a.status;
+
+-- name: endpoint_delivered
+SELECT endpoint, coalesce(sum(delivered), 0)::bigint AS delivered,
+       coalesce(sum(rejected), 0)::bigint AS rejected, coalesce(sum(dead), 0)::bigint AS dead,
+       count(*) FILTER (WHERE status IN ('claimed', 'reading', 'delivering')) AS active_files
+FROM files WHERE status <> 'duplicate' GROUP BY endpoint;
 
 -- name: renew_leases
 UPDATE alerts SET lease_until = now() + make_interval(secs => %(lease)s)
@@ -152,13 +185,13 @@ WITH r AS (
 SELECT (SELECT count(*) FROM upd) AS written;
 
 -- name: take_due_dlq
--- DLQ entries whose time has come; pushed forward so that a crash before they are enqueued
--- only delays them by one interval.
+-- DLQ entries whose time has come, but those of held endpoints (paused, breaker open); pushed
+-- forward so that a crash before they are enqueued only delays them by one interval.
 UPDATE alerts SET next_attempt_at = now() + make_interval(secs => %(interval)s)
 WHERE id IN (
-    SELECT id FROM alerts
-    WHERE status = 'dlq' AND next_attempt_at <= now()
-    ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+    SELECT a.id FROM alerts AS a JOIN files AS f ON f.id = a.file_id
+    WHERE a.status = 'dlq' AND a.next_attempt_at <= now() AND f.endpoint <> ALL(%(held)s::text[])
+    ORDER BY a.next_attempt_at LIMIT %(limit)s FOR UPDATE OF a SKIP LOCKED)
 RETURNING id, file_id;
 
 -- name: take_expired_leases
@@ -210,7 +243,7 @@ RETURNING id;
 WITH c AS (
     UPDATE alerts SET status = 'cancelled', lease_owner = NULL, lease_until = NULL
     WHERE file_id = %(id)s
-      AND (status IN ('pending', 'dlq')
+      AND (status IN ('pending', 'dlq', 'deferred')
            OR (status IN ('sending', 'retrying', 'throttled') AND lease_until < now()))
     RETURNING 1
 )
@@ -226,7 +259,7 @@ WITH c AS (
     UPDATE alerts AS a SET status = 'cancelled', lease_owner = NULL, lease_until = NULL
     FROM files AS f
     WHERE f.id = a.file_id AND f.status = 'cancelled'
-      AND a.status IN ('pending', 'sending', 'retrying', 'throttled', 'dlq')
+      AND a.status IN ('pending', 'sending', 'retrying', 'throttled', 'dlq', 'deferred')
       AND (a.lease_until IS NULL OR a.lease_until < now())
     RETURNING a.file_id
 ), n AS (SELECT file_id, count(*) AS n FROM c GROUP BY file_id)

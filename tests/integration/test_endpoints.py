@@ -1,0 +1,250 @@
+"""Several endpoints on real Redis and PostgreSQL (HTTP mocked by respx): routing by folder,
+bodies rendered at insert, per-endpoint headers and auth, the breaker, deferral on a long
+429 pause, reload."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import redis
+import respx
+from structlog.testing import capture_logs
+
+from daemon.recovery import Recovery
+from hookdrop.endpoints import LiveEndpoints
+from hookdrop.endpoints.state import read_state
+from hookdrop.settings import Settings
+from hookdrop.store import Store
+from tests.helpers import (
+    file_rows,
+    ledger_file,
+    queued_alert_ids,
+    run_burst,
+    running_monitor,
+    wait_for,
+    write_csv,
+)
+from workers import context
+from workers.notifier import Delivery
+from workers.runner import build_context
+
+CHAT = "http://chat.test/hook"
+SMS = "http://sms.test/send"
+DOWN = "http://down.test/hook"
+BUSY = "http://busy.test/hook"
+DEFAULT = "http://default.test/hook"
+ENV = {"CHAT_TOKEN": "chat-t0ken", "SMS_PASSWORD": "sms-pw"}
+
+CONFIG = f"""
+[endpoints.chat]
+url = "{CHAT}"
+method = "PUT"
+body = '''{{"text": {{{{ ("*" ~ userId ~ "*: " ~ alertMessage) | tojson }}}},
+    "sev": {{{{ severity | tojson }}}}}}'''
+headers = {{ Authorization = "Bearer ${{CHAT_TOKEN}}" }}
+
+[endpoints.sms]
+url = "{SMS}"
+format = "form"
+fields = {{ To = "{{{{ userId }}}}", Body = "{{{{ alertMessage }}}}" }}
+basic_auth = {{ username = "acct", password = "${{SMS_PASSWORD}}" }}
+
+[endpoints.down]
+url = "{DOWN}"
+breaker_failures = 3
+probe_seconds = 0.3
+max_tries = 2
+
+[endpoints.busy]
+url = "{BUSY}"
+"""
+
+
+@pytest.fixture
+def esettings(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name, value in ENV.items():  # read by the workers (run_burst) from the environment
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "endpoints.toml"
+    path.write_text(CONFIG, encoding="utf-8")
+    return settings.replace(config=path, webhook_url=DEFAULT, dlq_interval=60.0)
+
+
+@pytest.fixture
+def engine(esettings: Settings) -> Iterator[Delivery]:
+    ctx = build_context(esettings, name="test-notifier")
+    context.install(ctx)
+    delivery = Delivery(ctx)
+    yield delivery
+    delivery.close()
+    context.install(None)
+    ctx.close()
+
+
+def alert_rows(store: Store, file_id: int) -> list[dict[str, Any]]:
+    with store.transaction() as conn:
+        return conn.execute(
+            "SELECT * FROM alerts WHERE file_id = %s ORDER BY line_no", (file_id,)
+        ).fetchall()
+
+
+def test_files_are_routed_by_folder_rendered_and_sent_with_each_endpoints_auth(
+    esettings: Settings, store: Store, rconn: redis.Redis
+) -> None:
+    inbox = esettings.inbox
+    with running_monitor(esettings, environ=ENV) as monitor:
+        wait_for(lambda: (inbox / "chat").is_dir() and (inbox / "sms").is_dir(), what="folders")
+        (inbox / "stray").mkdir()
+        (inbox / "chat" / "day.csv").write_text(
+            'user_id,message,severity\nu1,"disk ""full""\non db1 ✓",high\nu2,ok,\n',
+            encoding="utf-8",
+        )
+        # No severity column: the template cannot be rendered for its rows.
+        (inbox / "chat" / "nosev.csv").write_text("user_id,message\nu9,x\n", encoding="utf-8")
+        write_csv(inbox / "sms" / "day.csv", 3)
+        write_csv(inbox / "top.csv", 3)  # the same rows as sms/day.csv: another endpoint
+        wait_for(lambda: len(file_rows(store)) == 4, what="four files claimed")
+        assert monitor.folders >= {inbox / "chat", inbox / "sms"}
+    by_endpoint = {row["endpoint"]: row for row in file_rows(store) if row["name"] != "nosev.csv"}
+    nosev = next(row for row in file_rows(store) if row["name"] == "nosev.csv")
+    assert set(by_endpoint) == {"chat", "sms", "default"}
+    assert {row["status"] for row in by_endpoint.values()} == {"claimed"}  # none a duplicate
+    run_burst(esettings, "batcher")
+    chat_id = by_endpoint["chat"]["id"]
+    chat = alert_rows(store, chat_id)
+    assert [r["user_id"] for r in chat] == ["u1", "u2"]
+    assert json.loads(bytes(chat[0]["body"])) == {
+        "text": '*u1*: disk "full"\non db1 ✓',
+        "sev": "high",
+    }
+    with store.transaction() as conn:
+        errors = conn.execute(
+            "SELECT line_no, reason FROM row_errors WHERE file_id = %s", (nosev["id"],)
+        ).fetchall()
+    assert not alert_rows(store, nosev["id"])  # a row error, never a broken request
+    assert [e["line_no"] for e in errors] == [2]
+    assert "'severity'" in errors[0]["reason"]
+    sms_ids = {r["id"] for r in alert_rows(store, by_endpoint["sms"]["id"])}
+    top_ids = {r["id"] for r in alert_rows(store, by_endpoint["default"]["id"])}
+    assert not sms_ids & top_ids  # same rows, two endpoints: two alerts each
+    assert all(r["body"] is None for r in alert_rows(store, by_endpoint["default"]["id"]))
+
+    with respx.mock(using="httpx") as router:
+        chat_route = router.put(CHAT).respond(200)
+        sms_route = router.post(SMS).respond(201)
+        default_route = router.post(DEFAULT).respond(200)
+        run_burst(esettings, "notifier")
+    assert chat_route.call_count == 2 and sms_route.call_count == 3
+    assert default_route.call_count == 3
+    chat_request = chat_route.calls[0].request
+    assert chat_request.headers["authorization"] == "Bearer chat-t0ken"
+    assert chat_request.headers["content-type"] == "application/json"
+    sms_request = sms_route.calls[0].request
+    expected = "Basic " + base64.b64encode(b"acct:sms-pw").decode()
+    assert sms_request.headers["authorization"] == expected
+    assert sms_request.headers["content-type"] == "application/x-www-form-urlencoded"
+    form = parse_qs(sms_request.content.decode())
+    assert set(form) == {"To", "Body"}
+    default_body = json.loads(default_route.calls[0].request.content)
+    assert set(default_body) == {"userId", "alertMessage"}
+
+
+def test_an_endpoint_down_opens_its_breaker_and_alerts_wait_without_spending_budget(
+    engine: Delivery, esettings: Settings, store: Store, rconn: redis.Redis
+) -> None:
+    file_id, ids = ledger_file(store, 10, endpoint="down", sha="down10")
+    recovery = Recovery(esettings, store, rconn, LiveEndpoints(esettings, ENV))
+    keys = esettings.keys.scoped("down")
+    with respx.mock(using="httpx") as router, capture_logs() as logs:
+        down = router.post(DOWN).mock(side_effect=httpx.ConnectError("refused"))
+        result = engine.run_chunk(file_id, ids)
+        tries_when_open = down.call_count
+        rows = alert_rows(store, file_id)
+        assert read_state(rconn, keys).breaker == "open"
+        assert result["deferred"] >= 7
+        # Every try that was made counts; the alerts then wait without spending more.
+        assert 3 <= tries_when_open <= 10
+        assert {r["status"] for r in rows} <= {"deferred", "dlq"}
+        assert sum(r["attempts"] for r in rows) == tries_when_open
+        assert not [r for r in rows if r["status"] == "dead"]
+        # Open: nothing is queued again, and the other endpoints are untouched.
+        assert recovery.requeue_deferred() == 0
+        assert read_state(rconn, esettings.keys).breaker == "closed"
+        # The probe is due: one alert goes out, and fails, so the wait doubles.
+        wait_for(lambda: read_state(rconn, keys).accepting, what="probe due")
+        assert recovery.requeue_deferred() == 1
+        engine.run_chunk(file_id, list(queued_alert_ids(rconn, esettings)))
+        assert down.call_count == tries_when_open + 1
+        # The failed probe is the breaker's test: it costs the alert nothing.
+        assert sum(r["attempts"] for r in alert_rows(store, file_id)) == tries_when_open
+        state = read_state(rconn, keys)
+        assert state.breaker == "open" and state.probe_interval == pytest.approx(0.6)
+        down.mock(return_value=httpx.Response(200))
+        rconn.delete(esettings.keys.notifier_queue)
+        wait_for(lambda: read_state(rconn, keys).accepting, what="second probe due")
+        assert recovery.requeue_deferred() == 1
+        engine.run_chunk(file_id, list(queued_alert_ids(rconn, esettings)))
+        assert read_state(rconn, keys).breaker == "closed"
+        rconn.delete(esettings.keys.notifier_queue)
+        with store.transaction() as conn:  # the ones in the DLQ are due now
+            conn.execute("UPDATE alerts SET next_attempt_at = now() WHERE status = 'dlq'")
+        recovery.requeue_deferred()
+        recovery.reinject_dlq()
+        engine.run_chunk(file_id, list(queued_alert_ids(rconn, esettings)))
+    rows = alert_rows(store, file_id)
+    assert {r["status"] for r in rows} == {"delivered"}
+    # (info events may be filtered by a log level another test set; warnings never are)
+    assert [e["after_probe"] for e in logs if e["event"] == "breaker.opened"] == [False, True]
+
+
+def test_a_long_429_pause_hands_the_chunk_back_at_once_and_holds_only_that_endpoint(
+    engine: Delivery, esettings: Settings, store: Store, rconn: redis.Redis
+) -> None:
+    file_id, ids = ledger_file(store, 20, endpoint="busy", sha="busy20")
+    recovery = Recovery(esettings, store, rconn, LiveEndpoints(esettings, ENV))
+    with respx.mock(using="httpx") as router:
+        router.post(BUSY).respond(429, headers={"retry-after": "30"})
+        started = time.monotonic()
+        result = engine.run_chunk(file_id, ids)
+        took = time.monotonic() - started
+    assert took < 10, "the job waited for the pause instead of handing its alerts back"
+    assert result["deferred"] == 20
+    rows = alert_rows(store, file_id)
+    assert {r["status"] for r in rows} == {"deferred"}
+    assert {r["attempts"] for r in rows} == {0}  # 429s spend no budget
+    busy = read_state(rconn, esettings.keys.scoped("busy"))
+    assert busy.backpressure_seconds > 20
+    assert read_state(rconn, esettings.keys).backpressure_seconds == 0  # default: not held
+    assert read_state(rconn, esettings.keys.scoped("chat")).backpressure_seconds == 0
+    assert recovery.requeue_deferred() == 0  # held: stays in PostgreSQL
+    # The pause ends (the receiver's flag expires): the monitor queues them again.
+    rconn.delete(esettings.keys.scoped("busy").backpressure)
+    rconn.delete(esettings.keys.scoped("busy").ratecontrol)
+    assert recovery.requeue_deferred() == 20
+    assert set(queued_alert_ids(rconn, esettings)) == set(ids)
+
+
+def test_a_bad_reload_keeps_the_running_endpoints_and_a_good_one_applies(
+    esettings: Settings,
+) -> None:
+    assert esettings.config is not None
+    live = LiveEndpoints(esettings, {"CHAT_TOKEN": "a", "SMS_PASSWORD": "b"})
+    before = live.current
+    good = esettings.config.read_text()
+    esettings.config.write_text(good + '\n[endpoints.extra]\nurl = "nope"\n')
+    live.request_reload()
+    with capture_logs() as logs:
+        assert live.current is before
+    refused = [e for e in logs if e["event"] == "config.refused"]
+    assert len(refused) == 1 and "'extra'" in refused[0]["error"]
+    esettings.config.write_text(good + '\n[endpoints.extra]\nurl = "http://extra.test/"\n')
+    live.request_reload()
+    assert "extra" in live.current
+    assert live.generation == 1

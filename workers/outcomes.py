@@ -1,0 +1,187 @@
+"""The bookkeeping of one notifier job: outcomes written to PostgreSQL in rounds, the lease
+renewed, pauses and open breakers noticed, counters reported to Redis.
+
+Outcomes are written by group commit: a sender takes its next alert only once its last
+outcome is written, so a ``kill -9`` can re-send at most the requests in flight, never
+outcomes that were only waiting to be written. The writer writes once half the running
+senders wait for it, or ``GATHER_SECONDS`` after the first outcome came in: one statement for
+a round of senders instead of one for the few that happened to finish first (each statement
+is a commit, much of PostgreSQL's cost per alert), while the other half keep sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from hookdrop.errors import QueueUnavailable, StoreUnavailable
+from hookdrop.latency import observe_latencies
+from hookdrop.retry import retrying_async
+from hookdrop.settings import Settings
+from hookdrop.store import AlertStatus, Result
+
+if TYPE_CHECKING:
+    from workers.notifier import Delivery, _Alert
+    from workers.targets import Target
+
+log = structlog.get_logger(__name__)
+
+KEEP_EVERY = 0.25  # seconds between lease renewals, pause checks and outcome reports
+GATHER_SECONDS = 0.005  # longest an outcome waits for others to be written with it
+
+
+class ChunkBook:
+    """Outcomes waiting to be written, and the keeper of one job's lease and flags."""
+
+    def __init__(self, engine: Delivery, target: Target, file_id: int) -> None:
+        self.engine = engine
+        self.target = target
+        self.settings: Settings = engine.settings
+        self.file_id = file_id
+        self.open: dict[str, _Alert] = {}
+        # Outcomes waiting for the writer, and the future their write completes.
+        self.pending: dict[str, Result] = {}
+        self.pending_written: asyncio.Future[None] | None = None
+        self.has_pending = asyncio.Event()
+        self.round_complete = asyncio.Event()  # every running sender waits for the writer
+        self.senders_left = 0
+        self.db_ok = asyncio.Event()
+        self.db_ok.set()
+        self.unreported: list[Result] = []  # written, not yet in the Redis counters
+        self.paused = False
+        self.deferring = False  # endpoint held (long 429 pause, open breaker): hand back
+        self.lost = False  # our lease was taken over (after an outage): stop sending
+        self.finished = False
+        self.wake = asyncio.Event()
+
+    def _note(self, result: Result) -> asyncio.Future[None]:
+        """Queue an outcome for the writer, merged with any earlier one of this alert; the
+        future completes when it is written."""
+        earlier = self.pending.get(result.alert_id)
+        if earlier is not None:
+            result = Result(
+                result.alert_id,
+                result.status,
+                failed=earlier.failed + result.failed,
+                throttled=earlier.throttled + result.throttled,
+                code=result.code,
+                error=result.error or earlier.error,
+                latency_ms=result.latency_ms,
+                next_at=result.next_at,
+            )
+        self.pending[result.alert_id] = result
+        if self.pending_written is None:
+            self.pending_written = asyncio.get_running_loop().create_future()
+        self.has_pending.set()
+        if len(self.pending) >= self._round():
+            self.round_complete.set()
+        return self.pending_written
+
+    def _round(self) -> int:
+        """Outcomes worth a write of their own: half the running senders wait for it, the
+        other half go on sending meanwhile."""
+        return max(1, (self.senders_left + 1) // 2)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        """Write outcomes in rounds: once half the running senders wait for their outcomes to
+        be written, or ``GATHER_SECONDS`` after the first one came in, whichever is first."""
+        loop = asyncio.get_running_loop()
+        store, owner = self.engine.store, self.engine.owner
+        while True:
+            await self.has_pending.wait()
+            if not self.finished and len(self.pending) < self._round():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.round_complete.wait(), GATHER_SECONDS)
+            self.has_pending.clear()
+            self.round_complete.clear()
+            if not self.pending:
+                if self.finished:
+                    return
+                continue
+            batch, written_future = list(self.pending.values()), self.pending_written
+            self.pending, self.pending_written = {}, None
+            assert written_future is not None
+
+            async def record(batch: list[Result] = batch) -> int:
+                return await loop.run_in_executor(
+                    self.engine.writer, store.record_results, batch, owner
+                )
+
+            try:
+                # While it fails, stop sending: an outcome we cannot record could be sent
+                # twice later.
+                written = await retrying_async(
+                    record,
+                    what="record results",
+                    retry_on=(StoreUnavailable,),
+                    on_failure=self.db_ok.clear,
+                )
+            except BaseException as exc:
+                written_future.set_exception(exc)
+                raise
+            if written < len(batch) and not self.lost:
+                # Our lease ran out (a long PostgreSQL outage) and the sweep handed these
+                # alerts to another job: sending the rest too would send them twice.
+                self.lost = True
+                log.warning(
+                    "chunk.lease_lost", file_id=self.file_id, unwritten=len(batch) - written
+                )
+            self.db_ok.set()
+            self.unreported.extend(batch)
+            written_future.set_result(None)
+
+    async def _keeper(self) -> None:
+        """Renew the lease, watch for a pause and report outcomes, until the chunk is done."""
+        loop = asyncio.get_running_loop()
+        last_renew = time.monotonic()
+        while not self.finished:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), KEEP_EVERY)
+            self._report()
+            if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
+                holding = [a.id for a in self.open.values() if not a.done]
+                try:
+                    await loop.run_in_executor(
+                        self.engine.writer,
+                        self.engine.store.renew_leases,
+                        holding,
+                        self.engine.owner,
+                        self.settings.lease_seconds,
+                    )
+                    last_renew = time.monotonic()
+                except StoreUnavailable as exc:
+                    log.warning("db.unavailable", action="renew lease", error=str(exc))
+            try:
+                if self.engine.ctx.redis.exists(self.settings.keys.paused(self.file_id)):
+                    self.paused = True
+                if not self.deferring and self.target.breaker.is_open():
+                    self.deferring = True  # another notifier opened it: hand back, hold none
+            except QueueUnavailable as exc:  # Redis away: keep sending, PostgreSQL decides
+                log.warning("redis.unavailable", action="check pause", error=str(exc))
+
+    def _report(self) -> None:
+        """Written outcomes into the shared per-second counters and latency histogram."""
+        batch, self.unreported = self.unreported, []
+        if not batch:
+            return
+        ok = sum(1 for r in batch if r.status == AlertStatus.DELIVERED)
+        throttled = sum(r.throttled for r in batch)
+        try:
+            self.target.limiter.report(ok, throttled)
+            observe_latencies(
+                self.engine.ctx.redis,
+                self.settings.keys,
+                [
+                    r.latency_ms
+                    for r in batch
+                    if r.status == AlertStatus.DELIVERED and r.latency_ms is not None
+                ],
+            )
+        except QueueUnavailable as exc:
+            log.warning("redis.unavailable", action="report outcomes", error=str(exc))
