@@ -68,7 +68,7 @@ def tricky_file(store: Store, sha: str = "sha-tricky") -> tuple[int, list[str]]:
     )
     assert file_id is not None
     alerts = [
-        (alert_id(sha, 0, user, "m"), 2 + 2 * n, user, "m", None)
+        (alert_id(sha, 0, user, "m"), 2 + 2 * n, user, "m", None, None)
         for n, user in enumerate(TRICKY_USERS)
     ]
     errors = [(3, 'no "user", here', "x"), (7, "bad UTF-8: é\nthen", "y")]
