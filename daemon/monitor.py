@@ -38,6 +38,7 @@ from hookdrop.endpoints import LiveEndpoints
 from hookdrop.errors import QueueUnavailable, StoreUnavailable
 from hookdrop.inbox import WORK_FOLDERS, is_ignored
 from hookdrop.intake import ClaimInterrupted, ensure_dirs
+from hookdrop.retry import compute_backoff
 from hookdrop.settings import Settings
 from hookdrop.shutdown import StopFlag
 from hookdrop.store import Store
@@ -343,8 +344,14 @@ class Monitor:
                     failures = 0
                 except (StoreUnavailable, QueueUnavailable) as exc:
                     failures += 1
-                    log.warning("monitor.dependency_unavailable", error=str(exc), failures=failures)
-                    self.stopping.wait(min(10.0, 0.5 * failures))
+                    delay = compute_backoff(failures, base=0.5, cap=10.0)
+                    log.warning(
+                        "monitor.dependency_unavailable",
+                        error=str(exc),
+                        failures=failures,
+                        retry_in=round(delay, 2),
+                    )
+                    self.stopping.wait(delay)
                     continue
                 if self.on_tick is not None:
                     self.on_tick()

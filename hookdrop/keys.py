@@ -80,7 +80,7 @@ class Keys:
     def epoch(self) -> str:
         return f"{self.prefix}:epoch"
 
-    # Batcher checkpoint of one file: hash {offset, rows, line, seq, alerts, invalid}.
+    # Batcher checkpoint of one file: hash {offset, line, records, seq, alerts, invalid}.
     def checkpoint(self, file_id: int) -> str:
         return f"{self.prefix}:ckpt:{file_id}"
 
@@ -90,7 +90,8 @@ class Keys:
     def backpressure(self) -> str:
         return f"{self._ep}:backpressure"
 
-    # Per endpoint: global rate limiter tokens: hash {tat (GCRA), granted (running total)}.
+    # Per endpoint: global rate limiter tokens: hash {tat (GCRA), granted (running total),
+    # first (when the first token was granted)}.
     @property
     def ratelimit(self) -> str:
         return f"{self._ep}:rl"
@@ -113,7 +114,8 @@ class Keys:
     def breaker(self) -> str:
         return f"{self._ep}:breaker"
 
-    # A file paused by the operator (exists = paused).
+    # A file paused by the operator ("1", no TTL, until resumed) or cancelled ("cancelled",
+    # kept 7 days): running notifier jobs hand its alerts back.
     def paused(self, file_id: int) -> str:
         return f"{self.prefix}:paused:{file_id}"
 

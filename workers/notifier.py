@@ -41,7 +41,7 @@ from hookdrop.retry import compute_backoff, retrying
 from hookdrop.store import AlertStatus, AlertToSend, Result
 from workers import context
 from workers.breaker import CLOSED, PROBE
-from workers.classify import Verdict, classify_error, classify_response
+from workers.classify import Verdict, VerdictKind, classify_error, classify_response
 from workers.outcomes import KEEP_EVERY, ChunkBook
 from workers.ratelimit import EndpointPaused
 from workers.targets import DEFER_AFTER_SECONDS, Target, body_of
@@ -316,24 +316,24 @@ class _Chunk(ChunkBook):
             except httpx.HTTPError as exc:
                 verdict = classify_error(exc)
             latency = (time.perf_counter() - started) * 1000
-            if verdict.kind != "throttled" and verdict.code is not None:
+            if verdict.kind != VerdictKind.THROTTLED and verdict.code is not None:
                 limiter.answered(epoch)  # a real answer: 429s in this epoch measure our rate
             opened = False
-            if verdict.kind == "retry":
+            if verdict.kind == VerdictKind.RETRY:
                 opened = self._breaker_failed(verdict, probe=probe)
                 if probe and opened:
                     return  # the breaker's test failed, not the alert: it waits on, unspent
             elif target.breaker.dirty:
                 self._breaker_ok()
-            if verdict.kind != "throttled":
+            if verdict.kind != VerdictKind.THROTTLED:
                 self.refused_since = None
-            if verdict.kind == "delivered":
+            if verdict.kind == VerdictKind.DELIVERED:
                 await self._finish(
                     alert,
                     Result(alert.id, AlertStatus.DELIVERED, code=verdict.code, latency_ms=latency),
                 )
                 return
-            if verdict.kind == "rejected":
+            if verdict.kind == VerdictKind.REJECTED:
                 log.warning(
                     "alert.rejected", alert_id=alert.id, code=verdict.code, error=verdict.error
                 )
@@ -348,7 +348,7 @@ class _Chunk(ChunkBook):
                     ),
                 )
                 return
-            if verdict.kind == "throttled":
+            if verdict.kind == VerdictKind.THROTTLED:
                 # Set aside until its Retry-After; the sender goes on with other alerts at
                 # the rate the controller now allows.
                 self._throttled(alert, verdict, latency, epoch)

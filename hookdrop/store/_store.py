@@ -9,7 +9,6 @@ anything else :class:`~hookdrop.errors.StoreError`. Callers never handle driver 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -370,8 +369,3 @@ def _upsert_alerts(
 def _storable(text: str) -> str:
     """Text PostgreSQL accepts: no NUL, no lone surrogates."""
     return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
-
-
-def as_of(moment: datetime | None) -> str | None:
-    """A timestamp as ISO 8601 text (for JSON), or None."""
-    return moment.isoformat() if moment is not None else None
