@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from hookdrop.errors import ConfigError
 from hookdrop.keys import Keys
@@ -69,14 +69,35 @@ def _redis_url(value: str) -> str:
         raise ValueError("must start with redis://, rediss:// or unix://")
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError("must name a host, e.g. redis://127.0.0.1:6379/0")
+    _check_port(parts)
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise ValueError("the path must be a database number, e.g. redis://127.0.0.1:6379/0")
     return value
+
+
+def _check_port(parts: SplitResult) -> None:
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError("the port must be a number from 1 to 65535") from None
 
 
 def _database_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in {"postgresql", "postgres"}:
         raise ValueError("must start with postgresql://, e.g. postgresql://user@127.0.0.1/hookdrop")
+    _check_port(parts)
     return value
+
+
+def _without_password(value: str) -> str:
+    """``value`` with the password of a URL's user part as ``***`` (other text unchanged)."""
+    try:
+        password = urlsplit(value).password
+    except ValueError:
+        return value
+    return value.replace(f":{password}@", ":***@") if password else value
 
 
 def parse_secret(value: str) -> str:
@@ -430,7 +451,7 @@ class Settings:
             try:
                 values[spec.field] = spec.parse(raw)
             except ValueError as exc:
-                shown = "whsec_..." if spec.field == "signing_secret" else raw
+                shown = "whsec_..." if spec.field == "signing_secret" else _without_password(raw)
                 raise ConfigError(f"{source}={shown!r}: {exc}") from None
         return cls(**values)
 

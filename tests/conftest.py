@@ -9,21 +9,25 @@ Isolation holds with several test runs on the same servers at once: each test ha
 of its own (every Redis key it makes starts with it, RQ's job, queue and worker keys included)
 and exactly those keys are deleted when it ends; nothing is flushed. Each test has its own
 PostgreSQL database, cloned from a migrated template. Every hookdrop process a test starts
-with ``hookdrop_process`` is killed with its process group when the test ends, pass or fail.
+with ``hookdrop_process`` is killed with its process group when the test ends, pass or fail,
+and every process a test starts gets SIGKILL if the test run itself dies
+(``tests.helpers.dies_with_tests``). A SIGTERM ends the run as Ctrl-C does, with every
+fixture's clean-up.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import uuid
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,7 +39,7 @@ from hookdrop.errors import ConfigError
 from hookdrop.keys import Keys
 from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
-from hookdrop.store import Store, migrations
+from hookdrop.store import Store
 from tests.helpers import free_port, reap_processes
 
 
@@ -85,22 +89,22 @@ def servers() -> Iterator[Servers]:
 
 
 @pytest.fixture(scope="session")
-def template_db(servers: Servers) -> str:
-    """A migrated database, named after the migrations' content, cloned by every test."""
-    digest = hashlib.sha1("".join(sql for _, _, sql in migrations()).encode()).hexdigest()[:10]
-    name = f"hookdrop_tpl_{digest}"
+def template_db(servers: Servers) -> Iterator[str]:
+    """A migrated database of this test run, cloned by every test and dropped at its end.
+
+    Its own, not one per migration set: another run on the same server may be cloning from
+    its own template at the moment this one is dropped.
+    """
+    name = f"hookdrop_tpl_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(servers.admin_url, autocommit=True) as admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            building = f"{name}_build_{uuid.uuid4().hex[:6]}"
-            admin.execute(f'CREATE DATABASE "{building}"')
-            with Store(_with_database(servers.admin_url, building)) as store:
-                store.migrate()
-            try:
-                admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
-            except psycopg.errors.DuplicateDatabase:
-                admin.execute(f'DROP DATABASE "{building}"')
-    return name
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with Store(_with_database(servers.admin_url, name)) as store:
+            store.migrate()
+        yield name
+    finally:
+        with psycopg.connect(servers.admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -198,6 +202,19 @@ def _no_env_leaks() -> Iterator[None]:
             else:
                 os.environ.pop(key, None)
         pytest.fail(f"test changed the environment: {changed}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up must finish
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Whatever a test started and did not reap (an interrupted test) goes with the run."""
+    reap_processes()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -113,6 +114,21 @@ def file_rows(store: Store) -> list[dict[str, Any]]:
 
 
 _STARTED: list[subprocess.Popen[bytes]] = []
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_TEST_RUN = os.getpid()
+
+
+def dies_with_tests() -> None:
+    """``preexec_fn`` of every process a test starts: SIGKILL when the test run dies.
+
+    So a test run killed with SIGKILL or SIGTERM leaves nothing behind; hookdrop's own
+    processes pass the rule on to theirs (``hookdrop.lifeline``).
+    """
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != _TEST_RUN:
+            os._exit(1)  # started by a test run's child after the run died
 
 
 def hookdrop_process(
@@ -134,11 +150,17 @@ def hookdrop_process(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
         )
     else:
         with log_path.open("ab") as out:  # the child keeps its own copy of the handle
             process = subprocess.Popen(
-                command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=dies_with_tests,  # noqa: PLW1509
             )
     _STARTED.append(process)
     return process
@@ -157,6 +179,7 @@ def run_hookdrop(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
     )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
@@ -302,7 +325,9 @@ class MockProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
         )
+        _STARTED.append(self.process)
         self.client = MockClient(self.url)
         try:
             wait_for(self.client.healthy, timeout=30, what="mock receiver up")

@@ -47,6 +47,10 @@ class HookdropWorker(SimpleWorker):
         if self.hookdrop_context is not None:
             self.hookdrop_context.live.install_sighup()  # the endpoints are read again
 
+    def clean_group_registries(self) -> None:
+        """Nothing to do: hookdrop makes no RQ groups. RQ's own would set ``rq:clean_groups``,
+        a key outside every deployment's prefix, on a Redis other deployments share."""
+
     def _stop_after_job(self) -> None:
         """Runs inside the signal handler: flags only, no lock, no I/O."""
         self._stop_requested = True  # RQ's loop stops after the current job

@@ -106,11 +106,17 @@ def connect(
                     "`hookdrop up` or `hookdrop servers start`)"
                 )
         if missing:
+            where = f"the embedded {{}} of {settings.state_dir}"
+            _check_reachable(
+                None if settings.redis_url else servers.redis_url,
+                None if settings.database_url else servers.database_url,
+                redis_name=where.format("Redis"),
+                database_name=where.format("PostgreSQL"),
+            )
             settings = settings.replace(
                 redis_url=settings.redis_url or servers.redis_url,
                 database_url=settings.database_url or servers.database_url,
             )
-            _check_reachable(settings.redis_url, settings.database_url)
         if migrate or schema:
             with Store(database_url(settings)) as store:
                 if migrate:
@@ -120,15 +126,36 @@ def connect(
         yield settings
 
 
-def _check_reachable(redis_url: str | None, database_url: str | None) -> None:
-    from hookdrop.embedded import postgres_reachable, redis_reachable
+def _check_reachable(
+    redis_url: str | None,
+    database_url: str | None,
+    *,
+    redis_name: str = "REDIS_URL",
+    database_name: str = "DATABASE_URL",
+) -> None:
+    """Raise ConfigError naming the server (a setting, or an embedded server) that fails."""
+    from hookdrop.embedded import postgres_problem, redis_problem
 
-    if redis_url and not redis_reachable(redis_url):
-        raise ConfigError(f"REDIS_URL={_hide_password(redis_url)}: cannot connect to Redis")
-    if database_url and not postgres_reachable(database_url):
+    if redis_url and (problem := redis_problem(redis_url)):
         raise ConfigError(
-            f"DATABASE_URL={_hide_password(database_url)}: cannot connect to PostgreSQL"
+            f"{_named(redis_name, redis_url)}: cannot use Redis: {_masked(problem, redis_url)}"
         )
+    if database_url and (problem := postgres_problem(database_url)):
+        raise ConfigError(
+            f"{_named(database_name, database_url)}: cannot use PostgreSQL: "
+            f"{_masked(problem, database_url)}"
+        )
+
+
+def _named(name: str, url: str) -> str:
+    shown = hide_password(url)
+    return f"{name}={shown}" if name.isupper() else f"{name} ({shown})"
+
+
+def _masked(text: str, url: str) -> str:
+    """``text`` without the password of ``url``, should a library have quoted it."""
+    password = _password(url)
+    return text.replace(password, "***") if password else text
 
 
 def check_inbox(settings: Settings) -> None:
@@ -144,14 +171,26 @@ def check_inbox(settings: Settings) -> None:
         raise ConfigError(f"HOOKDROP_INBOX={settings.inbox}: not writable by this user")
 
 
-def _hide_password(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
+def _password(url: str) -> str | None:
+    from urllib.parse import parse_qsl, urlsplit
 
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    try:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        return parts.password or query.get("password") or None
+    except ValueError:
+        return None
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` option) as ``***``."""
+    password = _password(url)
+    if not password:
+        return url
+    head, sep, tail = url.partition("?")
+    head = head.replace(f":{password}@", ":***@")
+    tail = tail.replace(f"password={password}", "password=***")
+    return head + sep + tail
 
 
 def configure_logs(settings: Settings, process: str) -> None:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 import click
 
 from hookdrop.cli._common import configure_logs, connect, notifiers_option, with_settings
 from hookdrop.settings import Settings
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM stops the run as Ctrl-C does: its processes and servers are stopped first."""
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        # Once: a repeat must not cut the clean-up short (its waits are bounded anyway).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @click.command()
@@ -29,6 +42,7 @@ def demo(settings: Settings, rows: int, notifiers: int, as_json: bool, timeout: 
     """Start mock, monitor and workers, drop a file, show it delivered; exit 0 only if nothing
     was missed or duplicated."""
     configure_logs(settings, "demo")
+    _sigterm_as_ctrl_c()
     from hookdrop.devtools.demo import run_demo
 
     # The run migrates a schema of its own in the database; the database's own is not used.
@@ -75,6 +89,7 @@ def bench(
     import json
 
     configure_logs(settings, "bench")
+    _sigterm_as_ctrl_c()
     from hookdrop.devtools.bench import BenchSizes, run_bench
 
     sizes = BenchSizes.quick() if quick else BenchSizes()

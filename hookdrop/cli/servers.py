@@ -14,8 +14,9 @@ from hookdrop.settings import Settings
 def servers() -> None:
     """The embedded Redis and PostgreSQL of HOOKDROP_STATE_DIR (used when no URLs are set).
 
-    Every command that needs them starts them itself and stops them when it ends; start them
-    here to keep them running across commands (they are then reused and left running).
+    Every command that needs them starts them (or uses the running ones); the last command
+    using them stops them when it ends, however it ends. Start them here to keep them running
+    across commands, until `hookdrop servers stop`.
     """
 
 
@@ -29,7 +30,7 @@ def _server_lines(redis_url: str | None, database_url: str | None) -> list[str]:
 @servers.command("start")
 @with_settings
 def servers_start(settings: Settings) -> None:
-    """Start them (if they do not run yet) to run until `hookdrop servers stop`."""
+    """Start them (if they do not run yet) and keep them until `hookdrop servers stop`."""
     from hookdrop.embedded import start_detached
 
     configure_logs(settings, "servers")
@@ -38,12 +39,21 @@ def servers_start(settings: Settings) -> None:
 
 
 @servers.command("stop")
+@click.option(
+    "--remove",
+    is_flag=True,
+    help="Also delete their data, wherever it is (see `hookdrop servers status`).",
+)
 @with_settings
-def servers_stop(settings: Settings) -> None:
-    """Stop them, whoever started them (their data stays in the state folder)."""
-    from hookdrop.embedded import stop_embedded
+def servers_stop(settings: Settings, remove: bool) -> None:
+    """Stop them, whoever started or uses them (PostgreSQL's data stays unless --remove)."""
+    from hookdrop.embedded import remove_embedded, stop_embedded
 
     configure_logs(settings, "servers")
+    if remove:
+        for folder in remove_embedded(settings.state_dir):
+            click.echo(f"removed {folder}")
+        return
     stopped = stop_embedded(settings.state_dir)
     click.echo(
         f"stopped: {', '.join(stopped)}"
@@ -56,14 +66,18 @@ def servers_stop(settings: Settings) -> None:
 @with_settings
 def servers_status(settings: Settings) -> None:
     """Say which run and their URLs; exit 3 when neither runs."""
-    from hookdrop.embedded import find_running
+    from hookdrop.embedded import embedded_postgres_dir, find_running, servers_use
 
     configure_logs(settings, "servers")
     found = find_running(settings.state_dir)
     click.echo(f"state folder {found.state_dir}")
+    pg_dir = embedded_postgres_dir(found.state_dir) if found.state_dir.is_dir() else None
+    if pg_dir is not None and pg_dir.exists():
+        click.echo(f"postgresql data {pg_dir}")
     click.echo("\n".join(_server_lines(found.redis_url, found.database_url)))
     if not (found.redis_url or found.database_url):
         sys.exit(3)
+    click.echo(f"running: {servers_use(settings.state_dir)}")
 
 
 COMMANDS = (servers,)

@@ -17,15 +17,53 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
+import psutil
 import redis
 
 from hookdrop.connections import connect_store, database_url, redis_url
+from hookdrop.keys import Keys
 from hookdrop.ports import free_port
 from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
 from hookdrop.store import FileRow, FileStatus, create_schema, drop_schema
 from hookdrop.supervise import Supervisor
 from notifier_mock import MockClient
+
+_OWNER = "owner"
+
+
+def _owner_id(pid: int) -> str:
+    """``pid start-time``: a pid alone may be reused by another process."""
+    try:
+        return f"{pid} {psutil.Process(pid).create_time():.2f}"
+    except psutil.NoSuchProcess:
+        return f"{pid} gone"
+
+
+def forget_abandoned_runs(runs: Path, admin_url: str, redis_address: str) -> list[str]:
+    """Delete what runs whose process died left (folder, schema, Redis keys); return their ids.
+
+    Runs kept on purpose (a failed demo's logs and ledger) and live ones are left alone.
+    """
+    abandoned = []
+    for root in runs.glob("*") if runs.is_dir() else ():
+        owner = root / _OWNER
+        try:
+            recorded = owner.read_text(encoding="utf-8")
+        except OSError:
+            continue  # kept on purpose, or not a run
+        pid = recorded.split()[0] if recorded.split() else ""
+        if not pid.isdigit() or _owner_id(int(pid)) != recorded:
+            abandoned.append(root.name)
+    for run in abandoned:
+        drop_schema(admin_url, f"hookdrop_run_{run}")
+        conn = redis.Redis.from_url(redis_address)
+        try:
+            forget_deployment(conn, Keys(f"run-{run}"))
+        finally:
+            conn.close()
+        shutil.rmtree(runs / run, ignore_errors=True)
+    return abandoned
 
 
 def with_search_path(url: str, schema: str) -> str:
@@ -118,7 +156,10 @@ class Stack:
         self.store = connect_store(self.settings, name="hookdrop-harness")
 
     def start(self, *, timeout: float = 60) -> None:
+        forget_abandoned_runs(self.root.parent, self.admin_url, redis_url(self.settings))
         self.logs.mkdir(parents=True, exist_ok=True)
+        # Who runs this: a run whose owner died (killed) is cleaned up by the next one.
+        (self.root / _OWNER).write_text(_owner_id(os.getpid()), encoding="utf-8")
         create_schema(self.admin_url, self.schema)
         self.store.migrate()
         self.supervisor.start(log_dir=self.logs)
@@ -136,7 +177,9 @@ class Stack:
         self.supervisor.wait()
         self.mock.close()
         self.store.close()
-        if not self.keep:
+        if self.keep:
+            (self.root / _OWNER).unlink(missing_ok=True)  # kept to look at: not abandoned
+        else:
             drop_schema(self.admin_url, self.schema)
             shutil.rmtree(self.root, ignore_errors=True)
             conn = redis.Redis.from_url(redis_url(self.settings))
@@ -144,7 +187,11 @@ class Stack:
             conn.close()
 
     def __enter__(self) -> Stack:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # a Ctrl-C or SIGTERM while starting stops what did start
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

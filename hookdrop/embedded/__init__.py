@@ -8,17 +8,21 @@ them by URL. Production always uses real servers given by URL.
 Who stops them:
 
 - :func:`embedded_servers` reuses servers already running for the state folder and starts
-  the missing ones as children of the calling process; it stops those (and only those) when
-  the ``with`` block ends, and the kernel stops them if the process dies first.
-- :func:`start_detached` (``hookdrop servers start``) starts them to outlive the caller;
-  :func:`stop_embedded` (``hookdrop servers stop``) stops whatever runs for a state folder.
-- :func:`find_running` only looks: it never starts anything.
+  the missing ones (detached); the calling process is one of their users until the ``with``
+  block ends. The last user out stops them; if users die without doing so (SIGKILL), the
+  state folder's guardian process stops them (``_users``).
+- :func:`start_detached` (``hookdrop servers start``) starts them and keeps them after their
+  users end; :func:`stop_embedded` (``hookdrop servers stop``) stops whatever runs for a state
+  folder, whoever uses them.
+- :func:`find_running` and :func:`servers_use` only look: they never start anything.
 
 Layout of the state folder::
 
     embedded.lock     fcntl lock that serialises start and stop across processes
-    embedded.json     the chosen ports and PostgreSQL folder, reused by later callers
-    redis/            redis.conf, redis.pid, redis.log, appendonly.aof, dump.rdb
+    embedded.json     the chosen ports and PostgreSQL folder, reused by later callers; "kept"
+    users.lock        a shared lock held by every command using the servers
+    guard.lock        held by the guardian; guard.log is its output
+    redis/            redis.conf, redis.pid, redis.log (Redis keeps no data on disk)
     pg/               postgres.log and data/ (see embedded_postgres_dir when running as root)
 
 Both servers trust every connection from 127.0.0.1 without a password: this is a single-box
@@ -28,16 +32,19 @@ default, which is one more reason production uses real servers.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import psycopg
 import redis
 import structlog
 
-from hookdrop.embedded import _postgres, _process, _redis, _state
+from hookdrop.embedded import _postgres, _redis, _state, _users
 from hookdrop.embedded._postgres import DATABASE_NAME, DATABASE_ROLE
 
 __all__ = [
@@ -47,10 +54,15 @@ __all__ = [
     "embedded_postgres_dir",
     "embedded_servers",
     "find_running",
+    "postgres_problem",
     "postgres_reachable",
+    "redis_problem",
     "redis_reachable",
+    "remove_embedded",
+    "servers_use",
     "start_detached",
     "stop_embedded",
+    "stop_unused",
 ]
 
 log = structlog.get_logger(__name__)
@@ -76,27 +88,61 @@ class EmbeddedServers:
 def embedded_servers(
     state_dir: Path, *, redis: bool = True, postgres: bool = True
 ) -> Iterator[EmbeddedServers]:
-    """Servers for ``state_dir`` while the block runs: reused if running, else started and
-    owned by this process, which stops them at the end of the block (or by dying).
+    """Servers for ``state_dir`` while the block runs: reused if running, else started.
 
-    Raises ConfigError when a server cannot start; what was started is stopped again. Enter
-    it from a thread that lives as long as the block, such as the main thread: the kernel's
-    signal goes out when the thread that started a server ends.
+    This process is one of their users until the block ends; the last user out stops them
+    (unless kept by :func:`start_detached`), and if users die without doing so, the guardian
+    of the state folder stops them. Raises ConfigError when a server cannot start; what was
+    started is stopped again.
     """
     state_dir = _state.prepare(state_dir)
-    children: list[_process.Child] = []
+    users = _users.join(state_dir)
     try:
-        yield _ensure(
-            state_dir, want_redis=redis, want_postgres=postgres, detach=False, children=children
-        )
+        started: list[str] = []
+        try:
+            servers = _ensure(state_dir, want_redis=redis, want_postgres=postgres, started=started)
+            with _state.locked(state_dir):
+                _users.start_guardian(state_dir)
+        except BaseException:
+            _stop_named(state_dir, started)
+            raise
+        yield servers
     finally:
-        _stop_children(state_dir, children)
+        _leave(state_dir, users)
 
 
 def start_detached(state_dir: Path) -> EmbeddedServers:
-    """Ensure both servers run for ``state_dir`` and outlive this process."""
+    """Ensure both servers run for ``state_dir`` and keep them running after every command
+    using them has ended, until :func:`stop_embedded`."""
     state_dir = _state.prepare(state_dir)
-    return _ensure(state_dir, want_redis=True, want_postgres=True, detach=True, children=[])
+    with _users.join(state_dir):
+        started: list[str] = []
+        try:
+            servers = _ensure(state_dir, want_redis=True, want_postgres=True, started=started)
+        except BaseException:
+            _stop_named(state_dir, started)
+            raise
+        with _state.locked(state_dir):
+            state = _state.read(state_dir)
+            state["kept"] = True
+            _state.write(state_dir, state)
+    return servers
+
+
+def _leave(state_dir: Path, users: IO[str]) -> None:
+    """Stop being a user; the last one out stops the servers unless they are kept."""
+    with users:
+        with _state.locked(state_dir):
+            last = _users.last_to_leave(users)
+            if last:
+                _stop_all_locked(state_dir, unless_kept=True)
+        if last:
+            fcntl.flock(users.fileno(), fcntl.LOCK_UN)
+            _users.wait_guardian_gone(state_dir)
+        else:
+            # Either others still use the servers, or a guardian took the lock to stop them;
+            # in that case wait for it, so the servers are gone when this command ends.
+            _users.wait_for_guardian(users)
 
 
 def find_running(state_dir: Path) -> EmbeddedServers:
@@ -120,22 +166,78 @@ def find_running(state_dir: Path) -> EmbeddedServers:
 
 
 def stop_embedded(state_dir: Path) -> list[str]:
-    """Stop the servers of ``state_dir`` that run, whoever started them; return their names.
+    """Stop the servers of ``state_dir`` that run, whoever started or uses them; return
+    their names.
 
-    Data stays on disk, so the next start continues where they left off. Raises
+    PostgreSQL's data stays on disk, so the next start continues where it left off. Raises
     HookdropError when a server does not exit within a minute.
     """
     state_dir = state_dir.expanduser().resolve()
     if not state_dir.is_dir():
         return []
-    stopped = []
     with _state.locked(state_dir):
+        return _stop_all_locked(state_dir, unless_kept=False)
+
+
+def remove_embedded(state_dir: Path) -> list[Path]:
+    """Stop the servers of ``state_dir`` and delete their files (PostgreSQL's data wherever
+    it went, Redis's folder, the record of ports); return the folders deleted."""
+    state_dir = state_dir.expanduser().resolve()
+    if not state_dir.is_dir():
+        return []
+    with _state.locked(state_dir):
+        _stop_all_locked(state_dir, unless_kept=False)
         state = _state.read(state_dir)
-        if _redis.stop(state_dir / "redis", _state.port(state, "redis_port")) is not None:
-            stopped.append(REDIS)
-        layout = _postgres.Layout(_postgres.postgres_dir(state_dir, state))
-        if _postgres.stop(layout) is not None:
-            stopped.append(POSTGRES)
+        removed = []
+        for folder in (
+            _postgres.postgres_dir(state_dir, state) if state.get("postgres_dir") else None,
+            state_dir / "pg",
+            state_dir / "redis",
+        ):
+            if folder is not None and folder.exists():
+                shutil.rmtree(folder)
+                removed.append(folder)
+        _state.forget(state_dir)
+        copy = _postgres.remove_binaries_copy()
+        if copy is not None:
+            removed.append(copy)
+    return removed
+
+
+def stop_unused(state_dir: Path) -> list[str]:
+    """Stop the servers of ``state_dir`` unless they are kept (the guardian's stop)."""
+    if not state_dir.is_dir():
+        return []
+    with _state.locked(state_dir):
+        return _stop_all_locked(state_dir, unless_kept=True)
+
+
+def servers_use(state_dir: Path) -> str:
+    """Who keeps the servers of ``state_dir`` running, in a few words."""
+    state_dir = state_dir.expanduser().resolve()
+    found = find_running(state_dir)
+    if not (found.redis_url or found.database_url):
+        return "not running"
+    if _state.read(state_dir).get("kept"):
+        return "kept until `hookdrop servers stop`"
+    if _users.in_use(state_dir):
+        return "in use; they stop when the last command using them ends"
+    return "no command uses them; `hookdrop servers stop` stops them"
+
+
+def _stop_all_locked(state_dir: Path, *, unless_kept: bool) -> list[str]:
+    """Stop both servers (state lock held); kept ones only when ``unless_kept`` is false."""
+    state = _state.read(state_dir)
+    if unless_kept and state.get("kept"):
+        return []
+    stopped = []
+    if _redis.stop(state_dir / "redis", _state.port(state, "redis_port")) is not None:
+        stopped.append(REDIS)
+    layout = _postgres.Layout(_postgres.postgres_dir(state_dir, state))
+    if _postgres.stop(layout) is not None:
+        stopped.append(POSTGRES)
+    if state.pop("kept", None) is not None:
+        _state.write(state_dir, state)
     return stopped
 
 
@@ -153,28 +255,49 @@ def embedded_postgres_dir(state_dir: Path) -> Path:
 
 def redis_reachable(url: str, timeout: float = 1.0) -> bool:
     """True when the Redis server at ``url`` answers PING within ``timeout`` seconds."""
-    client = redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=_redis.no_retry()
-    )
+    return redis_problem(url, timeout) is None
+
+
+def redis_problem(url: str, timeout: float = 1.0) -> str | None:
+    """Why the Redis server at ``url`` does not answer PING (``None``: it does)."""
     try:
-        return bool(client.ping())
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=_redis.no_retry()
+        )
+    except ValueError as exc:
+        return _one_line(exc)
+    try:
+        client.ping()
+    except (redis.exceptions.RedisError, ValueError) as exc:
+        # Refused, timed out, a wrong password, a database index out of range, still loading.
         log.debug("embedded.probe.redis_unreachable", error=str(exc))
-        return False
+        return _one_line(exc)
     finally:
         client.close()
+    return None
 
 
 def postgres_reachable(url: str, timeout: float = 2.0) -> bool:
     """True when a connection to the PostgreSQL server at ``url`` opens within ``timeout``."""
+    return postgres_problem(url, timeout) is None
+
+
+def postgres_problem(url: str, timeout: float = 2.0) -> str | None:
+    """Why a connection to the PostgreSQL server at ``url`` does not open (``None``: it does)."""
     # libpq takes whole seconds and treats anything below 2 as 2.
     seconds = max(2, round(timeout))
     try:
         with psycopg.connect(url, connect_timeout=seconds):
-            return True
-    except psycopg.OperationalError as exc:
+            return None
+    except (psycopg.Error, ValueError) as exc:
+        # Refused, unknown database or role, a malformed URL or option.
         log.debug("embedded.probe.postgres_unreachable", error=str(exc).strip())
-        return False
+        return _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -185,23 +308,17 @@ def _ensure(
     *,
     want_redis: bool,
     want_postgres: bool,
-    detach: bool,
-    children: list[_process.Child],
+    started: list[str],
 ) -> EmbeddedServers:
-    """Reuse or start the wanted servers; the ones started as children go into ``children``
-    as soon as they run, so a failure later on still stops them."""
+    """Reuse or start the wanted servers; the ones started go into ``started`` as soon as
+    they run, so a failure later on still stops them."""
     began = time.monotonic()
     redis_port: int | None = None
     pg_port: int | None = None
-    started: list[str] = []
     with _state.locked(state_dir):
         state = _state.read(state_dir)
         if want_redis:
-            redis_port, child, fresh = _redis.ensure(
-                state_dir / "redis", _state.port(state, "redis_port"), detach=detach
-            )
-            if child is not None:
-                children.append(child)
+            redis_port, fresh = _redis.ensure(state_dir / "redis", _state.port(state, "redis_port"))
             if fresh:
                 started.append(REDIS)
             state["redis_port"] = redis_port
@@ -211,11 +328,7 @@ def _ensure(
             # Record the folder before anything is created in it, so it never moves.
             state["postgres_dir"] = str(layout.root)
             _state.write(state_dir, state)
-            pg_port, child, fresh = _postgres.ensure(
-                layout, _state.port(state, "postgres_port"), detach=detach
-            )
-            if child is not None:
-                children.append(child)
+            pg_port, fresh = _postgres.ensure(layout, _state.port(state, "postgres_port"))
             if fresh:
                 started.append(POSTGRES)
             state["postgres_port"] = pg_port
@@ -240,14 +353,13 @@ def _ensure(
     )
 
 
-def _stop_children(state_dir: Path, children: list[_process.Child]) -> None:
-    """Stop the servers this process started, newest first (killing any that hang)."""
-    if not children:
+def _stop_named(state_dir: Path, names: list[str]) -> None:
+    """Stop the detached servers named (a failed start stops what it started)."""
+    if not names:
         return
-    # Under the lock, so that a command starting meanwhile waits and then starts its own
-    # servers instead of reusing ones about to stop.
     with _state.locked(state_dir):
-        for child in reversed(children):
-            timeout = _redis.STOP_TIMEOUT if child.name == REDIS else _postgres.STOP_TIMEOUT
-            if _process.stop_child(child, timeout):
-                log.info(f"embedded.{child.name}.stopped", pid=child.process.pid)
+        state = _state.read(state_dir)
+        if POSTGRES in names:
+            _postgres.stop(_postgres.Layout(_postgres.postgres_dir(state_dir, state)))
+        if REDIS in names:
+            _redis.stop(state_dir / "redis", _state.port(state, "redis_port"))

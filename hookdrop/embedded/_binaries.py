@@ -14,6 +14,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import psutil
 import structlog
 
 from hookdrop.embedded._process import RunAs
@@ -52,12 +53,7 @@ def binaries_for(install: Path, beside: Path, run_as: RunAs | None) -> Path:
     """
     if run_as is None or can_traverse(install / "bin", run_as):
         return install / "bin"
-    source = install / "bin" / "postgres"
-    info = source.stat()
-    digest = hashlib.sha256(f"{install}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[
-        :16
-    ]
-    copy = beside / f"pgbin-{digest}"
+    copy = copy_path(install, beside)
     bindir = copy / _relative_install(install) / "bin"
     if not (bindir / "postgres").exists():
         _copy_install(install, copy)
@@ -73,6 +69,26 @@ def binaries_for(install: Path, beside: Path, run_as: RunAs | None) -> Path:
             f"copy in {copy}; choose another HOOKDROP_STATE_DIR or set DATABASE_URL"
         )
     return bindir
+
+
+def copy_path(install: Path, beside: Path) -> Path:
+    """Where the copy of ``install`` is kept in ``beside``: one per installation."""
+    info = (install / "bin" / "postgres").stat()
+    key = f"{install}:{info.st_size}:{info.st_mtime_ns}"
+    return beside / f"pgbin-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def remove_copy(install: Path, beside: Path) -> Path | None:
+    """Delete the copy of ``install`` unless a program of it runs; the folder deleted."""
+    copy = copy_path(install, beside)
+    if not copy.exists():
+        return None
+    for process in psutil.process_iter(["exe"]):
+        exe = process.info["exe"]
+        if exe and Path(exe).is_relative_to(copy):
+            return None  # another state folder's server runs from it
+    shutil.rmtree(copy)
+    return copy
 
 
 def _relative_install(install: Path) -> Path:

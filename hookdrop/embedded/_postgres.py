@@ -4,7 +4,9 @@ PostgreSQL refuses to run as root, so under root it runs as the ``postgres`` sys
 ``nobody``). That user must reach both its data folder and the binaries:
 
 - data: when it cannot traverse the folders leading to the state folder (a 0700 home or
-  ``mktemp -d``), the data goes to ``/var/lib/hookdrop/embedded-postgres/<name>-<hash>``;
+  ``mktemp -d``), the data goes to ``/var/lib/hookdrop/embedded-postgres/<checkout>-<id>``,
+  a random id chosen once per state folder and recorded in its ``embedded.json``
+  (``hookdrop servers stop --remove`` deletes it);
 - binaries: when it cannot reach the installed package (a virtualenv inside such a folder),
   it runs a copy of pgserver's ``bin``, ``lib``, ``share`` and bundled libraries (hard links
   where the file system allows), kept beside the data folder and made once per installation.
@@ -12,10 +14,10 @@ PostgreSQL refuses to run as root, so under root it runs as the ``postgres`` sys
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import time
@@ -29,7 +31,7 @@ import structlog
 from psycopg import sql
 
 from hookdrop.embedded import _process
-from hookdrop.embedded._binaries import binaries_for, can_traverse
+from hookdrop.embedded._binaries import binaries_for, can_traverse, remove_copy
 from hookdrop.embedded._package import package_dir
 from hookdrop.embedded._process import RunAs
 from hookdrop.errors import ConfigError, HookdropError
@@ -89,23 +91,30 @@ def postgres_dir(state_dir: Path, state: dict[str, Any]) -> Path:
     if isinstance(recorded, str) and recorded:
         return Path(recorded)
     inside = state_dir / "pg"
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or can_traverse(state_dir, _default_run_as()):
         return inside
-    fallback = _ROOT_PG_PARENTS[-1] / _fallback_name(state_dir)
-    for candidate in (inside, fallback):
-        if (candidate / "data").exists():
-            return candidate
-    return inside if can_traverse(state_dir, _default_run_as()) else fallback
+    return _ROOT_PG_PARENTS[-1] / _relocated_name(state_dir)
+
+
+def remove_binaries_copy() -> Path | None:
+    """Delete the copy of this installation's binaries kept for relocated data, if unused."""
+    try:
+        install = install_dir()
+    except ConfigError:
+        return None
+    return remove_copy(install, _ROOT_PG_PARENTS[-1])
 
 
 def relocated(layout: Layout) -> bool:
     return layout.root.parent == _ROOT_PG_PARENTS[-1]
 
 
-def _fallback_name(state_dir: Path) -> str:
-    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", state_dir.name)[:40] or "state"
-    return f"{name}-{digest}"
+def _relocated_name(state_dir: Path) -> str:
+    """``<checkout>-<random id>``: a new state folder, even at the same path (a new clone),
+    never reuses the data of an old one; the name says whose it is and is never hidden."""
+    folder = state_dir.parent if state_dir.name.startswith(".") else state_dir
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", folder.name).lstrip(".")[:40] or "state"
+    return f"{name}-{secrets.token_hex(8)}"
 
 
 def _default_run_as() -> RunAs:
@@ -146,8 +155,12 @@ def _prepare_root(layout: Layout, run_as: RunAs | None) -> None:
     layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     if run_as is None:
         return
-    if layout.root.stat().st_uid != run_as.uid:
-        os.chown(layout.root, run_as.uid, run_as.gid)
+    # The server writes its log itself when started by pg_ctl: a log first opened by root (a
+    # server started as a child writes to the parent's handle) would refuse it.
+    layout.log.touch(mode=0o600)
+    for path in (layout.root, layout.log):
+        if path.stat().st_uid != run_as.uid:
+            os.chown(path, run_as.uid, run_as.gid)
     if not can_traverse(layout.root, run_as):
         raise ConfigError(
             f"user {run_as.name} cannot reach {layout.root}; make its parent folders "
@@ -163,20 +176,18 @@ def running(layout: Layout, port: int | None) -> bool:
     return port is not None and _answers(port, layout.data)
 
 
-def ensure(
-    layout: Layout, port: int | None, *, detach: bool
-) -> tuple[int, _process.Child | None, bool]:
-    """Reuse the running server or start one: ``(port, child to stop or None, started)``."""
+def ensure(layout: Layout, port: int | None) -> tuple[int, bool]:
+    """Reuse the running server or start one (detached): ``(port, started)``."""
     if port is not None and _answers(port, layout.data):
         _create_database(port)
-        return port, None, False
+        return port, False
     live = _postmaster(layout.data)
     if live is not None:
         # Alive but not answering yet (starting, recovering): wait rather than start again.
         live_port = live[1]
         if _process.wait_until(lambda: _answers(live_port, layout.data), START_TIMEOUT):
             _create_database(live_port)
-            return live_port, None, False
+            return live_port, False
         raise ConfigError(
             f"embedded PostgreSQL (pid {live[0]}) runs but does not answer on port "
             f"{live_port}; see {layout.log}"
@@ -199,25 +210,23 @@ def ensure(
             port = _process.free_port()
         began = time.monotonic()
         try:
-            child = _start(bindir, layout, run_as, port, detach=detach)
+            _pg_ctl_start(bindir, layout, run_as, port)
         except _PortInUse:
             log.warning("embedded.postgres.port_taken", port=port)
             continue
         try:
             _create_database(port)
         except BaseException:
-            if child is not None:
-                _process.stop_child(child, STOP_TIMEOUT)
+            stop(layout)
             raise
         log.info(
             "embedded.postgres.started",
             port=port,
             dir=str(layout.root),
             run_as=run_as.name if run_as else None,
-            detached=detach,
             seconds=round(time.monotonic() - began, 3),
         )
-        return port, child, True
+        return port, True
     raise ConfigError(
         f"embedded PostgreSQL failed to start: no free port after {_PORT_ATTEMPTS} attempts; "
         f"see {layout.log}"
@@ -231,23 +240,29 @@ def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
     # half-made data folder that later starts would trip over.
     if staging.exists():
         shutil.rmtree(staging)
-    code, output = _process.run(
-        [
-            str(bindir / "initdb"),
-            "-D",
-            str(staging),
-            "-U",
-            DATABASE_ROLE,
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C",
-            "--no-instructions",
-        ],
-        run_as=run_as,
-        cwd=layout.root,
-        timeout=120,
-    )
+    try:
+        code, output = _process.run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(staging),
+                "-U",
+                DATABASE_ROLE,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-instructions",
+            ],
+            run_as=run_as,
+            cwd=layout.root,
+            timeout=120,
+        )
+    except BaseException:
+        # Interrupted (Ctrl-C) or failed to run: no half-made folder for the next start.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if code != 0:
+        shutil.rmtree(staging, ignore_errors=True)
         raise ConfigError(
             f"embedded PostgreSQL initdb failed: {_process.last_line(output) or 'no output'}"
         )
@@ -273,39 +288,8 @@ def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
     )
 
 
-def _start(
-    bindir: Path, layout: Layout, run_as: RunAs | None, port: int, *, detach: bool
-) -> _process.Child | None:
+def _pg_ctl_start(bindir: Path, layout: Layout, run_as: RunAs | None, port: int) -> None:
     offset = _process.size_of(layout.log)
-    if detach:
-        _pg_ctl_start(bindir, layout, run_as, port, offset)
-        return None
-    # The postmaster itself, not pg_ctl, so that it is our child. SIGINT is its fast
-    # shutdown: clients are disconnected, a checkpoint is written, the server exits.
-    child = _process.spawn_owned(
-        [str(bindir / "postgres"), "-D", str(layout.data), "-p", str(port)],
-        name="postgres",
-        cwd=layout.root,
-        log_path=layout.log,
-        stop_signal=signal.SIGINT,
-        run_as=run_as,
-    )
-    deadline = time.monotonic() + START_TIMEOUT
-    while not _answers(port, layout.data):
-        if child.process.poll() is not None or time.monotonic() > deadline:
-            _process.stop_child(child, 5)
-            new_log = _process.read_from(layout.log, offset)
-            if "Address already in use" in new_log:
-                raise _PortInUse
-            reason = _process.last_line(new_log) or "no answer within 60 s"
-            raise ConfigError(f"embedded PostgreSQL failed to start: {reason}; see {layout.log}")
-        time.sleep(0.05)
-    return child
-
-
-def _pg_ctl_start(
-    bindir: Path, layout: Layout, run_as: RunAs | None, port: int, offset: int
-) -> None:
     code, output = _process.run(
         [
             str(bindir / "pg_ctl"),

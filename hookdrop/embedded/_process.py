@@ -1,18 +1,14 @@
-"""Starting, recognising and stopping server processes.
+"""Running server tools, recognising server processes, ports and logs.
 
-A server that a command owns is its child: it runs in a session of its own (a Ctrl-C at the
-terminal reaches the command, which then stops its own children before the servers), and on
-Linux the kernel sends it a stop signal when the process that started it dies, so not even a
-kill -9 of the owner leaves it running.
+Servers run detached, in sessions of their own: a Ctrl-C at a terminal or a signal to a
+command's process group never reaches them; who stops them is decided in ``_users``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,7 +24,6 @@ from hookdrop.errors import ConfigError
 log = structlog.get_logger(__name__)
 
 LOOPBACK = "127.0.0.1"
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _LOG_TAIL_BYTES = 16384
 
 
@@ -45,16 +40,6 @@ class RunAs:
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
 
-@dataclass(slots=True)
-class Child:
-    """A server this process started and must stop: ``stop_signal`` is its graceful stop."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    stop_signal: int
-    log: Path
-
-
 def server_environ() -> dict[str, str]:
     """The environment of a server or its tools: ours without PG* variables, C messages."""
     # A PGPORT or PGDATA meant for another server must not leak in; English messages are what
@@ -62,72 +47,6 @@ def server_environ() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
     env["LC_ALL"] = "C"
     return env
-
-
-def _die_with_parent(stop_signal: int) -> Callable[[], None] | None:
-    """A preexec function asking the kernel for ``stop_signal`` when our process dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child must not load libraries
-    parent = os.getpid()
-
-    def preexec() -> None:
-        # Runs in the child after it dropped to its user (a uid change clears the setting).
-        libc.prctl(_PR_SET_PDEATHSIG, stop_signal, 0, 0, 0)
-        if os.getppid() != parent:  # the owner died before the request took effect
-            os._exit(1)
-
-    return preexec
-
-
-def spawn_owned(
-    command: list[str],
-    *,
-    name: str,
-    cwd: Path,
-    log_path: Path,
-    stop_signal: int,
-    run_as: RunAs | None,
-) -> Child:
-    """Start ``command`` as a child that stops when this process stops (or dies)."""
-    extra = run_as.subprocess_kwargs() if run_as is not None else {}
-    with log_path.open("ab") as output:
-        try:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=server_environ(),
-                start_new_session=True,
-                # The function makes two system calls and takes no lock, which is what
-                # makes a preexec function safe in a process with threads.
-                preexec_fn=_die_with_parent(stop_signal),  # noqa: PLW1509
-                **extra,
-            )
-        except OSError as exc:
-            raise ConfigError(f"cannot run {command[0]}: {exc}") from exc
-    return Child(name=name, process=process, stop_signal=stop_signal, log=log_path)
-
-
-def stop_child(child: Child, timeout: float) -> bool:
-    """Ask ``child`` to stop, wait for it; kill it after ``timeout``. True if it stopped."""
-    if child.process.poll() is None:
-        child.process.send_signal(child.stop_signal)
-    try:
-        child.process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        log.error(
-            f"embedded.{child.name}.killed",
-            pid=child.process.pid,
-            reason=f"did not stop within {timeout:.0f} s",
-            log=str(child.log),
-        )
-        child.process.kill()
-        child.process.wait()
-        return False
-    return True
 
 
 def run(command: list[str], *, run_as: RunAs | None, cwd: Path, timeout: float) -> tuple[int, str]:
@@ -145,6 +64,9 @@ def run(command: list[str], *, run_as: RunAs | None, cwd: Path, timeout: float) 
                 env=server_environ(),
                 timeout=timeout,
                 check=False,
+                # A server it forks (pg_ctl's postmaster) must not share a process group
+                # or a terminal with the command.
+                start_new_session=True,
                 **extra,
             )
         except subprocess.TimeoutExpired as exc:

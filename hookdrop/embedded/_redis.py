@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -45,27 +46,23 @@ def running(rdir: Path, port: int | None) -> bool:
     return port is not None and _is_ours(port, rdir / "redis.conf")
 
 
-def ensure(
-    rdir: Path, port: int | None, *, detach: bool
-) -> tuple[int, _process.Child | None, bool]:
-    """Reuse the running server or start one: ``(port, child to stop or None, started)``.
-
-    Started with ``detach`` it outlives this process; otherwise it is our child.
-    """
+def ensure(rdir: Path, port: int | None) -> tuple[int, bool]:
+    """Reuse the running server or start one (detached): ``(port, started)``."""
     rdir.mkdir(mode=0o700, exist_ok=True)
     conf = rdir / "redis.conf"
     if port is not None and _is_ours(port, conf):
-        return port, None, False
+        return port, False
     pid = _process.read_pid(rdir / "redis.pid")
     if pid is not None and _process.is_our_process(pid, "redis-server", rdir):
-        # Alive but not answering yet, e.g. still loading a big AOF after a restart: wait
-        # rather than start a second server on the same files.
+        # Alive but not ready yet, e.g. still loading data an earlier version persisted:
+        # wait (bounded) rather than start a second server on the same files.
         known = port
         if known is not None and _process.wait_until(lambda: _is_ours(known, conf), START_TIMEOUT):
-            return known, None, False
+            return known, False
         raise ConfigError(
-            f"embedded Redis (pid {pid}) runs but does not answer on port {port}; "
-            f"see {rdir / 'redis.log'}"
+            f"the embedded Redis of {rdir.parent} (pid {pid}) runs but did not become ready "
+            f"on port {port} within {START_TIMEOUT:.0f} s; stop it with `hookdrop servers "
+            f"stop` and see {rdir / 'redis.log'}"
         )
     path = binary()
     for attempt in range(_PORT_ATTEMPTS):
@@ -73,7 +70,7 @@ def ensure(
             port = _process.free_port()
         began = time.monotonic()
         try:
-            child = _launch(path, rdir, conf, port, detach=detach)
+            _launch(path, rdir, conf, port)
         except _PortInUse:
             log.warning("embedded.redis.port_taken", port=port)
             continue
@@ -81,46 +78,32 @@ def ensure(
             "embedded.redis.started",
             port=port,
             dir=str(rdir),
-            detached=detach,
             seconds=round(time.monotonic() - began, 3),
         )
-        return port, child, True
+        return port, True
     raise ConfigError(
         f"embedded Redis failed to start: no free port after {_PORT_ATTEMPTS} attempts; "
         f"see {rdir / 'redis.log'}"
     )
 
 
-def _launch(
-    binary: Path, rdir: Path, conf: Path, port: int, *, detach: bool
-) -> _process.Child | None:
+def _launch(binary: Path, rdir: Path, conf: Path, port: int) -> None:
     pidfile = rdir / "redis.pid"
     logfile = rdir / "redis.log"
     # A live server was ruled out by the caller, so any pidfile is left over from a crash.
     pidfile.unlink(missing_ok=True)
-    conf.write_text(_config(rdir, port, daemonize=detach), encoding="utf-8")
+    _forget_data(rdir)
+    conf.write_text(_config(rdir, port), encoding="utf-8")
     offset = _process.size_of(logfile)
-    child: _process.Child | None = None
-    if detach:
-        code, output = _process.run([str(binary), str(conf)], run_as=None, cwd=rdir, timeout=30)
-        if code != 0:
-            # Config errors are reported before daemonizing, on the launcher's own output.
-            raise ConfigError(
-                f"embedded Redis failed to start: "
-                f"{_process.last_line(output) or 'no output'}; see {logfile}"
-            )
-    else:
-        # SIGTERM is Redis's graceful stop: it fsyncs the AOF, removes its pidfile and exits.
-        child = _process.spawn_owned(
-            [str(binary), str(conf)],
-            name="redis",
-            cwd=rdir,
-            log_path=logfile,
-            stop_signal=signal.SIGTERM,
-            run_as=None,
+    code, output = _process.run([str(binary), str(conf)], run_as=None, cwd=rdir, timeout=30)
+    if code != 0:
+        # Config errors are reported before daemonizing, on the launcher's own output.
+        raise ConfigError(
+            f"embedded Redis failed to start: "
+            f"{_process.last_line(output) or 'no output'}; see {logfile}"
         )
     deadline = time.monotonic() + START_TIMEOUT
-    pid = child.process.pid if child is not None else None
+    pid: int | None = None
     while not _is_ours(port, conf):
         new_log = _process.read_from(logfile, offset)
         if pid is None:
@@ -128,29 +111,38 @@ def _launch(
             pid = int(match.group(1)) if match else None
         gone = pid is not None and not _process.is_our_process(pid, "redis-server", rdir)
         if gone or time.monotonic() > deadline:
-            if child is not None:
-                _process.stop_child(child, 5)
+            if pid is not None and not gone:
+                os.kill(pid, signal.SIGKILL)
             if "Address already in use" in new_log:
                 raise _PortInUse
             reason = _process.last_line(new_log) or "no answer within 60 s"
             raise ConfigError(f"embedded Redis failed to start: {reason}; see {logfile}")
         time.sleep(0.02)
-    return child
 
 
-def _config(rdir: Path, port: int, *, daemonize: bool) -> str:
+def _forget_data(rdir: Path) -> None:
+    """Delete the data files earlier versions persisted, which would be loaded at start."""
+    for name in ("dump.rdb", "appendonly.aof"):
+        (rdir / name).unlink(missing_ok=True)
+    shutil.rmtree(rdir / "appendonlydir", ignore_errors=True)
+
+
+def _config(rdir: Path, port: int) -> str:
     lines = [
         "# Written by hookdrop before every start of the embedded Redis; edits are lost.",
         f"bind {_process.LOOPBACK}",
         f"port {port}",
         "protected-mode yes",
-        f"daemonize {'yes' if daemonize else 'no'}",
+        # Detached, in a session of its own (see _users for who stops it).
+        "daemonize yes",
         f"pidfile {_quote(rdir / 'redis.pid')}",
         f"logfile {_quote(rdir / 'redis.log')}",
         f"dir {_quote(rdir)}",
-        # The durable default for a single box: lose at most a second of writes on a crash.
-        "appendonly yes",
-        "appendfsync everysec",
+        # No persistence: Redis holds queues, progress and flags, which hookdrop rebuilds
+        # from PostgreSQL and processing/ when they are lost (docs/guarantees.md, rule 4).
+        # So every start is empty and quick, and nothing on disk grows from run to run.
+        "appendonly no",
+        'save ""',
         "",
     ]
     return "\n".join(lines)
@@ -177,9 +169,20 @@ def _server_info(port: int) -> dict[str, object] | None:
 
 
 def _is_ours(port: int, conf: Path) -> bool:
+    """True when the Redis of ``conf`` answers on ``port`` and has its data loaded."""
     info = _server_info(port)
     # Another server could have taken the port since we recorded it: compare config files.
-    return info is not None and str(info.get("config_file", "")) == str(conf)
+    if info is None or str(info.get("config_file", "")) != str(conf):
+        return False
+    client = _local_client(port)
+    try:
+        # INFO answers while a server still loads its data; PING does not.
+        return bool(client.ping())
+    except redis.exceptions.RedisError as exc:
+        log.debug("embedded.redis.not_ready", port=port, error=str(exc))
+        return False
+    finally:
+        client.close()
 
 
 def no_retry() -> Retry:

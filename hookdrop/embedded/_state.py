@@ -83,6 +83,11 @@ def write(state_dir: Path, state: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
+def forget(state_dir: Path) -> None:
+    """Delete the record: the next start chooses ports and folders afresh."""
+    (state_dir / _STATE_FILE).unlink(missing_ok=True)
+
+
 def port(state: dict[str, Any], key: str) -> int | None:
     value = state.get(key)
     return value if isinstance(value, int) and 0 < value < 65536 else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -16,7 +17,7 @@ import psutil
 import pytest
 
 from hookdrop.embedded import EmbeddedServers, embedded_postgres_dir, find_running, stop_embedded
-from tests.helpers import free_port, kill_group, run_hookdrop, wait_for
+from tests.helpers import dies_with_tests, free_port, kill_group, run_hookdrop, wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -93,6 +94,7 @@ def _start_up(home: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
         )
 
 
@@ -165,19 +167,23 @@ def test_up_stops_its_servers_when_it_is_stopped(
         # 130: the usual exit code after Ctrl-C.
         assert up.wait(timeout=120) in (0, 130), (home / "up.log").read_text()[-3000:]
         assert _left_in(home) == []
-        log = (home / "up.log").read_text()
+        # Stopped by up as their last user, or by the guardian when it saw that first.
+        log = (home / "up.log").read_text() + (home / ".hookdrop" / "guard.log").read_text()
         assert "embedded.redis.stopped" in log and "embedded.postgres.stopped" in log
     finally:
         kill_group(up)
 
 
-def test_a_kill_9_of_up_leaves_no_server_running(home: Path) -> None:
+def test_a_kill_9_of_up_leaves_no_process_running(home: Path) -> None:
     up = _start_up(home)
     try:
         _wait_running(home, up)
+        started = psutil.Process(up.pid).children(recursive=True)
+        assert len(started) >= 3  # mock, monitor, batcher, notifier
 
         os.kill(up.pid, signal.SIGKILL)
 
+        wait_for(lambda: _alive(started) == [], timeout=60, what="up's processes gone")
         wait_for(lambda: _left_in(home) == [], timeout=60, what="servers gone")
     finally:
         kill_group(up)
@@ -203,3 +209,111 @@ def test_up_leaves_servers_it_did_not_start_running(home: Path) -> None:
     status = run_hookdrop("servers", "status", env=_env(home), cwd=home, timeout=60)
     assert status.returncode == 3
     assert _left_in(home) == []
+
+
+def _start_demo(home: Path) -> subprocess.Popen[bytes]:
+    with (home / "demo.log").open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "hookdrop", "demo", "--rows", "300000", "--notifiers", "2"],
+            cwd=home,
+            env=_env(home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
+        )
+
+
+def _busy_tree(home: Path, demo: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """The demo's processes once its notifier workers run (it is then sending)."""
+
+    def tree() -> list[psutil.Process] | None:
+        assert demo.poll() is None, (home / "demo.log").read_text()[-3000:]
+        found = psutil.Process(demo.pid).children(recursive=True)
+        notifiers = [p for p in found if _command(p)[-3:] == ["notifier", "--processes", "1"]]
+        return found if len(notifiers) == 2 else None
+
+    return wait_for(tree, timeout=180, what="the demo's notifier workers")
+
+
+def _command(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # gone, or a zombie
+        return []
+
+
+def _alive(processes: list[psutil.Process]) -> list[str]:
+    left = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{process.pid} {' '.join(_command(process)[-4:])}")
+        except psutil.NoSuchProcess:
+            continue
+    return left
+
+
+def test_a_sigterm_of_a_busy_demo_stops_everything_it_started(home: Path) -> None:
+    demo = _start_demo(home)
+    try:
+        started = _busy_tree(home, demo)
+
+        os.kill(demo.pid, signal.SIGTERM)
+
+        assert demo.wait(timeout=120) == 130, (home / "demo.log").read_text()[-3000:]
+        assert _alive(started) == [], (home / "demo.log").read_text()[-3000:]
+        assert _left_in(home) == []
+        assert "Traceback" not in (home / "demo.log").read_text()
+    finally:
+        kill_group(demo)
+
+
+def test_a_kill_9_of_a_busy_demo_leaves_no_process_running(home: Path) -> None:
+    demo = _start_demo(home)
+    started: list[psutil.Process] = []
+    try:
+        started = _busy_tree(home, demo)
+
+        os.kill(demo.pid, signal.SIGKILL)
+
+        wait_for(lambda: _alive(started) == [], timeout=60, what="the demo's processes gone")
+        wait_for(lambda: _left_in(home) == [], timeout=60, what="servers gone")
+    finally:
+        # Whatever is left is in the demo's group, or a server in a session of its own.
+        for process in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        kill_group(demo)
+
+
+def test_ctrl_c_during_initdb_ends_cleanly_and_the_next_run_works(home: Path) -> None:
+    staging = home / ".hookdrop" / "pg" / "data.initdb"
+    with (home / "migrate.log").open("ab") as out:
+        migrate = subprocess.Popen(
+            [sys.executable, "-m", "hookdrop", "db", "migrate"],
+            cwd=home,
+            env=_env(home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
+        )
+    try:
+        wait_for(lambda: staging.exists() or migrate.poll() is not None, what="initdb")
+        assert migrate.poll() is None, (home / "migrate.log").read_text()
+
+        _ctrl_c(migrate)
+
+        assert migrate.wait(timeout=60) == 130
+    finally:
+        kill_group(migrate)
+    output = (home / "migrate.log").read_text()
+    assert "Traceback" not in output, output[-3000:]
+    assert output.strip().splitlines()[-1] == "aborted"
+    assert not staging.exists() and not (home / ".hookdrop" / "pg" / "data").exists()
+    assert _left_in(home) == []
+
+    again = run_hookdrop("db", "migrate", env=_env(home), cwd=home, timeout=180)
+
+    assert again.returncode == 0, again.stderr[-3000:]

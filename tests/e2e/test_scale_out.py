@@ -22,7 +22,7 @@ import pytest
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
-from tests.helpers import file_rows, free_port, kill_group, wait_for, write_csv
+from tests.helpers import dies_with_tests, file_rows, free_port, kill_group, wait_for, write_csv
 
 pytestmark = pytest.mark.e2e
 
@@ -84,6 +84,7 @@ def start_node(nodes: list[Node], base: Settings, tmp_path: Path, name: str, *ar
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
         )
     node = Node(name, args, home, settings, process)
     nodes.append(node)

@@ -14,10 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.conftest import Servers
-from tests.helpers import kill_group
+from tests.helpers import dies_with_tests, kill_group
 
 pytestmark = pytest.mark.e2e
 
@@ -41,9 +42,18 @@ def _passed(output: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _templates(servers: Servers) -> set[str]:
+    with psycopg.connect(servers.admin_url) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'hookdrop\\_tpl\\_%'"
+        ).fetchall()
+    return {str(row[0]) for row in rows}
+
+
 def test_two_test_runs_at_once_on_the_same_servers_both_pass(
     servers: Servers, tmp_path: Path
 ) -> None:
+    templates_before = _templates(servers)
     env = {**os.environ, "REDIS_URL": servers.redis_url, "DATABASE_URL": servers.admin_url}
     env.pop("PYTEST_CURRENT_TEST", None)
     runs: list[tuple[subprocess.Popen[bytes], Path]] = []
@@ -70,6 +80,7 @@ def test_two_test_runs_at_once_on_the_same_servers_both_pass(
                             stdout=out,
                             stderr=subprocess.STDOUT,
                             start_new_session=True,
+                            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
                         ),
                         output,
                     )
@@ -86,3 +97,6 @@ def test_two_test_runs_at_once_on_the_same_servers_both_pass(
         assert process.returncode == 0, text[-4000:]
     counts = [_passed(text) for text in outputs]
     assert counts[0] == counts[1] > 40, counts
+    # Each run dropped the template database it made (others' may come and go meanwhile).
+    made = {name for name in _templates(servers) - templates_before if len(name) == 25}
+    assert made == set()

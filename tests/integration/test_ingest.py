@@ -19,6 +19,7 @@ from hookdrop.intake import ensure_dirs
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from tests.helpers import (
+    dies_with_tests,
     file_rows,
     hookdrop_process,
     kill_group,
@@ -62,6 +63,7 @@ def test_a_file_held_open_for_writing_is_not_ready_until_closed(tmp_path: Path) 
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
     )
     assert writer.stdin and writer.stdout
     try:

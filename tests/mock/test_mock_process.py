@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from notifier_mock import MockClient
-from tests.helpers import free_port
+from tests.helpers import dies_with_tests, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 20.0
@@ -60,6 +60,7 @@ def mock(tmp_path: Path) -> Iterator[Mock]:
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
     )
     url = f"http://127.0.0.1:{port}"
     client = MockClient(url, timeout=5.0)

@@ -32,7 +32,14 @@ from redis.retry import Retry
 from hookdrop.errors import StoreUnavailable
 from hookdrop.settings import Settings
 from hookdrop.store import Store
-from tests.helpers import MockProcess, free_port, hookdrop_process, kill_group, wait_for
+from tests.helpers import (
+    MockProcess,
+    dies_with_tests,
+    free_port,
+    hookdrop_process,
+    kill_group,
+    wait_for,
+)
 
 LOOPBACK = "127.0.0.1"
 
@@ -120,6 +127,7 @@ class RedisServer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
             )
         process = self.process
         wait_for(

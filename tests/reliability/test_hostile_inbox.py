@@ -29,7 +29,7 @@ import pytest
 from hookdrop import connections
 from hookdrop.settings import Settings
 from hookdrop.store import Store
-from tests.helpers import kill_group, wait_for
+from tests.helpers import dies_with_tests, kill_group, wait_for
 from tests.reliability.conftest import chaos_settings
 from tests.reliability.servers import Fleet, Mock, wait_delivered
 
@@ -44,12 +44,17 @@ PROMPT_SECONDS = 20.0
 def hostile(
     tmp_path: Path,
     redis_url: str,
+    key_prefix: str,
     database_url: str,
     mock: Mock,
     fleet_factory: Callable[[Settings], Fleet],
 ) -> Iterator[tuple[Settings, Fleet]]:
     settings = chaos_settings(
-        tmp_path, redis_url=redis_url, database_url=database_url, webhook_url=mock.url + "/hook"
+        tmp_path,
+        redis_url=redis_url,
+        database_url=database_url,
+        webhook_url=mock.url + "/hook",
+        key_prefix=key_prefix,  # the shared Redis: the test's keys go when it ends
     )
     settings = settings.replace(queue_high_water=64)
     fleet = fleet_factory(settings)
@@ -324,13 +329,18 @@ def test_names_of_up_to_255_bytes_are_claimed_and_keep_their_name(
 def test_an_unreadable_file_goes_to_failed_and_the_monitor_goes_on(
     tmp_path: Path,
     redis_url: str,
+    key_prefix: str,
     database_url: str,
     mock: Mock,
     store: Store,
     fleet_factory: Callable[[Settings], Fleet],
 ) -> None:
     settings = chaos_settings(
-        tmp_path, redis_url=redis_url, database_url=database_url, webhook_url=mock.url + "/hook"
+        tmp_path,
+        redis_url=redis_url,
+        database_url=database_url,
+        webhook_url=mock.url + "/hook",
+        key_prefix=key_prefix,  # the shared Redis: the test's keys go when it ends
     )
     fleet = fleet_factory(settings)
     fleet.start("batcher", "worker", "batcher")
@@ -349,6 +359,7 @@ def test_an_unreadable_file_goes_to_failed_and_the_monitor_goes_on(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=dies_with_tests,  # noqa: PLW1509 - one system call
         )
     try:
         wait_for(settings.processing_dir.exists, timeout=30, what="monitor ready")
@@ -397,6 +408,7 @@ def test_hidden_names_and_folders_stay_and_a_folder_is_logged_once(
 def test_two_sigterms_in_quick_succession_always_stop_a_busy_notifier_promptly(
     tmp_path: Path,
     redis_url: str,
+    key_prefix: str,
     database_url: str,
     mock: Mock,
     store: Store,
@@ -404,7 +416,11 @@ def test_two_sigterms_in_quick_succession_always_stop_a_busy_notifier_promptly(
     gap: float,
 ) -> None:
     settings = chaos_settings(
-        tmp_path, redis_url=redis_url, database_url=database_url, webhook_url=mock.url + "/hook"
+        tmp_path,
+        redis_url=redis_url,
+        database_url=database_url,
+        webhook_url=mock.url + "/hook",
+        key_prefix=key_prefix,  # the shared Redis: the test's keys go when it ends
     )
     fleet = fleet_factory(settings)
     fleet.start("monitor", "monitor")
@@ -500,6 +516,7 @@ def test_after_each_hostile_file_a_good_file_arrives_promptly_and_nothing_restar
 def test_a_web_page_cannot_drive_the_running_daemon_s_api(
     tmp_path: Path,
     redis_url: str,
+    key_prefix: str,
     database_url: str,
     mock: Mock,
     store: Store,
@@ -512,7 +529,11 @@ def test_a_web_page_cannot_drive_the_running_daemon_s_api(
     from websockets.typing import Origin
 
     settings = chaos_settings(
-        tmp_path, redis_url=redis_url, database_url=database_url, webhook_url=mock.url + "/hook"
+        tmp_path,
+        redis_url=redis_url,
+        database_url=database_url,
+        webhook_url=mock.url + "/hook",
+        key_prefix=key_prefix,  # the shared Redis: the test's keys go when it ends
     ).replace(api_token=token)
     fleet = fleet_factory(settings)
     fleet.start("monitor", "monitor")
