@@ -37,7 +37,7 @@ from hookdrop.connections import connect_store
 from hookdrop.endpoints import LiveEndpoints
 from hookdrop.errors import QueueUnavailable, StoreUnavailable
 from hookdrop.inbox import WORK_FOLDERS, is_ignored
-from hookdrop.intake import ClaimInterrupted, ensure_dirs
+from hookdrop.intake import ClaimInterrupted, ensure_dirs, make_dir
 from hookdrop.retry import compute_backoff
 from hookdrop.settings import Settings
 from hookdrop.shutdown import StopFlag
@@ -149,6 +149,7 @@ class Monitor:
         self.settings = settings
         self.endpoints = endpoints or LiveEndpoints(settings, {})
         self._endpoints_seen = -1  # the reload generation the folders were made for
+        self._bad_folders: set[Path] = set()  # endpoint folders with something else in place
         self.folders: set[Path] = {settings.inbox}
         self._observer: BaseObserver | None = None
         self.store = store
@@ -236,9 +237,23 @@ class Monitor:
         live = self.endpoints.current
         if self.endpoints.generation == self._endpoints_seen:
             return
-        self._endpoints_seen = self.endpoints.generation
-        ensure_dirs(self.settings, live.folders)
-        wanted = {self.settings.inbox / name for name in live.folders}
+        ensure_dirs(self.settings)
+        wanted: set[Path] = set()
+        for name in live.folders:
+            folder = self.settings.inbox / name
+            try:
+                make_dir(folder)
+            except OSError as exc:
+                # Something else is in its place: this endpoint has no folder (its files
+                # cannot be dropped) until it is moved away; the others go on.
+                if folder not in self._bad_folders:
+                    self._bad_folders.add(folder)
+                    log.error("inbox.endpoint_folder_unusable", path=str(folder), error=str(exc))
+                continue
+            self._bad_folders.discard(folder)
+            wanted.add(folder)
+        if not self._bad_folders & {self.settings.inbox / name for name in live.folders}:
+            self._endpoints_seen = self.endpoints.generation  # else: try again next pass
         for folder in sorted(wanted - self.folders):
             if self._observer is not None:
                 self._observer.schedule(self._handler, str(folder), recursive=False)

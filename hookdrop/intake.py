@@ -63,9 +63,17 @@ def ensure_dirs(settings: Settings, endpoints: Iterable[str] = ()) -> None:
     must be folders and not links."""
     work = (settings.inbox, settings.processing_dir, settings.done_dir, settings.failed_dir)
     for folder in (*work, *(settings.inbox / name for name in endpoints)):
+        make_dir(folder)
+
+
+def make_dir(folder: Path) -> None:
+    """Make ``folder`` (and its parents); OSError when something else is in its place."""
+    try:
         folder.mkdir(parents=True, exist_ok=True)
-        if folder.is_symlink() or not folder.is_dir():
-            raise NotADirectoryError(f"{folder} must be a directory, not a link or a file")
+    except FileExistsError:
+        pass  # a file or a dangling link: said below
+    if folder.is_symlink() or not folder.is_dir():
+        raise NotADirectoryError(f"{folder} must be a directory, not a link or a file")
 
 
 def sha256_of(

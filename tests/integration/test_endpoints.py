@@ -248,3 +248,28 @@ def test_a_bad_reload_keeps_the_running_endpoints_and_a_good_one_applies(
     live.request_reload()
     assert "extra" in live.current
     assert live.generation == 1
+
+
+def test_a_file_or_link_in_place_of_an_endpoint_folder_leaves_the_others_working(
+    esettings: Settings, store: Store, tmp_path: Path
+) -> None:
+    inbox = esettings.inbox
+    inbox.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (inbox / "chat").symlink_to(elsewhere)
+    (inbox / "sms").symlink_to(tmp_path / "nowhere")  # dangling
+    with capture_logs() as logs, running_monitor(esettings, environ=ENV) as monitor:
+        wait_for(lambda: (inbox / "busy").is_dir(), what="the other folders")
+        write_csv(inbox / "busy" / "day.csv", 3)
+        # The links, files at the top of the inbox, are refused like any link; once they
+        # are gone the endpoints' folders are made on a later pass.
+        wait_for(
+            lambda: {inbox / "chat", inbox / "sms", inbox / "busy"} <= monitor.folders,
+            what="every folder made and watched",
+        )
+        wait_for(lambda: any(r["endpoint"] == "busy" for r in file_rows(store)), what="claim")
+    assert (inbox / "chat").is_dir() and not (inbox / "chat").is_symlink()
+    assert list(elsewhere.iterdir()) == []  # nothing made through the link
+    unusable = [e for e in logs if e["event"] == "inbox.endpoint_folder_unusable"]
+    assert sorted(e["path"] for e in unusable) == [str(inbox / "chat"), str(inbox / "sms")]
