@@ -10,6 +10,7 @@ moved to ``done/`` unsent.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -68,10 +69,8 @@ def ensure_dirs(settings: Settings, endpoints: Iterable[str] = ()) -> None:
 
 def make_dir(folder: Path) -> None:
     """Make ``folder`` (and its parents); OSError when something else is in its place."""
-    try:
+    with contextlib.suppress(FileExistsError):  # a file or a dangling link: said below
         folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        pass  # a file or a dangling link: said below
     if folder.is_symlink() or not folder.is_dir():
         raise NotADirectoryError(f"{folder} must be a directory, not a link or a file")
 

@@ -260,7 +260,7 @@ def test_a_file_or_link_in_place_of_an_endpoint_folder_leaves_the_others_working
     (inbox / "chat").symlink_to(elsewhere)
     (inbox / "sms").symlink_to(tmp_path / "nowhere")  # dangling
     with capture_logs() as logs, running_monitor(esettings, environ=ENV) as monitor:
-        wait_for(lambda: (inbox / "busy").is_dir(), what="the other folders")
+        wait_for((inbox / "busy").is_dir, what="the other folders")
         write_csv(inbox / "busy" / "day.csv", 3)
         # The links, files at the top of the inbox, are refused like any link; once they
         # are gone the endpoints' folders are made on a later pass.
