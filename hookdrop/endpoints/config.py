@@ -12,6 +12,7 @@ it is the only endpoint and hookdrop works as it always did.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -51,6 +52,32 @@ _KEYS: Final = frozenset(
         "probe_max_seconds",
     }
 )
+
+# Sensible bounds for the numbers (a value outside is a typo, not a wish).
+_RANGES: Final[Mapping[str, tuple[float, float]]] = {
+    "rate_limit": (0.01, 100_000),
+    "concurrency": (1, 4096),
+    "timeout": (0.01, 3600),
+    "attempt_budget": (1, 1000),
+    "max_tries": (1, 100),
+    "breaker_failures": (1, 1_000_000),
+    "probe_seconds": (0.01, 86_400),
+    "probe_max_seconds": (0.01, 86_400),
+}
+# Headers the transport or hookdrop itself sets: a user value would break or forge them.
+_OWN_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # visible ASCII, spaces and tabs
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +235,19 @@ def _endpoint(
         except ValueError as exc:
             raise fail("signing_secret", str(exc)) from None
     headers = _table(values, "headers", fail)
-    for header in headers:
-        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header):
+    for header, text in headers.items():
+        if not _HEADER_NAME.fullmatch(header):
             raise fail("headers", f"{header!r} is not a header name")
+        if header.lower() in _OWN_HEADERS:
+            raise fail("headers", f"{header!r} is set by hookdrop and cannot be given")
+        if not _HEADER_VALUE.fullmatch(text):
+            raise fail(
+                "headers",
+                f"the value of {header!r} must be printable ASCII "
+                "(no line breaks, control characters or non-ASCII letters)",
+            )
+        if header.lower() == "authorization" and "basic_auth" in values:
+            raise fail("headers", "Authorization and basic_auth cannot both be given")
     auth = _table(values, "basic_auth", fail)
     basic: tuple[str, str] | None = None
     if "basic_auth" in values:
@@ -307,8 +344,13 @@ def _number(
     value = values.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise fail(key, "must be a number")
+    if not math.isfinite(value):
+        raise fail(key, "must be a finite number")
     if whole and not isinstance(value, int):
         raise fail(key, "must be a whole number")
     if value < 0 or (value == 0 and not zero):
         raise fail(key, "must be 0 or more" if zero else "must be greater than 0")
+    least, most = _RANGES[key]
+    if key in values and value != 0 and not least <= value <= most:
+        raise fail(key, f"must be between {least:g} and {most:g}" + (" (or 0)" if zero else ""))
     return float(value)
