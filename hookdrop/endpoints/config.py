@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from hookdrop.endpoints.render import Renderer
 from hookdrop.errors import ConfigError
@@ -102,11 +102,13 @@ class Endpoint:
     probe_seconds: float = 1.0  # first wait before a probe; doubles up to probe_max_seconds
     probe_max_seconds: float = 60.0
     renderer: Renderer = field(default_factory=Renderer, compare=False, repr=False)
+    written_url: str = ""  # the URL as the file has it: ${VAR} not expanded
 
     @property
     def masked_url(self) -> str:
-        """The URL with any password (or user) in it hidden."""
-        return mask_url(self.url)
+        """The URL as written (secrets from the environment stay ``${VAR}``), with user,
+        password and query values hidden."""
+        return mask_url(self.written_url or self.url)
 
     @property
     def content_type(self) -> str:
@@ -143,13 +145,24 @@ class Endpoints:
 
 
 def mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
+    """``url`` fit to show: any user and password, and every query value, as ``***``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "(a URL that does not parse)"
     host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    if port is not None:
+        host = f"{host}:{port}"
+    if parts.username is not None or parts.password is not None:
+        host = f"***@{host}"
+    query = "&".join(
+        f"{name}=***" if sep else name
+        for name, sep, _value in (pair.partition("=") for pair in parts.query.split("&"))
+    )
+    return urlunsplit(parts._replace(netloc=host, query=query if parts.query else ""))
 
 
 def load_endpoints(settings: Settings, environ: Mapping[str, str]) -> Endpoints:
@@ -165,10 +178,29 @@ def load_endpoints(settings: Settings, environ: Mapping[str, str]) -> Endpoints:
     return Endpoints(found, settings.config)
 
 
+def _userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its user:password@, and that pair (sent as basic auth), if any."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return url, None
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{port}" if port is not None else host
+    pair = (unquote(parts.username or ""), unquote(parts.password or ""))
+    return urlunsplit(parts._replace(netloc=netloc)), pair
+
+
 def _default(settings: Settings) -> Endpoint:
+    url, basic = _userinfo(settings.webhook_url or "")
     return Endpoint(
         name=DEFAULT,
-        url=settings.webhook_url or "",
+        url=url,
+        basic_auth=basic,
+        written_url=settings.webhook_url or "",
         rate_limit=settings.rate_limit,
         concurrency=settings.concurrency,
         timeout=settings.request_timeout,
@@ -219,9 +251,14 @@ def _endpoint(
     if "url" not in values:
         raise fail("url", "required")
     url = _string(values, "url", fail)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise fail("url", f"not a valid URL ({exc})") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise fail("url", "must be an http:// or https:// URL with a host")
+    written = table["url"] if isinstance(table["url"], str) else url
     method = _string(values, "method", fail, "POST").upper()
     if method not in METHODS:
         raise fail("method", f"must be one of {', '.join(METHODS)}")
@@ -254,6 +291,11 @@ def _endpoint(
         if set(auth) != {"username", "password"}:
             raise fail("basic_auth", "needs exactly username and password")
         basic = (auth["username"], auth["password"])
+    url, in_url = _userinfo(url)
+    if in_url is not None:
+        if basic is not None:
+            raise fail("url", "has user:password@ and basic_auth is given too: keep one")
+        basic = in_url
     body = values.get("body")
     if body is not None and not isinstance(body, str):
         raise fail("body", "must be a string (a Jinja2 template)")
@@ -293,6 +335,7 @@ def _endpoint(
         probe_seconds=_number(values, "probe_seconds", fail, 1.0),
         probe_max_seconds=_number(values, "probe_max_seconds", fail, 60.0),
         renderer=renderer,
+        written_url=written,
     )
 
 

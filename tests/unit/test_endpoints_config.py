@@ -242,5 +242,44 @@ def test_a_form_body_is_url_encoded_from_its_fields(tmp_path: Path) -> None:
 
 
 def test_credentials_in_urls_are_masked() -> None:
-    assert mask_url("https://user:pw@h.example:8443/p?q=1") == "https://***@h.example:8443/p?q=1"
+    assert mask_url("https://user:pw@h.example:8443/p?q=1") == "https://***@h.example:8443/p?q=***"
     assert mask_url("https://h.example/p") == "https://h.example/p"
+    assert mask_url("http://[::1]:8080/p?api_key=k&flag") == "http://[::1]:8080/p?api_key=***&flag"
+
+
+def test_a_url_is_shown_as_written_with_secrets_from_the_environment_unexpanded(
+    tmp_path: Path,
+) -> None:
+    env = {"SLACK_HOOK_PATH": "T000/B000/s3cr3t", "TOKEN": "t0k3n"}
+    endpoints = load(
+        tmp_path,
+        '[endpoints.chat]\nurl = "https://hooks.slack.com/services/${SLACK_HOOK_PATH}"\n'
+        '[endpoints.api]\nurl = "https://api.example/v1?api_key=${TOKEN}&x=1"\n',
+        env,
+    )
+    chat, api = endpoints["chat"], endpoints["api"]
+    assert chat.url == "https://hooks.slack.com/services/T000/B000/s3cr3t"
+    assert chat.masked_url == "https://hooks.slack.com/services/${SLACK_HOOK_PATH}"
+    assert api.masked_url == "https://api.example/v1?api_key=***&x=***"
+    assert "t0k3n" not in api.masked_url
+
+
+def test_a_port_out_of_range_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"endpoint 'a', key 'url'.*not a valid URL") as caught:
+        load(tmp_path, '[endpoints.a]\nurl = "http://user:pw@127.0.0.1:99999/x"\n')
+    assert "\n" not in str(caught.value)
+
+
+def test_user_and_password_in_the_url_are_sent_as_basic_auth(tmp_path: Path) -> None:
+    endpoint = load(tmp_path, '[endpoints.a]\nurl = "https://us%40r:p%3Aw@h.example:8443/x"\n')["a"]
+    assert endpoint.url == "https://h.example:8443/x"
+    assert endpoint.basic_auth == ("us@r", "p:w")
+    assert endpoint.masked_url == "https://***@h.example:8443/x"
+    with pytest.raises(ConfigError, match=r"key 'url'.*basic_auth"):
+        load(
+            tmp_path,
+            '[endpoints.a]\nurl = "https://u:p@h.example/"\n'
+            'basic_auth = { username = "a", password = "b" }\n',
+        )
+    default = load_endpoints(Settings(webhook_url="http://u:p@h.example/hook"), {})[DEFAULT]
+    assert (default.url, default.basic_auth) == ("http://h.example/hook", ("u", "p"))
