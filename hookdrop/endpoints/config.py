@@ -23,14 +23,12 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from hookdrop.endpoints.render import Renderer
 from hookdrop.errors import ConfigError
-from hookdrop.inbox import WORK_FOLDERS
+from hookdrop.inbox import ENDPOINT_NAME, WORK_FOLDERS
 from hookdrop.settings import Settings, parse_secret
 
 DEFAULT: Final = "default"
 METHODS: Final = ("POST", "PUT", "PATCH")
 FORMATS: Final = ("json", "form")
-# Folder names: no separator of hookdrop's own names ("--"), no hidden names, short.
-_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_]|-(?!-)){0,39}")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KEYS: Final = frozenset(
     {
@@ -226,10 +224,10 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(endpoints, dict):
         raise ConfigError(f"{where}: endpoints must be tables [endpoints.NAME]")
     for name, table in endpoints.items():
-        if not _NAME.fullmatch(name) or name in WORK_FOLDERS:
+        if not ENDPOINT_NAME.fullmatch(name) or name in WORK_FOLDERS:
             raise ConfigError(
                 f"endpoint {name!r}: the name must be 1 to 40 letters, digits, '_' or '-' "
-                f"(no '--'), and not one of {', '.join(WORK_FOLDERS)}"
+                f"(no '--', not ending in '-'), and not one of {', '.join(WORK_FOLDERS)}"
             )
         if not isinstance(table, dict):
             raise ConfigError(f"endpoint {name!r}: must be a table [endpoints.{name}]")

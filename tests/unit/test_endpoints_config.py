@@ -10,6 +10,7 @@ import pytest
 
 from hookdrop.endpoints import DEFAULT, Endpoints, RenderError, load_endpoints, mask_url
 from hookdrop.errors import ConfigError
+from hookdrop.inbox import disk_name, endpoint_of, original_name, processing_tag
 from hookdrop.settings import Settings
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -136,7 +137,9 @@ def test_a_bad_endpoint_is_refused_with_one_line_naming_endpoint_and_key(
         assert part in message, message
 
 
-@pytest.mark.parametrize("name", ["processing", "done", "failed", "a--b", ".hidden", "x" * 41])
+@pytest.mark.parametrize(
+    "name", ["processing", "done", "failed", "a--b", ".hidden", "x" * 41, "a-", "-a", "a-b-"]
+)
 def test_names_that_cannot_be_inbox_folders_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="name"):
         load(tmp_path, f'[endpoints."{name}"]\nurl = "https://x.example"\n')
@@ -283,3 +286,12 @@ def test_user_and_password_in_the_url_are_sent_as_basic_auth(tmp_path: Path) -> 
         )
     default = load_endpoints(Settings(webhook_url="http://u:p@h.example/hook"), {})[DEFAULT]
     assert (default.url, default.basic_auth) == ("http://h.example/hook", ("u", "p"))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "name"),
+    [("a", "-x.csv"), ("b-c", "x--y.csv"), (DEFAULT, "a@b--c.csv"), ("z", "--"), ("a_1", "n")],
+)
+def test_a_processing_name_gives_back_its_endpoint_and_name(endpoint: str, name: str) -> None:
+    disk = disk_name(processing_tag("0123456789ab", endpoint), name)
+    assert (endpoint_of(disk), original_name(disk)) == (endpoint, name)
