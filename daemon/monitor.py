@@ -51,6 +51,7 @@ SMALL_CLAIM_THREADS = 2
 # huge files (or sparse ones) must not hold up every small one behind them.
 LARGE_FILE_BYTES = 64 << 20
 MAX_NOTED = 1000  # ignored entries logged one by one
+UNCONFIGURED_EVERY = 60.0  # seconds between warnings of alerts waiting for a removed endpoint
 DEFERRED_EVERY = 1.0  # seconds between looks for deferred alerts whose endpoint is open again
 
 
@@ -287,6 +288,10 @@ class Monitor:
             self.recovery.finish_files()
         if self._due("deferred", DEFERRED_EVERY) and self._leader("deferred", DEFERRED_EVERY):
             self.recovery.requeue_deferred()
+        if self._due("unconfigured", UNCONFIGURED_EVERY) and self._leader(
+            "unconfigured", UNCONFIGURED_EVERY
+        ):
+            self.recovery.warn_unconfigured()
         if self._due("dlq", self.settings.dlq_interval) and self._leader(
             "dlq", self.settings.dlq_interval
         ):

@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from daemon.recovery import Recovery
 from hookdrop.endpoints import LiveEndpoints
 from hookdrop.endpoints.state import read_state
+from hookdrop.ops.endpoints import endpoints_view
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from tests.helpers import (
@@ -273,3 +274,48 @@ def test_a_file_or_link_in_place_of_an_endpoint_folder_leaves_the_others_working
     assert list(elsewhere.iterdir()) == []  # nothing made through the link
     unusable = [e for e in logs if e["event"] == "inbox.endpoint_folder_unusable"]
     assert sorted(e["path"] for e in unusable) == [str(inbox / "chat"), str(inbox / "sms")]
+
+
+def test_alerts_of_an_endpoint_removed_by_a_reload_wait_visibly_and_go_once_it_is_back(
+    esettings: Settings, store: Store, rconn: redis.Redis
+) -> None:
+    assert esettings.config is not None
+    file_id, ids = ledger_file(store, 4, endpoint="busy", sha="gone4")
+    with store.transaction() as conn:  # handed back while the endpoint was held
+        conn.execute("UPDATE alerts SET status = 'deferred' WHERE file_id = %s", (file_id,))
+    full = esettings.config.read_text()
+    esettings.config.write_text(full.split("[endpoints.busy]")[0])
+    recovery = Recovery(esettings, store, rconn, LiveEndpoints(esettings, ENV))
+    with capture_logs() as logs:
+        assert recovery.requeue_deferred() == 0
+        assert recovery.warn_unconfigured() == {"busy": 4}
+    assert [e["endpoint"] for e in logs if e["event"] == "endpoint.unconfigured_waiting"] == [
+        "busy"
+    ]
+    view = {
+        e["name"]: e
+        for e in endpoints_view(recovery.endpoints.current, store, rconn, esettings.keys)
+    }
+    assert view["busy"]["configured"] is False
+    assert view["busy"]["counts"]["deferred"] == 4
+    esettings.config.write_text(full)  # configured again: they go out
+    recovery.endpoints.request_reload()
+    assert recovery.warn_unconfigured() == {}
+    assert recovery.requeue_deferred() == 4
+    assert set(queued_alert_ids(rconn, esettings)) == set(ids)
+
+
+def test_a_file_whose_endpoint_was_removed_fails_with_the_reason_instead_of_another_body(
+    esettings: Settings, store: Store
+) -> None:
+    assert esettings.config is not None
+    inbox = esettings.inbox
+    with running_monitor(esettings, environ=ENV):
+        wait_for((inbox / "busy").is_dir, what="folders")
+        write_csv(inbox / "busy" / "day.csv", 3)
+        wait_for(lambda: len(file_rows(store)) == 1, what="the file claimed")
+    esettings.config.write_text(esettings.config.read_text().split("[endpoints.busy]")[0])
+    run_burst(esettings, "batcher")
+    row = file_rows(store)[0]
+    assert "'busy' is not configured" in (row["error"] or "")
+    assert alert_rows(store, row["id"]) == []
