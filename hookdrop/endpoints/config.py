@@ -12,6 +12,7 @@ it is the only endpoint and hookdrop works as it always did.
 
 from __future__ import annotations
 
+import json as jsonlib
 import math
 import re
 import tomllib
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from hookdrop.endpoints.render import Renderer
+from hookdrop.endpoints.render import ENV_VARIABLE, Renderer
 from hookdrop.errors import ConfigError
 from hookdrop.inbox import ENDPOINT_NAME, WORK_FOLDERS
 from hookdrop.settings import Settings, parse_secret
@@ -30,6 +31,7 @@ DEFAULT: Final = "default"
 METHODS: Final = ("POST", "PUT", "PATCH")
 FORMATS: Final = ("json", "form")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_TEMPLATES: Final = frozenset({"body", "fields"})
 _KEYS: Final = frozenset(
     {
         "url",
@@ -244,8 +246,18 @@ def _endpoint(
     if unknown:
         return _raise(fail(unknown[0], f"unknown key (known: {', '.join(sorted(_KEYS))})"))
     values = {
-        key: _expand(value, environ, lambda p, k=key: fail(k, p)) for key, value in table.items()
+        key: _expand(value, environ, lambda p, k=key: fail(k, p))
+        for key, value in table.items()
+        if key not in _TEMPLATES
     }
+    fmt = _string(values, "format", fail, "json")
+    env_values: dict[str, str] = {}
+    for key in _TEMPLATES & table.keys():
+        # ${VAR} in a template is a value, never template text: the environment cannot
+        # change what the template does
+        values[key] = _as_values(
+            table[key], environ, env_values, json=fmt == "json", fail=fail, key=key
+        )
     if "url" not in values:
         raise fail("url", "required")
     url = _string(values, "url", fail)
@@ -260,7 +272,6 @@ def _endpoint(
     method = _string(values, "method", fail, "POST").upper()
     if method not in METHODS:
         raise fail("method", f"must be one of {', '.join(METHODS)}")
-    fmt = _string(values, "format", fail, "json")
     if fmt not in FORMATS:
         raise fail("format", f"must be one of {', '.join(FORMATS)}")
     secret = values.get("signing_secret")
@@ -302,10 +313,16 @@ def _endpoint(
         raise fail("fields", 'only for format = "form" (use body for JSON)')
     if fmt == "form" and body is not None:
         raise fail("body", 'format = "form" takes fields, not body')
+    if fmt == "form" and not fields:
+        raise fail("fields", 'format = "form" needs fields (field name -> template)')
     try:
-        renderer = Renderer(fmt, body, tuple(fields.items()))
+        renderer = Renderer(fmt, body, tuple(fields.items()), env_values)
     except ValueError as exc:
         raise fail("fields" if fmt == "form" else "body", str(exc)) from None
+    probe = _number(values, "probe_seconds", fail, 1.0)
+    probe_max = _number(values, "probe_max_seconds", fail, 60.0)
+    if probe > probe_max:
+        raise fail("probe_seconds", f"must not be more than probe_max_seconds ({probe_max:g})")
     return Endpoint(
         name=name,
         url=url,
@@ -330,8 +347,8 @@ def _endpoint(
                 values, "breaker_failures", fail, settings.breaker_failures, whole=True, zero=True
             )
         ),
-        probe_seconds=_number(values, "probe_seconds", fail, 1.0),
-        probe_max_seconds=_number(values, "probe_max_seconds", fail, 60.0),
+        probe_seconds=probe,
+        probe_max_seconds=probe_max,
         renderer=renderer,
         written_url=written,
     )
@@ -357,6 +374,36 @@ def _expand(value: Any, environ: Mapping[str, str], fail: Any) -> Any:
     if isinstance(value, list):
         return [_expand(v, environ, fail) for v in value]
     return value
+
+
+def _as_values(
+    value: Any,
+    environ: Mapping[str, str],
+    found: dict[str, str],
+    *,
+    json: bool,
+    fail: Any,
+    key: str,
+) -> Any:
+    """``${VAR}`` in a template (or a table of them) made a reference to the variable's value
+    (``found``); in a JSON body the value is escaped for use inside a JSON string."""
+    if isinstance(value, dict):
+        return {
+            k: _as_values(v, environ, found, json=json, fail=fail, key=key)
+            for k, v in value.items()
+        }
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match[str]) -> str:
+        var = match.group(1)
+        if var not in environ:
+            raise fail(key, f"environment variable {var} is not set")
+        text = environ[var]
+        found[var] = jsonlib.dumps(text, ensure_ascii=False)[1:-1] if json else text
+        return "{{ " + ENV_VARIABLE + "[" + repr(var) + "] }}"
+
+    return _VAR.sub(one, value)
 
 
 def _string(values: dict[str, Any], key: str, fail: Any, default: str | None = None) -> str:

@@ -124,6 +124,14 @@ def test_a_file_default_replaces_the_settings_one(tmp_path: Path) -> None:
         ('url = "https://x.example"\nheaders = { Transfer-Encoding = "x" }', {}, ("'headers'",)),
         ('url = "https://x.example"\nheaders = { connection = "close" }', {}, ("'headers'",)),
         ('url = "https://x.example"\nheaders = { webhook-id = "x" }', {}, ("'headers'",)),
+        ('url = "https://x.example"\nformat = "form"', {}, ("'fields'", "needs fields")),
+        ('url = "https://x.example"\nbody = "not json"', {}, ("'body'", "JSON")),
+        ('url = "https://x.example"\nbody = \'{"a": NaN}\'', {}, ("'body'", "NaN")),
+        (
+            'url = "https://x.example"\nprobe_seconds = 90\nprobe_max_seconds = 60',
+            {},
+            ("'probe_seconds'", "probe_max_seconds"),
+        ),
     ],
 )
 def test_a_bad_endpoint_is_refused_with_one_line_naming_endpoint_and_key(
@@ -295,3 +303,41 @@ def test_user_and_password_in_the_url_are_sent_as_basic_auth(tmp_path: Path) -> 
 def test_a_processing_name_gives_back_its_endpoint_and_name(endpoint: str, name: str) -> None:
     disk = disk_name(processing_tag("0123456789ab", endpoint), name)
     assert (endpoint_of(disk), original_name(disk)) == (endpoint, name)
+
+
+def test_a_row_whose_template_recurses_or_grows_too_large_is_a_row_error(tmp_path: Path) -> None:
+    endpoints = load(
+        tmp_path,
+        "[endpoints.deep]\nurl = \"https://x.example\"\n"
+        "body = '{% macro m(n) %}{{ m(n) }}{% endmacro %}{{ m(userId) }}'\n"
+        "[endpoints.big]\nurl = \"https://x.example\"\n"
+        "body = '\"{% for i in range(99999) %}{{ alertMessage }}{% endfor %}\"'\n"
+        "[endpoints.nan]\nurl = \"https://x.example\"\n"
+        "body = '{\"v\": {{ alertMessage }}}'\n",
+    )
+    with pytest.raises(RenderError, match="recurses"):
+        render(endpoints, "deep")
+    with pytest.raises(RenderError, match="too large"):
+        render(endpoints, "big", message="x" * 100)
+    assert render(endpoints, "big", message="x") is not None  # ~100 kB: fine
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        with pytest.raises(RenderError, match="JSON"):
+            render(endpoints, "nan", message=constant)
+
+
+def test_environment_values_in_templates_are_text_never_template(tmp_path: Path) -> None:
+    env = {"TAG": 'x" {{ 7 * 7 }} {% if 1 %}\\', "SENDER": "{{ userId }}&a=b"}
+    endpoints = load(
+        tmp_path,
+        "[endpoints.chat]\nurl = \"https://x.example\"\n"
+        "body = '{\"tag\": \"${TAG}\", \"u\": {{ userId | tojson }}}'\n"
+        "[endpoints.sms]\nurl = \"https://x.example\"\nformat = \"form\"\n"
+        'fields = { From = "${SENDER}", To = "{{ userId }}" }\n',
+        env,
+    )
+    body = render(endpoints, "chat")
+    assert body is not None
+    assert json.loads(body) == {"tag": env["TAG"], "u": "u1"}
+    form = render(endpoints, "sms")
+    assert form is not None
+    assert parse_qs(form.decode()) == {"From": ["{{ userId }}&a=b"], "To": ["u1"]}
