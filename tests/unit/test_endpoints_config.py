@@ -308,11 +308,11 @@ def test_a_processing_name_gives_back_its_endpoint_and_name(endpoint: str, name:
 def test_a_row_whose_template_recurses_or_grows_too_large_is_a_row_error(tmp_path: Path) -> None:
     endpoints = load(
         tmp_path,
-        "[endpoints.deep]\nurl = \"https://x.example\"\n"
+        '[endpoints.deep]\nurl = "https://x.example"\n'
         "body = '{% macro m(n) %}{{ m(n) }}{% endmacro %}{{ m(userId) }}'\n"
-        "[endpoints.big]\nurl = \"https://x.example\"\n"
+        '[endpoints.big]\nurl = "https://x.example"\n'
         "body = '\"{% for i in range(99999) %}{{ alertMessage }}{% endfor %}\"'\n"
-        "[endpoints.nan]\nurl = \"https://x.example\"\n"
+        '[endpoints.nan]\nurl = "https://x.example"\n'
         "body = '{\"v\": {{ alertMessage }}}'\n",
     )
     with pytest.raises(RenderError, match="recurses"):
@@ -329,9 +329,9 @@ def test_environment_values_in_templates_are_text_never_template(tmp_path: Path)
     env = {"TAG": 'x" {{ 7 * 7 }} {% if 1 %}\\', "SENDER": "{{ userId }}&a=b"}
     endpoints = load(
         tmp_path,
-        "[endpoints.chat]\nurl = \"https://x.example\"\n"
-        "body = '{\"tag\": \"${TAG}\", \"u\": {{ userId | tojson }}}'\n"
-        "[endpoints.sms]\nurl = \"https://x.example\"\nformat = \"form\"\n"
+        '[endpoints.chat]\nurl = "https://x.example"\n'
+        'body = \'{"tag": "${TAG}", "u": {{ userId | tojson }}}\'\n'
+        '[endpoints.sms]\nurl = "https://x.example"\nformat = "form"\n'
         'fields = { From = "${SENDER}", To = "{{ userId }}" }\n',
         env,
     )
