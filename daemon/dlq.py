@@ -11,6 +11,7 @@ import structlog
 
 from daemon._duty import BATCH, Duty
 from hookdrop.endpoints.state import CLOSED, read_state
+from hookdrop.store import AlertStatus
 
 log = structlog.get_logger(__name__)
 
@@ -45,3 +46,15 @@ class DlqReinjection(Duty):
                 log.info("alert.deferred_requeued", endpoint=name, alerts=len(rows))
             count += len(rows)
         return count
+
+    def warn_unconfigured(self) -> dict[str, int]:
+        """Alerts waiting for an endpoint no longer configured (removed by a reload): said,
+        by name, so nobody forgets them; they go out once it is configured again."""
+        configured = set(self._names())
+        waiting: dict[str, int] = {}
+        for name, counts in self.store.endpoint_counts().items():
+            n = sum(count for status, count in counts.open.items() if status != AlertStatus.DEAD)
+            if name not in configured and n:
+                waiting[name] = n
+                log.warning("endpoint.unconfigured_waiting", endpoint=name, alerts=n)
+        return waiting

@@ -37,7 +37,7 @@ from hookdrop.connections import connect_store
 from hookdrop.endpoints import LiveEndpoints
 from hookdrop.errors import QueueUnavailable, StoreUnavailable
 from hookdrop.inbox import WORK_FOLDERS, is_ignored
-from hookdrop.intake import ClaimInterrupted, ensure_dirs
+from hookdrop.intake import ClaimInterrupted, ensure_dirs, make_dir
 from hookdrop.retry import compute_backoff
 from hookdrop.settings import Settings
 from hookdrop.shutdown import StopFlag
@@ -51,6 +51,7 @@ SMALL_CLAIM_THREADS = 2
 # huge files (or sparse ones) must not hold up every small one behind them.
 LARGE_FILE_BYTES = 64 << 20
 MAX_NOTED = 1000  # ignored entries logged one by one
+UNCONFIGURED_EVERY = 60.0  # seconds between warnings of alerts waiting for a removed endpoint
 DEFERRED_EVERY = 1.0  # seconds between looks for deferred alerts whose endpoint is open again
 
 
@@ -149,6 +150,7 @@ class Monitor:
         self.settings = settings
         self.endpoints = endpoints or LiveEndpoints(settings, {})
         self._endpoints_seen = -1  # the reload generation the folders were made for
+        self._bad_folders: set[Path] = set()  # endpoint folders with something else in place
         self.folders: set[Path] = {settings.inbox}
         self._observer: BaseObserver | None = None
         self.store = store
@@ -237,20 +239,23 @@ class Monitor:
         live = self.endpoints.current
         if self.endpoints.generation == self._endpoints_seen:
             return
-        self._endpoints_seen = self.endpoints.generation
-        wanted = set()
+        ensure_dirs(self.settings)
+        wanted: set[Path] = set()
         for name in live.folders:
             folder = self.settings.inbox / name
             try:
-                folder.mkdir(exist_ok=True)
-                if folder.is_symlink() or not folder.is_dir():
-                    raise NotADirectoryError("not a folder (links are not followed)")
+                make_dir(folder)
             except OSError as exc:
-                # Anyone who writes into the inbox can put a link or a file there first: that
-                # endpoint gets no files from the inbox until it is a folder, the rest go on.
-                log.error("inbox.folder_refused", folder=name, error=str(exc))
+                # Something else is in its place: this endpoint has no folder (its files
+                # cannot be dropped) until it is moved away; the others go on.
+                if folder not in self._bad_folders:
+                    self._bad_folders.add(folder)
+                    log.error("inbox.endpoint_folder_unusable", path=str(folder), error=str(exc))
                 continue
+            self._bad_folders.discard(folder)
             wanted.add(folder)
+        if not self._bad_folders & {self.settings.inbox / name for name in live.folders}:
+            self._endpoints_seen = self.endpoints.generation  # else: try again next pass
         for folder in sorted(wanted - self.folders):
             if self._observer is not None:
                 self._observer.schedule(self._handler, str(folder), recursive=False)
@@ -284,6 +289,10 @@ class Monitor:
             self.recovery.finish_files()
         if self._due("deferred", DEFERRED_EVERY) and self._leader("deferred", DEFERRED_EVERY):
             self.recovery.requeue_deferred()
+        if self._due("unconfigured", UNCONFIGURED_EVERY) and self._leader(
+            "unconfigured", UNCONFIGURED_EVERY
+        ):
+            self.recovery.warn_unconfigured()
         if self._due("dlq", self.settings.dlq_interval) and self._leader(
             "dlq", self.settings.dlq_interval
         ):

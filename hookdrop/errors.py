@@ -9,6 +9,10 @@ class HookdropError(Exception):
     """Base of every error hookdrop raises on purpose."""
 
 
+# The exit code of a process that stops on a ConfigError (as sysexits' EX_USAGE).
+CONFIG_ERROR_EXIT = 2
+
+
 class ConfigError(HookdropError):
     """A setting is missing or wrong; the message names the setting and says what is wrong."""
 

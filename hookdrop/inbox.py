@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass
@@ -19,6 +20,12 @@ from typing import Final
 
 SEPARATOR: Final = "--"
 ENDPOINT_MARK: Final = "@"
+# An endpoint's name: 1 to 40 letters, digits, '_' and single '-' between them (never at the
+# end, never '--'), so where it ends in "<token>@<endpoint>--<name>" is never in doubt.
+ENDPOINT_NAME: Final = re.compile(r"(?=.{1,40}$)[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*")
+_TAGGED: Final = re.compile(
+    r"([0-9A-Fa-f]+)(?:@((?:[A-Za-z0-9_]+-)*[A-Za-z0-9_]+))?--(.*)", re.DOTALL
+)
 DEFAULT_ENDPOINT: Final = "default"
 ERROR_SUFFIX: Final = ".error.txt"
 SUMMARY_SUFFIX: Final = ".summary.json"
@@ -89,12 +96,15 @@ def processing_tag(token: str, endpoint: str) -> str:
 
 def endpoint_of(disk: str) -> str:
     """The endpoint a name made with :func:`processing_tag` belongs to."""
-    tag = disk.split(SEPARATOR, 1)[0] if SEPARATOR in disk else ""
-    return tag.split(ENDPOINT_MARK, 1)[1] if ENDPOINT_MARK in tag else DEFAULT_ENDPOINT
+    found = _TAGGED.fullmatch(disk)
+    return (found.group(2) if found else None) or DEFAULT_ENDPOINT
 
 
 def original_name(disk: str) -> str:
     """The name part of a name made by :func:`disk_name` (possibly shortened)."""
+    found = _TAGGED.fullmatch(disk)
+    if found:
+        return found.group(3)
     return disk.split(SEPARATOR, 1)[1] if SEPARATOR in disk else disk
 
 

@@ -10,13 +10,14 @@ moved to ``done/`` unsent.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,12 +59,20 @@ class Registered:
     detail: str | None = None
 
 
-def ensure_dirs(settings: Settings) -> None:
-    """The inbox and its three work folders, which must be folders and not links."""
-    for folder in (settings.inbox, settings.processing_dir, settings.done_dir, settings.failed_dir):
+def ensure_dirs(settings: Settings, endpoints: Iterable[str] = ()) -> None:
+    """The inbox, its three work folders and a folder per endpoint (but ``default``), which
+    must be folders and not links."""
+    work = (settings.inbox, settings.processing_dir, settings.done_dir, settings.failed_dir)
+    for folder in (*work, *(settings.inbox / name for name in endpoints)):
+        make_dir(folder)
+
+
+def make_dir(folder: Path) -> None:
+    """Make ``folder`` (and its parents); OSError when something else is in its place."""
+    with contextlib.suppress(FileExistsError):  # a file or a dangling link: said below
         folder.mkdir(parents=True, exist_ok=True)
-        if folder.is_symlink() or not folder.is_dir():
-            raise NotADirectoryError(f"{folder} must be a directory, not a link or a file")
+    if folder.is_symlink() or not folder.is_dir():
+        raise NotADirectoryError(f"{folder} must be a directory, not a link or a file")
 
 
 def sha256_of(

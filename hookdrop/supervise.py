@@ -24,6 +24,7 @@ from pathlib import Path
 import structlog
 
 from hookdrop import sdnotify
+from hookdrop.errors import CONFIG_ERROR_EXIT
 from hookdrop.lifeline import PARENT_PID_VARIABLE
 from hookdrop.retry import compute_backoff
 from hookdrop.shutdown import StopFlag, StopSignals
@@ -147,6 +148,15 @@ class Supervisor:
                     exit_code=child.process.returncode,
                     restart_in=delay,
                 )
+                if child.process.returncode == CONFIG_ERROR_EXIT:
+                    # Typically an endpoints file whose reload was refused: the processes
+                    # still running keep the endpoints they had; this one cannot start.
+                    log.error(
+                        "process.config_refused",
+                        name=child.name,
+                        hint="the configuration does not load (its error is the line above); "
+                        "fix the file: restarts go on with a growing delay",
+                    )
             elif now >= child.restart_at:
                 self._spawn(child)
 

@@ -66,6 +66,10 @@ class FileCancelled(Exception):
     """The operator cancelled the file: stop reading it."""
 
 
+class UnknownEndpoint(Exception):
+    """The file's endpoint is not configured (any more): its rows cannot be rendered."""
+
+
 class ReadInterrupted(Exception):
     """A stop was asked for in the middle of a long stretch (a long line, blank lines)."""
 
@@ -213,6 +217,7 @@ class Batcher:
         bound.info("batch.started", resume_at=ckpt.records, offset=ckpt.offset)
         error: str | None = None
         try:
+            self._renderer(file)  # an endpoint no longer configured: nothing is read
             fd = _open_claimed(path, file)
             try:
                 for records in self._chunks(fd, layout, ckpt.position(), file.chunk_size, file_id):
@@ -228,6 +233,11 @@ class Batcher:
         except UnreadableFile as exc:
             error = str(exc)
             bound.warning("batch.unreadable", error=error, records=ckpt.records)
+        except UnknownEndpoint as exc:
+            # Never rendered with another endpoint's (or the default) body: the file ends
+            # with the reason, and can be dropped again once the endpoint is configured.
+            error = f"endpoint {str(exc)!r} is not configured: configure it, drop the file again"
+            bound.error("endpoint.unknown", endpoint=str(exc), records=ckpt.records)
         except FileNotFoundError:
             error = "the file disappeared from processing/ while it was being read"
             bound.error("batch.file_vanished", path=str(path))
@@ -303,13 +313,11 @@ class Batcher:
         self._renew(file_id)
 
     def _renderer(self, file: FileRow) -> Renderer:
-        """The endpoint's templates; an endpoint this batcher does not know (its configuration
-        changed) gets the default body, and the notifier holds its alerts back."""
+        """The endpoint's templates; UnknownEndpoint when it is not configured."""
         endpoints = self.ctx.live.current
-        if file.endpoint in endpoints:
-            return endpoints[file.endpoint].renderer
-        log.warning("endpoint.unknown", file_id=file.id, endpoint=file.endpoint)
-        return Renderer()
+        if file.endpoint not in endpoints:
+            raise UnknownEndpoint(file.endpoint)
+        return endpoints[file.endpoint].renderer
 
     def _queued(self) -> int:
         """Notifier jobs waiting; while Redis is away, wait for it rather than fail."""

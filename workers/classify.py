@@ -67,6 +67,9 @@ def classify_response(response: httpx.Response) -> Verdict:
 
 
 def classify_error(exc: httpx.HTTPError) -> Verdict:
+    if isinstance(exc, httpx.LocalProtocolError):
+        # Refused here, before anything was sent: trying again cannot help.
+        return Verdict(VerdictKind.REJECTED, None, f"not sent: {exc}"[:EXCERPT])
     if isinstance(exc, httpx.TimeoutException):
         return Verdict(VerdictKind.RETRY, None, f"timeout ({type(exc).__name__})")
     return Verdict(

@@ -43,7 +43,7 @@ from workers import context
 from workers.breaker import CLOSED, PROBE
 from workers.classify import Verdict, VerdictKind, classify_error, classify_response
 from workers.outcomes import KEEP_EVERY, ChunkBook
-from workers.ratelimit import EndpointPaused
+from workers.ratelimit import STOP_CHECK_SECONDS, AcquireStopped, EndpointPaused
 from workers.targets import DEFER_AFTER_SECONDS, Target, body_of
 from workers.transport import WebhookClient
 
@@ -299,7 +299,9 @@ class _Chunk(ChunkBook):
             if self._should_stop():
                 return
             try:
-                epoch = await limiter.acquire()
+                epoch = await limiter.acquire(stop=self._should_stop)
+            except AcquireStopped:
+                return  # handed back or stopping: the alert is not sent here
             except EndpointPaused as exc:
                 if not self.deferring:
                     log.info("endpoint.held", endpoint=target.name, seconds=round(exc.seconds, 1))
@@ -307,8 +309,10 @@ class _Chunk(ChunkBook):
                 return
             except QueueUnavailable as exc:
                 log.warning("redis.unavailable", action="rate limit", error=str(exc))
-                await asyncio.sleep(1.0)
+                await self._nap(1.0)
                 continue
+            if self._should_stop():
+                return  # held or stopped while waiting for the token: send nothing more
             started = time.perf_counter()
             try:
                 response = await client.deliver(target.request(alert.id, alert.body))
@@ -355,7 +359,16 @@ class _Chunk(ChunkBook):
                 return
             if await self._failed(alert, verdict, latency) or opened:
                 return  # DLQ or dead; or the breaker is open: the alert waits, deferred
-            await asyncio.sleep(compute_backoff(alert.tries, base=0.2, cap=10.0))
+            await self._nap(compute_backoff(alert.tries, base=0.2, cap=10.0))
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds``, waking early for a hand-back or a stop."""
+        end = time.monotonic() + seconds
+        while not self._should_stop():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, STOP_CHECK_SECONDS))
 
     def _breaker_failed(self, verdict: Verdict, *, probe: bool) -> bool:
         """Count a failure at the breaker; True when it is open now: the chunk hands its

@@ -23,6 +23,7 @@ from hookdrop.latency import observe_latencies
 from hookdrop.retry import retrying_async
 from hookdrop.settings import Settings
 from hookdrop.store import AlertStatus, Result
+from workers.targets import DEFER_AFTER_SECONDS
 
 if TYPE_CHECKING:
     from workers.notifier import Delivery, _Alert
@@ -160,8 +161,12 @@ class ChunkBook:
             try:
                 if self.engine.ctx.redis.exists(self.settings.keys.paused(self.file_id)):
                     self.paused = True
-                if not self.deferring and self.target.breaker.is_open():
-                    self.deferring = True  # another notifier opened it: hand back, hold none
+                if not self.deferring and (
+                    self.target.breaker.is_open()
+                    or self.target.limiter.paused_for() > DEFER_AFTER_SECONDS
+                ):
+                    # another notifier opened the breaker or holds the endpoint: hand back
+                    self.deferring = True
             except QueueUnavailable as exc:  # Redis away: keep sending, PostgreSQL decides
                 log.warning("redis.unavailable", action="check pause", error=str(exc))
 

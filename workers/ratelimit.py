@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -51,12 +52,18 @@ local interval = 1000 / rate
 local burst = math.max(interval, tonumber(ARGV[3]) * 1000)
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
 if tat < now then tat = now end
-local allowed = math.floor((now + burst - tat) / interval)
+-- Relative to now, so no rounding of the ~1.8e12 ms clock reaches the division, and with a
+-- small tolerance: burst / interval is a whole number of tokens that must not come out as
+-- one less (which would answer "0 tokens, wait 0 ms" for ever).
+local ahead = tat - now
+local allowed = math.floor((burst - ahead) / interval + 1e-6)
 if allowed < want then
-  -- wait for a whole batch rather than trickling out one token per round trip
-  return {0, math.ceil(tat - burst - now + interval * want), tostring(rate), epoch}
+  -- wait for a whole batch rather than trickling out one token per round trip; at least
+  -- 1 ms, so a caller never asks again at once
+  local wait = math.ceil(ahead - burst + interval * want)
+  return {0, math.max(1, wait), tostring(rate), epoch}
 end
-redis.call('HSET', KEYS[1], 'tat', tostring(tat + want * interval))
+redis.call('HSET', KEYS[1], 'tat', string.format('%.3f', tat + want * interval))
 redis.call('HINCRBY', KEYS[1], 'granted', want)
 redis.call('HINCRBY', KEYS[2], sec .. ':granted', want)
 return {want, 0, tostring(rate), epoch}
@@ -114,6 +121,14 @@ class EndpointPaused(Exception):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"held for {seconds:.1f} s")
         self.seconds = seconds
+
+
+class AcquireStopped(Exception):
+    """The caller's stop condition came true while it waited for a token."""
+
+
+# A waiting acquire looks at its caller's stop condition at least this often (seconds).
+STOP_CHECK_SECONDS = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +206,12 @@ class GlobalLimiter:
             return 64
         return max(1, min(64, int(self.rate * self.burst_seconds / 2)))
 
-    async def acquire(self) -> int:
-        """Wait for one token (and for any back-pressure pause to end); its epoch."""
+    async def acquire(self, stop: Callable[[], bool] | None = None) -> int:
+        """Wait for one token (and for any back-pressure pause to end); its epoch.
+
+        Raises AcquireStopped as soon as ``stop()`` is true while waiting (a stop, or the
+        endpoint being handed back), so no caller stays parked here.
+        """
         if self._tokens > 0 and self.rate is None and time.monotonic() < self._next_adjust:
             # No limit in force and tokens in hand: nothing to wait for. (Nobody holds the
             # lock while tokens are left: its holder only waits when there are none.)
@@ -203,6 +222,8 @@ class GlobalLimiter:
                 self._next_adjust = time.monotonic() + self.adjust_every
                 self.adjust()
             while self._tokens <= 0:
+                if stop is not None and stop():
+                    raise AcquireStopped
                 want = self._batch()
                 grant = self.take(want)
                 if grant.rate is not None and grant.rate > 0:
@@ -222,13 +243,28 @@ class GlobalLimiter:
                     raise EndpointPaused(grant.wait_seconds)
                 if self._batch() < want:
                     continue  # asked for a batch sized for another rate: ask again, at once
-                await asyncio.sleep(max(grant.wait_seconds, 0.001))
+                await self._nap(max(grant.wait_seconds, 0.001), stop)
+            if stop is not None and stop():
+                raise AcquireStopped
             self._tokens -= 1
             epoch = self._epoch
         smoother = self._local_smoother()
         if smoother is not None:
             await smoother.acquire()
         return epoch
+
+    @staticmethod
+    async def _nap(seconds: float, stop: Callable[[], bool] | None) -> None:
+        """Sleep ``seconds``, in short steps when there is a stop condition to watch."""
+        if stop is None:
+            await asyncio.sleep(seconds)
+            return
+        end = time.monotonic() + seconds
+        while not stop():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, STOP_CHECK_SECONDS))
 
     def _local_smoother(self) -> AsyncLimiter | None:
         """aiolimiter spreads a batch of tokens out instead of sending them in one burst."""

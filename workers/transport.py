@@ -24,6 +24,7 @@ the network. Use one of::
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -42,6 +43,7 @@ __all__ = ["WebhookClient", "WebhookTransport", "make_client"]
 DEFAULT_KEEPALIVE_EXPIRY: Final = 4.0
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _HTTP_VERSION: Final = {"http_version": b"HTTP/1.1"}
+_UNSAFE: Final = re.compile(rb"[\r\n\x00]")
 
 
 class WebhookTransport(httpx.AsyncBaseTransport):
@@ -117,6 +119,13 @@ class WebhookTransport(httpx.AsyncBaseTransport):
             # The body goes out whole with a Content-Length, not in chunks.
             headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"transfer-encoding"]
             headers.append((b"Content-Length", str(len(body)).encode()))
+        for name, value in headers:
+            if _UNSAFE.search(name) or _UNSAFE.search(value):
+                # Never written raw: a line break would start another header or request.
+                raise httpx.LocalProtocolError(
+                    f"refused to send header {name.decode('latin-1')!r}: "
+                    "it contains a line break or a NUL"
+                )
         head = b"".join(
             [
                 request.method.encode(),

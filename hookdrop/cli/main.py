@@ -7,7 +7,7 @@ import sys
 import click
 
 from hookdrop.cli import develop, operate, processes, servers
-from hookdrop.errors import ConfigError, HookdropError
+from hookdrop.errors import CONFIG_ERROR_EXIT, ConfigError, HookdropError
 from hookdrop.lifeline import follow_parent
 from hookdrop.settings import environ_snapshot
 
@@ -32,7 +32,7 @@ def main() -> None:
         cli.main(standalone_mode=False)
     except ConfigError as exc:
         click.echo(f"hookdrop: configuration error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(CONFIG_ERROR_EXIT)
     except HookdropError as exc:
         click.echo(f"hookdrop: error: {exc}", err=True)
         sys.exit(1)

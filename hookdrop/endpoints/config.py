@@ -12,25 +12,26 @@ it is the only endpoint and hookdrop works as it always did.
 
 from __future__ import annotations
 
+import json as jsonlib
+import math
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from hookdrop.endpoints.render import Renderer
+from hookdrop.endpoints.render import ENV_VARIABLE, Renderer
 from hookdrop.errors import ConfigError
-from hookdrop.inbox import WORK_FOLDERS
+from hookdrop.inbox import ENDPOINT_NAME, WORK_FOLDERS
 from hookdrop.settings import Settings, parse_secret
 
 DEFAULT: Final = "default"
 METHODS: Final = ("POST", "PUT", "PATCH")
 FORMATS: Final = ("json", "form")
-# Folder names: no separator of hookdrop's own names ("--"), no hidden names, short.
-_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_]|-(?!-)){0,39}")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_TEMPLATES: Final = frozenset({"body", "fields"})
 _KEYS: Final = frozenset(
     {
         "url",
@@ -51,6 +52,32 @@ _KEYS: Final = frozenset(
         "probe_max_seconds",
     }
 )
+
+# Sensible bounds for the numbers (a value outside is a typo, not a wish).
+_RANGES: Final[Mapping[str, tuple[float, float]]] = {
+    "rate_limit": (0.01, 100_000),
+    "concurrency": (1, 4096),
+    "timeout": (0.01, 3600),
+    "attempt_budget": (1, 1000),
+    "max_tries": (1, 100),
+    "breaker_failures": (1, 1_000_000),
+    "probe_seconds": (0.01, 86_400),
+    "probe_max_seconds": (0.01, 86_400),
+}
+# Headers the transport or hookdrop itself sets: a user value would break or forge them.
+_OWN_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # visible ASCII, spaces and tabs
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +102,13 @@ class Endpoint:
     probe_seconds: float = 1.0  # first wait before a probe; doubles up to probe_max_seconds
     probe_max_seconds: float = 60.0
     renderer: Renderer = field(default_factory=Renderer, compare=False, repr=False)
+    written_url: str = ""  # the URL as the file has it: ${VAR} not expanded
 
     @property
     def masked_url(self) -> str:
-        """The URL with any password (or user) in it hidden."""
-        return mask_url(self.url)
+        """The URL as written (secrets from the environment stay ``${VAR}``), with user,
+        password and query values hidden."""
+        return mask_url(self.written_url or self.url)
 
     @property
     def content_type(self) -> str:
@@ -116,13 +145,24 @@ class Endpoints:
 
 
 def mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
+    """``url`` fit to show: any user and password, and every query value, as ``***``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "(a URL that does not parse)"
     host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    if port is not None:
+        host = f"{host}:{port}"
+    if parts.username is not None or parts.password is not None:
+        host = f"***@{host}"
+    query = "&".join(
+        f"{name}=***" if sep else name
+        for name, sep, _value in (pair.partition("=") for pair in parts.query.split("&"))
+    )
+    return urlunsplit(parts._replace(netloc=host, query=query if parts.query else ""))
 
 
 def load_endpoints(settings: Settings, environ: Mapping[str, str]) -> Endpoints:
@@ -138,10 +178,29 @@ def load_endpoints(settings: Settings, environ: Mapping[str, str]) -> Endpoints:
     return Endpoints(found, settings.config)
 
 
+def _userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its user:password@, and that pair (sent as basic auth), if any."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return url, None
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{port}" if port is not None else host
+    pair = (unquote(parts.username or ""), unquote(parts.password or ""))
+    return urlunsplit(parts._replace(netloc=netloc)), pair
+
+
 def _default(settings: Settings) -> Endpoint:
+    url, basic = _userinfo(settings.webhook_url or "")
     return Endpoint(
         name=DEFAULT,
-        url=settings.webhook_url or "",
+        url=url,
+        basic_auth=basic,
+        written_url=settings.webhook_url or "",
         rate_limit=settings.rate_limit,
         concurrency=settings.concurrency,
         timeout=settings.request_timeout,
@@ -167,10 +226,10 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(endpoints, dict):
         raise ConfigError(f"{where}: endpoints must be tables [endpoints.NAME]")
     for name, table in endpoints.items():
-        if not _NAME.fullmatch(name) or name in WORK_FOLDERS:
+        if not ENDPOINT_NAME.fullmatch(name) or name in WORK_FOLDERS:
             raise ConfigError(
                 f"endpoint {name!r}: the name must be 1 to 40 letters, digits, '_' or '-' "
-                f"(no '--'), and not one of {', '.join(WORK_FOLDERS)}"
+                f"(no '--', not ending in '-'), and not one of {', '.join(WORK_FOLDERS)}"
             )
         if not isinstance(table, dict):
             raise ConfigError(f"endpoint {name!r}: must be a table [endpoints.{name}]")
@@ -187,18 +246,32 @@ def _endpoint(
     if unknown:
         return _raise(fail(unknown[0], f"unknown key (known: {', '.join(sorted(_KEYS))})"))
     values = {
-        key: _expand(value, environ, lambda p, k=key: fail(k, p)) for key, value in table.items()
+        key: _expand(value, environ, lambda p, k=key: fail(k, p))
+        for key, value in table.items()
+        if key not in _TEMPLATES
     }
+    fmt = _string(values, "format", fail, "json")
+    env_values: dict[str, str] = {}
+    for key in _TEMPLATES & table.keys():
+        # ${VAR} in a template is a value, never template text: the environment cannot
+        # change what the template does
+        values[key] = _as_values(
+            table[key], environ, env_values, json=fmt == "json", fail=fail, key=key
+        )
     if "url" not in values:
         raise fail("url", "required")
     url = _string(values, "url", fail)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise fail("url", f"not a valid URL ({exc})") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise fail("url", "must be an http:// or https:// URL with a host")
+    written = table["url"] if isinstance(table["url"], str) else url
     method = _string(values, "method", fail, "POST").upper()
     if method not in METHODS:
         raise fail("method", f"must be one of {', '.join(METHODS)}")
-    fmt = _string(values, "format", fail, "json")
     if fmt not in FORMATS:
         raise fail("format", f"must be one of {', '.join(FORMATS)}")
     secret = values.get("signing_secret")
@@ -208,15 +281,30 @@ def _endpoint(
         except ValueError as exc:
             raise fail("signing_secret", str(exc)) from None
     headers = _table(values, "headers", fail)
-    for header in headers:
-        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header):
+    for header, text in headers.items():
+        if not _HEADER_NAME.fullmatch(header):
             raise fail("headers", f"{header!r} is not a header name")
+        if header.lower() in _OWN_HEADERS:
+            raise fail("headers", f"{header!r} is set by hookdrop and cannot be given")
+        if not _HEADER_VALUE.fullmatch(text):
+            raise fail(
+                "headers",
+                f"the value of {header!r} must be printable ASCII "
+                "(no line breaks, control characters or non-ASCII letters)",
+            )
+        if header.lower() == "authorization" and "basic_auth" in values:
+            raise fail("headers", "Authorization and basic_auth cannot both be given")
     auth = _table(values, "basic_auth", fail)
     basic: tuple[str, str] | None = None
     if "basic_auth" in values:
         if set(auth) != {"username", "password"}:
             raise fail("basic_auth", "needs exactly username and password")
         basic = (auth["username"], auth["password"])
+    url, in_url = _userinfo(url)
+    if in_url is not None:
+        if basic is not None:
+            raise fail("url", "has user:password@ and basic_auth is given too: keep one")
+        basic = in_url
     body = values.get("body")
     if body is not None and not isinstance(body, str):
         raise fail("body", "must be a string (a Jinja2 template)")
@@ -225,10 +313,16 @@ def _endpoint(
         raise fail("fields", 'only for format = "form" (use body for JSON)')
     if fmt == "form" and body is not None:
         raise fail("body", 'format = "form" takes fields, not body')
+    if fmt == "form" and not fields:
+        raise fail("fields", 'format = "form" needs fields (field name -> template)')
     try:
-        renderer = Renderer(fmt, body, tuple(fields.items()))
+        renderer = Renderer(fmt, body, tuple(fields.items()), env_values)
     except ValueError as exc:
         raise fail("fields" if fmt == "form" else "body", str(exc)) from None
+    probe = _number(values, "probe_seconds", fail, 1.0)
+    probe_max = _number(values, "probe_max_seconds", fail, 60.0)
+    if probe > probe_max:
+        raise fail("probe_seconds", f"must not be more than probe_max_seconds ({probe_max:g})")
     return Endpoint(
         name=name,
         url=url,
@@ -253,9 +347,10 @@ def _endpoint(
                 values, "breaker_failures", fail, settings.breaker_failures, whole=True, zero=True
             )
         ),
-        probe_seconds=_number(values, "probe_seconds", fail, 1.0),
-        probe_max_seconds=_number(values, "probe_max_seconds", fail, 60.0),
+        probe_seconds=probe,
+        probe_max_seconds=probe_max,
         renderer=renderer,
+        written_url=written,
     )
 
 
@@ -279,6 +374,36 @@ def _expand(value: Any, environ: Mapping[str, str], fail: Any) -> Any:
     if isinstance(value, list):
         return [_expand(v, environ, fail) for v in value]
     return value
+
+
+def _as_values(
+    value: Any,
+    environ: Mapping[str, str],
+    found: dict[str, str],
+    *,
+    json: bool,
+    fail: Any,
+    key: str,
+) -> Any:
+    """``${VAR}`` in a template (or a table of them) made a reference to the variable's value
+    (``found``); in a JSON body the value is escaped for use inside a JSON string."""
+    if isinstance(value, dict):
+        return {
+            k: _as_values(v, environ, found, json=json, fail=fail, key=key)
+            for k, v in value.items()
+        }
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match[str]) -> str:
+        var = match.group(1)
+        if var not in environ:
+            raise fail(key, f"environment variable {var} is not set")
+        text = environ[var]
+        found[var] = jsonlib.dumps(text, ensure_ascii=False)[1:-1] if json else text
+        return "{{ " + ENV_VARIABLE + "[" + repr(var) + "] }}"
+
+    return _VAR.sub(one, value)
 
 
 def _string(values: dict[str, Any], key: str, fail: Any, default: str | None = None) -> str:
@@ -307,8 +432,13 @@ def _number(
     value = values.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise fail(key, "must be a number")
+    if not math.isfinite(value):
+        raise fail(key, "must be a finite number")
     if whole and not isinstance(value, int):
         raise fail(key, "must be a whole number")
     if value < 0 or (value == 0 and not zero):
         raise fail(key, "must be 0 or more" if zero else "must be greater than 0")
+    least, most = _RANGES[key]
+    if key in values and value != 0 and not least <= value <= most:
+        raise fail(key, f"must be between {least:g} and {most:g}" + (" (or 0)" if zero else ""))
     return float(value)

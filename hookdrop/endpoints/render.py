@@ -20,6 +20,13 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 _ENV.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "sort_keys": False}
+# The variable holding the values of ${VAR} in a template (see hookdrop/endpoints/config.py).
+ENV_VARIABLE = "hookdrop_env"
+MAX_BODY = 1 << 20  # characters of a rendered body (or of one form field)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 class RenderError(ValueError):
@@ -34,14 +41,23 @@ class Renderer:
         fmt: str = "json",
         body: str | None = None,
         fields: tuple[tuple[str, str], ...] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.format = fmt
+        self._env = dict(env or {})
         self._body = _compile(body) if body is not None else None
         self._fields = [(name, _compile(text)) for name, text in fields]
         # Every variable the templates name, to say which one a row lacks.
         self._names: set[str] = set()
         for text in [body or "", *(text for _name, text in fields)]:
             self._names |= meta.find_undeclared_variables(_ENV.parse(text)) - _ENV.globals.keys()
+        self._names.discard(ENV_VARIABLE)
+        if self._body is not None and not self._names:
+            # The same for every row: a body that is not JSON is refused now, not per row.
+            try:
+                self.render(user_id="", message="", extra=None, alert_id="", file="", line=0)
+            except RenderError as exc:
+                raise ValueError(str(exc)) from None
 
     @property
     def templated(self) -> bool:
@@ -77,20 +93,37 @@ class Renderer:
                 f"the template uses {missing[0]!r}, which this row does not have "
                 f"(its extra columns: {columns})"
             )
+        variables[ENV_VARIABLE] = self._env
         try:
             if self._body is not None:
-                text = self._body.render(variables)
+                text = _render(self._body, variables)
                 try:
-                    json.loads(text)
+                    json.loads(text, parse_constant=_no_constant)
                 except ValueError as exc:
                     raise RenderError(f"the body template did not give valid JSON: {exc}") from None
                 return text.encode("utf-8", "surrogatepass")
-            pairs = [(name, template.render(variables)) for name, template in self._fields]
+            pairs = [(name, _render(template, variables)) for name, template in self._fields]
             return urlencode(pairs, encoding="utf-8", errors="surrogatepass").encode("ascii")
         except RenderError:
             raise
+        except RecursionError:
+            raise RenderError("the template cannot be rendered: it recurses too deeply") from None
+        except MemoryError:
+            raise RenderError("the template cannot be rendered: out of memory") from None
         except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
             raise RenderError(f"the template cannot be rendered: {exc}") from None
+
+
+def _render(template: Template, variables: dict[str, Any]) -> str:
+    """Rendered piece by piece, stopping as soon as it is more than MAX_BODY."""
+    parts: list[str] = []
+    size = 0
+    for part in template.generate(variables):
+        size += len(part)
+        if size > MAX_BODY:
+            raise RenderError(f"the body is too large (over {MAX_BODY} characters)")
+        parts.append(part)
+    return "".join(parts)
 
 
 def _compile(text: str) -> Template:

@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -208,3 +210,40 @@ probe_max_seconds = 2
         assert bad.stats(per_user=False)["unique"] == 400
     dead = [r for r in file_rows(store) if r["dead"] or r["rejected"]]
     assert not dead, "trouble spent the alerts' budget"
+
+
+def test_a_held_endpoint_hands_its_chunks_back_at_once_and_frees_the_workers(
+    settings: Settings, store: Store, tmp_path: Path, start_mock: StartMock
+) -> None:
+    """Senders waiting for a token or in a retry backoff when the endpoint is held send
+    nothing more: the chunk goes back within moments, and the other endpoint's file starts
+    promptly even though the held one's jobs were ahead of it on both workers."""
+    healthy, bad = start_mock(), start_mock()
+    bad.configure(throttle_burst=1_000_000)  # every request: 429, Retry-After 1 s
+    config = f"""
+[endpoints.healthy]
+url = "{healthy.hook_url}"
+
+[endpoints.bad]
+url = "{bad.hook_url}"
+"""
+    process, log = start_up(settings.replace(chunk_size=200), tmp_path, config)
+    inbox = settings.inbox
+    wait_for(lambda: (inbox / "bad").is_dir() and (inbox / "healthy").is_dir(), what="folders")
+    write_csv(inbox / "bad" / "bad.csv", 400)  # two chunks: one per notifier
+    wait_for(lambda: bad.stats(per_user=False)["received"] >= 2, what="both chunks sending")
+    dropped = time.time()
+    write_csv(inbox / "healthy" / "ok.csv", 20, start=1000)
+    stats = healthy.wait_until(lambda s: s["accepted"] >= 20, timeout=60)
+    # The held chunks go back once only 429s came for REFUSED_HAND_BACK_SECONDS (5 s).
+    waited = stats["first_received_at"] - dropped
+    assert waited < 7.5, f"the healthy file waited {waited:.1f} s for a worker"
+    wait_for(lambda: len(events(log, "chunk.released")) >= 1, what="a chunk handed back")
+    held = min(_at(e) for e in events(log, "endpoint.held"))
+    released = [_at(e) for e in events(log, "chunk.released") if e.get("endpoint") == "bad"]
+    assert min(released) - held < 1.0, f"handed back {min(released) - held:.1f} s after held"
+    assert process.poll() is None
+
+
+def _at(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["timestamp"]).timestamp()

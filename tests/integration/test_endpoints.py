@@ -23,6 +23,7 @@ from daemon.recovery import Recovery
 from hookdrop.endpoints import LiveEndpoints
 from hookdrop.endpoints.state import read_state
 from hookdrop.intake import ensure_dirs
+from hookdrop.ops.endpoints import endpoints_view
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from tests.helpers import (
@@ -265,10 +266,73 @@ def test_an_endpoint_folder_swapped_for_a_link_leads_nowhere(
     )
     assert (elsewhere / "secret.csv").exists()  # not taken
     assert not file_rows(store)
-    # The monitor refuses that folder, and watches the others.
-    with running_monitor(esettings, environ=ENV) as monitor:
-        wait_for(lambda: esettings.inbox / "sms" in monitor.folders, what="folders made")
-        assert esettings.inbox / "chat" not in monitor.folders
-        write_csv(esettings.inbox / "sms" / "ok.csv", 2)
-        wait_for(lambda: len(file_rows(store)) == 1, what="the sms file claimed")
-    assert (elsewhere / "secret.csv").exists()
+
+
+def test_a_file_or_link_in_place_of_an_endpoint_folder_leaves_the_others_working(
+    esettings: Settings, store: Store, tmp_path: Path
+) -> None:
+    inbox = esettings.inbox
+    inbox.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (inbox / "chat").symlink_to(elsewhere)
+    (inbox / "sms").symlink_to(tmp_path / "nowhere")  # dangling
+    with capture_logs() as logs, running_monitor(esettings, environ=ENV) as monitor:
+        wait_for((inbox / "busy").is_dir, what="the other folders")
+        write_csv(inbox / "busy" / "day.csv", 3)
+        # The links, files at the top of the inbox, are refused like any link; once they
+        # are gone the endpoints' folders are made on a later pass.
+        wait_for(
+            lambda: {inbox / "chat", inbox / "sms", inbox / "busy"} <= monitor.folders,
+            what="every folder made and watched",
+        )
+        wait_for(lambda: any(r["endpoint"] == "busy" for r in file_rows(store)), what="claim")
+    assert (inbox / "chat").is_dir() and not (inbox / "chat").is_symlink()
+    assert list(elsewhere.iterdir()) == []  # nothing made through the link
+    unusable = [e for e in logs if e["event"] == "inbox.endpoint_folder_unusable"]
+    assert sorted(e["path"] for e in unusable) == [str(inbox / "chat"), str(inbox / "sms")]
+
+
+def test_alerts_of_an_endpoint_removed_by_a_reload_wait_visibly_and_go_once_it_is_back(
+    esettings: Settings, store: Store, rconn: redis.Redis
+) -> None:
+    assert esettings.config is not None
+    file_id, ids = ledger_file(store, 4, endpoint="busy", sha="gone4")
+    with store.transaction() as conn:  # handed back while the endpoint was held
+        conn.execute("UPDATE alerts SET status = 'deferred' WHERE file_id = %s", (file_id,))
+    full = esettings.config.read_text()
+    esettings.config.write_text(full.split("[endpoints.busy]")[0])
+    recovery = Recovery(esettings, store, rconn, LiveEndpoints(esettings, ENV))
+    with capture_logs() as logs:
+        assert recovery.requeue_deferred() == 0
+        assert recovery.warn_unconfigured() == {"busy": 4}
+    assert [e["endpoint"] for e in logs if e["event"] == "endpoint.unconfigured_waiting"] == [
+        "busy"
+    ]
+    view = {
+        e["name"]: e
+        for e in endpoints_view(recovery.endpoints.current, store, rconn, esettings.keys)
+    }
+    assert view["busy"]["configured"] is False
+    assert view["busy"]["counts"]["deferred"] == 4
+    esettings.config.write_text(full)  # configured again: they go out
+    recovery.endpoints.request_reload()
+    assert recovery.warn_unconfigured() == {}
+    assert recovery.requeue_deferred() == 4
+    assert set(queued_alert_ids(rconn, esettings)) == set(ids)
+
+
+def test_a_file_whose_endpoint_was_removed_fails_with_the_reason_instead_of_another_body(
+    esettings: Settings, store: Store
+) -> None:
+    assert esettings.config is not None
+    inbox = esettings.inbox
+    with running_monitor(esettings, environ=ENV):
+        wait_for((inbox / "busy").is_dir, what="folders")
+        write_csv(inbox / "busy" / "day.csv", 3)
+        wait_for(lambda: len(file_rows(store)) == 1, what="the file claimed")
+    esettings.config.write_text(esettings.config.read_text().split("[endpoints.busy]")[0])
+    run_burst(esettings, "batcher")
+    row = file_rows(store)[0]
+    assert "'busy' is not configured" in (row["error"] or "")
+    assert alert_rows(store, row["id"]) == []

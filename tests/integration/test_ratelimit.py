@@ -10,7 +10,7 @@ import redis
 
 from hookdrop.keys import Keys
 from workers.adaptive import RateState, Tuning, tick
-from workers.ratelimit import GlobalLimiter
+from workers.ratelimit import AcquireStopped, GlobalLimiter
 
 
 @pytest.fixture(name="keys")
@@ -180,3 +180,49 @@ def test_a_429_before_anything_was_sent_reports_no_rate(rconn: redis.Redis, keys
     limiter = GlobalLimiter(rconn, keys)
     assert limiter.throttled(0.05) is None  # paused, but no rate guessed from nothing
     assert limiter.paused_for() > 0
+
+
+@pytest.mark.parametrize("rate", [0.5, 3, 6.911442, 9, 12, 14, 17, 19, 25, 60])
+def test_every_rate_grants_tokens_at_about_that_rate(
+    rconn: redis.Redis, keys: Keys, rate: float
+) -> None:
+    """Slow rates make the burst one interval: the whole token must not be lost to the
+    rounding of the millisecond clock (which answered "0 tokens, wait 0 ms" for ever)."""
+    limiter = GlobalLimiter(rconn, keys, max_rate=rate)
+    window = max(1.0, 2.5 / rate)
+
+    async def count() -> int:
+        tokens = 0
+        started = time.monotonic()
+        with pytest.raises(AcquireStopped):
+            while True:
+                await limiter.acquire(stop=lambda: time.monotonic() - started > window)
+                tokens += 1
+        return tokens
+
+    granted = asyncio.run(count())
+    expected = rate * window
+    assert expected - 1.5 <= granted <= expected + 1 + rate * 0.05
+
+
+def test_a_waiting_acquire_ends_when_its_stop_condition_comes_true(
+    rconn: redis.Redis, keys: Keys
+) -> None:
+    limiter = GlobalLimiter(rconn, keys, max_rate=0.5)
+    stopped = False
+
+    async def run() -> float:
+        await limiter.acquire()  # the first token is free; the next one is 2 s away
+        started = time.monotonic()
+        with pytest.raises(AcquireStopped):
+            await limiter.acquire(stop=lambda: stopped)
+        return time.monotonic() - started
+
+    async def stop_soon() -> float:
+        nonlocal stopped
+        waiter = asyncio.create_task(run())
+        await asyncio.sleep(0.2)
+        stopped = True
+        return await waiter
+
+    assert asyncio.run(stop_soon()) < 0.2 + 0.5

@@ -10,6 +10,7 @@ import pytest
 
 from hookdrop.endpoints import DEFAULT, Endpoints, RenderError, load_endpoints, mask_url
 from hookdrop.errors import ConfigError
+from hookdrop.inbox import disk_name, endpoint_of, original_name, processing_tag
 from hookdrop.settings import Settings
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -107,6 +108,30 @@ def test_a_file_default_replaces_the_settings_one(tmp_path: Path) -> None:
         ('url = "https://x.example"\nfields = { a = "b" }', {}, ("'fields'", "form")),
         ('url = "https://x.example"\nformat = "form"\nbody = "x"', {}, ("'body'", "fields")),
         ('url = "https://x.example"\nheaders = { "bad name" = "x" }', {}, ("'headers'",)),
+        ('url = "https://x.example"\nrate_limit = nan', {}, ("'rate_limit'", "finite")),
+        ('url = "https://x.example"\nrate_limit = inf', {}, ("'rate_limit'", "finite")),
+        ('url = "https://x.example"\ntimeout = -inf', {}, ("'timeout'", "finite")),
+        ('url = "https://x.example"\nprobe_seconds = nan', {}, ("'probe_seconds'",)),
+        ('url = "https://x.example"\nconcurrency = 100000000', {}, ("'concurrency'", "between")),
+        ('url = "https://x.example"\nrate_limit = 1e-9', {}, ("'rate_limit'", "between")),
+        ('url = "https://x.example"\ntimeout = 1e9', {}, ("'timeout'", "between")),
+        ('url = "https://x.example"\nheaders = { X-Name = "Zoë" }', {}, ("'headers'", "ASCII")),
+        ('url = "https://x.example"\nheaders = { X-A = "a\\r\\nX-B: 1" }', {}, ("'headers'",)),
+        ('url = "https://x.example"\nheaders = { X-A = "a\\u0000" }', {}, ("'headers'",)),
+        ('url = "https://x.example"\nheaders = { X-A = "${V}" }', {"V": "a\nb"}, ("'headers'",)),
+        ('url = "https://x.example"\nheaders = { Host = "evil" }', {}, ("'headers'", "Host")),
+        ('url = "https://x.example"\nheaders = { Content-Length = "1" }', {}, ("'headers'",)),
+        ('url = "https://x.example"\nheaders = { Transfer-Encoding = "x" }', {}, ("'headers'",)),
+        ('url = "https://x.example"\nheaders = { connection = "close" }', {}, ("'headers'",)),
+        ('url = "https://x.example"\nheaders = { webhook-id = "x" }', {}, ("'headers'",)),
+        ('url = "https://x.example"\nformat = "form"', {}, ("'fields'", "needs fields")),
+        ('url = "https://x.example"\nbody = "not json"', {}, ("'body'", "JSON")),
+        ('url = "https://x.example"\nbody = \'{"a": NaN}\'', {}, ("'body'", "NaN")),
+        (
+            'url = "https://x.example"\nprobe_seconds = 90\nprobe_max_seconds = 60',
+            {},
+            ("'probe_seconds'", "probe_max_seconds"),
+        ),
     ],
 )
 def test_a_bad_endpoint_is_refused_with_one_line_naming_endpoint_and_key(
@@ -120,7 +145,9 @@ def test_a_bad_endpoint_is_refused_with_one_line_naming_endpoint_and_key(
         assert part in message, message
 
 
-@pytest.mark.parametrize("name", ["processing", "done", "failed", "a--b", ".hidden", "x" * 41])
+@pytest.mark.parametrize(
+    "name", ["processing", "done", "failed", "a--b", ".hidden", "x" * 41, "a-", "-a", "a-b-"]
+)
 def test_names_that_cannot_be_inbox_folders_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="name"):
         load(tmp_path, f'[endpoints."{name}"]\nurl = "https://x.example"\n')
@@ -226,5 +253,91 @@ def test_a_form_body_is_url_encoded_from_its_fields(tmp_path: Path) -> None:
 
 
 def test_credentials_in_urls_are_masked() -> None:
-    assert mask_url("https://user:pw@h.example:8443/p?q=1") == "https://***@h.example:8443/p?q=1"
+    assert mask_url("https://user:pw@h.example:8443/p?q=1") == "https://***@h.example:8443/p?q=***"
     assert mask_url("https://h.example/p") == "https://h.example/p"
+    assert mask_url("http://[::1]:8080/p?api_key=k&flag") == "http://[::1]:8080/p?api_key=***&flag"
+
+
+def test_a_url_is_shown_as_written_with_secrets_from_the_environment_unexpanded(
+    tmp_path: Path,
+) -> None:
+    env = {"SLACK_HOOK_PATH": "T000/B000/s3cr3t", "TOKEN": "t0k3n"}
+    endpoints = load(
+        tmp_path,
+        '[endpoints.chat]\nurl = "https://hooks.slack.com/services/${SLACK_HOOK_PATH}"\n'
+        '[endpoints.api]\nurl = "https://api.example/v1?api_key=${TOKEN}&x=1"\n',
+        env,
+    )
+    chat, api = endpoints["chat"], endpoints["api"]
+    assert chat.url == "https://hooks.slack.com/services/T000/B000/s3cr3t"
+    assert chat.masked_url == "https://hooks.slack.com/services/${SLACK_HOOK_PATH}"
+    assert api.masked_url == "https://api.example/v1?api_key=***&x=***"
+    assert "t0k3n" not in api.masked_url
+
+
+def test_a_port_out_of_range_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"endpoint 'a', key 'url'.*not a valid URL") as caught:
+        load(tmp_path, '[endpoints.a]\nurl = "http://user:pw@127.0.0.1:99999/x"\n')
+    assert "\n" not in str(caught.value)
+
+
+def test_user_and_password_in_the_url_are_sent_as_basic_auth(tmp_path: Path) -> None:
+    endpoint = load(tmp_path, '[endpoints.a]\nurl = "https://us%40r:p%3Aw@h.example:8443/x"\n')["a"]
+    assert endpoint.url == "https://h.example:8443/x"
+    assert endpoint.basic_auth == ("us@r", "p:w")
+    assert endpoint.masked_url == "https://***@h.example:8443/x"
+    with pytest.raises(ConfigError, match=r"key 'url'.*basic_auth"):
+        load(
+            tmp_path,
+            '[endpoints.a]\nurl = "https://u:p@h.example/"\n'
+            'basic_auth = { username = "a", password = "b" }\n',
+        )
+    default = load_endpoints(Settings(webhook_url="http://u:p@h.example/hook"), {})[DEFAULT]
+    assert (default.url, default.basic_auth) == ("http://h.example/hook", ("u", "p"))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "name"),
+    [("a", "-x.csv"), ("b-c", "x--y.csv"), (DEFAULT, "a@b--c.csv"), ("z", "--"), ("a_1", "n")],
+)
+def test_a_processing_name_gives_back_its_endpoint_and_name(endpoint: str, name: str) -> None:
+    disk = disk_name(processing_tag("0123456789ab", endpoint), name)
+    assert (endpoint_of(disk), original_name(disk)) == (endpoint, name)
+
+
+def test_a_row_whose_template_recurses_or_grows_too_large_is_a_row_error(tmp_path: Path) -> None:
+    endpoints = load(
+        tmp_path,
+        '[endpoints.deep]\nurl = "https://x.example"\n'
+        "body = '{% macro m(n) %}{{ m(n) }}{% endmacro %}{{ m(userId) }}'\n"
+        '[endpoints.big]\nurl = "https://x.example"\n'
+        "body = '\"{% for i in range(99999) %}{{ alertMessage }}{% endfor %}\"'\n"
+        '[endpoints.nan]\nurl = "https://x.example"\n'
+        "body = '{\"v\": {{ alertMessage }}}'\n",
+    )
+    with pytest.raises(RenderError, match="recurses"):
+        render(endpoints, "deep")
+    with pytest.raises(RenderError, match="too large"):
+        render(endpoints, "big", message="x" * 100)
+    assert render(endpoints, "big", message="x") is not None  # ~100 kB: fine
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        with pytest.raises(RenderError, match="JSON"):
+            render(endpoints, "nan", message=constant)
+
+
+def test_environment_values_in_templates_are_text_never_template(tmp_path: Path) -> None:
+    env = {"TAG": 'x" {{ 7 * 7 }} {% if 1 %}\\', "SENDER": "{{ userId }}&a=b"}
+    endpoints = load(
+        tmp_path,
+        '[endpoints.chat]\nurl = "https://x.example"\n'
+        'body = \'{"tag": "${TAG}", "u": {{ userId | tojson }}}\'\n'
+        '[endpoints.sms]\nurl = "https://x.example"\nformat = "form"\n'
+        'fields = { From = "${SENDER}", To = "{{ userId }}" }\n',
+        env,
+    )
+    body = render(endpoints, "chat")
+    assert body is not None
+    assert json.loads(body) == {"tag": env["TAG"], "u": "u1"}
+    form = render(endpoints, "sms")
+    assert form is not None
+    assert parse_qs(form.decode()) == {"From": ["{{ userId }}&a=b"], "To": ["u1"]}

@@ -8,11 +8,12 @@ import sys
 import pytest
 from structlog.testing import capture_logs
 
+from hookdrop.errors import CONFIG_ERROR_EXIT
 from hookdrop.supervise import RESTART_CAP, Supervisor
 
 
-def dead_process() -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+def dead_process(code: int = 3) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({code})"])
     process.wait()
     return process
 
@@ -40,5 +41,24 @@ def test_a_dead_child_is_restarted_after_a_doubling_delay(deaths_before: int, de
         ]
         assert child.restarts == deaths_before + 1
         assert child.restart_at is not None
+    finally:
+        supervisor.stopping.close()
+
+
+def test_a_child_that_cannot_load_its_configuration_is_said_so_and_retried() -> None:
+    supervisor = Supervisor({})
+    try:
+        child = supervisor.add("worker", ["worker", "notifier"])
+        child.process = dead_process(CONFIG_ERROR_EXIT)
+        with capture_logs() as logs:
+            supervisor.check()
+        refused = [e for e in logs if e["event"] == "process.config_refused"]
+        assert [(e["name"], e["log_level"]) for e in refused] == [("worker", "error")]
+        assert child.restart_at is not None  # still restarted, with the growing delay
+        child.process = dead_process()
+        child.restart_at = None
+        with capture_logs() as logs:
+            supervisor.check()
+        assert not [e for e in logs if e["event"] == "process.config_refused"]
     finally:
         supervisor.stopping.close()

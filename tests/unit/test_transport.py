@@ -14,6 +14,7 @@ import pytest
 import respx
 
 from tests.helpers import free_port
+from workers.classify import VerdictKind, classify_error
 from workers.transport import WebhookClient, WebhookTransport, make_client
 
 T = TypeVar("T")
@@ -472,3 +473,16 @@ def test_transport_refuses_a_second_event_loop() -> None:
 def test_max_connections_must_be_positive() -> None:
     with pytest.raises(ValueError):
         WebhookTransport(max_connections=0)
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "a\x00b"])
+def test_real_transport_refuses_a_header_value_with_a_line_break_or_nul(value: str) -> None:
+    async def scenario() -> None:
+        async with receiver_and_client() as (receiver, c):
+            with pytest.raises(httpx.LocalProtocolError, match="refused to send header"):
+                await c.post(receiver.url, content=b"{}", headers={"X-Note": value})
+        assert receiver.requests == []
+        verdict = classify_error(httpx.LocalProtocolError("refused to send header 'x'"))
+        assert verdict.kind == VerdictKind.REJECTED
+
+    run(scenario())
