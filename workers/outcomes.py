@@ -95,6 +95,8 @@ class ChunkBook:
         loop = asyncio.get_running_loop()
         store, owner = self.engine.store, self.engine.owner
         while True:
+            if self.finished and not self.pending:
+                return  # the job's end may have been signalled while a round was written
             await self.has_pending.wait()
             if not self.finished and len(self.pending) < self._round():
                 with contextlib.suppress(TimeoutError):
