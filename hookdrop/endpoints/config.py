@@ -261,6 +261,9 @@ def _endpoint(
     if "url" not in values:
         raise fail("url", "required")
     url = _string(values, "url", fail)
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in url):
+        # urlsplit drops tabs and line breaks silently; the request would then fail
+        raise fail("url", "contains a space or a control character")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port out of range
@@ -304,7 +307,12 @@ def _endpoint(
     if in_url is not None:
         if basic is not None:
             raise fail("url", "has user:password@ and basic_auth is given too: keep one")
+        if any(header.lower() == "authorization" for header in headers):
+            raise fail("url", "has user:password@ and an Authorization header too: keep one")
         basic = in_url
+    lowered = [header.lower() for header in headers]
+    if len(set(lowered)) < len(lowered):
+        raise fail("headers", "a header is given twice (names are case-insensitive)")
     body = values.get("body")
     if body is not None and not isinstance(body, str):
         raise fail("body", "must be a string (a Jinja2 template)")

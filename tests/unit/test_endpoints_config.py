@@ -281,6 +281,29 @@ def test_a_port_out_of_range_is_refused_in_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("value", ["a\r\nX-Evil: 1", "a\tb", "a b"])
+def test_a_url_with_a_control_character_is_refused_in_one_line(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"endpoint 'a', key 'url'.*control") as caught:
+        load(tmp_path, '[endpoints.a]\nurl = "http://127.0.0.1/x/${V}"\n', {"V": value})
+    assert "\n" not in str(caught.value)
+
+
+def test_url_credentials_beside_an_authorization_header_or_a_header_twice_are_refused(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match=r"key 'url'.*Authorization"):
+        load(
+            tmp_path,
+            '[endpoints.a]\nurl = "http://u:p@127.0.0.1/x"\n'
+            'headers = { Authorization = "Bearer t" }\n',
+        )
+    with pytest.raises(ConfigError, match=r"key 'headers'.*twice"):
+        load(
+            tmp_path,
+            '[endpoints.a]\nurl = "http://127.0.0.1/x"\nheaders = { x-a = "1", X-A = "2" }\n',
+        )
+
+
 def test_user_and_password_in_the_url_are_sent_as_basic_auth(tmp_path: Path) -> None:
     endpoint = load(tmp_path, '[endpoints.a]\nurl = "https://us%40r:p%3Aw@h.example:8443/x"\n')["a"]
     assert endpoint.url == "https://h.example:8443/x"
