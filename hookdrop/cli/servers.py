@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from hookdrop.cli._common import configure_logs, with_settings
+from hookdrop.cli._common import configure_logs, hide_password, with_settings
 from hookdrop.settings import Settings
 
 
@@ -21,8 +21,9 @@ def servers() -> None:
 
 
 def _server_lines(redis_url: str | None, database_url: str | None) -> list[str]:
+    # The passwords stay in the state folder's *.password files (readable by this user).
     return [
-        f"{name}: {url or 'not running'}"
+        f"{name}: {hide_password(url) if url else 'not running'}"
         for name, url in (("redis", redis_url), ("postgresql", database_url))
     ]
 

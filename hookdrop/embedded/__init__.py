@@ -20,13 +20,15 @@ Layout of the state folder::
 
     embedded.lock     fcntl lock that serialises start and stop across processes
     embedded.json     the chosen ports and PostgreSQL folder, reused by later callers; "kept"
+    *.password        each server's password
     users.lock        a shared lock held by every command using the servers
     guard.lock        held by the guardian; guard.log is its output
     redis/            redis.conf, redis.pid, redis.log (Redis keeps no data on disk)
     pg/               postgres.log and data/ (see embedded_postgres_dir when running as root)
 
-Both servers trust every connection from 127.0.0.1 without a password: this is a single-box
-default, which is one more reason production uses real servers.
+Both listen on 127.0.0.1 only and ask for a password chosen once per state folder
+(``redis.password``, ``postgres.password``, 0600 like ``embedded.json``); the URLs returned
+carry it.
 """
 
 from __future__ import annotations
@@ -154,13 +156,15 @@ def find_running(state_dir: Path) -> EmbeddedServers:
     redis_port = _state.port(state, "redis_port")
     pg_port = _state.port(state, "postgres_port")
     layout = _postgres.Layout(_postgres.postgres_dir(state_dir, state))
+    redis_password = _state.secret(state_dir, REDIS)
+    pg_password = _state.secret(state_dir, POSTGRES)
     return EmbeddedServers(
         state_dir=state_dir,
-        redis_url=_redis.url(redis_port)
-        if redis_port and _redis.running(state_dir / "redis", redis_port)
+        redis_url=_redis.url(redis_port, redis_password)
+        if redis_port and _redis.running(state_dir / "redis", redis_port, redis_password)
         else None,
-        database_url=_postgres.url(pg_port)
-        if pg_port and _postgres.running(layout, pg_port)
+        database_url=_postgres.url(pg_port, pg_password)
+        if pg_port and _postgres.running(layout, pg_port, pg_password)
         else None,
     )
 
@@ -231,7 +235,8 @@ def _stop_all_locked(state_dir: Path, *, unless_kept: bool) -> list[str]:
     if unless_kept and state.get("kept"):
         return []
     stopped = []
-    if _redis.stop(state_dir / "redis", _state.port(state, "redis_port")) is not None:
+    redis_port = _state.port(state, "redis_port")
+    if _redis.stop(state_dir / "redis", redis_port, _state.secret(state_dir, REDIS)) is not None:
         stopped.append(REDIS)
     layout = _postgres.Layout(_postgres.postgres_dir(state_dir, state))
     if _postgres.stop(layout) is not None:
@@ -317,8 +322,12 @@ def _ensure(
     pg_port: int | None = None
     with _state.locked(state_dir):
         state = _state.read(state_dir)
+        redis_password = _state.secret(state_dir, REDIS)
+        pg_password = _state.secret(state_dir, POSTGRES)
         if want_redis:
-            redis_port, fresh = _redis.ensure(state_dir / "redis", _state.port(state, "redis_port"))
+            redis_port, fresh = _redis.ensure(
+                state_dir / "redis", _state.port(state, "redis_port"), redis_password
+            )
             if fresh:
                 started.append(REDIS)
             state["redis_port"] = redis_port
@@ -328,7 +337,9 @@ def _ensure(
             # Record the folder before anything is created in it, so it never moves.
             state["postgres_dir"] = str(layout.root)
             _state.write(state_dir, state)
-            pg_port, fresh = _postgres.ensure(layout, _state.port(state, "postgres_port"))
+            pg_port, fresh = _postgres.ensure(
+                layout, _state.port(state, "postgres_port"), pg_password
+            )
             if fresh:
                 started.append(POSTGRES)
             state["postgres_port"] = pg_port
@@ -347,8 +358,8 @@ def _ensure(
         )
     return EmbeddedServers(
         state_dir=state_dir,
-        redis_url=_redis.url(redis_port) if redis_port is not None else None,
-        database_url=_postgres.url(pg_port) if pg_port is not None else None,
+        redis_url=_redis.url(redis_port, redis_password) if redis_port is not None else None,
+        database_url=_postgres.url(pg_port, pg_password) if pg_port is not None else None,
         started=tuple(started),
     )
 
@@ -362,4 +373,8 @@ def _stop_named(state_dir: Path, names: list[str]) -> None:
         if POSTGRES in names:
             _postgres.stop(_postgres.Layout(_postgres.postgres_dir(state_dir, state)))
         if REDIS in names:
-            _redis.stop(state_dir / "redis", _state.port(state, "redis_port"))
+            _redis.stop(
+                state_dir / "redis",
+                _state.port(state, "redis_port"),
+                _state.secret(state_dir, REDIS),
+            )

@@ -10,6 +10,11 @@ PostgreSQL refuses to run as root, so under root it runs as the ``postgres`` sys
 - binaries: when it cannot reach the installed package (a virtualenv inside such a folder),
   it runs a copy of pgserver's ``bin``, ``lib``, ``share`` and bundled libraries (hard links
   where the file system allows), kept beside the data folder and made once per installation.
+
+Every local user can reach loopback, and the role is a superuser (``COPY ... TO PROGRAM``
+runs commands as the server's user), so connections need the state folder's password
+(scram-sha-256). A data folder an earlier hookdrop made with ``trust`` gets the password at
+its first start.
 """
 
 from __future__ import annotations
@@ -69,8 +74,8 @@ class _PortInUse(Exception):
     """The chosen port was taken between choosing it and the server binding it."""
 
 
-def url(port: int) -> str:
-    return f"postgresql://{DATABASE_ROLE}@{_process.LOOPBACK}:{port}/{DATABASE_NAME}"
+def url(port: int, password: str) -> str:
+    return f"postgresql://{DATABASE_ROLE}:{password}@{_process.LOOPBACK}:{port}/{DATABASE_NAME}"
 
 
 # --------------------------------------------------------------------------- where things are
@@ -171,22 +176,24 @@ def _prepare_root(layout: Layout, run_as: RunAs | None) -> None:
 # --------------------------------------------------------------------------- start and stop
 
 
-def running(layout: Layout, port: int | None) -> bool:
+def running(layout: Layout, port: int | None, password: str) -> bool:
     """True when the PostgreSQL of ``layout`` answers on ``port``."""
-    return port is not None and _answers(port, layout.data)
+    return port is not None and _answers(port, layout.data, password)
 
 
-def ensure(layout: Layout, port: int | None) -> tuple[int, bool]:
+def ensure(layout: Layout, port: int | None, password: str) -> tuple[int, bool]:
     """Reuse the running server or start one (detached): ``(port, started)``."""
-    if port is not None and _answers(port, layout.data):
-        _create_database(port)
+    if port is not None and _answers(port, layout.data, password):
+        _secure(layout, port, password)
+        _create_database(port, password)
         return port, False
     live = _postmaster(layout.data)
     if live is not None:
         # Alive but not answering yet (starting, recovering): wait rather than start again.
         live_port = live[1]
-        if _process.wait_until(lambda: _answers(live_port, layout.data), START_TIMEOUT):
-            _create_database(live_port)
+        if _process.wait_until(lambda: _answers(live_port, layout.data, password), START_TIMEOUT):
+            _secure(layout, live_port, password)
+            _create_database(live_port, password)
             return live_port, False
         raise ConfigError(
             f"embedded PostgreSQL (pid {live[0]}) runs but does not answer on port "
@@ -203,7 +210,7 @@ def ensure(layout: Layout, port: int | None) -> tuple[int, bool]:
             run_as=run_as.name if run_as else None,
         )
     if not (layout.data / "PG_VERSION").exists():
-        _initdb(bindir, layout, run_as)
+        _initdb(bindir, layout, run_as, password)
     _remove_stale_pidfile(layout)
     for attempt in range(_PORT_ATTEMPTS):
         if attempt > 0 or port is None or not _process.port_free(port):
@@ -215,7 +222,8 @@ def ensure(layout: Layout, port: int | None) -> tuple[int, bool]:
             log.warning("embedded.postgres.port_taken", port=port)
             continue
         try:
-            _create_database(port)
+            _secure(layout, port, password)
+            _create_database(port, password)
         except BaseException:
             stop(layout)
             raise
@@ -233,13 +241,19 @@ def ensure(layout: Layout, port: int | None) -> tuple[int, bool]:
     )
 
 
-def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
+def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None, password: str) -> None:
     began = time.monotonic()
     staging = layout.root / "data.initdb"
+    pwfile = layout.root / "initdb.password"
     # initdb into a side folder and rename, so an interrupted initdb never leaves a
     # half-made data folder that later starts would trip over.
     if staging.exists():
         shutil.rmtree(staging)
+    pwfile.unlink(missing_ok=True)
+    pwfile.touch(mode=0o600)
+    pwfile.write_text(password + "\n", encoding="utf-8")
+    if run_as is not None:
+        os.chown(pwfile, run_as.uid, run_as.gid)
     try:
         code, output = _process.run(
             [
@@ -248,7 +262,8 @@ def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
                 str(staging),
                 "-U",
                 DATABASE_ROLE,
-                "--auth=trust",
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
                 "--encoding=UTF8",
                 "--locale=C",
                 "--no-instructions",
@@ -261,6 +276,8 @@ def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
         # Interrupted (Ctrl-C) or failed to run: no half-made folder for the next start.
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        pwfile.unlink(missing_ok=True)
     if code != 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise ConfigError(
@@ -273,18 +290,50 @@ def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
             f"listen_addresses = '{_process.LOOPBACK}'\n"
             "unix_socket_directories = ''\n"
         )
-    # Trust connections from this machine only; nothing else can reach loopback anyway.
-    (staging / "pg_hba.conf").write_text(
-        "# Written by hookdrop: trust local TCP connections only.\n"
-        "host all all 127.0.0.1/32 trust\n"
-        "host all all ::1/128 trust\n",
-        encoding="utf-8",
-    )
+    _write_hba(staging)
     staging.rename(layout.data)
     log.info(
         "embedded.postgres.initialised",
         dir=str(layout.data),
         seconds=round(time.monotonic() - began, 3),
+    )
+
+
+def _write_hba(data: Path) -> None:
+    # Loopback TCP only, and only with the password: every local user can reach loopback.
+    (data / "pg_hba.conf").write_text(
+        "# Written by hookdrop: local TCP connections with the password only.\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+        "host all all ::1/128 scram-sha-256\n",
+        encoding="utf-8",
+    )
+
+
+def _secure(layout: Layout, port: int, password: str) -> None:
+    """Give a data folder made with ``trust`` (by an earlier hookdrop) the password."""
+    hba = layout.data / "pg_hba.conf"
+    if " trust" not in hba.read_text(encoding="utf-8"):
+        return
+    with _connect(port, password) as conn:
+        conn.execute(
+            sql.SQL("alter role {} password {}").format(
+                sql.Identifier(DATABASE_ROLE), sql.Literal(password)
+            )
+        )
+        _write_hba(layout.data)
+        conn.execute("select pg_reload_conf()")
+    log.warning("embedded.postgres.password_set", dir=str(layout.data))
+
+
+def _connect(port: int, password: str, timeout: int = 5) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=_process.LOOPBACK,
+        port=port,
+        user=DATABASE_ROLE,
+        password=password,
+        dbname="postgres",
+        connect_timeout=timeout,
+        autocommit=True,
     )
 
 
@@ -317,17 +366,10 @@ def _pg_ctl_start(bindir: Path, layout: Layout, run_as: RunAs | None, port: int)
     raise ConfigError(f"embedded PostgreSQL failed to start: {reason}; see {layout.log}")
 
 
-def _answers(port: int, data: Path) -> bool:
+def _answers(port: int, data: Path, password: str) -> bool:
     """True when the server on ``port`` answers and serves ``data`` (not another server)."""
     try:
-        with psycopg.connect(
-            host=_process.LOOPBACK,
-            port=port,
-            user=DATABASE_ROLE,
-            dbname="postgres",
-            connect_timeout=2,
-            autocommit=True,
-        ) as conn:
+        with _connect(port, password, timeout=2) as conn:
             row = conn.execute("select current_setting('data_directory')").fetchone()
     except psycopg.OperationalError as exc:
         log.debug("embedded.postgres.not_ours", port=port, error=str(exc).strip())
@@ -335,15 +377,8 @@ def _answers(port: int, data: Path) -> bool:
     return row is not None and Path(str(row[0])).resolve() == data.resolve()
 
 
-def _create_database(port: int) -> None:
-    with psycopg.connect(
-        host=_process.LOOPBACK,
-        port=port,
-        user=DATABASE_ROLE,
-        dbname="postgres",
-        connect_timeout=5,
-        autocommit=True,
-    ) as conn:
+def _create_database(port: int, password: str) -> None:
+    with _connect(port, password) as conn:
         exists = conn.execute(
             "select 1 from pg_database where datname = %s", (DATABASE_NAME,)
         ).fetchone()
