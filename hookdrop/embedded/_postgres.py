@@ -272,26 +272,26 @@ def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None, password: str) -
             cwd=layout.root,
             timeout=120,
         )
+        if code != 0:
+            raise ConfigError(
+                f"embedded PostgreSQL initdb failed: {_process.last_line(output) or 'no output'}"
+            )
+        with (staging / "postgresql.conf").open("a", encoding="utf-8") as conf:
+            conf.write(
+                "\n# Added by hookdrop: loopback TCP only. No unix socket, so the length of\n"
+                "# the state folder's path never matters; the port is given at start.\n"
+                f"listen_addresses = '{_process.LOOPBACK}'\n"
+                "unix_socket_directories = ''\n"
+            )
+        _write_hba(staging)
+        staging.rename(layout.data)
     except BaseException:
-        # Interrupted (Ctrl-C) or failed to run: no half-made folder for the next start.
+        # Interrupted (Ctrl-C) or failed: no half-made folder for the next start. The run
+        # returns only once initdb and its children are gone, so nothing writes here now.
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
         pwfile.unlink(missing_ok=True)
-    if code != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ConfigError(
-            f"embedded PostgreSQL initdb failed: {_process.last_line(output) or 'no output'}"
-        )
-    with (staging / "postgresql.conf").open("a", encoding="utf-8") as conf:
-        conf.write(
-            "\n# Added by hookdrop: loopback TCP only. No unix socket, so the length of\n"
-            "# the state folder's path never matters; the port is given at start.\n"
-            f"listen_addresses = '{_process.LOOPBACK}'\n"
-            "unix_socket_directories = ''\n"
-        )
-    _write_hba(staging)
-    staging.rename(layout.data)
     log.info(
         "embedded.postgres.initialised",
         dir=str(layout.data),

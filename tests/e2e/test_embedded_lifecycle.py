@@ -287,6 +287,18 @@ def test_a_kill_9_of_a_busy_demo_leaves_no_process_running(home: Path) -> None:
         kill_group(demo)
 
 
+def _writing_in(folder: Path) -> list[int]:
+    """Live processes whose command line names ``folder``."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if process.status() != psutil.STATUS_ZOMBIE and str(folder) in " ".join(
+                process.info["cmdline"] or []
+            ):
+                found.append(process.pid)
+    return found
+
+
 def test_ctrl_c_during_initdb_ends_cleanly_and_the_next_run_works(home: Path) -> None:
     staging = home / ".hookdrop" / "pg" / "data.initdb"
     with (home / "migrate.log").open("ab") as out:
@@ -311,6 +323,8 @@ def test_ctrl_c_during_initdb_ends_cleanly_and_the_next_run_works(home: Path) ->
     output = (home / "migrate.log").read_text()
     assert "Traceback" not in output, output[-3000:]
     assert output.strip().splitlines()[-1] == "aborted"
+    # Nothing of initdb (its postgres children included) outlives the command to write there.
+    assert _writing_in(staging) == []
     assert not staging.exists() and not (home / ".hookdrop" / "pg" / "data").exists()
     assert _left_in(home) == []
 
