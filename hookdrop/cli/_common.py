@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from hookdrop.errors import ConfigError, NotRunning
+from hookdrop.errors import ConfigError, NotRunning, SchemaOutdated
 from hookdrop.settings import SETTINGS, Settings, environ_snapshot
 
 F = Callable[..., Any]
@@ -73,6 +73,7 @@ def connect(
     with contextlib.ExitStack() as owned:
         # Given URLs first: a wrong one fails the command before anything is started.
         _check_reachable(settings.redis_url, settings.database_url)
+        given_database_url = bool(settings.database_url)
         missing = [
             name
             for name, url in (
@@ -122,7 +123,15 @@ def connect(
                 if migrate:
                     store.migrate()
                 else:
-                    store.check_schema()
+                    try:
+                        store.check_schema()
+                    except SchemaOutdated:
+                        if not given_database_url:
+                            raise SchemaOutdated(
+                                f"the embedded PostgreSQL of {settings.state_dir}: schema not "
+                                "up to date; run `hookdrop db migrate`"
+                            ) from None
+                        raise
         yield settings
 
 

@@ -31,11 +31,17 @@ def _server_lines(redis_url: str | None, database_url: str | None) -> list[str]:
 @servers.command("start")
 @with_settings
 def servers_start(settings: Settings) -> None:
-    """Start them (if they do not run yet) and keep them until `hookdrop servers stop`."""
+    """Start them (if they do not run yet), migrate the schema and keep them until
+    `hookdrop servers stop`."""
     from hookdrop.embedded import start_detached
+    from hookdrop.store import Store
 
     configure_logs(settings, "servers")
     found = start_detached(settings.state_dir)
+    assert found.database_url is not None  # start_detached starts both or raises
+    # So every command works against them at once (status, files, ...).
+    with Store(found.database_url, application_name="hookdrop-servers") as store:
+        store.migrate()
     click.echo("\n".join(_server_lines(found.redis_url, found.database_url)))
 
 

@@ -16,7 +16,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hookdrop.embedded import EmbeddedServers, embedded_postgres_dir, find_running, stop_embedded
+from hookdrop.embedded import (
+    EmbeddedServers,
+    embedded_postgres_dir,
+    embedded_servers,
+    find_running,
+    stop_embedded,
+)
 from tests.helpers import dies_with_tests, free_port, kill_group, run_hookdrop, wait_for
 
 pytestmark = [
@@ -331,3 +337,28 @@ def test_ctrl_c_during_initdb_ends_cleanly_and_the_next_run_works(home: Path) ->
     again = run_hookdrop("db", "migrate", env=_env(home), cwd=home, timeout=180)
 
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_commands_work_against_servers_start_at_once_and_name_an_unmigrated_one(
+    home: Path,
+) -> None:
+    state = home / ".hookdrop"
+    # Servers some other way started (never migrated): the error names them, not a setting.
+    with embedded_servers(state):
+        unmigrated = run_hookdrop("status", env=_env(home), cwd=home, timeout=60)
+    assert unmigrated.returncode != 0
+    assert f"the embedded PostgreSQL of {state.resolve()}: schema not up to date" in (
+        unmigrated.stderr
+    ), unmigrated.stderr[-3000:]
+    assert "DATABASE_URL" not in unmigrated.stderr
+
+    started = run_hookdrop("servers", "start", env=_env(home), cwd=home, timeout=180)
+    assert started.returncode == 0, started.stderr[-3000:]
+    for server in ("redis", "postgres"):
+        password = (state / f"{server}.password").read_text(encoding="utf-8").strip()
+        assert password not in started.stdout
+    assert ":***@127.0.0.1:" in started.stdout
+
+    for command in (("status",), ("files",)):
+        result = run_hookdrop(*command, env=_env(home), cwd=home, timeout=60)
+        assert result.returncode == 0, result.stderr[-3000:]
