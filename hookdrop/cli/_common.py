@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from hookdrop.errors import ConfigError, NotRunning, SchemaOutdated
-from hookdrop.settings import SETTINGS, Settings, environ_snapshot
+from hookdrop.settings import SETTINGS, Settings, environ_snapshot, without_password
 
 F = Callable[..., Any]
 
@@ -164,7 +164,7 @@ def _named(name: str, url: str) -> str:
 def _masked(text: str, url: str) -> str:
     """``text`` without the password of ``url``, should a library have quoted it."""
     password = _password(url)
-    return text.replace(password, "***") if password else text
+    return without_password(text.replace(password, "***") if password else text)
 
 
 def check_inbox(settings: Settings) -> None:
@@ -181,8 +181,18 @@ def check_inbox(settings: Settings) -> None:
 
 
 def _password(url: str) -> str | None:
+    """The password of a URL or of a key=value connection string (``password=...``)."""
     from urllib.parse import parse_qsl, urlsplit
 
+    if "://" not in url:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            value = conninfo_to_dict(url).get("password")
+        except psycopg.Error:
+            return None
+        return str(value) if value else None
     try:
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
@@ -192,14 +202,9 @@ def _password(url: str) -> str | None:
 
 
 def hide_password(url: str) -> str:
-    """``url`` with its password (in the user part or a ``password=`` option) as ``***``."""
-    password = _password(url)
-    if not password:
-        return url
-    head, sep, tail = url.partition("?")
-    head = head.replace(f":{password}@", ":***@")
-    tail = tail.replace(f"password={password}", "password=***")
-    return head + sep + tail
+    """``url`` with its password (in the user part, a ``password=`` option, or a key=value
+    connection string's ``password=``) as ``***``."""
+    return without_password(url)
 
 
 def configure_logs(settings: Settings, process: str) -> None:
