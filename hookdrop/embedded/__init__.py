@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ import psycopg
 import redis
 import structlog
 
-from hookdrop.embedded import _postgres, _redis, _state, _users
+from hookdrop.embedded import _postgres, _process, _redis, _state, _users
 from hookdrop.embedded._postgres import DATABASE_NAME, DATABASE_ROLE
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "redis_problem",
     "redis_reachable",
     "remove_embedded",
+    "server_processes",
     "servers_use",
     "start_detached",
     "stop_embedded",
@@ -133,6 +135,11 @@ def start_detached(state_dir: Path) -> EmbeddedServers:
 
 def _leave(state_dir: Path, users: IO[str]) -> None:
     """Stop being a user; the last one out stops the servers unless they are kept."""
+    if not state_dir.is_dir():
+        # Deleted under us (an rm -rf of the checkout): nothing to lock or read any more; the
+        # guardian stops the servers it knew once every user has let go.
+        users.close()
+        return
     with users:
         with _state.locked(state_dir):
             last = _users.last_to_leave(users)
@@ -214,6 +221,21 @@ def stop_unused(state_dir: Path) -> list[str]:
         return []
     with _state.locked(state_dir):
         return _stop_all_locked(state_dir, unless_kept=True)
+
+
+def server_processes(state_dir: Path) -> list[_process.Known]:
+    """The servers of ``state_dir`` running now, as the guardian keeps them in mind: should
+    the state folder be deleted under them, it still stops them."""
+    state = _state.read(state_dir)
+    rdir = state_dir / "redis"
+    found = []
+    pid = _process.read_pid(rdir / "redis.pid")
+    if pid is not None and _process.is_our_process(pid, "redis-server", rdir):
+        found.append(_process.Known.of(pid, signal.SIGTERM))
+    live = _postgres.postmaster(_postgres.Layout(_postgres.postgres_dir(state_dir, state)).data)
+    if live is not None:
+        found.append(_process.Known.of(live[0], signal.SIGINT))  # fast shutdown
+    return [known for known in found if known is not None]
 
 
 def servers_use(state_dir: Path) -> str:

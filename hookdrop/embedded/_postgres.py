@@ -187,7 +187,7 @@ def ensure(layout: Layout, port: int | None, password: str) -> tuple[int, bool]:
         _secure(layout, port, password)
         _create_database(port, password)
         return port, False
-    live = _postmaster(layout.data)
+    live = postmaster(layout.data)
     if live is not None:
         # Alive but not answering yet (starting, recovering): wait rather than start again.
         live_port = live[1]
@@ -387,7 +387,7 @@ def _create_database(port: int, password: str) -> None:
             log.info("embedded.postgres.database_created", database=DATABASE_NAME)
 
 
-def _postmaster(data: Path) -> tuple[int, int] | None:
+def postmaster(data: Path) -> tuple[int, int] | None:
     """(pid, port) of the live postmaster of ``data``, from its postmaster.pid."""
     try:
         lines = (data / "postmaster.pid").read_text(encoding="utf-8").splitlines()
@@ -431,12 +431,12 @@ def _remove_stale_pidfile(layout: Layout) -> None:
 
 def stop(layout: Layout) -> int | None:
     """Stop the PostgreSQL of ``layout`` wherever it was started from; its pid, if any."""
-    live = _postmaster(layout.data)
+    live = postmaster(layout.data)
     if live is None:
         return None
     pid = live[0]
     os.kill(pid, signal.SIGINT)  # fast shutdown
-    if not _process.wait_until(lambda: _postmaster(layout.data) is None, STOP_TIMEOUT):
+    if not _process.wait_until(lambda: postmaster(layout.data) is None, STOP_TIMEOUT):
         raise HookdropError(
             f"embedded PostgreSQL (pid {pid}) did not stop within {STOP_TIMEOUT:.0f} s; "
             f"see {layout.log}"

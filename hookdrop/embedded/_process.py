@@ -130,6 +130,38 @@ def is_our_process(pid: int, name: str, cwd: Path) -> bool:
         return False  # another user's process, so not one of ours
 
 
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A server process as seen while its state folder existed: enough to stop it later
+    even when that folder is gone (the start time guards against pid reuse)."""
+
+    pid: int
+    created: float
+    stop_signal: int
+
+    @classmethod
+    def of(cls, pid: int, stop_signal: int) -> Known | None:
+        try:
+            return cls(pid, psutil.Process(pid).create_time(), stop_signal)
+        except psutil.Error:
+            return None
+
+    def alive(self) -> bool:
+        try:
+            process = psutil.Process(self.pid)
+            same: bool = process.create_time() == self.created
+            return same and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def stop(self, timeout: float) -> bool:
+        """Signal it to stop and wait; True once it is gone."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, self.stop_signal)
+        return wait_until(lambda: not self.alive(), timeout)
+
+
 def read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text(encoding="utf-8").split()[0])
