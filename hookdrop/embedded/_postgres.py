@@ -201,8 +201,16 @@ def ensure(layout: Layout, port: int | None, password: str) -> tuple[int, bool]:
         )
     install_dir()  # a missing package is reported before anything is created
     run_as = _run_as_for(layout)
-    _prepare_root(layout, run_as)
-    bindir = binaries_for(install_dir(), layout.root.parent, run_as)
+    try:
+        _prepare_root(layout, run_as)
+        bindir = binaries_for(install_dir(), layout.root.parent, run_as)
+    except OSError as exc:
+        # A read-only /var/lib, a state folder PostgreSQL's user cannot enter, a full disk.
+        where = f" {exc.filename}" if exc.filename else ""
+        raise ConfigError(
+            f"cannot prepare the embedded PostgreSQL's folder{where}: "
+            f"{exc.strerror or exc}; choose another HOOKDROP_STATE_DIR or set DATABASE_URL"
+        ) from None
     if relocated(layout) and not layout.data.exists():
         log.warning(
             "embedded.postgres.relocated",
@@ -391,8 +399,8 @@ def postmaster(data: Path) -> tuple[int, int] | None:
     """(pid, port) of the live postmaster of ``data``, from its postmaster.pid."""
     try:
         lines = (data / "postmaster.pid").read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return None
+    except OSError:
+        return None  # none, or its folder cannot be reached: nothing runs from it
     try:
         pid, port = int(lines[0]), int(lines[3])
     except (IndexError, ValueError):

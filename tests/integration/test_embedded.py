@@ -22,6 +22,7 @@ import pytest
 import redis
 
 import hookdrop.embedded
+import hookdrop.embedded._postgres
 from hookdrop.embedded import (
     EmbeddedServers,
     embedded_postgres_dir,
@@ -478,3 +479,21 @@ def _link_or_copy(source: str, target: str) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+
+
+@needs_root
+def test_a_postgres_folder_that_cannot_be_made_is_a_one_line_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a read-only /var/lib: the folders PostgreSQL's files would be moved to cannot be made.
+    blocked = tmp_path / "var-lib"
+    blocked.write_text("a file where a folder should be", encoding="utf-8")
+    parents = (blocked / "hookdrop", blocked / "hookdrop" / "embedded-postgres")
+    monkeypatch.setattr(hookdrop.embedded._postgres, "_ROOT_PG_PARENTS", parents)
+    state_dir = tmp_path / "st"
+
+    with pytest.raises(ConfigError) as caught, embedded_servers(state_dir, redis=False):
+        pass
+
+    assert str(caught.value).startswith("cannot prepare the embedded PostgreSQL's folder")
+    assert "\n" not in str(caught.value) and "HOOKDROP_STATE_DIR" in str(caught.value)
