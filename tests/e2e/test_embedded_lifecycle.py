@@ -362,3 +362,26 @@ def test_commands_work_against_servers_start_at_once_and_name_an_unmigrated_one(
     for command in (("status",), ("files",)):
         result = run_hookdrop(*command, env=_env(home), cwd=home, timeout=60)
         assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_servers_removed_under_a_demo_end_it_in_one_line(home: Path) -> None:
+    demo = _start_demo(home)
+    started: list[psutil.Process] = []
+    try:
+        started = _busy_tree(home, demo)
+
+        removed = run_hookdrop("servers", "stop", "--remove", env=_env(home), cwd=home, timeout=120)
+
+        assert removed.returncode == 0, removed.stderr[-3000:]
+        assert demo.wait(timeout=120) == 1, (home / "demo.log").read_text()[-3000:]
+        output = (home / "demo.log").read_text()
+        assert "Traceback" not in output, output[-3000:]
+        assert output.strip().splitlines()[-1] == (
+            "hookdrop: error: the embedded servers were stopped under the demo"
+        )
+        wait_for(lambda: _alive(started) == [], timeout=60, what="the demo's processes gone")
+    finally:
+        for process in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        kill_group(demo)
