@@ -198,7 +198,7 @@ def remove_embedded(state_dir: Path) -> list[Path]:
         return []
     with _state.locked(state_dir):
         _stop_all_locked(state_dir, unless_kept=False)
-        state = _state.read(state_dir)
+        state = _state.read(state_dir, lenient=True)
         removed = []
         for folder in (
             _postgres.postgres_dir(state_dir, state) if state.get("postgres_dir") else None,
@@ -253,7 +253,8 @@ def servers_use(state_dir: Path) -> str:
 
 def _stop_all_locked(state_dir: Path, *, unless_kept: bool) -> list[str]:
     """Stop both servers (state lock held); kept ones only when ``unless_kept`` is false."""
-    state = _state.read(state_dir)
+    # `servers stop` works with a garbled record too, as its error advises.
+    state = _state.read(state_dir, lenient=not unless_kept)
     if unless_kept and state.get("kept"):
         return []
     stopped = []

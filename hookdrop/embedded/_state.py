@@ -17,6 +17,9 @@ from hookdrop.errors import ConfigError
 
 _LOCK_FILE = "embedded.lock"
 _STATE_FILE = "embedded.json"
+# The PostgreSQL folder again, on its own: should embedded.json be lost or garbled, a stop still
+# finds a server whose data was moved out of the state folder.
+_POSTGRES_DIR_FILE = "postgres.dir"
 _LOCK_TIMEOUT = 180.0
 
 
@@ -58,23 +61,38 @@ def locked(state_dir: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def read(state_dir: Path) -> dict[str, Any]:
+def read(state_dir: Path, *, lenient: bool = False) -> dict[str, Any]:
+    """The record; ``lenient`` (stopping): a garbled one counts as empty but for the
+    PostgreSQL folder, which is also kept on its own."""
     path = state_dir / _STATE_FILE
+    state: Any = {}
     try:
-        raw = path.read_text(encoding="utf-8")
+        state = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
+        pass
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-    try:
-        state = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not valid JSON ({exc}); delete it to choose new ports"
-        ) from exc
+        if not lenient:
+            raise ConfigError(
+                f"{path} is not valid JSON ({exc}); run `hookdrop servers stop`, then delete "
+                "it to choose new ports"
+            ) from exc
+        state = {}
     if not isinstance(state, dict):
-        raise ConfigError(f"{path} must hold a JSON object; delete it to choose new ports")
-    return state
+        if not lenient:
+            raise ConfigError(
+                f"{path} must hold a JSON object; run `hookdrop servers stop`, then delete it "
+                "to choose new ports"
+            )
+        state = {}
+    record: dict[str, Any] = state
+    if not record.get("postgres_dir"):
+        with contextlib.suppress(FileNotFoundError):
+            recorded = (state_dir / _POSTGRES_DIR_FILE).read_text(encoding="utf-8").strip()
+            if recorded:
+                record["postgres_dir"] = recorded
+    return record
 
 
 def write(state_dir: Path, state: dict[str, Any]) -> None:
@@ -84,6 +102,12 @@ def write(state_dir: Path, state: dict[str, Any]) -> None:
     temporary.unlink(missing_ok=True)
     _write_private(temporary, json.dumps(state, indent=2, sort_keys=True) + "\n")
     os.replace(temporary, path)
+    recorded = state.get("postgres_dir")
+    side = state_dir / _POSTGRES_DIR_FILE
+    if isinstance(recorded, str) and recorded and not side.exists():
+        temporary = side.with_suffix(".tmp")
+        temporary.write_text(recorded + "\n", encoding="utf-8")
+        os.replace(temporary, side)
 
 
 def secret(state_dir: Path, server: str) -> str:
@@ -119,6 +143,7 @@ def _write_private(path: Path, text: str) -> None:
 def forget(state_dir: Path) -> None:
     """Delete the record and passwords: the next start chooses them afresh."""
     (state_dir / _STATE_FILE).unlink(missing_ok=True)
+    (state_dir / _POSTGRES_DIR_FILE).unlink(missing_ok=True)
     for path in state_dir.glob("*.password"):
         path.unlink()
 

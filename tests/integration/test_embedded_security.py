@@ -1,6 +1,7 @@
 """The embedded servers answer only to hookdrop's commands: every local user reaches loopback,
 and they run as root or as the postgres user, so a password guards both and Redis has its
-commands that write files, load code or follow another server disabled."""
+commands that write files, load code or follow another server disabled. A stop finds them
+even when their record is garbled."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ from psycopg import sql
 from hookdrop.embedded import (
     embedded_postgres_dir,
     embedded_servers,
+    find_running,
     postgres_reachable,
+    start_detached,
     stop_embedded,
 )
+from hookdrop.errors import ConfigError
 from tests.integration.test_embedded import RELOCATED, _clean_up
 
 pytestmark = pytest.mark.skipif(
@@ -123,3 +127,19 @@ def test_a_postgres_made_without_a_password_gets_one_at_its_next_start(state_dir
         with _pg(port, password) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
     assert stop_embedded(state_dir) == []
+
+
+def test_servers_stop_stops_both_servers_despite_a_garbled_record(state_dir: Path) -> None:
+    servers = start_detached(state_dir)
+    assert servers.redis_url and servers.database_url
+    pg_dir = embedded_postgres_dir(state_dir)
+    (state_dir / "embedded.json").write_text("{garbled", encoding="utf-8")
+    with pytest.raises(ConfigError, match="run `hookdrop servers stop`, then delete it"):
+        find_running(state_dir)
+
+    assert sorted(stop_embedded(state_dir)) == ["postgres", "redis"]
+
+    assert not postgres_reachable(servers.database_url)
+    assert not (pg_dir / "data" / "postmaster.pid").exists()
+    (state_dir / "embedded.json").unlink()  # as the error advises, once they are stopped
+    assert embedded_postgres_dir(state_dir) == pg_dir  # the data is found again
