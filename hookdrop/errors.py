@@ -17,6 +17,10 @@ class ConfigError(HookdropError):
     """A setting is missing or wrong; the message names the setting and says what is wrong."""
 
 
+class SchemaOutdated(ConfigError):
+    """The database has not been migrated to this version's schema (`hookdrop db migrate`)."""
+
+
 class NotRunning(HookdropError):
     """A command that only looks at a running hookdrop found no servers to look at."""
 

@@ -91,13 +91,21 @@ def _database_url(value: str) -> str:
     return value
 
 
-def _without_password(value: str) -> str:
-    """``value`` with the password of a URL's user part as ``***`` (other text unchanged)."""
+# ``password=...`` in a key=value connection string (``host=h password=s3cret``) or in a
+# URL's options: the value is quoted ('it''s', 'a\'b') or runs to a space or ``&``.
+_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", re.IGNORECASE)
+
+
+def without_password(value: str) -> str:
+    """``value`` with every password in it as ``***``: a URL's user part, and ``password=``
+    in a key=value connection string or a URL's options (other text unchanged)."""
     try:
         password = urlsplit(value).password
     except ValueError:
-        return value
-    return value.replace(f":{password}@", ":***@") if password else value
+        password = None
+    if password:
+        value = value.replace(f":{password}@", ":***@")
+    return _KEYWORD_PASSWORD.sub(r"\g<1>***", value)
 
 
 def parse_secret(value: str) -> str:
@@ -451,7 +459,7 @@ class Settings:
             try:
                 values[spec.field] = spec.parse(raw)
             except ValueError as exc:
-                shown = "whsec_..." if spec.field == "signing_secret" else _without_password(raw)
+                shown = "whsec_..." if spec.field == "signing_secret" else without_password(raw)
                 raise ConfigError(f"{source}={shown!r}: {exc}") from None
         return cls(**values)
 

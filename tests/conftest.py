@@ -11,8 +11,9 @@ and exactly those keys are deleted when it ends; nothing is flushed. Each test h
 PostgreSQL database, cloned from a migrated template. Every hookdrop process a test starts
 with ``hookdrop_process`` is killed with its process group when the test ends, pass or fail,
 and every process a test starts gets SIGKILL if the test run itself dies
-(``tests.helpers.dies_with_tests``). A SIGTERM ends the run as Ctrl-C does, with every
-fixture's clean-up.
+(``tests.helpers.dies_with_tests``); what a killed run left (its state folder, its databases)
+is removed by the next run's start (``tests.leftovers``). A SIGTERM ends the run as Ctrl-C
+does, with every fixture's clean-up.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from hookdrop.keys import Keys
 from hookdrop.queues import forget_deployment
 from hookdrop.settings import Settings
 from hookdrop.store import Store
+from tests import leftovers
 from tests.helpers import free_port, reap_processes
 
 
@@ -66,11 +68,14 @@ def servers() -> Iterator[Servers]:
 
     redis_url = os.environ.get("REDIS_URL") or None
     pg_url = os.environ.get("DATABASE_URL") or None
+    # What killed runs left: only theirs, never a live run's.
+    leftovers.forget_dead_folders(Path(tempfile.gettempdir()))
     with contextlib.ExitStack() as session:
         if not (redis_url and pg_url):
             # Readable by the server user PostgreSQL runs as under root.
             state_dir = Path(tempfile.mkdtemp(prefix="hookdrop-test-"))
             state_dir.chmod(0o755)
+            leftovers.mark_folder(state_dir, os.getpid())
             session.callback(shutil.rmtree, state_dir, ignore_errors=True)
             try:
                 embedded = session.enter_context(
@@ -85,6 +90,7 @@ def servers() -> Iterator[Servers]:
             _unavailable(f"REDIS_URL={redis_url}: server not reachable")
         if not postgres_reachable(pg_url):
             _unavailable(f"DATABASE_URL={pg_url}: server not reachable")
+        leftovers.forget_dead_databases(pg_url)
         yield Servers(redis_url=redis_url, admin_url=pg_url)
 
 
@@ -99,6 +105,7 @@ def template_db(servers: Servers) -> Iterator[str]:
     with psycopg.connect(servers.admin_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
+        leftovers.mark_database(servers.admin_url, name, os.getpid())
         with Store(_with_database(servers.admin_url, name)) as store:
             store.migrate()
         yield name
@@ -112,6 +119,7 @@ def database_url(servers: Servers, template_db: str) -> Iterator[str]:
     name = f"hookdrop_t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(servers.admin_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    leftovers.mark_database(servers.admin_url, name, os.getpid())
     yield _with_database(servers.admin_url, name)
     with psycopg.connect(servers.admin_url, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

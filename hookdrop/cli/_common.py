@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from hookdrop.errors import ConfigError, NotRunning
-from hookdrop.settings import SETTINGS, Settings, environ_snapshot
+from hookdrop.errors import ConfigError, NotRunning, SchemaOutdated
+from hookdrop.settings import SETTINGS, Settings, environ_snapshot, without_password
 
 F = Callable[..., Any]
 
@@ -73,6 +73,7 @@ def connect(
     with contextlib.ExitStack() as owned:
         # Given URLs first: a wrong one fails the command before anything is started.
         _check_reachable(settings.redis_url, settings.database_url)
+        given_database_url = bool(settings.database_url)
         missing = [
             name
             for name, url in (
@@ -122,7 +123,15 @@ def connect(
                 if migrate:
                     store.migrate()
                 else:
-                    store.check_schema()
+                    try:
+                        store.check_schema()
+                    except SchemaOutdated:
+                        if not given_database_url:
+                            raise SchemaOutdated(
+                                f"the embedded PostgreSQL of {settings.state_dir}: schema not "
+                                "up to date; run `hookdrop db migrate`"
+                            ) from None
+                        raise
         yield settings
 
 
@@ -155,7 +164,7 @@ def _named(name: str, url: str) -> str:
 def _masked(text: str, url: str) -> str:
     """``text`` without the password of ``url``, should a library have quoted it."""
     password = _password(url)
-    return text.replace(password, "***") if password else text
+    return without_password(text.replace(password, "***") if password else text)
 
 
 def check_inbox(settings: Settings) -> None:
@@ -172,8 +181,18 @@ def check_inbox(settings: Settings) -> None:
 
 
 def _password(url: str) -> str | None:
+    """The password of a URL or of a key=value connection string (``password=...``)."""
     from urllib.parse import parse_qsl, urlsplit
 
+    if "://" not in url:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            value = conninfo_to_dict(url).get("password")
+        except psycopg.Error:
+            return None
+        return str(value) if value else None
     try:
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
@@ -183,14 +202,9 @@ def _password(url: str) -> str | None:
 
 
 def hide_password(url: str) -> str:
-    """``url`` with its password (in the user part or a ``password=`` option) as ``***``."""
-    password = _password(url)
-    if not password:
-        return url
-    head, sep, tail = url.partition("?")
-    head = head.replace(f":{password}@", ":***@")
-    tail = tail.replace(f"password={password}", "password=***")
-    return head + sep + tail
+    """``url`` with its password (in the user part, a ``password=`` option, or a key=value
+    connection string's ``password=``) as ``***``."""
+    return without_password(url)
 
 
 def configure_logs(settings: Settings, process: str) -> None:

@@ -10,6 +10,7 @@ from types import FrameType
 import click
 
 from hookdrop.cli._common import configure_logs, connect, notifiers_option, with_settings
+from hookdrop.errors import HookdropError
 from hookdrop.settings import Settings
 
 
@@ -47,8 +48,28 @@ def demo(settings: Settings, rows: int, notifiers: int, as_json: bool, timeout: 
 
     # The run migrates a schema of its own in the database; the database's own is not used.
     with connect(settings, schema=False) as live:
-        summary = run_demo(live, rows=rows, notifiers=notifiers, as_json=as_json, timeout=timeout)
+        try:
+            summary = run_demo(
+                live, rows=rows, notifiers=notifiers, as_json=as_json, timeout=timeout
+            )
+        except Exception:
+            if _embedded_gone(settings):
+                raise HookdropError("the embedded servers were stopped under the demo") from None
+            raise
     sys.exit(0 if summary.ok else 1)
+
+
+def _embedded_gone(settings: Settings) -> bool:
+    """True when the demo ran on embedded servers and one of them no longer runs."""
+    from hookdrop.embedded import find_running
+
+    if settings.redis_url and settings.database_url:
+        return False
+    found = find_running(settings.state_dir)
+    return bool(
+        (not settings.redis_url and not found.redis_url)
+        or (not settings.database_url and not found.database_url)
+    )
 
 
 @click.command()

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from hookdrop.cli._common import configure_logs, with_settings
+from hookdrop.cli._common import configure_logs, hide_password, with_settings
 from hookdrop.settings import Settings
 
 
@@ -21,8 +21,9 @@ def servers() -> None:
 
 
 def _server_lines(redis_url: str | None, database_url: str | None) -> list[str]:
+    # The passwords stay in the state folder's *.password files (readable by this user).
     return [
-        f"{name}: {url or 'not running'}"
+        f"{name}: {hide_password(url) if url else 'not running'}"
         for name, url in (("redis", redis_url), ("postgresql", database_url))
     ]
 
@@ -30,11 +31,17 @@ def _server_lines(redis_url: str | None, database_url: str | None) -> list[str]:
 @servers.command("start")
 @with_settings
 def servers_start(settings: Settings) -> None:
-    """Start them (if they do not run yet) and keep them until `hookdrop servers stop`."""
+    """Start them (if they do not run yet), migrate the schema and keep them until
+    `hookdrop servers stop`."""
     from hookdrop.embedded import start_detached
+    from hookdrop.store import Store
 
     configure_logs(settings, "servers")
     found = start_detached(settings.state_dir)
+    assert found.database_url is not None  # start_detached starts both or raises
+    # So every command works against them at once (status, files, ...).
+    with Store(found.database_url, application_name="hookdrop-servers") as store:
+        store.migrate()
     click.echo("\n".join(_server_lines(found.redis_url, found.database_url)))
 
 

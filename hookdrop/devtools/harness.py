@@ -18,7 +18,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import psutil
+import psycopg
 import redis
+import structlog
 
 from hookdrop.connections import connect_store, database_url, redis_url
 from hookdrop.keys import Keys
@@ -28,6 +30,8 @@ from hookdrop.settings import Settings
 from hookdrop.store import FileRow, FileStatus, create_schema, drop_schema
 from hookdrop.supervise import Supervisor
 from notifier_mock import MockClient
+
+log = structlog.get_logger(__name__)
 
 _OWNER = "owner"
 
@@ -180,11 +184,22 @@ class Stack:
         if self.keep:
             (self.root / _OWNER).unlink(missing_ok=True)  # kept to look at: not abandoned
         else:
-            drop_schema(self.admin_url, self.schema)
             shutil.rmtree(self.root, ignore_errors=True)
+            # The servers may be gone (stopped under the run): then so is what it made there,
+            # and the error that ends the run says why.
+            try:
+                drop_schema(self.admin_url, self.schema)
+            except psycopg.OperationalError as exc:
+                log.warning("harness.schema_not_dropped", schema=self.schema, error=str(exc))
             conn = redis.Redis.from_url(redis_url(self.settings))
-            forget_deployment(conn, self.settings.keys)
-            conn.close()
+            try:
+                forget_deployment(conn, self.settings.keys)
+            except redis.exceptions.ConnectionError as exc:
+                log.warning(
+                    "harness.keys_not_deleted", prefix=self.settings.key_prefix, error=str(exc)
+                )
+            finally:
+                conn.close()
 
     def __enter__(self) -> Stack:
         try:

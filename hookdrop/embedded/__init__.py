@@ -20,13 +20,15 @@ Layout of the state folder::
 
     embedded.lock     fcntl lock that serialises start and stop across processes
     embedded.json     the chosen ports and PostgreSQL folder, reused by later callers; "kept"
+    *.password        each server's password
     users.lock        a shared lock held by every command using the servers
     guard.lock        held by the guardian; guard.log is its output
     redis/            redis.conf, redis.pid, redis.log (Redis keeps no data on disk)
     pg/               postgres.log and data/ (see embedded_postgres_dir when running as root)
 
-Both servers trust every connection from 127.0.0.1 without a password: this is a single-box
-default, which is one more reason production uses real servers.
+Both listen on 127.0.0.1 only and ask for a password chosen once per state folder
+(``redis.password``, ``postgres.password``, 0600 like ``embedded.json``); the URLs returned
+carry it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,7 +47,7 @@ import psycopg
 import redis
 import structlog
 
-from hookdrop.embedded import _postgres, _redis, _state, _users
+from hookdrop.embedded import _postgres, _process, _redis, _state, _users
 from hookdrop.embedded._postgres import DATABASE_NAME, DATABASE_ROLE
 
 __all__ = [
@@ -59,6 +62,7 @@ __all__ = [
     "redis_problem",
     "redis_reachable",
     "remove_embedded",
+    "server_processes",
     "servers_use",
     "start_detached",
     "stop_embedded",
@@ -131,6 +135,11 @@ def start_detached(state_dir: Path) -> EmbeddedServers:
 
 def _leave(state_dir: Path, users: IO[str]) -> None:
     """Stop being a user; the last one out stops the servers unless they are kept."""
+    if not state_dir.is_dir():
+        # Deleted under us (an rm -rf of the checkout): nothing to lock or read any more; the
+        # guardian stops the servers it knew once every user has let go.
+        users.close()
+        return
     with users:
         with _state.locked(state_dir):
             last = _users.last_to_leave(users)
@@ -154,13 +163,15 @@ def find_running(state_dir: Path) -> EmbeddedServers:
     redis_port = _state.port(state, "redis_port")
     pg_port = _state.port(state, "postgres_port")
     layout = _postgres.Layout(_postgres.postgres_dir(state_dir, state))
+    redis_password = _state.secret(state_dir, REDIS)
+    pg_password = _state.secret(state_dir, POSTGRES)
     return EmbeddedServers(
         state_dir=state_dir,
-        redis_url=_redis.url(redis_port)
-        if redis_port and _redis.running(state_dir / "redis", redis_port)
+        redis_url=_redis.url(redis_port, redis_password)
+        if redis_port and _redis.running(state_dir / "redis", redis_port, redis_password)
         else None,
-        database_url=_postgres.url(pg_port)
-        if pg_port and _postgres.running(layout, pg_port)
+        database_url=_postgres.url(pg_port, pg_password)
+        if pg_port and _postgres.running(layout, pg_port, pg_password)
         else None,
     )
 
@@ -187,7 +198,7 @@ def remove_embedded(state_dir: Path) -> list[Path]:
         return []
     with _state.locked(state_dir):
         _stop_all_locked(state_dir, unless_kept=False)
-        state = _state.read(state_dir)
+        state = _state.read(state_dir, lenient=True)
         removed = []
         for folder in (
             _postgres.postgres_dir(state_dir, state) if state.get("postgres_dir") else None,
@@ -212,6 +223,21 @@ def stop_unused(state_dir: Path) -> list[str]:
         return _stop_all_locked(state_dir, unless_kept=True)
 
 
+def server_processes(state_dir: Path) -> list[_process.Known]:
+    """The servers of ``state_dir`` running now, as the guardian keeps them in mind: should
+    the state folder be deleted under them, it still stops them."""
+    state = _state.read(state_dir)
+    rdir = state_dir / "redis"
+    found = []
+    pid = _process.read_pid(rdir / "redis.pid")
+    if pid is not None and _process.is_our_process(pid, "redis-server", rdir):
+        found.append(_process.Known.of(pid, signal.SIGTERM))
+    live = _postgres.postmaster(_postgres.Layout(_postgres.postgres_dir(state_dir, state)).data)
+    if live is not None:
+        found.append(_process.Known.of(live[0], signal.SIGINT))  # fast shutdown
+    return [known for known in found if known is not None]
+
+
 def servers_use(state_dir: Path) -> str:
     """Who keeps the servers of ``state_dir`` running, in a few words."""
     state_dir = state_dir.expanduser().resolve()
@@ -227,11 +253,13 @@ def servers_use(state_dir: Path) -> str:
 
 def _stop_all_locked(state_dir: Path, *, unless_kept: bool) -> list[str]:
     """Stop both servers (state lock held); kept ones only when ``unless_kept`` is false."""
-    state = _state.read(state_dir)
+    # `servers stop` works with a garbled record too, as its error advises.
+    state = _state.read(state_dir, lenient=not unless_kept)
     if unless_kept and state.get("kept"):
         return []
     stopped = []
-    if _redis.stop(state_dir / "redis", _state.port(state, "redis_port")) is not None:
+    redis_port = _state.port(state, "redis_port")
+    if _redis.stop(state_dir / "redis", redis_port, _state.secret(state_dir, REDIS)) is not None:
         stopped.append(REDIS)
     layout = _postgres.Layout(_postgres.postgres_dir(state_dir, state))
     if _postgres.stop(layout) is not None:
@@ -317,8 +345,12 @@ def _ensure(
     pg_port: int | None = None
     with _state.locked(state_dir):
         state = _state.read(state_dir)
+        redis_password = _state.secret(state_dir, REDIS)
+        pg_password = _state.secret(state_dir, POSTGRES)
         if want_redis:
-            redis_port, fresh = _redis.ensure(state_dir / "redis", _state.port(state, "redis_port"))
+            redis_port, fresh = _redis.ensure(
+                state_dir / "redis", _state.port(state, "redis_port"), redis_password
+            )
             if fresh:
                 started.append(REDIS)
             state["redis_port"] = redis_port
@@ -328,7 +360,9 @@ def _ensure(
             # Record the folder before anything is created in it, so it never moves.
             state["postgres_dir"] = str(layout.root)
             _state.write(state_dir, state)
-            pg_port, fresh = _postgres.ensure(layout, _state.port(state, "postgres_port"))
+            pg_port, fresh = _postgres.ensure(
+                layout, _state.port(state, "postgres_port"), pg_password
+            )
             if fresh:
                 started.append(POSTGRES)
             state["postgres_port"] = pg_port
@@ -347,8 +381,8 @@ def _ensure(
         )
     return EmbeddedServers(
         state_dir=state_dir,
-        redis_url=_redis.url(redis_port) if redis_port is not None else None,
-        database_url=_postgres.url(pg_port) if pg_port is not None else None,
+        redis_url=_redis.url(redis_port, redis_password) if redis_port is not None else None,
+        database_url=_postgres.url(pg_port, pg_password) if pg_port is not None else None,
         started=tuple(started),
     )
 
@@ -362,4 +396,8 @@ def _stop_named(state_dir: Path, names: list[str]) -> None:
         if POSTGRES in names:
             _postgres.stop(_postgres.Layout(_postgres.postgres_dir(state_dir, state)))
         if REDIS in names:
-            _redis.stop(state_dir / "redis", _state.port(state, "redis_port"))
+            _redis.stop(
+                state_dir / "redis",
+                _state.port(state, "redis_port"),
+                _state.secret(state_dir, REDIS),
+            )

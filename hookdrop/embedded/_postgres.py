@@ -10,6 +10,11 @@ PostgreSQL refuses to run as root, so under root it runs as the ``postgres`` sys
 - binaries: when it cannot reach the installed package (a virtualenv inside such a folder),
   it runs a copy of pgserver's ``bin``, ``lib``, ``share`` and bundled libraries (hard links
   where the file system allows), kept beside the data folder and made once per installation.
+
+Every local user can reach loopback, and the role is a superuser (``COPY ... TO PROGRAM``
+runs commands as the server's user), so connections need the state folder's password
+(scram-sha-256). A data folder an earlier hookdrop made with ``trust`` gets the password at
+its first start.
 """
 
 from __future__ import annotations
@@ -69,8 +74,8 @@ class _PortInUse(Exception):
     """The chosen port was taken between choosing it and the server binding it."""
 
 
-def url(port: int) -> str:
-    return f"postgresql://{DATABASE_ROLE}@{_process.LOOPBACK}:{port}/{DATABASE_NAME}"
+def url(port: int, password: str) -> str:
+    return f"postgresql://{DATABASE_ROLE}:{password}@{_process.LOOPBACK}:{port}/{DATABASE_NAME}"
 
 
 # --------------------------------------------------------------------------- where things are
@@ -171,22 +176,24 @@ def _prepare_root(layout: Layout, run_as: RunAs | None) -> None:
 # --------------------------------------------------------------------------- start and stop
 
 
-def running(layout: Layout, port: int | None) -> bool:
+def running(layout: Layout, port: int | None, password: str) -> bool:
     """True when the PostgreSQL of ``layout`` answers on ``port``."""
-    return port is not None and _answers(port, layout.data)
+    return port is not None and _answers(port, layout.data, password)
 
 
-def ensure(layout: Layout, port: int | None) -> tuple[int, bool]:
+def ensure(layout: Layout, port: int | None, password: str) -> tuple[int, bool]:
     """Reuse the running server or start one (detached): ``(port, started)``."""
-    if port is not None and _answers(port, layout.data):
-        _create_database(port)
+    if port is not None and _answers(port, layout.data, password):
+        _secure(layout, port, password)
+        _create_database(port, password)
         return port, False
-    live = _postmaster(layout.data)
+    live = postmaster(layout.data)
     if live is not None:
         # Alive but not answering yet (starting, recovering): wait rather than start again.
         live_port = live[1]
-        if _process.wait_until(lambda: _answers(live_port, layout.data), START_TIMEOUT):
-            _create_database(live_port)
+        if _process.wait_until(lambda: _answers(live_port, layout.data, password), START_TIMEOUT):
+            _secure(layout, live_port, password)
+            _create_database(live_port, password)
             return live_port, False
         raise ConfigError(
             f"embedded PostgreSQL (pid {live[0]}) runs but does not answer on port "
@@ -194,8 +201,16 @@ def ensure(layout: Layout, port: int | None) -> tuple[int, bool]:
         )
     install_dir()  # a missing package is reported before anything is created
     run_as = _run_as_for(layout)
-    _prepare_root(layout, run_as)
-    bindir = binaries_for(install_dir(), layout.root.parent, run_as)
+    try:
+        _prepare_root(layout, run_as)
+        bindir = binaries_for(install_dir(), layout.root.parent, run_as)
+    except OSError as exc:
+        # A read-only /var/lib, a state folder PostgreSQL's user cannot enter, a full disk.
+        where = f" {exc.filename}" if exc.filename else ""
+        raise ConfigError(
+            f"cannot prepare the embedded PostgreSQL's folder{where}: "
+            f"{exc.strerror or exc}; choose another HOOKDROP_STATE_DIR or set DATABASE_URL"
+        ) from None
     if relocated(layout) and not layout.data.exists():
         log.warning(
             "embedded.postgres.relocated",
@@ -203,7 +218,7 @@ def ensure(layout: Layout, port: int | None) -> tuple[int, bool]:
             run_as=run_as.name if run_as else None,
         )
     if not (layout.data / "PG_VERSION").exists():
-        _initdb(bindir, layout, run_as)
+        _initdb(bindir, layout, run_as, password)
     _remove_stale_pidfile(layout)
     for attempt in range(_PORT_ATTEMPTS):
         if attempt > 0 or port is None or not _process.port_free(port):
@@ -215,7 +230,8 @@ def ensure(layout: Layout, port: int | None) -> tuple[int, bool]:
             log.warning("embedded.postgres.port_taken", port=port)
             continue
         try:
-            _create_database(port)
+            _secure(layout, port, password)
+            _create_database(port, password)
         except BaseException:
             stop(layout)
             raise
@@ -233,13 +249,19 @@ def ensure(layout: Layout, port: int | None) -> tuple[int, bool]:
     )
 
 
-def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
+def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None, password: str) -> None:
     began = time.monotonic()
     staging = layout.root / "data.initdb"
+    pwfile = layout.root / "initdb.password"
     # initdb into a side folder and rename, so an interrupted initdb never leaves a
     # half-made data folder that later starts would trip over.
     if staging.exists():
         shutil.rmtree(staging)
+    pwfile.unlink(missing_ok=True)
+    pwfile.touch(mode=0o600)
+    pwfile.write_text(password + "\n", encoding="utf-8")
+    if run_as is not None:
+        os.chown(pwfile, run_as.uid, run_as.gid)
     try:
         code, output = _process.run(
             [
@@ -248,7 +270,8 @@ def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
                 str(staging),
                 "-U",
                 DATABASE_ROLE,
-                "--auth=trust",
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
                 "--encoding=UTF8",
                 "--locale=C",
                 "--no-instructions",
@@ -257,34 +280,68 @@ def _initdb(bindir: Path, layout: Layout, run_as: RunAs | None) -> None:
             cwd=layout.root,
             timeout=120,
         )
+        if code != 0:
+            raise ConfigError(
+                f"embedded PostgreSQL initdb failed: {_process.last_line(output) or 'no output'}"
+            )
+        with (staging / "postgresql.conf").open("a", encoding="utf-8") as conf:
+            conf.write(
+                "\n# Added by hookdrop: loopback TCP only. No unix socket, so the length of\n"
+                "# the state folder's path never matters; the port is given at start.\n"
+                f"listen_addresses = '{_process.LOOPBACK}'\n"
+                "unix_socket_directories = ''\n"
+            )
+        _write_hba(staging)
+        staging.rename(layout.data)
     except BaseException:
-        # Interrupted (Ctrl-C) or failed to run: no half-made folder for the next start.
+        # Interrupted (Ctrl-C) or failed: no half-made folder for the next start. The run
+        # returns only once initdb and its children are gone, so nothing writes here now.
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if code != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ConfigError(
-            f"embedded PostgreSQL initdb failed: {_process.last_line(output) or 'no output'}"
-        )
-    with (staging / "postgresql.conf").open("a", encoding="utf-8") as conf:
-        conf.write(
-            "\n# Added by hookdrop: loopback TCP only. No unix socket, so the length of\n"
-            "# the state folder's path never matters; the port is given at start.\n"
-            f"listen_addresses = '{_process.LOOPBACK}'\n"
-            "unix_socket_directories = ''\n"
-        )
-    # Trust connections from this machine only; nothing else can reach loopback anyway.
-    (staging / "pg_hba.conf").write_text(
-        "# Written by hookdrop: trust local TCP connections only.\n"
-        "host all all 127.0.0.1/32 trust\n"
-        "host all all ::1/128 trust\n",
-        encoding="utf-8",
-    )
-    staging.rename(layout.data)
+    finally:
+        pwfile.unlink(missing_ok=True)
     log.info(
         "embedded.postgres.initialised",
         dir=str(layout.data),
         seconds=round(time.monotonic() - began, 3),
+    )
+
+
+def _write_hba(data: Path) -> None:
+    # Loopback TCP only, and only with the password: every local user can reach loopback.
+    (data / "pg_hba.conf").write_text(
+        "# Written by hookdrop: local TCP connections with the password only.\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+        "host all all ::1/128 scram-sha-256\n",
+        encoding="utf-8",
+    )
+
+
+def _secure(layout: Layout, port: int, password: str) -> None:
+    """Give a data folder made with ``trust`` (by an earlier hookdrop) the password."""
+    hba = layout.data / "pg_hba.conf"
+    if " trust" not in hba.read_text(encoding="utf-8"):
+        return
+    with _connect(port, password) as conn:
+        conn.execute(
+            sql.SQL("alter role {} password {}").format(
+                sql.Identifier(DATABASE_ROLE), sql.Literal(password)
+            )
+        )
+        _write_hba(layout.data)
+        conn.execute("select pg_reload_conf()")
+    log.warning("embedded.postgres.password_set", dir=str(layout.data))
+
+
+def _connect(port: int, password: str, timeout: int = 5) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=_process.LOOPBACK,
+        port=port,
+        user=DATABASE_ROLE,
+        password=password,
+        dbname="postgres",
+        connect_timeout=timeout,
+        autocommit=True,
     )
 
 
@@ -317,17 +374,10 @@ def _pg_ctl_start(bindir: Path, layout: Layout, run_as: RunAs | None, port: int)
     raise ConfigError(f"embedded PostgreSQL failed to start: {reason}; see {layout.log}")
 
 
-def _answers(port: int, data: Path) -> bool:
+def _answers(port: int, data: Path, password: str) -> bool:
     """True when the server on ``port`` answers and serves ``data`` (not another server)."""
     try:
-        with psycopg.connect(
-            host=_process.LOOPBACK,
-            port=port,
-            user=DATABASE_ROLE,
-            dbname="postgres",
-            connect_timeout=2,
-            autocommit=True,
-        ) as conn:
+        with _connect(port, password, timeout=2) as conn:
             row = conn.execute("select current_setting('data_directory')").fetchone()
     except psycopg.OperationalError as exc:
         log.debug("embedded.postgres.not_ours", port=port, error=str(exc).strip())
@@ -335,15 +385,8 @@ def _answers(port: int, data: Path) -> bool:
     return row is not None and Path(str(row[0])).resolve() == data.resolve()
 
 
-def _create_database(port: int) -> None:
-    with psycopg.connect(
-        host=_process.LOOPBACK,
-        port=port,
-        user=DATABASE_ROLE,
-        dbname="postgres",
-        connect_timeout=5,
-        autocommit=True,
-    ) as conn:
+def _create_database(port: int, password: str) -> None:
+    with _connect(port, password) as conn:
         exists = conn.execute(
             "select 1 from pg_database where datname = %s", (DATABASE_NAME,)
         ).fetchone()
@@ -352,12 +395,12 @@ def _create_database(port: int) -> None:
             log.info("embedded.postgres.database_created", database=DATABASE_NAME)
 
 
-def _postmaster(data: Path) -> tuple[int, int] | None:
+def postmaster(data: Path) -> tuple[int, int] | None:
     """(pid, port) of the live postmaster of ``data``, from its postmaster.pid."""
     try:
         lines = (data / "postmaster.pid").read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return None
+    except OSError:
+        return None  # none, or its folder cannot be reached: nothing runs from it
     try:
         pid, port = int(lines[0]), int(lines[3])
     except (IndexError, ValueError):
@@ -396,12 +439,12 @@ def _remove_stale_pidfile(layout: Layout) -> None:
 
 def stop(layout: Layout) -> int | None:
     """Stop the PostgreSQL of ``layout`` wherever it was started from; its pid, if any."""
-    live = _postmaster(layout.data)
+    live = postmaster(layout.data)
     if live is None:
         return None
     pid = live[0]
     os.kill(pid, signal.SIGINT)  # fast shutdown
-    if not _process.wait_until(lambda: _postmaster(layout.data) is None, STOP_TIMEOUT):
+    if not _process.wait_until(lambda: postmaster(layout.data) is None, STOP_TIMEOUT):
         raise HookdropError(
             f"embedded PostgreSQL (pid {pid}) did not stop within {STOP_TIMEOUT:.0f} s; "
             f"see {layout.log}"

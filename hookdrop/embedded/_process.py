@@ -6,7 +6,9 @@ command's process group never reaches them; who stops them is decided in ``_user
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -50,33 +52,69 @@ def server_environ() -> dict[str, str]:
 
 
 def run(command: list[str], *, run_as: RunAs | None, cwd: Path, timeout: float) -> tuple[int, str]:
-    """Run ``command`` (as ``run_as`` if given); return its exit code and merged output."""
+    """Run ``command`` (as ``run_as`` if given); return its exit code and merged output.
+
+    Interrupted (Ctrl-C, a timeout), the command and every process it started in its session
+    are killed, and gone, before this returns: nothing of it writes to its files afterwards.
+    """
     extra = run_as.subprocess_kwargs() if run_as is not None else {}
     # A file, not a pipe: a server forked off the command could keep a pipe open forever.
     with tempfile.TemporaryFile() as output:
         try:
-            result = subprocess.run(
+            process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 cwd=cwd,
                 env=server_environ(),
-                timeout=timeout,
-                check=False,
                 # A server it forks (pg_ctl's postmaster) must not share a process group
                 # or a terminal with the command.
                 start_new_session=True,
                 **extra,
             )
-        except subprocess.TimeoutExpired as exc:
-            raise ConfigError(
-                f"{Path(command[0]).name} did not finish within {timeout:.0f} s"
-            ) from exc
         except OSError as exc:
             raise ConfigError(f"cannot run {command[0]}: {exc}") from exc
+        try:
+            code = process.wait(timeout=timeout)
+        except BaseException as exc:
+            # subprocess.run would leave the children of initdb (postgres --boot, in the
+            # command's session) writing into its folder while the caller removes it.
+            _kill_session(process)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise ConfigError(
+                    f"{Path(command[0]).name} did not finish within {timeout:.0f} s"
+                ) from exc
+            raise
         output.seek(0)
-        return result.returncode, output.read().decode("utf-8", errors="replace")
+        return code, output.read().decode("utf-8", errors="replace")
+
+
+def _kill_session(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the session ``process`` leads and wait until none of its processes is left."""
+    session = process.pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(session, signal.SIGKILL)
+    process.wait()
+
+    def members() -> list[int]:
+        found = []
+        for candidate in psutil.process_iter():
+            try:
+                if (
+                    os.getsid(candidate.pid) == session
+                    and candidate.status() != psutil.STATUS_ZOMBIE
+                ):
+                    found.append(candidate.pid)
+            except (OSError, psutil.Error):
+                continue  # gone meanwhile
+        return found
+
+    while members():
+        # A pg_ctl-started postmaster left the session (setsid) and is not a member.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(session, signal.SIGKILL)
+        time.sleep(0.02)
 
 
 def is_our_process(pid: int, name: str, cwd: Path) -> bool:
@@ -90,6 +128,38 @@ def is_our_process(pid: int, name: str, cwd: Path) -> bool:
         return False
     except psutil.AccessDenied:
         return False  # another user's process, so not one of ours
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A server process as seen while its state folder existed: enough to stop it later
+    even when that folder is gone (the start time guards against pid reuse)."""
+
+    pid: int
+    created: float
+    stop_signal: int
+
+    @classmethod
+    def of(cls, pid: int, stop_signal: int) -> Known | None:
+        try:
+            return cls(pid, psutil.Process(pid).create_time(), stop_signal)
+        except psutil.Error:
+            return None
+
+    def alive(self) -> bool:
+        try:
+            process = psutil.Process(self.pid)
+            same: bool = process.create_time() == self.created
+            return same and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def stop(self, timeout: float) -> bool:
+        """Signal it to stop and wait; True once it is gone."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, self.stop_signal)
+        return wait_until(lambda: not self.alive(), timeout)
 
 
 def read_pid(path: Path) -> int | None:

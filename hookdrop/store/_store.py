@@ -16,7 +16,7 @@ import psycopg
 import structlog
 from psycopg.types.json import Jsonb
 
-from hookdrop.errors import ConfigError
+from hookdrop.errors import SchemaOutdated
 from hookdrop.inbox import FileIdentity
 from hookdrop.store._base import Conn, execute, first_line, optional_int
 from hookdrop.store._delivery import DeliveryQueries
@@ -74,7 +74,7 @@ class Store(DeliveryQueries):
         if self._value("has_migrations_table"):
             version = self._value("schema_version")
         if version is None or version < migrations()[-1][0]:
-            raise ConfigError("DATABASE_URL: schema not up to date; run `hookdrop db migrate`")
+            raise SchemaOutdated("DATABASE_URL: schema not up to date; run `hookdrop db migrate`")
 
     # -- files ------------------------------------------------------------------------------
 

@@ -16,7 +16,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hookdrop.embedded import EmbeddedServers, embedded_postgres_dir, find_running, stop_embedded
+from hookdrop.embedded import (
+    EmbeddedServers,
+    embedded_postgres_dir,
+    embedded_servers,
+    find_running,
+    stop_embedded,
+)
 from tests.helpers import dies_with_tests, free_port, kill_group, run_hookdrop, wait_for
 
 pytestmark = [
@@ -287,6 +293,18 @@ def test_a_kill_9_of_a_busy_demo_leaves_no_process_running(home: Path) -> None:
         kill_group(demo)
 
 
+def _writing_in(folder: Path) -> list[int]:
+    """Live processes whose command line names ``folder``."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if process.status() != psutil.STATUS_ZOMBIE and str(folder) in " ".join(
+                process.info["cmdline"] or []
+            ):
+                found.append(process.pid)
+    return found
+
+
 def test_ctrl_c_during_initdb_ends_cleanly_and_the_next_run_works(home: Path) -> None:
     staging = home / ".hookdrop" / "pg" / "data.initdb"
     with (home / "migrate.log").open("ab") as out:
@@ -311,9 +329,59 @@ def test_ctrl_c_during_initdb_ends_cleanly_and_the_next_run_works(home: Path) ->
     output = (home / "migrate.log").read_text()
     assert "Traceback" not in output, output[-3000:]
     assert output.strip().splitlines()[-1] == "aborted"
+    # Nothing of initdb (its postgres children included) outlives the command to write there.
+    assert _writing_in(staging) == []
     assert not staging.exists() and not (home / ".hookdrop" / "pg" / "data").exists()
     assert _left_in(home) == []
 
     again = run_hookdrop("db", "migrate", env=_env(home), cwd=home, timeout=180)
 
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_commands_work_against_servers_start_at_once_and_name_an_unmigrated_one(
+    home: Path,
+) -> None:
+    state = home / ".hookdrop"
+    # Servers some other way started (never migrated): the error names them, not a setting.
+    with embedded_servers(state):
+        unmigrated = run_hookdrop("status", env=_env(home), cwd=home, timeout=60)
+    assert unmigrated.returncode != 0
+    assert f"the embedded PostgreSQL of {state.resolve()}: schema not up to date" in (
+        unmigrated.stderr
+    ), unmigrated.stderr[-3000:]
+    assert "DATABASE_URL" not in unmigrated.stderr
+
+    started = run_hookdrop("servers", "start", env=_env(home), cwd=home, timeout=180)
+    assert started.returncode == 0, started.stderr[-3000:]
+    for server in ("redis", "postgres"):
+        password = (state / f"{server}.password").read_text(encoding="utf-8").strip()
+        assert password not in started.stdout
+    assert ":***@127.0.0.1:" in started.stdout
+
+    for command in (("status",), ("files",)):
+        result = run_hookdrop(*command, env=_env(home), cwd=home, timeout=60)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_servers_removed_under_a_demo_end_it_in_one_line(home: Path) -> None:
+    demo = _start_demo(home)
+    started: list[psutil.Process] = []
+    try:
+        started = _busy_tree(home, demo)
+
+        removed = run_hookdrop("servers", "stop", "--remove", env=_env(home), cwd=home, timeout=120)
+
+        assert removed.returncode == 0, removed.stderr[-3000:]
+        assert demo.wait(timeout=120) == 1, (home / "demo.log").read_text()[-3000:]
+        output = (home / "demo.log").read_text()
+        assert "Traceback" not in output, output[-3000:]
+        assert output.strip().splitlines()[-1] == (
+            "hookdrop: error: the embedded servers were stopped under the demo"
+        )
+        wait_for(lambda: _alive(started) == [], timeout=60, what="the demo's processes gone")
+    finally:
+        for process in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        kill_group(demo)

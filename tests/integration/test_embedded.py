@@ -22,6 +22,7 @@ import pytest
 import redis
 
 import hookdrop.embedded
+import hookdrop.embedded._postgres
 from hookdrop.embedded import (
     EmbeddedServers,
     embedded_postgres_dir,
@@ -139,15 +140,18 @@ def test_cold_start_serves_both_urls(state_dir: Path) -> None:
         assert servers.state_dir == state_dir.resolve()
         assert servers.started == ("redis", "postgres")
         assert servers.redis_url and servers.database_url
-        assert re.fullmatch(r"redis://127\.0\.0\.1:\d+/0", servers.redis_url)
+        assert re.fullmatch(r"redis://:[\w-]{20,}@127\.0\.0\.1:\d+/0", servers.redis_url)
         assert re.fullmatch(
-            r"postgresql://hookdrop@127\.0\.0\.1:\d+/hookdrop", servers.database_url
+            r"postgresql://hookdrop:[\w-]{20,}@127\.0\.0\.1:\d+/hookdrop", servers.database_url
         )
         with redis.Redis.from_url(servers.redis_url) as client:
             assert client.ping()
-            # Redis state is rebuilt from PostgreSQL when lost: nothing is persisted.
-            assert client.config_get("appendonly") == {"appendonly": "no"}
-            assert client.config_get("save") == {"save": ""}
+            # Redis state is rebuilt from PostgreSQL when lost: nothing is persisted (CONFIG
+            # is disabled, so the server's INFO and its config file say so).
+            persistence = client.info("persistence")
+            assert persistence["aof_enabled"] == 0
+            conf = (state_dir / "redis" / "redis.conf").read_text(encoding="utf-8")
+            assert 'save ""' in conf.splitlines()
         with psycopg.connect(servers.database_url) as conn:
             row = conn.execute("select 1, current_database()").fetchone()
         assert row == (1, "hookdrop")
@@ -475,3 +479,21 @@ def _link_or_copy(source: str, target: str) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+
+
+@needs_root
+def test_a_postgres_folder_that_cannot_be_made_is_a_one_line_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a read-only /var/lib: the folders PostgreSQL's files would be moved to cannot be made.
+    blocked = tmp_path / "var-lib"
+    blocked.write_text("a file where a folder should be", encoding="utf-8")
+    parents = (blocked / "hookdrop", blocked / "hookdrop" / "embedded-postgres")
+    monkeypatch.setattr(hookdrop.embedded._postgres, "_ROOT_PG_PARENTS", parents)
+    state_dir = tmp_path / "st"
+
+    with pytest.raises(ConfigError) as caught, embedded_servers(state_dir, redis=False):
+        pass
+
+    assert str(caught.value).startswith("cannot prepare the embedded PostgreSQL's folder")
+    assert "\n" not in str(caught.value) and "HOOKDROP_STATE_DIR" in str(caught.value)

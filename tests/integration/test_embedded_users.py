@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +14,15 @@ import pytest
 import hookdrop.embedded
 from hookdrop.embedded import (
     EmbeddedServers,
+    embedded_postgres_dir,
     embedded_servers,
     find_running,
     postgres_reachable,
     redis_reachable,
+    server_processes,
     start_detached,
 )
+from hookdrop.embedded._process import Known
 from tests.helpers import kill_group, wait_for
 from tests.integration.test_embedded import (
     RELOCATED,
@@ -122,3 +126,34 @@ def test_servers_left_without_a_guardian_are_said_so_and_adopted(state_dir: Path
 
     assert _both_down(again)
     assert servers.state_dir == again.state_dir
+
+
+def test_servers_stop_when_their_state_folder_is_deleted_under_their_users(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    user = _python(_USER_SCRIPT, str(state_dir), str(go))
+    pg_dir = None
+    known: list[Known] = []
+    try:
+        assert user.stdout is not None
+        line = next(line for line in user.stdout if line.startswith("RESULT "))
+        servers = EmbeddedServers(state_dir, *json.loads(line.removeprefix("RESULT ")))
+        pg_dir = embedded_postgres_dir(state_dir)
+        known = server_processes(state_dir)
+        assert len(known) == 2
+
+        shutil.rmtree(state_dir)  # a clone deleted while a command uses its servers
+        go.touch()
+
+        assert user.wait(timeout=60) == 0
+        wait_for(lambda: _both_down(servers), timeout=60, what="servers stopped")
+        wait_for(lambda: not any(k.alive() for k in known), timeout=60, what="servers gone")
+    finally:
+        kill_group(user)  # type: ignore[arg-type]
+        if user.stdout is not None:
+            user.stdout.close()
+        for server in known:
+            server.stop(timeout=60)
+        if pg_dir is not None and not pg_dir.is_relative_to(tmp_path):
+            shutil.rmtree(pg_dir, ignore_errors=True)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import psutil
@@ -14,6 +17,8 @@ from rq.group import Group
 from hookdrop.devtools.harness import forget_abandoned_runs
 from hookdrop.keys import Keys
 from hookdrop.settings import Settings
+from tests import leftovers
+from tests.conftest import Servers
 from tests.helpers import run_burst
 
 
@@ -71,3 +76,44 @@ def test_runs_whose_process_died_are_cleaned_up_and_others_left_alone(
     finally:
         for run in ("deadbeef", "a1a1a1a1", "b2b2b2b2"):
             rconn.delete(Keys(f"run-{run}").epoch)
+
+
+def test_a_run_removes_what_dead_runs_left_and_nothing_of_live_ones(
+    servers: Servers, tmp_path: Path
+) -> None:
+    folders = {name: tmp_path / f"hookdrop-test-{name}" for name in ("dead", "live", "unmarked")}
+    for folder in folders.values():
+        folder.mkdir()
+    suffix = uuid.uuid4().hex[:8]
+    databases = {name: f"hookdrop_t_{name}_{suffix}" for name in ("dead", "live")}
+    with psycopg.connect(servers.admin_url, autocommit=True) as admin:
+        for name in databases.values():
+            admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            leftovers.mark_folder(folders["dead"], killed.pid)
+            leftovers.mark_database(servers.admin_url, databases["dead"], killed.pid)
+        finally:
+            killed.kill()  # the run that made them was killed
+            killed.wait()
+        leftovers.mark_folder(folders["live"], os.getpid())
+        leftovers.mark_database(servers.admin_url, databases["live"], os.getpid())
+
+        assert leftovers.forget_dead_folders(tmp_path) == [folders["dead"]]
+        assert databases["dead"] in leftovers.forget_dead_databases(servers.admin_url)
+
+        assert [f.exists() for f in folders.values()] == [False, True, True]
+        with psycopg.connect(servers.admin_url, autocommit=True) as admin:
+            left = {
+                row[0]
+                for row in admin.execute(
+                    "SELECT datname FROM pg_database WHERE datname = ANY(%s)",
+                    (list(databases.values()),),
+                )
+            }
+        assert left == {databases["live"]}
+    finally:
+        with psycopg.connect(servers.admin_url, autocommit=True) as admin:
+            for name in databases.values():
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
