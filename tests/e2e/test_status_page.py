@@ -120,8 +120,9 @@ def test_the_page_shows_a_dropped_file_reaching_100_percent(
         assert done is not None
         cells = done.query_selector_all("td")
         assert cells[1].inner_text() == "drop.csv"
+        assert cells[2].inner_text() == "default"  # its endpoint
         assert done.query_selector(".percent").inner_text() == "100%"
-        assert cells[4].inner_text().replace(",", "") == f"{ROWS} / {ROWS}"
+        assert cells[5].inner_text().replace(",", "") == f"{ROWS} / {ROWS}"
         assert page.inner_text("#backpressure") == "off"
         assert page.inner_text("#dlq") == "0"
         page.wait_for_function("document.getElementById('chart-ok').getAttribute('d').length > 0")
