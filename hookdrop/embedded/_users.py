@@ -90,20 +90,19 @@ def wait_for_guardian(handle: IO[str]) -> None:
 
 def in_use(state_dir: Path) -> bool:
     """True when some command holds the servers of ``state_dir`` (a look, no waiting)."""
-    if not (state_dir / USERS_FILE).exists():
-        return False
-    with open_lock(state_dir, USERS_FILE) as handle:
-        if try_lock(handle, fcntl.LOCK_EX):
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            return False
-        return True
+    return _held(state_dir, USERS_FILE)
 
 
 def guarded(state_dir: Path) -> bool:
     """True when a guardian watches the users of ``state_dir``."""
-    if not (state_dir / GUARD_FILE).exists():
+    return _held(state_dir, GUARD_FILE)
+
+
+def _held(state_dir: Path, name: str) -> bool:
+    """True when some process holds a lock on the lock file ``name`` (a look, no waiting)."""
+    if not (state_dir / name).exists():
         return False
-    with open_lock(state_dir, GUARD_FILE) as handle:
+    with open_lock(state_dir, name) as handle:
         if try_lock(handle, fcntl.LOCK_EX):
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
             return False
