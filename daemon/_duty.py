@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import redis
 
 from hookdrop.endpoints import DEFAULT, LiveEndpoints
-from hookdrop.queues import enqueue_deliveries
+from hookdrop.queues import by_chunk, enqueue_deliveries
 from hookdrop.settings import Settings
 from hookdrop.store import AlertRef, Store
 
@@ -31,9 +29,8 @@ class Duty:
     def _names(self) -> list[str]:
         return sorted({DEFAULT, *self.endpoints.current.names})
 
-    def _enqueue_grouped(self, rows: list[AlertRef]) -> None:
-        by_file: dict[int, list[str]] = defaultdict(list)
-        for row in rows:
-            by_file[row.file_id].append(row.id)
-        for file_id, ids in by_file.items():
-            enqueue_deliveries(self.redis, self.keys, file_id, ids, self.settings.chunk_size)
+    def _enqueue_grouped(self, rows: list[AlertRef], *, dlq: bool = False) -> None:
+        """One job per chunk of the alerts ``rows``."""
+        grouped = by_chunk((row.id, row.file_id, row.chunk_seq) for row in rows)
+        for file_id, chunks in grouped.items():
+            enqueue_deliveries(self.redis, self.keys, file_id, chunks, dlq=dlq)

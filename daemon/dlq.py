@@ -26,7 +26,7 @@ class DlqReinjection(Duty):
             if not read_state(self.redis, self.keys.scoped(name)).accepting
         ]
         rows = self.store.take_due_dlq(interval=self.settings.dlq_interval, limit=BATCH, held=held)
-        self._enqueue_grouped(rows)
+        self._enqueue_grouped(rows, dlq=True)
         if rows:
             log.info("dlq.reinjected", alerts=len(rows))
         return len(rows)

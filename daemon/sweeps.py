@@ -2,7 +2,7 @@
 
 PostgreSQL is the source of truth; Redis only holds queues, checkpoints and flags. Each sweep
 is idempotent and safe to run from several monitors at once (the jobs it queues are harmless
-when doubled: readers lock per file, notifiers lease per alert).
+when doubled: readers lock per file, notifiers lease per chunk).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import uuid
 import structlog
 
 from daemon._duty import BATCH, Duty
-from hookdrop.queues import enqueue_deliveries, enqueue_read, notifier_queue
+from hookdrop.queues import enqueue_read, notifier_queue
 from hookdrop.store import FileStatus
 
 log = structlog.get_logger(__name__)
@@ -32,8 +32,7 @@ class Sweeps(Duty):
 
     def rebuild_file(self, file_id: int, read_complete: bool) -> None:
         """Queue everything still open for one file, from PostgreSQL (and processing/)."""
-        ids = self.store.open_alert_ids(file_id)
-        enqueue_deliveries(self.redis, self.keys, file_id, ids, self.settings.chunk_size)
+        self._enqueue_grouped(self.store.open_alerts(file_id))
         if not read_complete:
             self.redis.delete(self.keys.checkpoint(file_id))
             self._queue_read(file_id)
@@ -57,9 +56,9 @@ class Sweeps(Duty):
         enqueue_read(self.redis, self.keys, file_id)
 
     def requeue_expired_leases(self) -> int:
-        """Alerts held by a notifier that died: hand them to the queue again."""
+        """Open alerts of chunks whose notifier died or handed them back: queued again."""
         self.store.cancel_leftovers()  # those of cancelled files end here instead
-        rows = self.store.take_expired_leases(lease=self.settings.lease_seconds, limit=BATCH)
+        rows = self.store.take_expired_leases(limit=BATCH)
         self._enqueue_grouped(rows)
         if rows:
             log.warning("alert.lease_expired", alerts=len(rows))

@@ -1,7 +1,8 @@
 """The two RQ queues and how work is put on them.
 
 - batcher queue: one job per file (``workers.batcher.read_file_job``), reads it in chunks.
-- notifier queue: one job per chunk of alert ids (``workers.notifier.deliver_job``).
+- notifier queue: one job per chunk of a file (``workers.notifier.deliver_job``): the alert
+  ids the batcher wrote in one transaction, or the open ones among them.
 
 Jobs carry alert ids only; the payload comes from PostgreSQL when a notifier claims them, so a
 job that runs twice, late, or after a DLQ re-injection can never send stale data.
@@ -49,38 +50,53 @@ def enqueue_read(conn: redis.Redis, keys: Keys, file_id: int) -> Job:
     )
 
 
-def chunked(ids: Sequence[str], size: int) -> Iterable[Sequence[str]]:
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
-
-
-def notifier_jobs(keys: Keys, file_id: int, ids: Sequence[str], chunk_size: int) -> list[Any]:
-    """Job data (for ``Queue.enqueue_many``) delivering ``ids`` in chunks."""
+def notifier_jobs(
+    keys: Keys, file_id: int, chunks: Iterable[tuple[int, Sequence[str]]], *, dlq: bool = False
+) -> list[Any]:
+    """Job data (for ``Queue.enqueue_many``): one job per chunk ``(seq, ids)`` of the file, so
+    one lease covers each job; ``dlq``: its alerts wait in the DLQ until it claims them."""
     return [
         Queue.prepare_data(
             NOTIFIER_JOB,
-            args=(file_id, list(chunk)),
+            args=(file_id, list(ids)),
+            kwargs={"seq": seq, "dlq": dlq} if dlq else {"seq": seq},
             job_id=keys.new_job_id(),
             timeout=NOTIFIER_TIMEOUT,
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,
-            description=f"deliver {len(chunk)} alerts of file {file_id}",
+            description=f"deliver {len(ids)} alerts of file {file_id}",
         )
-        for chunk in chunked(ids, chunk_size)
+        for seq, ids in chunks
+        if ids
     ]
 
 
 def enqueue_deliveries(
-    conn: redis.Redis, keys: Keys, file_id: int, ids: Sequence[str], chunk_size: int
+    conn: redis.Redis,
+    keys: Keys,
+    file_id: int,
+    chunks: Iterable[tuple[int, Sequence[str]]],
+    *,
+    dlq: bool = False,
 ) -> int:
-    """Queue delivery of ``ids`` now (outside any checkpoint transaction); returns job count."""
-    if not ids:
+    """Queue delivery of a file's chunks ``(seq, ids)`` now (outside any checkpoint
+    transaction); returns the job count."""
+    data = notifier_jobs(keys, file_id, chunks, dlq=dlq)
+    if not data:
         return 0
     queue = notifier_queue(conn, keys)
     with conn.pipeline(transaction=True) as pipe:
-        jobs = queue.enqueue_many(notifier_jobs(keys, file_id, ids, chunk_size), pipeline=pipe)
+        jobs = queue.enqueue_many(data, pipeline=pipe)
         pipe.execute()
     return len(jobs)
+
+
+def by_chunk(refs: Iterable[tuple[str, int, int]]) -> dict[int, list[tuple[int, list[str]]]]:
+    """Alerts ``(id, file_id, chunk_seq)`` as chunks ``(seq, ids)`` by file, in order."""
+    found: dict[int, dict[int, list[str]]] = {}
+    for alert_id, file_id, seq in refs:
+        found.setdefault(file_id, {}).setdefault(seq, []).append(alert_id)
+    return {file_id: sorted(chunks.items()) for file_id, chunks in found.items()}
 
 
 def forget_deployment(conn: redis.Redis, keys: Keys) -> int:

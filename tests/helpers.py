@@ -108,6 +108,25 @@ def queued_alert_ids(conn: redis.Redis, settings: Settings) -> Counter[str]:
     return found
 
 
+def run_queued_deliveries(engine: Any, conn: redis.Redis, settings: Settings) -> list[Any]:
+    """Run every job of the notifier queue in ``engine`` (a workers.notifier.Delivery), as a
+    notifier would, and empty the queue; returns their results."""
+    queue = Queue(settings.keys.notifier_queue, connection=conn)
+    results = []
+    for job_id in queue.get_job_ids():
+        job = Job.fetch(job_id, connection=conn)
+        file_id, ids = job.args
+        kwargs = job.kwargs
+        if kwargs.get("seq") is None:
+            results.append(engine.run_alerts(file_id, ids, dlq=kwargs.get("dlq", False)))
+        else:
+            results.append(
+                engine.run_chunk(file_id, kwargs["seq"], ids, dlq=kwargs.get("dlq", False))
+            )
+    queue.empty()
+    return results
+
+
 def file_rows(store: Store) -> list[dict[str, Any]]:
     with store.transaction() as conn:
         return conn.execute("SELECT * FROM files ORDER BY id").fetchall()

@@ -362,7 +362,7 @@ class Batcher:
         if not records:
             # Only blank lines since the last chunk: move the checkpoint past them.
             new = dataclasses.replace(ckpt, offset=last.offset, line=last.line)
-            self._enqueue_with_checkpoint(file_id, [], new)
+            self._enqueue_with_checkpoint(file_id, seq=None, ids=[], new=new)
             return new
         seq = ckpt.seq + 1
         written = retrying(
@@ -390,11 +390,13 @@ class Batcher:
         if written.file_status == FileStatus.CANCELLED:
             raise FileCancelled(file_id)
         to_send = [aid for aid, state in written.owned if state not in TERMINAL]
-        self._enqueue_with_checkpoint(file_id, to_send, new)
+        self._enqueue_with_checkpoint(file_id, seq=seq, ids=to_send, new=new)
         return new
 
-    def _enqueue_with_checkpoint(self, file_id: int, ids: list[str], new: Checkpoint) -> None:
-        """One MULTI/EXEC: the chunk's notifier jobs and the checkpoint past it."""
+    def _enqueue_with_checkpoint(
+        self, file_id: int, *, seq: int | None, ids: list[str], new: Checkpoint
+    ) -> None:
+        """One MULTI/EXEC: the chunk's notifier job and the checkpoint past it."""
         lock_key = self.keys.reading(file_id)
 
         def commit() -> None:
@@ -404,10 +406,9 @@ class Batcher:
                     if pipe.get(lock_key) != self.token.encode():
                         raise LostLock(file_id)
                     pipe.multi()
-                    if ids:
+                    if ids and seq is not None:
                         self.queue.enqueue_many(
-                            notifier_jobs(self.keys, file_id, ids, self.settings.chunk_size),
-                            pipeline=pipe,
+                            notifier_jobs(self.keys, file_id, [(seq, ids)]), pipeline=pipe
                         )
                     pipe.hset(
                         self.keys.checkpoint(file_id), mapping=cast(dict[Any, Any], new.mapping())

@@ -1,14 +1,16 @@
 """The notifier: one RQ job delivers one chunk of alerts of one file, so of one endpoint,
 concurrently, over persistent connections that live as long as the worker process.
 
-Per chunk:
-1. Claim the alerts in PostgreSQL (a lease): delivered, cancelled or leased-elsewhere alerts
-   are left out, so a job that runs twice, or a DLQ entry re-injected twice, sends nothing twice.
+Per chunk (the alerts the batcher wrote in one transaction):
+1. Lease the chunk in PostgreSQL (one row, renewed while sending) and read its alerts still to
+   send: delivered or cancelled alerts are left out, and a chunk leased by a live notifier is
+   left to it, so a job that runs twice, or a DLQ entry re-injected twice, sends nothing twice.
 2. Ask the endpoint's circuit breaker (workers/breaker.py): closed, send; due a probe, send
    one alert first; open, hand the alerts back as deferred at once.
 3. Send with the endpoint's global rate limit; every try of an alert carries its stable
    ``webhook-id``.
-4. Record outcomes by group commit (workers/outcomes.py); the lease is renewed meanwhile.
+4. Record outcomes by group commit (workers/outcomes.py), only while the lease is ours; at the
+   end the lease goes, or is handed to the monitor's sweep if alerts of it are still open.
 
 429 holds everybody sending to that endpoint briefly and cuts its rate (workers/adaptive.py);
 the refused alert waits for its ``Retry-After`` without using its failure budget. A pause
@@ -55,13 +57,17 @@ REFUSED_HAND_BACK_SECONDS = 5.0
 HOLD_SECONDS = 10.0
 
 
-def deliver_job(file_id: int, ids: list[str]) -> dict[str, Any]:
-    """RQ job: deliver one chunk of alerts of one file."""
+def deliver_job(
+    file_id: int, ids: list[str], seq: int | None = None, dlq: bool = False
+) -> dict[str, Any]:
+    """RQ job: deliver alerts ``ids`` of chunk ``seq`` of one file (DLQ entries with ``dlq``)."""
     ctx = context.current()
     engine = ctx.extras.get("delivery")
     if engine is None:
         engine = ctx.extras["delivery"] = Delivery(ctx)
-    return engine.run_chunk(file_id, ids)
+    if seq is not None:
+        return engine.run_chunk(file_id, seq, ids, dlq=dlq)
+    return engine.run_alerts(file_id, ids, dlq=dlq)
 
 
 @dataclass(slots=True)
@@ -123,19 +129,48 @@ class Delivery:
             found = self.targets[name] = Target(endpoints[name], self.ctx.redis, self.settings.keys)
         return found
 
-    def run_chunk(self, file_id: int, ids: list[str]) -> dict[str, Any]:
+    def run_alerts(self, file_id: int, ids: list[str], *, dlq: bool = False) -> dict[str, Any]:
+        """Deliver ``ids`` of a file whatever their chunks, one chunk after the other (a job
+        queued before jobs named their chunk)."""
+        chunks = retrying(lambda: self.store.chunks_of(file_id, ids), what="find chunks")
+        done: dict[str, Any] = {"file_id": file_id, "claimed": 0}
+        for seq, chunk_ids in chunks:
+            for key, value in self.run_chunk(file_id, seq, chunk_ids, dlq=dlq).items():
+                if isinstance(value, int) and not isinstance(value, bool) and key != "file_id":
+                    done[key] = done.get(key, 0) + value
+        return done
+
+    def run_chunk(
+        self, file_id: int, seq: int, ids: list[str], *, dlq: bool = False
+    ) -> dict[str, Any]:
         claimed = retrying(
-            lambda: self.store.claim_alerts(ids, self.owner, self.settings.lease_seconds),
-            what="claim alerts",
+            lambda: self.store.claim_chunk(
+                file_id, seq, ids, self.owner, self.settings.lease_seconds, dlq=dlq
+            ),
+            what="claim chunk",
             stop=self.ctx.stopping.is_set,
         )
+        if claimed is None:
+            # Another notifier holds the chunk: our ids joined its lease, it sees to them.
+            log.info("chunk.busy", file_id=file_id, chunk=seq, alerts=len(ids))
+            return {"file_id": file_id, "claimed": 0, "busy": True}
+        try:
+            return self._run_claimed(file_id, seq, claimed)
+        finally:
+            retrying(
+                lambda: self.store.end_lease(file_id, seq, self.owner),
+                what="end lease",
+                stop=self.ctx.stopping.is_set,
+            )
+
+    def _run_claimed(self, file_id: int, seq: int, claimed: list[AlertToSend]) -> dict[str, Any]:
         if not claimed:
             return {"file_id": file_id, "claimed": 0}
         name = claimed[0].endpoint
         target = self.target(name)
         if target is None:
             log.error("endpoint.unknown", file_id=file_id, endpoint=name, alerts=len(claimed))
-            return self._defer(file_id, claimed, "endpoint not configured")
+            return self._defer(file_id, seq, claimed, "endpoint not configured")
         try:
             decision = target.breaker.admit()
             if decision in (CLOSED, PROBE) and target.limiter.paused_for() > DEFER_AFTER_SECONDS:
@@ -144,13 +179,17 @@ class Delivery:
             log.warning("redis.unavailable", action="breaker", error=str(exc))
             decision = CLOSED
         if decision not in (CLOSED, PROBE):
-            return self._defer(file_id, claimed, f"breaker {decision}")
-        chunk = _Chunk(self, target, file_id, claimed, probe=decision == PROBE)
+            return self._defer(file_id, seq, claimed, f"breaker {decision}")
+        chunk = _Chunk(self, target, file_id, seq, claimed, probe=decision == PROBE)
         return self.loop.run_until_complete(chunk.run())
 
-    def _defer(self, file_id: int, rows: list[AlertToSend], reason: str) -> dict[str, Any]:
+    def _defer(
+        self, file_id: int, seq: int, rows: list[AlertToSend], reason: str
+    ) -> dict[str, Any]:
         ids = [row.id for row in rows]
-        retrying(lambda: self.store.defer_alerts(ids, self.owner), what="defer alerts")
+        retrying(
+            lambda: self.store.defer_alerts(ids, file_id, seq, self.owner), what="defer alerts"
+        )
         log.info("chunk.deferred", file_id=file_id, alerts=len(ids), reason=reason)
         return {"file_id": file_id, "claimed": len(ids), "deferred": len(ids)}
 
@@ -163,11 +202,12 @@ class _Chunk(ChunkBook):
         engine: Delivery,
         target: Target,
         file_id: int,
+        seq: int,
         rows: list[AlertToSend],
         *,
         probe: bool = False,
     ) -> None:
-        super().__init__(engine, target, file_id)
+        super().__init__(engine, target, file_id, seq)
         self.endpoint = target.endpoint
         self.probe = probe  # send one alert alone first: the breaker's probe
         self.alerts: deque[_Alert] = deque()
@@ -239,17 +279,19 @@ class _Chunk(ChunkBook):
         return {"file_id": self.file_id, "claimed": len(self.open), **self.counts}
 
     def _hand_back(self) -> None:
-        """Alerts not finished here: deferred (endpoint held) or released to the lease sweep
-        (stop, pause, lease lost)."""
+        """Alerts not finished here: deferred (endpoint held), or left open for the lease
+        sweep once the lease ends (stop, pause, lease lost)."""
         leftover = [a.id for a in self.open.values() if not a.done]
         if not leftover:
             return
         store, owner = self.engine.store, self.engine.owner
         if self.deferring and not self.lost:
-            retrying(lambda: store.defer_alerts(leftover, owner), what="defer alerts")
+            retrying(
+                lambda: store.defer_alerts(leftover, self.file_id, self.seq, owner),
+                what="defer alerts",
+            )
             reason = "endpoint held"
         else:
-            retrying(lambda: store.release_alerts(leftover, owner), what="release alerts")
             reason = "paused" if self.paused else "lease lost" if self.lost else "stopping"
         self.counts["deferred" if self.deferring and not self.lost else "released"] = len(leftover)
         log.info(

@@ -38,11 +38,12 @@ GATHER_SECONDS = 0.005  # longest an outcome waits for others to be written with
 class ChunkBook:
     """Outcomes waiting to be written, and the keeper of one job's lease and flags."""
 
-    def __init__(self, engine: Delivery, target: Target, file_id: int) -> None:
+    def __init__(self, engine: Delivery, target: Target, file_id: int, seq: int) -> None:
         self.engine = engine
         self.target = target
         self.settings: Settings = engine.settings
         self.file_id = file_id
+        self.seq = seq  # the chunk whose lease this job holds
         self.open: dict[str, _Alert] = {}
         # Outcomes waiting for the writer, and the future their write completes.
         self.pending: dict[str, Result] = {}
@@ -113,7 +114,7 @@ class ChunkBook:
 
             async def record(batch: list[Result] = batch) -> int:
                 return await loop.run_in_executor(
-                    self.engine.writer, store.record_results, batch, owner
+                    self.engine.writer, store.record_results, batch, self.file_id, self.seq, owner
                 )
 
             try:
@@ -129,8 +130,9 @@ class ChunkBook:
                 written_future.set_exception(exc)
                 raise
             if written < len(batch) and not self.lost:
-                # Our lease ran out (a long PostgreSQL outage) and the sweep handed these
-                # alerts to another job: sending the rest too would send them twice.
+                # Our lease ran out (a long PostgreSQL outage) and the sweep handed the chunk
+                # to another job, or the file was cancelled: sending the rest could send them
+                # twice.
                 self.lost = True
                 log.warning(
                     "chunk.lease_lost", file_id=self.file_id, unwritten=len(batch) - written
@@ -148,16 +150,20 @@ class ChunkBook:
                 await asyncio.wait_for(self.wake.wait(), KEEP_EVERY)
             self._report()
             if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
-                holding = [a.id for a in self.open.values() if not a.done]
                 try:
-                    await loop.run_in_executor(
+                    ours = await loop.run_in_executor(
                         self.engine.writer,
-                        self.engine.store.renew_leases,
-                        holding,
+                        self.engine.store.renew_lease,
+                        self.file_id,
+                        self.seq,
                         self.engine.owner,
                         self.settings.lease_seconds,
                     )
                     last_renew = time.monotonic()
+                    if not ours and not self.lost:
+                        # The sweep took the chunk (our lease ran out): stop sending.
+                        self.lost = True
+                        log.warning("chunk.lease_lost", file_id=self.file_id, chunk=self.seq)
                 except StoreUnavailable as exc:
                     log.warning("db.unavailable", action="renew lease", error=str(exc))
             try:

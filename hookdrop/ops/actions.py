@@ -34,7 +34,7 @@ from hookdrop.ops.endpoints import endpoints_view
 from hookdrop.ops.errors import BadRequest, Conflict, UnknownFile
 from hookdrop.ops.rates import RATE_WINDOW, RateTracker
 from hookdrop.ops.views import average_rate, counts, jsonable, no_open_alerts, summary
-from hookdrop.queues import batcher_queue, enqueue_deliveries, notifier_queue
+from hookdrop.queues import batcher_queue, by_chunk, enqueue_deliveries, notifier_queue
 from hookdrop.ratestate import OUTCOME_HISTORY_SECONDS, Outcome, read_outcomes, read_rate
 from hookdrop.settings import Settings
 from hookdrop.store import (
@@ -167,14 +167,15 @@ class Control:
         return self.file_status(file_id)
 
     def resume(self, file_id: int) -> dict[str, Any]:
-        """Undo a pause and queue the file's open alerts again (notifiers lease each once)."""
+        """Undo a pause and queue the file's open alerts again (a chunk is leased once)."""
         if not self.store.set_paused(file_id, False):
             self._refuse_inactive(file_id, "resumed")
         self.redis.delete(self.keys.paused(file_id))
-        ids = self.store.open_alert_ids(file_id)
-        jobs = enqueue_deliveries(self.redis, self.keys, file_id, ids, self.settings.chunk_size)
-        log.info("file.resumed", file_id=file_id, requeued=len(ids), jobs=jobs)
-        return {**self.file_status(file_id), "requeued": len(ids)}
+        refs = self.store.open_alerts(file_id)
+        chunks = by_chunk((ref.id, ref.file_id, ref.chunk_seq) for ref in refs).get(file_id, [])
+        jobs = enqueue_deliveries(self.redis, self.keys, file_id, chunks)
+        log.info("file.resumed", file_id=file_id, requeued=len(refs), jobs=jobs)
+        return {**self.file_status(file_id), "requeued": len(refs)}
 
     def cancel(self, file_id: int) -> dict[str, Any]:
         """Mark every alert not yet sent cancelled; in-flight jobs stop on the paused key."""

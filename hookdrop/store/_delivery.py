@@ -1,11 +1,14 @@
-"""The ledger's queries for delivery: notifiers lease alerts and write outcomes, the
+"""The ledger's queries for delivery: notifiers lease chunks and write outcomes, the
 monitor's recovery queues again what is due, lost or deferred."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hookdrop.store._base import Connected
+from psycopg.rows import class_row
+
+from hookdrop.store._base import Connected, execute
+from hookdrop.store._sql import queries
 from hookdrop.store.rows import AlertRef, AlertToSend, EndpointCounts, Result
 from hookdrop.store.statuses import AlertStatus
 
@@ -13,29 +16,60 @@ from hookdrop.store.statuses import AlertStatus
 class DeliveryQueries(Connected):
     # -- notifier ---------------------------------------------------------------------------
 
-    def claim_alerts(self, ids: Sequence[str], owner: str, lease: float) -> list[AlertToSend]:
-        """Lease the alerts among ``ids`` that still need sending to ``owner``."""
-        return self._typed(
-            AlertToSend, "claim_alerts", {"ids": list(ids), "owner": owner, "lease": lease}
-        )
+    def claim_chunk(
+        self,
+        file_id: int,
+        seq: int,
+        ids: Sequence[str],
+        owner: str,
+        lease: float,
+        *,
+        dlq: bool = False,
+    ) -> list[AlertToSend] | None:
+        """Lease chunk ``seq`` of a file to ``owner`` and read its alerts among ``ids`` that
+        still need sending (DLQ entries too with ``dlq``); None when another notifier holds
+        the chunk (``ids`` then join its lease, so they are seen to when it ends)."""
+        with self.transaction() as conn:
+            leased = execute(
+                conn,
+                "lease_chunk",
+                {"file_id": file_id, "seq": seq, "ids": list(ids), "owner": owner, "lease": lease},
+            )
+            if not leased or not leased[0]["ours"]:
+                return None
+            cur = conn.cursor(row_factory=class_row(AlertToSend))
+            cur.execute(
+                queries()["claim_chunk"],
+                {"file_id": file_id, "seq": seq, "ids": leased[0]["ids"], "dlq": dlq},
+            )
+            return cur.fetchall()
 
-    def renew_leases(self, ids: Sequence[str], owner: str, lease: float) -> None:
-        if ids:
-            self._rows("renew_leases", {"ids": list(ids), "owner": owner, "lease": lease})
+    def chunks_of(self, file_id: int, ids: Sequence[str]) -> list[tuple[int, list[str]]]:
+        """``ids`` by the chunk they belong to."""
+        rows = self._rows("chunks_of", {"file_id": file_id, "ids": list(ids)})
+        return [(int(row["chunk_seq"]), list(row["ids"])) for row in rows]
 
-    def release_alerts(self, ids: Sequence[str], owner: str) -> None:
-        """Give back leased alerts that were not tried; the lease sweep queues them again."""
-        if ids:
-            self._rows("release_alerts", {"ids": list(ids), "owner": owner})
+    def renew_lease(self, file_id: int, seq: int, owner: str, lease: float) -> bool:
+        """False when the chunk is not ours any more (the lease ran out and was taken)."""
+        params = {"file_id": file_id, "seq": seq, "owner": owner, "lease": lease}
+        return bool(self._rows("renew_lease", params))
 
-    def record_results(self, results: Sequence[Result], owner: str) -> int:
-        """Write outcomes in one statement; returns how many were still ours to write."""
+    def end_lease(self, file_id: int, seq: int, owner: str) -> None:
+        """The job is over: the lease goes, or ends now if alerts of it are still open (the
+        lease sweep queues them again)."""
+        self._rows("end_lease", {"file_id": file_id, "seq": seq, "owner": owner})
+
+    def record_results(self, results: Sequence[Result], file_id: int, seq: int, owner: str) -> int:
+        """Write outcomes in one statement; returns how many were written (none once the
+        chunk's lease is not ``owner``'s)."""
         if not results:
             return 0
         written = self._value(
             "record_results",
             {
                 "owner": owner,
+                "file_id": file_id,
+                "seq": seq,
                 "ids": [r.alert_id for r in results],
                 "statuses": [str(r.status) for r in results],
                 "failed": [r.failed for r in results],
@@ -47,6 +81,13 @@ class DeliveryQueries(Connected):
             },
         )
         return int(written or 0)
+
+    def defer_alerts(self, ids: Sequence[str], file_id: int, seq: int, owner: str) -> None:
+        """Leased alerts wait in PostgreSQL until their endpoint is open again."""
+        if ids:
+            self._rows(
+                "defer_alerts", {"ids": list(ids), "file_id": file_id, "seq": seq, "owner": owner}
+            )
 
     # -- recovery ---------------------------------------------------------------------------
 
@@ -61,20 +102,17 @@ class DeliveryQueries(Connected):
             {"interval": interval, "limit": limit, "held": list(held)},
         )
 
-    def take_expired_leases(self, *, lease: float, limit: int) -> list[AlertRef]:
-        """Alerts whose notifier died holding them, made claimable by anyone."""
-        return self._typed(AlertRef, "take_expired_leases", {"lease": lease, "limit": limit})
+    def take_expired_leases(self, *, limit: int) -> list[AlertRef]:
+        """Open alerts of chunks whose lease ran out (the notifier died, or handed them
+        back); the leases end."""
+        return self._typed(AlertRef, "take_expired_leases", {"limit": limit})
 
     def orphaned_pending(self, *, age: float, limit: int) -> list[AlertRef]:
         return self._typed(AlertRef, "orphaned_pending", {"age": age, "limit": limit})
 
-    def open_alert_ids(self, file_id: int) -> list[str]:
-        return [row["id"] for row in self._rows("open_alert_ids", {"file_id": file_id})]
-
-    def defer_alerts(self, ids: Sequence[str], owner: str) -> None:
-        """Leased alerts wait in PostgreSQL until their endpoint is open again."""
-        if ids:
-            self._rows("defer_alerts", {"ids": list(ids), "owner": owner})
+    def open_alerts(self, file_id: int) -> list[AlertRef]:
+        """A file's alerts still to send (the DLQ and deferred ones left out), chunk by chunk."""
+        return self._typed(AlertRef, "open_alerts", {"file_id": file_id})
 
     def take_deferred(self, endpoint: str, *, limit: int) -> list[AlertRef]:
         """Deferred alerts of ``endpoint``, pending again, to be queued."""

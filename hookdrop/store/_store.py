@@ -229,7 +229,10 @@ class Store(DeliveryQueries):
 
     def cancel_file(self, file_id: int) -> bool:
         """False when the file is not active."""
-        return bool(self._rows("cancel_file", {"id": file_id}))
+        with self.transaction() as conn:
+            # Every claim of the file is visible now, or waits and then finds it cancelled.
+            execute(conn, "lock_file", {"id": file_id})
+            return bool(execute(conn, "cancel_file", {"id": file_id}))
 
     def cancel_leftovers(self) -> int:
         return len(self._rows("cancel_leftovers"))

@@ -97,8 +97,11 @@ class FileToMove:
 
 @dataclass(frozen=True, slots=True)
 class AlertRef:
+    """An alert to queue: its job delivers one chunk of one file."""
+
     id: str
     file_id: int
+    chunk_seq: int
 
 
 @dataclass(frozen=True, slots=True)

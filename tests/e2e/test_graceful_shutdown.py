@@ -109,10 +109,11 @@ def wait_exit(procs: Procs, bound: float) -> dict[str, int]:
 def alert_counts(store: Store) -> dict[str, int]:
     with store.transaction() as conn:
         row = conn.execute(
-            "SELECT count(*) FILTER (WHERE status = 'delivered') AS delivered,"
-            " count(*) FILTER (WHERE status IN ('sending', 'retrying', 'throttled')"
-            "                  AND lease_owner IS NOT NULL AND lease_until > now()) AS leased,"
-            " count(*) AS total FROM alerts"
+            "SELECT count(*) FILTER (WHERE a.status = 'delivered') AS delivered,"
+            " count(*) FILTER (WHERE a.status IN ('pending', 'retrying', 'throttled')"
+            "                  AND l.until > now()) AS leased,"
+            " count(*) AS total FROM alerts AS a LEFT JOIN chunk_leases AS l"
+            " ON l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq"
         ).fetchone()
     assert row is not None
     return {k: int(v) for k, v in row.items()}

@@ -259,7 +259,7 @@ def test_metrics_parse_and_carry_the_numbers(
     control: Control,
 ) -> None:
     file_id, ids = make_file(store, 6)
-    enqueue_deliveries(rconn, asettings.keys, file_id, ids, 4)
+    enqueue_deliveries(rconn, asettings.keys, file_id, [(1, ids)])
     control.cancel(file_id)
     observe_latencies(rconn, asettings.keys, [3.0, 40.0, 2000.0])
     rconn.set(asettings.keys.backpressure, "1", px=3000)
@@ -273,7 +273,7 @@ def test_metrics_parse_and_carry_the_numbers(
     assert samples[("hookdrop_alerts_total", (("status", "cancelled"),))] == 6
     assert samples[("hookdrop_alerts_total", (("status", "delivered"),))] == 0
     assert samples[("hookdrop_invalid_rows_total", ())] == 1
-    assert samples[("hookdrop_queue_depth", (("queue", "notifier"),))] == 2
+    assert samples[("hookdrop_queue_depth", (("queue", "notifier"),))] == 1
     assert samples[("hookdrop_backpressure_active", ())] == 1
     assert 0 < samples[("hookdrop_backpressure_seconds_left", ())] <= 3
     assert samples[("hookdrop_dlq_size", ())] == 0

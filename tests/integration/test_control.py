@@ -96,7 +96,7 @@ def test_pause_stops_sending_promptly_and_resume_finishes_without_a_miss_or_dupl
     receiver: Receiver,
 ) -> None:
     file_id, ids = make_file(store, 300)
-    enqueue_deliveries(rconn, csettings.keys, file_id, ids, csettings.chunk_size)
+    enqueue_deliveries(rconn, csettings.keys, file_id, [(1, ids)])
     paused_at: list[float] = []
     receiver.hooks[40] = lambda: (control.pause(file_id), paused_at.append(time.monotonic()))
 
@@ -146,7 +146,7 @@ def test_cancel_marks_the_rest_cancelled_and_they_are_never_sent(
     receiver: Receiver,
 ) -> None:
     file_id, ids = make_file(store, 300)
-    enqueue_deliveries(rconn, csettings.keys, file_id, ids, csettings.chunk_size)
+    enqueue_deliveries(rconn, csettings.keys, file_id, [(1, ids)])
     cancelled_at: list[float] = []
     receiver.hooks[30] = lambda: (control.cancel(file_id), cancelled_at.append(time.monotonic()))
 
@@ -164,7 +164,7 @@ def test_cancel_marks_the_rest_cancelled_and_they_are_never_sent(
     assert not late or max(late) - cancelled_at[0] < 1.0
 
     sent_before = len(receiver.calls)
-    enqueue_deliveries(rconn, csettings.keys, file_id, ids, csettings.chunk_size)
+    enqueue_deliveries(rconn, csettings.keys, file_id, [(1, ids)])
     run_burst(csettings, "notifier")
     assert len(receiver.calls) == sent_before
 
@@ -176,7 +176,7 @@ def test_dead_alerts_are_replayed_and_then_delivered(
     rconn: redis.Redis,
 ) -> None:
     file_id, ids = make_file(store, 20)
-    enqueue_deliveries(rconn, csettings.keys, file_id, ids, csettings.chunk_size)
+    enqueue_deliveries(rconn, csettings.keys, file_id, [(1, ids)])
     with respx.mock(using="httpx") as router:
         router.post(URL).respond(503)
         run_burst(csettings, "notifier")

@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import Webhook
 from daemon.recovery import Recovery
 from hookdrop.settings import Settings
 from hookdrop.store import AlertStatus, Result, Store
-from tests.helpers import ledger_file, queued_alert_ids
+from tests.helpers import ledger_file, queued_alert_ids, run_queued_deliveries
 from workers import context
 from workers.notifier import Delivery
 from workers.runner import build_context
@@ -68,7 +68,7 @@ def test_a_chunk_is_delivered_signed_with_stable_ids(engine: Delivery, store: St
     file_id, ids = make_file(store, 25, extra={"plan": "gold"})
     with respx.mock(using="httpx") as router:
         route = router.post(URL).respond(200, json={"ok": True})
-        result = engine.run_chunk(file_id, ids)
+        result = engine.run_alerts(file_id, ids)
     assert result["delivered"] == 25
     assert route.call_count == 25
     verifier = Webhook(SECRET)
@@ -89,8 +89,8 @@ def test_a_delivered_alert_is_never_sent_again(engine: Delivery, store: Store) -
     file_id, ids = make_file(store, 10)
     with respx.mock(using="httpx") as router:
         route = router.post(URL).respond(200)
-        engine.run_chunk(file_id, ids)
-        again = engine.run_chunk(file_id, ids)  # a re-run job, a re-enqueued chunk...
+        engine.run_alerts(file_id, ids)
+        again = engine.run_alerts(file_id, ids)  # a re-run job, a re-enqueued chunk...
     assert route.call_count == 10
     assert again["claimed"] == 0
 
@@ -123,7 +123,7 @@ def test_429_sets_back_pressure_and_retries_without_using_the_budget(
 
     with respx.mock(using="httpx") as router:
         router.post(URL).mock(side_effect=answer)
-        result = engine.run_chunk(file_id, ids)
+        result = engine.run_alerts(file_id, ids)
     assert result["delivered"] == 1 and result["throttled"] == 2
     row = alert_rows(store, file_id)["u0"]
     assert (row["status"], row["attempts"], row["throttled"]) == ("delivered", 0, 2)
@@ -144,7 +144,7 @@ def test_5xx_then_success_counts_one_failed_try(engine: Delivery, store: Store) 
         router.post(URL).mock(
             side_effect=[httpx.Response(503), httpx.ReadTimeout("slow"), httpx.Response(200)]
         )
-        engine.run_chunk(file_id, ids)
+        engine.run_alerts(file_id, ids)
     row = alert_rows(store, file_id)["u0"]
     assert (row["status"], row["attempts"], row["last_status_code"]) == ("delivered", 2, 200)
 
@@ -155,7 +155,7 @@ def test_other_4xx_is_rejected_at_once_with_code_and_excerpt(
     file_id, ids = make_file(store, 1)
     with respx.mock(using="httpx") as router:
         route = router.post(URL).respond(422, text="unknown user u0\n")
-        engine.run_chunk(file_id, ids)
+        engine.run_alerts(file_id, ids)
     assert route.call_count == 1
     row = alert_rows(store, file_id)["u0"]
     assert (row["status"], row["last_status_code"]) == ("rejected", 422)
@@ -170,7 +170,7 @@ def test_failures_go_to_the_dlq_then_dead_when_the_budget_is_spent(
     recovery = Recovery(dsettings, store, rconn)
     with respx.mock(using="httpx") as router:
         route = router.post(URL).mock(side_effect=httpx.ConnectError("refused"))
-        engine.run_chunk(file_id, ids)
+        engine.run_alerts(file_id, ids)
         rows = alert_rows(store, file_id)
         assert {r["status"] for r in rows.values()} == {"dlq"}
         assert {r["attempts"] for r in rows.values()} == {3}
@@ -186,7 +186,7 @@ def test_failures_go_to_the_dlq_then_dead_when_the_budget_is_spent(
         assert recovery.reinject_dlq() == 2
         queued = queued_alert_ids(rconn, dsettings)
         assert set(queued) == set(ids)
-        engine.run_chunk(file_id, list(queued))
+        run_queued_deliveries(engine, rconn, dsettings)
     rows = alert_rows(store, file_id)
     assert {r["status"] for r in rows.values()} == {"dead"}
     assert {r["attempts"] for r in rows.values()} == {5}  # the attempt budget
@@ -198,17 +198,21 @@ def test_an_expired_lease_is_handed_back_and_delivered_once(
     engine: Delivery, store: Store, rconn: redis.Redis, dsettings: Settings
 ) -> None:
     file_id, ids = make_file(store, 5)
-    # A notifier claimed these and died (no results, no renewals).
-    assert len(store.claim_alerts(ids, "dead-notifier", 0.01)) == 5
+    # A notifier claimed the chunk and died (no results, no renewals).
+    claimed = store.claim_chunk(file_id, 1, ids, "dead-notifier", 60)
+    assert claimed is not None and len(claimed) == 5
     recovery = Recovery(dsettings, store, rconn)
+    # while its lease lasts, nobody else gets the chunk: a doubled job sends nothing
+    assert store.claim_chunk(file_id, 1, ids, "other", 60) is None
+    assert recovery.requeue_expired_leases() == 0
     with store.transaction() as conn:
-        conn.execute("UPDATE alerts SET lease_until = now() - interval '1 s'")
+        conn.execute("UPDATE chunk_leases SET until = now() - interval '1 s'")
     assert recovery.requeue_expired_leases() == 5
     with respx.mock(using="httpx") as router:
         route = router.post(URL).respond(200)
-        engine.run_chunk(file_id, list(queued_alert_ids(rconn, dsettings)))
-        # the dead notifier's late results are ignored: it no longer holds the lease
+        run_queued_deliveries(engine, rconn, dsettings)
+        # the dead notifiers' late results are ignored: they no longer hold the lease
         result = Result(ids[0], AlertStatus.REJECTED, code=400)
-        assert store.record_results([result], "dead-notifier") == 0
+        assert store.record_results([result], file_id, 1, "dead-notifier") == 0
     assert route.call_count == 5
     assert {r["status"] for r in alert_rows(store, file_id).values()} == {"delivered"}

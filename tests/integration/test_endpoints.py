@@ -30,6 +30,7 @@ from tests.helpers import (
     file_rows,
     ledger_file,
     queued_alert_ids,
+    run_queued_deliveries,
     run_burst,
     running_monitor,
     wait_for,
@@ -167,7 +168,7 @@ def test_an_endpoint_down_opens_its_breaker_and_alerts_wait_without_spending_bud
     keys = esettings.keys.scoped("down")
     with respx.mock(using="httpx") as router, capture_logs() as logs:
         down = router.post(DOWN).mock(side_effect=httpx.ConnectError("refused"))
-        result = engine.run_chunk(file_id, ids)
+        result = engine.run_alerts(file_id, ids)
         tries_when_open = down.call_count
         rows = alert_rows(store, file_id)
         assert read_state(rconn, keys).breaker == "open"
@@ -183,7 +184,7 @@ def test_an_endpoint_down_opens_its_breaker_and_alerts_wait_without_spending_bud
         # The probe is due: one alert goes out, and fails, so the wait doubles.
         wait_for(lambda: read_state(rconn, keys).accepting, what="probe due")
         assert recovery.requeue_deferred() == 1
-        engine.run_chunk(file_id, list(queued_alert_ids(rconn, esettings)))
+        run_queued_deliveries(engine, rconn, esettings)
         assert down.call_count == tries_when_open + 1
         # The failed probe is the breaker's test: it costs the alert nothing.
         assert sum(r["attempts"] for r in alert_rows(store, file_id)) == tries_when_open
@@ -193,14 +194,14 @@ def test_an_endpoint_down_opens_its_breaker_and_alerts_wait_without_spending_bud
         rconn.delete(esettings.keys.notifier_queue)
         wait_for(lambda: read_state(rconn, keys).accepting, what="second probe due")
         assert recovery.requeue_deferred() == 1
-        engine.run_chunk(file_id, list(queued_alert_ids(rconn, esettings)))
+        run_queued_deliveries(engine, rconn, esettings)
         assert read_state(rconn, keys).breaker == "closed"
         rconn.delete(esettings.keys.notifier_queue)
         with store.transaction() as conn:  # the ones in the DLQ are due now
             conn.execute("UPDATE alerts SET next_attempt_at = now() WHERE status = 'dlq'")
         recovery.requeue_deferred()
         recovery.reinject_dlq()
-        engine.run_chunk(file_id, list(queued_alert_ids(rconn, esettings)))
+        run_queued_deliveries(engine, rconn, esettings)
     rows = alert_rows(store, file_id)
     assert {r["status"] for r in rows} == {"delivered"}
     # (info events may be filtered by a log level another test set; warnings never are)
@@ -215,7 +216,7 @@ def test_a_long_429_pause_hands_the_chunk_back_at_once_and_holds_only_that_endpo
     with respx.mock(using="httpx") as router:
         router.post(BUSY).respond(429, headers={"retry-after": "30"})
         started = time.monotonic()
-        result = engine.run_chunk(file_id, ids)
+        result = engine.run_alerts(file_id, ids)
         took = time.monotonic() - started
     assert took < 10, "the job waited for the pause instead of handing its alerts back"
     assert result["deferred"] == 20

@@ -84,12 +84,14 @@ def tricky_file(store: Store, sha: str = "sha-tricky") -> tuple[int, list[str]]:
     store.finish_read(file_id, rows=7, invalid=2, alerts=5, error=None)
     ids = [aid for aid, _ in written.owned]
     assert len(ids) == 5
-    store.claim_alerts(ids, "t", 60)
+    store.claim_chunk(file_id, 1, ids, "t", 60)
     store.record_results(
         [
             Result(ids[0], AlertStatus.DELIVERED, code=200),
             Result(ids[1], AlertStatus.REJECTED, code=422, error='refused: "user",\nnope ✗'),
         ],
+        file_id,
+        1,
         "t",
     )
     return file_id, [a[0] for a in alerts]
@@ -402,8 +404,7 @@ def test_a_cancelled_file_gets_its_summary_in_failed(
             "UPDATE files SET processing_path = %s, name = 'stopped.csv' WHERE id = %s",
             (str(processing), file_id),
         )
-    with store.transaction() as conn:  # the three alerts still leased were handed back
-        conn.execute("UPDATE alerts SET lease_until = now() WHERE file_id = %s", (file_id,))
+    store.end_lease(file_id, 1, "t")  # the three alerts still leased were handed back
     assert store.cancel_file(file_id)
     Recovery(rsettings, store, rconn).finish_files()
     final = rsettings.failed_dir / f"{file_id}--stopped.csv"

@@ -414,11 +414,13 @@ def wait_delivered(
 
 
 def ledger(store: Store) -> dict[str, int]:
-    """Alerts by status (and, for leased states, by whether a notifier still holds them)."""
+    """Alerts by status (and, for open ones, by whether their chunk's lease is gone or ran
+    out)."""
     with store.transaction() as conn:
         rows = conn.execute(
-            "SELECT status, lease_owner IS NULL AS free, lease_until < now() AS expired,"
-            " count(*) AS n FROM alerts GROUP BY 1, 2, 3"
+            "SELECT a.status, l.file_id IS NULL AS free, l.until < now() AS expired,"
+            " count(*) AS n FROM alerts AS a LEFT JOIN chunk_leases AS l"
+            " ON l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq GROUP BY 1, 2, 3"
         ).fetchall()
     return {
         f"{r['status']}{'/free' if r['free'] and r['status'] != 'delivered' else ''}"

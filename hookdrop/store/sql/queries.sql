@@ -82,45 +82,67 @@ UPDATE files SET
     error = coalesce(%(error)s, error), updated_at = now()
 WHERE id = %(id)s;
 
--- name: claim_alerts
--- Lease the given alerts to one notifier; alerts delivered, leased by a live notifier, of a
--- paused or cancelled file, or already finished are left out.
-UPDATE alerts AS a SET
-    status = 'sending', lease_owner = %(owner)s,
-    lease_until = now() + make_interval(secs => %(lease)s),
-    first_attempt_at = coalesce(a.first_attempt_at, now())
-FROM files AS f
-WHERE a.id = ANY(%(ids)s) AND f.id = a.file_id
+-- name: lease_chunk
+-- Lease a chunk to one notifier: free, or its lease ran out. A chunk leased to a live notifier
+-- is left to it; the ids this job was given join its lease, so they are seen to when it ends.
+-- The shared lock on the file: a cancel waits until this claim is visible (cancel_file).
+WITH lock AS (SELECT pg_advisory_xact_lock_shared(1751413611, (%(file_id)s %% 2147483647)::int))
+INSERT INTO chunk_leases AS l (file_id, chunk_seq, owner, until, ids)
+SELECT %(file_id)s, %(seq)s, %(owner)s, now() + make_interval(secs => %(lease)s), %(ids)s::text[]
+FROM lock
+ON CONFLICT (file_id, chunk_seq) DO UPDATE SET
+    owner = CASE WHEN l.until < now() THEN EXCLUDED.owner ELSE l.owner END,
+    until = CASE WHEN l.until < now() THEN EXCLUDED.until ELSE l.until END,
+    ids = ARRAY(SELECT DISTINCT unnest(l.ids || EXCLUDED.ids))
+RETURNING l.owner = %(owner)s AS ours, l.ids;
+
+-- name: claim_chunk
+-- The alerts of a leased chunk still to send (a DLQ job's also in the DLQ); none of a paused
+-- or cancelled file. Reads only: the chunk's lease is what makes them ours.
+SELECT a.id, a.file_id, a.user_id, a.message, a.extra, a.attempts, a.body, f.endpoint,
+       f.name AS file_name
+FROM alerts AS a JOIN files AS f ON f.id = a.file_id
+WHERE a.id = ANY(%(ids)s) AND a.file_id = %(file_id)s AND a.chunk_seq = %(seq)s
   AND NOT f.paused AND f.status IN ('claimed', 'reading', 'delivering', 'done', 'failed')
-  AND (a.status IN ('pending', 'dlq', 'deferred')
-       OR (a.status IN ('sending', 'retrying', 'throttled')
-           AND (a.lease_until < now() OR a.lease_owner IS NULL)))
-RETURNING a.id, a.file_id, a.user_id, a.message, a.extra, a.attempts, a.body, f.endpoint,
-          f.name AS file_name;
+  AND (a.status IN ('pending', 'retrying', 'throttled') OR (%(dlq)s AND a.status = 'dlq'))
+ORDER BY a.line_no;
+
+-- name: chunks_of
+-- The chunk of each alert, for a job queued before jobs named their chunk.
+SELECT chunk_seq, array_agg(id ORDER BY line_no) AS ids FROM alerts
+WHERE id = ANY(%(ids)s) AND file_id = %(file_id)s GROUP BY chunk_seq ORDER BY chunk_seq;
 
 -- name: defer_alerts
 -- The endpoint is paused or its breaker open: give leased alerts back to wait in PostgreSQL
 -- (no budget spent, no worker held); take_deferred queues them again once it is open.
-UPDATE alerts SET status = 'deferred', lease_owner = NULL, lease_until = NULL
-WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s
-  AND status IN ('sending', 'retrying', 'throttled');
+UPDATE alerts SET status = 'deferred'
+WHERE id = ANY(%(ids)s) AND status IN ('pending', 'retrying', 'throttled', 'dlq')
+  AND EXISTS (SELECT 1 FROM chunk_leases WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s
+              AND owner = %(owner)s);
 
 -- name: take_deferred
--- Deferred alerts of one endpoint, back to pending for a new job (if that job is lost, the
--- orphaned-pending sweep finds them).
+-- Deferred alerts of one endpoint, pending again, to be queued; none of a chunk some notifier
+-- holds (it defers them itself). If the job is lost, the orphan sweep finds them.
 UPDATE alerts SET status = 'pending'
 WHERE id IN (
     SELECT a.id FROM alerts AS a JOIN files AS f ON f.id = a.file_id
     WHERE a.status = 'deferred' AND f.endpoint = %(endpoint)s
+      AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
+                      WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq)
     ORDER BY a.file_id, a.line_no LIMIT %(limit)s FOR UPDATE OF a SKIP LOCKED)
-RETURNING id, file_id;
+RETURNING id, file_id, chunk_seq;
 
 -- name: endpoint_counts
--- Alerts not yet at an end state (rejected and cancelled left out), by endpoint and status.
-SELECT f.endpoint, a.status, count(*) AS n
+-- Alerts not yet at an end state (rejected and cancelled left out), by endpoint and status;
+-- open alerts of a chunk under a live lease count as sending.
+SELECT f.endpoint,
+       CASE WHEN a.status = 'pending' AND EXISTS (SELECT 1 FROM chunk_leases AS l
+                    WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now())
+            THEN 'sending' ELSE a.status END AS status,
+       count(*) AS n
 FROM alerts AS a JOIN files AS f ON f.id = a.file_id
-WHERE a.status IN ('pending', 'sending', 'retrying', 'throttled', 'dlq', 'dead', 'deferred')
-GROUP BY f.endpoint, a.status;
+WHERE a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'dead', 'deferred')
+GROUP BY 1, 2;
 
 -- name: endpoint_delivered
 SELECT endpoint, coalesce(sum(delivered), 0)::bigint AS delivered,
@@ -128,19 +150,35 @@ SELECT endpoint, coalesce(sum(delivered), 0)::bigint AS delivered,
        count(*) FILTER (WHERE status IN ('claimed', 'reading', 'delivering')) AS active_files
 FROM files WHERE status <> 'duplicate' GROUP BY endpoint;
 
--- name: renew_leases
-UPDATE alerts SET lease_until = now() + make_interval(secs => %(lease)s)
-WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s;
+-- name: renew_lease
+UPDATE chunk_leases SET until = now() + make_interval(secs => %(lease)s)
+WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s
+RETURNING 1 AS ok;
 
--- name: release_alerts
--- Give back leased alerts that were not tried (shutdown, pause): their lease ends now, so the
--- monitor's lease sweep queues them again; a crash here loses nothing either.
-UPDATE alerts SET lease_until = now()
-WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s
-  AND status IN ('sending', 'retrying', 'throttled');
+-- name: end_lease
+-- The job is over. With nothing left open among the lease's ids, the lease goes; otherwise
+-- (handed back: stop, pause, lost lease; or ids of another job joined it) it ends now and the
+-- monitor's lease sweep queues what is still open.
+WITH lease AS (
+    SELECT ids FROM chunk_leases
+    WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s FOR UPDATE
+), still_open AS (
+    SELECT 1 FROM alerts, lease
+    WHERE alerts.id = ANY(lease.ids) AND alerts.file_id = %(file_id)s
+      AND alerts.status IN ('pending', 'retrying', 'throttled')
+    LIMIT 1
+), gone AS (
+    DELETE FROM chunk_leases
+    WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s
+      AND NOT EXISTS (SELECT 1 FROM still_open)
+    RETURNING 1
+)
+UPDATE chunk_leases SET until = now()
+WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s
+  AND EXISTS (SELECT 1 FROM still_open);
 
 -- name: record_results
--- Write one batch of outcomes, only for alerts this notifier still holds, and move the
+-- Write one batch of outcomes, only while this notifier holds the chunk's lease, and move the
 -- per-file counters by the alerts that reached an end state in this very statement.
 WITH r AS (
     SELECT * FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(failed)s::int[],
@@ -158,11 +196,12 @@ WITH r AS (
         last_attempt_at = now(),
         delivered_at = CASE WHEN r.status = 'delivered' THEN now() ELSE a.delivered_at END,
         next_attempt_at = r.next_at,
-        lease_owner = CASE WHEN r.status IN ('retrying', 'throttled') THEN a.lease_owner END,
-        lease_until = CASE WHEN r.status IN ('retrying', 'throttled') THEN a.lease_until END
+        first_attempt_at = coalesce(a.first_attempt_at, now())
     FROM r
-    WHERE a.id = r.id AND a.lease_owner = %(owner)s
-      AND a.status IN ('sending', 'retrying', 'throttled')
+    WHERE a.id = r.id AND a.status IN ('pending', 'retrying', 'throttled', 'dlq')
+      AND a.file_id = %(file_id)s AND a.chunk_seq = %(seq)s
+      AND EXISTS (SELECT 1 FROM chunk_leases
+                  WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s)
     RETURNING a.file_id, a.status
 ), counts AS (
     SELECT file_id,
@@ -185,36 +224,51 @@ WITH r AS (
 SELECT (SELECT count(*) FROM upd) AS written;
 
 -- name: take_due_dlq
--- DLQ entries whose time has come, but those of held endpoints (paused, breaker open); pushed
--- forward so that a crash before they are enqueued only delays them by one interval.
+-- DLQ entries whose time has come, but those of held endpoints (paused, breaker open) and of
+-- chunks some notifier holds; pushed forward so that a crash before they are enqueued only
+-- delays them by one interval (their job claims them in the DLQ).
 UPDATE alerts SET next_attempt_at = now() + make_interval(secs => %(interval)s)
 WHERE id IN (
     SELECT a.id FROM alerts AS a JOIN files AS f ON f.id = a.file_id
     WHERE a.status = 'dlq' AND a.next_attempt_at <= now() AND f.endpoint <> ALL(%(held)s::text[])
+      AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
+                      WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq)
     ORDER BY a.next_attempt_at LIMIT %(limit)s FOR UPDATE OF a SKIP LOCKED)
-RETURNING id, file_id;
+RETURNING id, file_id, chunk_seq;
 
 -- name: take_expired_leases
--- Alerts whose notifier died holding them: mark them claimable by anyone and hand them back.
-UPDATE alerts SET lease_owner = NULL, lease_until = now() + make_interval(secs => %(lease)s)
-WHERE id IN (
-    SELECT id FROM alerts
-    WHERE status IN ('sending', 'retrying', 'throttled') AND lease_until < now()
-    LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-RETURNING id, file_id;
+-- Leases whose notifier died, or that were handed back: they end here (a notifier that still
+-- thinks it holds one finds out at its next write), and what is still open among their ids
+-- goes to the queue again. Leases of paused files wait for the resume.
+WITH gone AS (
+    DELETE FROM chunk_leases WHERE (file_id, chunk_seq) IN (
+        SELECT l.file_id, l.chunk_seq FROM chunk_leases AS l JOIN files AS f ON f.id = l.file_id
+        WHERE l.until < now() AND NOT f.paused
+        ORDER BY l.until LIMIT %(limit)s FOR UPDATE OF l SKIP LOCKED)
+    RETURNING file_id, chunk_seq, ids
+)
+SELECT a.id, a.file_id, a.chunk_seq
+FROM gone JOIN alerts AS a ON a.id = ANY(gone.ids) AND a.file_id = gone.file_id
+JOIN files AS f ON f.id = a.file_id
+WHERE a.status IN ('pending', 'retrying', 'throttled')
+  AND f.status IN ('claimed', 'reading', 'delivering', 'done', 'failed');
 
 -- name: orphaned_pending
--- Pending alerts of running files, older than a lease. Asked only while the notifier
--- queue is empty: then no queued job carries them, so their job was lost (a notifier killed
--- between dequeuing it and claiming them; RQ does not run such a job again).
-SELECT a.id, a.file_id FROM alerts AS a JOIN files AS f ON f.id = a.file_id
-WHERE a.status = 'pending' AND a.created_at < now() - make_interval(secs => %(age)s)
+-- Open alerts of running files, older than a lease, of chunks no notifier holds. Asked only
+-- while the notifier queue is empty: then no queued job carries them, so their job was lost
+-- (a notifier killed between dequeuing it and claiming the chunk; RQ does not run such a job
+-- again).
+SELECT a.id, a.file_id, a.chunk_seq FROM alerts AS a JOIN files AS f ON f.id = a.file_id
+WHERE a.status IN ('pending', 'retrying', 'throttled')
+  AND a.created_at < now() - make_interval(secs => %(age)s)
   AND f.status IN ('claimed', 'reading', 'delivering') AND NOT f.paused
+  AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
+                  WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq)
 LIMIT %(limit)s;
 
--- name: open_alert_ids
-SELECT id FROM alerts
-WHERE file_id = %(file_id)s AND status IN ('pending', 'sending', 'retrying', 'throttled')
+-- name: open_alerts
+SELECT id, file_id, chunk_seq FROM alerts
+WHERE file_id = %(file_id)s AND status IN ('pending', 'retrying', 'throttled')
 ORDER BY chunk_seq, line_no;
 
 -- name: finish_files
@@ -238,13 +292,16 @@ WHERE id = %(id)s AND status IN ('claimed', 'reading', 'delivering')
 RETURNING id;
 
 -- name: cancel_file
--- Alerts a live notifier is sending are left to it: it sees the file paused, hands them back,
--- and cancel_leftovers marks them; what it already sent stays counted as delivered.
+-- Alerts of chunks a live notifier holds are left to it: it sees the file paused, hands them
+-- back, and cancel_leftovers marks them; what it already sent stays counted as delivered.
+-- Run after the file's exclusive lock (lock_file): every claim is then visible, or waits and
+-- finds the file cancelled.
 WITH c AS (
-    UPDATE alerts SET status = 'cancelled', lease_owner = NULL, lease_until = NULL
-    WHERE file_id = %(id)s
-      AND (status IN ('pending', 'dlq', 'deferred')
-           OR (status IN ('sending', 'retrying', 'throttled') AND lease_until < now()))
+    UPDATE alerts AS a SET status = 'cancelled'
+    WHERE a.file_id = %(id)s
+      AND a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
+      AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
+                    WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now())
     RETURNING 1
 )
 UPDATE files SET status = 'cancelled', cancelled = cancelled + (SELECT count(*) FROM c),
@@ -252,15 +309,19 @@ UPDATE files SET status = 'cancelled', cancelled = cancelled + (SELECT count(*) 
 WHERE id = %(id)s AND status IN ('claimed', 'reading', 'delivering')
 RETURNING id;
 
+-- name: lock_file
+SELECT pg_advisory_xact_lock(1751413611, (%(id)s %% 2147483647)::int);
+
 -- name: cancel_leftovers
 -- Alerts of cancelled files that nobody holds any more (handed back, or written by a batcher
 -- that had not yet noticed the cancel) end as cancelled.
 WITH c AS (
-    UPDATE alerts AS a SET status = 'cancelled', lease_owner = NULL, lease_until = NULL
+    UPDATE alerts AS a SET status = 'cancelled'
     FROM files AS f
     WHERE f.id = a.file_id AND f.status = 'cancelled'
-      AND a.status IN ('pending', 'sending', 'retrying', 'throttled', 'dlq', 'deferred')
-      AND (a.lease_until IS NULL OR a.lease_until < now())
+      AND a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
+      AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
+                    WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now())
     RETURNING a.file_id
 ), n AS (SELECT file_id, count(*) AS n FROM c GROUP BY file_id)
 UPDATE files SET cancelled = files.cancelled + n.n, updated_at = now()
@@ -268,8 +329,13 @@ FROM n WHERE files.id = n.file_id
 RETURNING files.id;
 
 -- name: status_counts
-SELECT status, count(*) AS n FROM alerts WHERE file_id = %(file_id)s AND status <> 'delivered'
-GROUP BY status;
+-- Open alerts of a chunk under a live lease count as sending.
+SELECT CASE WHEN a.status = 'pending' AND EXISTS (SELECT 1 FROM chunk_leases AS l
+                    WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now())
+            THEN 'sending' ELSE a.status END AS status,
+       count(*) AS n
+FROM alerts AS a WHERE a.file_id = %(file_id)s AND a.status <> 'delivered'
+GROUP BY 1;
 
 -- name: row_errors_page
 SELECT line_no, reason, excerpt FROM row_errors WHERE file_id = %(file_id)s
@@ -360,11 +426,15 @@ ORDER BY id DESC LIMIT 1;
 -- One line per row of a file, in the file's order: its alerts (a repeated row is one alert,
 -- listed at the line that first read it) and its row errors. Read through a server-side
 -- cursor, so PostgreSQL sorts (spilling to disk past work_mem) and hands the lines out in
--- batches: the reader's memory does not grow with the file.
+-- batches: the reader's memory does not grow with the file. Open alerts of a chunk under a
+-- live lease are listed as sending.
 SELECT line, user_id, alert_id, status, http_code, error FROM (
-    SELECT line_no AS line, user_id, id AS alert_id, status, last_status_code AS http_code,
-           last_error AS error
-    FROM alerts WHERE file_id = %(file_id)s
+    SELECT a.line_no AS line, a.user_id, a.id AS alert_id,
+           CASE WHEN a.status = 'pending' AND l.until >= now() THEN 'sending' ELSE a.status END,
+           a.last_status_code AS http_code, a.last_error AS error
+    FROM alerts AS a LEFT JOIN chunk_leases AS l
+        ON l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq
+    WHERE a.file_id = %(file_id)s
     UNION ALL
     SELECT line_no, NULL, NULL, 'invalid', NULL, reason
     FROM row_errors WHERE file_id = %(file_id)s
