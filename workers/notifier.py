@@ -154,11 +154,17 @@ class Delivery:
             # Another notifier holds the chunk: our ids joined its lease, it sees to them.
             log.info("chunk.busy", file_id=file_id, chunk=seq, alerts=len(ids))
             return {"file_id": file_id, "claimed": 0, "busy": True}
+        rows, given = claimed
+        settled = False
         try:
-            return self._run_claimed(file_id, seq, claimed)
+            done = self._run_claimed(file_id, seq, rows)
+            settled = not done.get("released")
+            return done
         finally:
             retrying(
-                lambda: self.store.end_lease(file_id, seq, self.owner),
+                lambda: self.store.end_lease(
+                    file_id, seq, self.owner, given=given, settled=settled
+                ),
                 what="end lease",
                 stop=self.ctx.stopping.is_set,
             )

@@ -25,10 +25,11 @@ class DeliveryQueries(Connected):
         lease: float,
         *,
         dlq: bool = False,
-    ) -> list[AlertToSend] | None:
+    ) -> tuple[list[AlertToSend], int] | None:
         """Lease chunk ``seq`` of a file to ``owner`` and read its alerts among ``ids`` that
-        still need sending (DLQ entries too with ``dlq``); None when another notifier holds
-        the chunk (``ids`` then join its lease, so they are seen to when it ends)."""
+        still need sending (DLQ entries too with ``dlq``), with how many ids the lease holds
+        (for ``end_lease``); None when another notifier holds the chunk (``ids`` then join its
+        lease, so they are seen to when it ends)."""
         with self.transaction() as conn:
             leased = execute(
                 conn,
@@ -38,26 +39,32 @@ class DeliveryQueries(Connected):
             if not leased or not leased[0]["ours"]:
                 return None
             cur = conn.cursor(row_factory=class_row(AlertToSend))
-            cur.execute(
-                queries()["claim_chunk"],
-                {"file_id": file_id, "seq": seq, "ids": leased[0]["ids"], "dlq": dlq},
-            )
-            return cur.fetchall()
+            given = leased[0]["ids"]
+            cur.execute(queries()["claim_chunk"], {"seq": seq, "ids": given, "dlq": dlq})
+            return [row for row in cur.fetchall() if row.file_id == file_id], len(given)
 
     def chunks_of(self, file_id: int, ids: Sequence[str]) -> list[tuple[int, list[str]]]:
         """``ids`` by the chunk they belong to."""
-        rows = self._rows("chunks_of", {"file_id": file_id, "ids": list(ids)})
-        return [(int(row["chunk_seq"]), list(row["ids"])) for row in rows]
+        rows = self._rows("chunks_of", {"ids": list(ids)})
+        return [
+            (int(row["chunk_seq"]), list(row["ids"])) for row in rows if row["file_id"] == file_id
+        ]
 
     def renew_lease(self, file_id: int, seq: int, owner: str, lease: float) -> bool:
         """False when the chunk is not ours any more (the lease ran out and was taken)."""
         params = {"file_id": file_id, "seq": seq, "owner": owner, "lease": lease}
         return bool(self._rows("renew_lease", params))
 
-    def end_lease(self, file_id: int, seq: int, owner: str) -> None:
-        """The job is over: the lease goes, or ends now if alerts of it are still open (the
-        lease sweep queues them again)."""
-        self._rows("end_lease", {"file_id": file_id, "seq": seq, "owner": owner})
+    def end_lease(
+        self, file_id: int, seq: int, owner: str, *, given: int = -1, settled: bool = False
+    ) -> None:
+        """The job is over: the lease goes if the job ``settled`` every alert it read and the
+        lease still holds the ``given`` ids; otherwise it ends now, and the lease sweep queues
+        what is still open among them."""
+        self._rows(
+            "end_lease",
+            {"file_id": file_id, "seq": seq, "owner": owner, "given": given, "settled": settled},
+        )
 
     def record_results(self, results: Sequence[Result], file_id: int, seq: int, owner: str) -> int:
         """Write outcomes in one statement; returns how many were written (none once the

@@ -200,7 +200,7 @@ def test_an_expired_lease_is_handed_back_and_delivered_once(
     file_id, ids = make_file(store, 5)
     # A notifier claimed the chunk and died (no results, no renewals).
     claimed = store.claim_chunk(file_id, 1, ids, "dead-notifier", 60)
-    assert claimed is not None and len(claimed) == 5
+    assert claimed is not None and len(claimed[0]) == 5
     recovery = Recovery(dsettings, store, rconn)
     # while its lease lasts, nobody else gets the chunk: a doubled job sends nothing
     assert store.claim_chunk(file_id, 1, ids, "other", 60) is None

@@ -16,8 +16,10 @@ import httpx
 import pytest
 import redis
 import respx
+import structlog
 from structlog.testing import capture_logs
 
+import daemon.dlq
 from daemon.claim import Claimer
 from daemon.recovery import Recovery
 from hookdrop.endpoints import LiveEndpoints
@@ -30,8 +32,8 @@ from tests.helpers import (
     file_rows,
     ledger_file,
     queued_alert_ids,
-    run_queued_deliveries,
     run_burst,
+    run_queued_deliveries,
     running_monitor,
     wait_for,
     write_csv,
@@ -295,8 +297,10 @@ def test_a_file_or_link_in_place_of_an_endpoint_folder_leaves_the_others_working
 
 
 def test_alerts_of_an_endpoint_removed_by_a_reload_wait_visibly_and_go_once_it_is_back(
-    esettings: Settings, store: Store, rconn: redis.Redis
+    esettings: Settings, store: Store, rconn: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A fresh logger: one an earlier test already used is cached past capture_logs.
+    monkeypatch.setattr(daemon.dlq, "log", structlog.get_logger("daemon.dlq"))
     assert esettings.config is not None
     file_id, ids = ledger_file(store, 4, endpoint="busy", sha="gone4")
     with store.transaction() as conn:  # handed back while the endpoint was held

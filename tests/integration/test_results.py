@@ -404,7 +404,7 @@ def test_a_cancelled_file_gets_its_summary_in_failed(
             "UPDATE files SET processing_path = %s, name = 'stopped.csv' WHERE id = %s",
             (str(processing), file_id),
         )
-    store.end_lease(file_id, 1, "t")  # the three alerts still leased were handed back
+    store.end_lease(file_id, 1, "t")  # the three alerts still open were handed back
     assert store.cancel_file(file_id)
     Recovery(rsettings, store, rconn).finish_files()
     final = rsettings.failed_dir / f"{file_id}--stopped.csv"

@@ -99,18 +99,22 @@ RETURNING l.owner = %(owner)s AS ours, l.ids;
 -- name: claim_chunk
 -- The alerts of a leased chunk still to send (a DLQ job's also in the DLQ); none of a paused
 -- or cancelled file. Reads only: the chunk's lease is what makes them ours.
+-- Driven by the ids (a primary-key lookup each): a condition on the file's column would let
+-- the planner scan every open alert of the file instead.
 SELECT a.id, a.file_id, a.user_id, a.message, a.extra, a.attempts, a.body, f.endpoint,
        f.name AS file_name
-FROM alerts AS a JOIN files AS f ON f.id = a.file_id
-WHERE a.id = ANY(%(ids)s) AND a.file_id = %(file_id)s AND a.chunk_seq = %(seq)s
-  AND NOT f.paused AND f.status IN ('claimed', 'reading', 'delivering', 'done', 'failed')
+FROM unnest(%(ids)s::text[]) AS u(id)
+JOIN alerts AS a ON a.id = u.id
+JOIN files AS f ON f.id = a.file_id
+WHERE a.chunk_seq = %(seq)s AND NOT f.paused AND f.status IN ('claimed', 'reading', 'delivering', 'done', 'failed')
   AND (a.status IN ('pending', 'retrying', 'throttled') OR (%(dlq)s AND a.status = 'dlq'))
 ORDER BY a.line_no;
 
 -- name: chunks_of
 -- The chunk of each alert, for a job queued before jobs named their chunk.
-SELECT chunk_seq, array_agg(id ORDER BY line_no) AS ids FROM alerts
-WHERE id = ANY(%(ids)s) AND file_id = %(file_id)s GROUP BY chunk_seq ORDER BY chunk_seq;
+SELECT a.file_id, a.chunk_seq, array_agg(a.id ORDER BY a.line_no) AS ids
+FROM unnest(%(ids)s::text[]) AS u(id) JOIN alerts AS a ON a.id = u.id
+GROUP BY a.file_id, a.chunk_seq ORDER BY a.chunk_seq;
 
 -- name: defer_alerts
 -- The endpoint is paused or its breaker open: give leased alerts back to wait in PostgreSQL
@@ -156,26 +160,18 @@ WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s
 RETURNING 1 AS ok;
 
 -- name: end_lease
--- The job is over. With nothing left open among the lease's ids, the lease goes; otherwise
--- (handed back: stop, pause, lost lease; or ids of another job joined it) it ends now and the
--- monitor's lease sweep queues what is still open.
-WITH lease AS (
-    SELECT ids FROM chunk_leases
-    WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s FOR UPDATE
-), still_open AS (
-    SELECT 1 FROM alerts, lease
-    WHERE alerts.id = ANY(lease.ids) AND alerts.file_id = %(file_id)s
-      AND alerts.status IN ('pending', 'retrying', 'throttled')
-    LIMIT 1
-), gone AS (
+-- The job is over. Settled (nothing it was given is still open) and no other job's ids joined
+-- the lease since (it only grows): the lease goes. Otherwise (handed back: stop, pause, lost
+-- lease; or ids joined) it ends now and the monitor's lease sweep queues what is still open.
+WITH gone AS (
     DELETE FROM chunk_leases
     WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s
-      AND NOT EXISTS (SELECT 1 FROM still_open)
+      AND %(settled)s AND cardinality(ids) = %(given)s
     RETURNING 1
 )
 UPDATE chunk_leases SET until = now()
 WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s
-  AND EXISTS (SELECT 1 FROM still_open);
+  AND NOT EXISTS (SELECT 1 FROM gone);
 
 -- name: record_results
 -- Write one batch of outcomes, only while this notifier holds the chunk's lease, and move the
@@ -199,7 +195,6 @@ WITH r AS (
         first_attempt_at = coalesce(a.first_attempt_at, now())
     FROM r
     WHERE a.id = r.id AND a.status IN ('pending', 'retrying', 'throttled', 'dlq')
-      AND a.file_id = %(file_id)s AND a.chunk_seq = %(seq)s
       AND EXISTS (SELECT 1 FROM chunk_leases
                   WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s)
     RETURNING a.file_id, a.status
@@ -248,7 +243,8 @@ WITH gone AS (
     RETURNING file_id, chunk_seq, ids
 )
 SELECT a.id, a.file_id, a.chunk_seq
-FROM gone JOIN alerts AS a ON a.id = ANY(gone.ids) AND a.file_id = gone.file_id
+FROM gone CROSS JOIN LATERAL unnest(gone.ids) AS u(id)
+JOIN alerts AS a ON a.id = u.id
 JOIN files AS f ON f.id = a.file_id
 WHERE a.status IN ('pending', 'retrying', 'throttled')
   AND f.status IN ('claimed', 'reading', 'delivering', 'done', 'failed');
