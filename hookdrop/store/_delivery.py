@@ -40,7 +40,10 @@ class DeliveryQueries(Connected):
                 return None
             cur = conn.cursor(row_factory=class_row(AlertToSend))
             given = leased[0]["ids"]
-            cur.execute(queries()["claim_chunk"], {"seq": seq, "ids": given, "dlq": dlq})
+            cur.execute(
+                queries()["claim_chunk"],
+                {"file_id": file_id, "seq": seq, "ids": given, "dlq": dlq},
+            )
             return [row for row in cur.fetchall() if row.file_id == file_id], len(given)
 
     def chunks_of(self, file_id: int, ids: Sequence[str]) -> list[tuple[int, list[str]]]:

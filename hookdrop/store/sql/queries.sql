@@ -99,14 +99,19 @@ RETURNING l.owner = %(owner)s AS ours, l.ids;
 -- name: claim_chunk
 -- The alerts of a leased chunk still to send (a DLQ job's also in the DLQ); none of a paused
 -- or cancelled file. Reads only: the chunk's lease is what makes them ours.
--- Driven by the ids (a primary-key lookup each): a condition on the file's column would let
--- the planner scan every open alert of the file instead.
+-- Driven by the ids (a primary-key lookup each), the file looked up once: a condition on the
+-- alerts' file column would let the planner scan every open alert of the file instead (the
+-- caller drops alerts of another file).
+WITH f AS MATERIALIZED (
+    SELECT endpoint, name FROM files
+    WHERE id = %(file_id)s AND NOT paused
+      AND status IN ('claimed', 'reading', 'delivering', 'done', 'failed')
+)
 SELECT a.id, a.file_id, a.user_id, a.message, a.extra, a.attempts, a.body, f.endpoint,
        f.name AS file_name
-FROM unnest(%(ids)s::text[]) AS u(id)
+FROM f, unnest(%(ids)s::text[]) AS u(id)
 JOIN alerts AS a ON a.id = u.id
-JOIN files AS f ON f.id = a.file_id
-WHERE a.chunk_seq = %(seq)s AND NOT f.paused AND f.status IN ('claimed', 'reading', 'delivering', 'done', 'failed')
+WHERE a.chunk_seq = %(seq)s
   AND (a.status IN ('pending', 'retrying', 'throttled') OR (%(dlq)s AND a.status = 'dlq'))
 ORDER BY a.line_no;
 
