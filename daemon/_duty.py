@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import redis
 
+from daemon.summary import write_summary
 from hookdrop.endpoints import DEFAULT, LiveEndpoints
 from hookdrop.queues import by_chunk, enqueue_deliveries
 from hookdrop.settings import Settings
@@ -28,6 +31,12 @@ class Duty:
 
     def _names(self) -> list[str]:
         return sorted({DEFAULT, *self.endpoints.current.names})
+
+    def _refresh_summary(self, file_id: int) -> None:
+        """Write a moved file's summary again: its counts changed since."""
+        file = self.store.get_file(file_id)
+        if file is not None and file.final_path:
+            write_summary(Path(file.final_path), file)
 
     def _enqueue_grouped(self, rows: list[AlertRef], *, dlq: bool = False) -> None:
         """One job per chunk of the alerts ``rows``."""

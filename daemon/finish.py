@@ -33,11 +33,6 @@ class Finisher(Duty):
                 self._refresh_summary(row.id)
         return len(finished)
 
-    def _refresh_summary(self, file_id: int) -> None:
-        file = self.store.get_file(file_id)
-        if file is not None and file.final_path:
-            write_summary(Path(file.final_path), file)
-
     def move_finished(self) -> set[int]:
         """Move finished files out of processing/, each with its summary (and, if it failed,
         its error note) beside it; the ids of the files moved."""

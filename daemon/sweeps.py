@@ -57,7 +57,9 @@ class Sweeps(Duty):
 
     def requeue_expired_leases(self) -> int:
         """Open alerts of chunks whose notifier died or handed them back: queued again."""
-        self.store.cancel_leftovers()  # those of cancelled files end here instead
+        # Those of cancelled files end here instead; a summary already written is redone.
+        for file_id in self.store.cancel_leftovers():
+            self._refresh_summary(file_id)
         rows = self.store.take_expired_leases(limit=BATCH)
         self._enqueue_grouped(rows)
         if rows:

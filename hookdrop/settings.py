@@ -42,6 +42,12 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _lease(value: str) -> float:
+    if not float(value) >= 1:  # NaN too
+        raise ValueError("must be at least 1: a shorter lease runs out while it is renewed")
+    return float(value)
+
+
 def _non_negative_float(value: str) -> float:
     number = float(value)
     if number < 0:
@@ -340,9 +346,9 @@ SETTINGS: tuple[Spec, ...] = (
         "lease_seconds",
         "HOOKDROP_LEASE_SECONDS",
         "--lease-seconds",
-        "How long a notifier's claim on its alerts lasts without renewal; after a crash, "
-        "its alerts are picked up again after this.",
-        _positive_float,
+        "How long a notifier's lease on its chunk lasts without renewal (at least 1); after "
+        "a crash, its alerts are picked up again after this.",
+        _lease,
     ),
     Spec(
         "backpressure_seconds",

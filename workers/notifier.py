@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import secrets
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -91,7 +92,7 @@ class Delivery:
         self.ctx = ctx
         self.settings = ctx.settings
         self.store = ctx.store
-        self.owner = ctx.name
+        self.owner = ctx.name  # with a token per job: the holder of a chunk's lease
         self.loop = uvloop.new_event_loop()
         self.targets: dict[str, Target] = {}
         self._generation = -1
@@ -143,9 +144,12 @@ class Delivery:
     def run_chunk(
         self, file_id: int, seq: int, ids: list[str], *, dlq: bool = False
     ) -> dict[str, Any]:
+        # The lease is this run's alone: a name shared by two processes (pid 1 in containers,
+        # hosts of one name) or a second job of the chunk never passes for its holder.
+        owner = f"{self.owner}:{secrets.token_hex(6)}"
         claimed = retrying(
             lambda: self.store.claim_chunk(
-                file_id, seq, ids, self.owner, self.settings.lease_seconds, dlq=dlq
+                file_id, seq, ids, owner, self.settings.lease_seconds, dlq=dlq
             ),
             what="claim chunk",
             stop=self.ctx.stopping.is_set,
@@ -153,30 +157,30 @@ class Delivery:
         if claimed is None:
             # Another notifier holds the chunk: our ids joined its lease, it sees to them.
             log.info("chunk.busy", file_id=file_id, chunk=seq, alerts=len(ids))
-            return {"file_id": file_id, "claimed": 0, "busy": True}
+            return {"file_id": file_id, "claimed": 0, "busy": 1}
         rows, given = claimed
         settled = False
         try:
-            done = self._run_claimed(file_id, seq, rows)
+            done = self._run_claimed(file_id, seq, owner, rows)
             settled = not done.get("released")
             return done
         finally:
             retrying(
-                lambda: self.store.end_lease(
-                    file_id, seq, self.owner, given=given, settled=settled
-                ),
+                lambda: self.store.end_lease(file_id, seq, owner, given=given, settled=settled),
                 what="end lease",
                 stop=self.ctx.stopping.is_set,
             )
 
-    def _run_claimed(self, file_id: int, seq: int, claimed: list[AlertToSend]) -> dict[str, Any]:
+    def _run_claimed(
+        self, file_id: int, seq: int, owner: str, claimed: list[AlertToSend]
+    ) -> dict[str, Any]:
         if not claimed:
             return {"file_id": file_id, "claimed": 0}
         name = claimed[0].endpoint
         target = self.target(name)
         if target is None:
             log.error("endpoint.unknown", file_id=file_id, endpoint=name, alerts=len(claimed))
-            return self._defer(file_id, seq, claimed, "endpoint not configured")
+            return self._defer(file_id, seq, owner, claimed, "endpoint not configured")
         try:
             decision = target.breaker.admit()
             if decision in (CLOSED, PROBE) and target.limiter.paused_for() > DEFER_AFTER_SECONDS:
@@ -185,17 +189,15 @@ class Delivery:
             log.warning("redis.unavailable", action="breaker", error=str(exc))
             decision = CLOSED
         if decision not in (CLOSED, PROBE):
-            return self._defer(file_id, seq, claimed, f"breaker {decision}")
-        chunk = _Chunk(self, target, file_id, seq, claimed, probe=decision == PROBE)
+            return self._defer(file_id, seq, owner, claimed, f"breaker {decision}")
+        chunk = _Chunk(self, target, file_id, seq, claimed, owner=owner, probe=decision == PROBE)
         return self.loop.run_until_complete(chunk.run())
 
     def _defer(
-        self, file_id: int, seq: int, rows: list[AlertToSend], reason: str
+        self, file_id: int, seq: int, owner: str, rows: list[AlertToSend], reason: str
     ) -> dict[str, Any]:
         ids = [row.id for row in rows]
-        retrying(
-            lambda: self.store.defer_alerts(ids, file_id, seq, self.owner), what="defer alerts"
-        )
+        retrying(lambda: self.store.defer_alerts(ids, file_id, seq, owner), what="defer alerts")
         log.info("chunk.deferred", file_id=file_id, alerts=len(ids), reason=reason)
         return {"file_id": file_id, "claimed": len(ids), "deferred": len(ids)}
 
@@ -211,9 +213,10 @@ class _Chunk(ChunkBook):
         seq: int,
         rows: list[AlertToSend],
         *,
+        owner: str,
         probe: bool = False,
     ) -> None:
-        super().__init__(engine, target, file_id, seq)
+        super().__init__(engine, target, file_id, seq, owner)
         self.endpoint = target.endpoint
         self.probe = probe  # send one alert alone first: the breaker's probe
         self.alerts: deque[_Alert] = deque()
@@ -290,7 +293,7 @@ class _Chunk(ChunkBook):
         leftover = [a.id for a in self.open.values() if not a.done]
         if not leftover:
             return
-        store, owner = self.engine.store, self.engine.owner
+        store, owner = self.engine.store, self.owner
         if self.deferring and not self.lost:
             retrying(
                 lambda: store.defer_alerts(leftover, self.file_id, self.seq, owner),

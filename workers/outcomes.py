@@ -38,12 +38,15 @@ GATHER_SECONDS = 0.005  # longest an outcome waits for others to be written with
 class ChunkBook:
     """Outcomes waiting to be written, and the keeper of one job's lease and flags."""
 
-    def __init__(self, engine: Delivery, target: Target, file_id: int, seq: int) -> None:
+    def __init__(
+        self, engine: Delivery, target: Target, file_id: int, seq: int, owner: str
+    ) -> None:
         self.engine = engine
         self.target = target
         self.settings: Settings = engine.settings
         self.file_id = file_id
         self.seq = seq  # the chunk whose lease this job holds
+        self.owner = owner  # the lease's holder: this job alone
         self.open: dict[str, _Alert] = {}
         # Outcomes waiting for the writer, and the future their write completes.
         self.pending: dict[str, Result] = {}
@@ -94,7 +97,7 @@ class ChunkBook:
         """Write outcomes in rounds: once half the running senders wait for their outcomes to
         be written, or ``GATHER_SECONDS`` after the first one came in, whichever is first."""
         loop = asyncio.get_running_loop()
-        store, owner = self.engine.store, self.engine.owner
+        store, owner = self.engine.store, self.owner
         while True:
             if self.finished and not self.pending:
                 return  # the job's end may have been signalled while a round was written
@@ -156,7 +159,7 @@ class ChunkBook:
                         self.engine.store.renew_lease,
                         self.file_id,
                         self.seq,
-                        self.engine.owner,
+                        self.owner,
                         self.settings.lease_seconds,
                     )
                     last_renew = time.monotonic()

@@ -234,8 +234,10 @@ class Store(DeliveryQueries):
             execute(conn, "lock_file", {"id": file_id})
             return bool(execute(conn, "cancel_file", {"id": file_id}))
 
-    def cancel_leftovers(self) -> int:
-        return len(self._rows("cancel_leftovers"))
+    def cancel_leftovers(self) -> list[int]:
+        """Alerts of cancelled files nobody holds any more end as cancelled; the ids of the
+        files whose counts moved."""
+        return [int(row["id"]) for row in self._rows("cancel_leftovers")]
 
     def totals(self) -> Totals:
         found = self._first(Totals, "totals")

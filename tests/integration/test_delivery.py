@@ -194,6 +194,22 @@ def test_failures_go_to_the_dlq_then_dead_when_the_budget_is_spent(
     assert store.get_file(file_id).dead == 2  # type: ignore[union-attr]
 
 
+def test_a_notifier_of_the_same_name_never_passes_for_the_holder_of_a_live_lease(
+    engine: Delivery, store: Store
+) -> None:
+    """Two processes can share a name (pid 1 in containers, hosts of one name): a second job
+    of a chunk held by one of them sends nothing, whatever the names."""
+    file_id, ids = make_file(store, 5)
+    engine.owner = "vm:1"
+    holder = store.claim_chunk(file_id, 1, ids, "vm:1", 60)  # the other process, mid-chunk
+    assert holder is not None
+    with respx.mock(using="httpx", assert_all_called=False) as router:
+        route = router.post(URL).respond(200)
+        result = engine.run_alerts(file_id, ids)
+    assert route.call_count == 0
+    assert result["claimed"] == 0 and result["busy"] == 1
+
+
 def test_an_expired_lease_is_handed_back_and_delivered_once(
     engine: Delivery, store: Store, rconn: redis.Redis, dsettings: Settings
 ) -> None:

@@ -393,6 +393,31 @@ def test_cli_result_csv_into_a_pipe_closed_early_stops_quietly(
     assert "Traceback" not in stderr and "Error" not in stderr, stderr
 
 
+def test_a_cancelled_files_summary_counts_what_its_notifier_handed_back_later(
+    rsettings: Settings, store: Store, rconn: redis.Redis
+) -> None:
+    """Alerts of a chunk a live notifier holds are left to it by the cancel; when it hands
+    them back (or dies), they end cancelled and the summary says so."""
+    file_id, _ = tricky_file(store, sha="sha-cancel-late")
+    processing = rsettings.processing_dir / "tok--late.csv"
+    processing.write_text("the file\n")
+    with store.transaction() as conn:
+        conn.execute(
+            "UPDATE files SET processing_path = %s, name = 'late.csv' WHERE id = %s",
+            (str(processing), file_id),
+        )
+    recovery = Recovery(rsettings, store, rconn)
+    assert store.cancel_file(file_id)  # "t" still holds the chunk's three open alerts
+    recovery.finish_files()
+    summary_path = rsettings.failed_dir / f"{file_id}--late.csv.summary.json"
+    assert json.loads(summary_path.read_text())["cancelled"] == 0
+    store.end_lease(file_id, 1, "t")  # the notifier saw the cancel and handed them back
+    recovery.requeue_expired_leases()
+    assert recovery.requeue_expired_leases() == 0  # nothing of a cancelled file is queued
+    summary = json.loads(summary_path.read_text())
+    assert (summary["delivered"], summary["rejected"], summary["cancelled"]) == (1, 1, 3)
+
+
 def test_a_cancelled_file_gets_its_summary_in_failed(
     rsettings: Settings, store: Store, rconn: redis.Redis
 ) -> None:

@@ -34,7 +34,7 @@ def test_the_writer_ends_when_the_job_ends_while_it_gathers_a_round(
     engine: Any = SimpleNamespace(settings=Settings(), store=ledger, owner="o", writer=None)
 
     async def scenario() -> None:
-        book = ChunkBook(engine, target=None, file_id=1, seq=1)  # type: ignore[arg-type]
+        book = ChunkBook(engine, target=None, file_id=1, seq=1, owner="o:1")  # type: ignore[arg-type]
         book.senders_left = 8  # a round is 4 outcomes: one is not enough
         writer = asyncio.create_task(book._writer())
         written = book._note(Result("msg_a", AlertStatus.DELIVERED, code=200))

@@ -17,7 +17,7 @@
 CREATE TABLE IF NOT EXISTS chunk_leases (
     file_id   bigint      NOT NULL,
     chunk_seq integer     NOT NULL,
-    owner     text        NOT NULL,   -- the notifier (RQ worker name) holding the lease
+    owner     text        NOT NULL,   -- the job holding it: host:pid:token of one run
     until     timestamptz NOT NULL,   -- renewed while it sends; past: the monitor takes over
     ids       text[]      NOT NULL,   -- the alerts given to the holder
     PRIMARY KEY (file_id, chunk_seq)
