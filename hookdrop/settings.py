@@ -43,8 +43,8 @@ def _positive_float(value: str) -> float:
 
 
 def _lease(value: str) -> float:
-    if not float(value) >= 1:  # NaN too
-        raise ValueError("must be at least 1: a shorter lease runs out while it is renewed")
+    if not 1 <= float(value) < float("inf"):  # NaN too
+        raise ValueError("must be at least 1 (a shorter lease runs out while renewed) and finite")
     return float(value)
 
 

@@ -210,6 +210,22 @@ def test_a_notifier_of_the_same_name_never_passes_for_the_holder_of_a_live_lease
     assert result["claimed"] == 0 and result["busy"] == 1
 
 
+def test_the_leases_of_a_paused_then_cancelled_file_are_cleared(
+    store: Store, rconn: redis.Redis, dsettings: Settings
+) -> None:
+    file_id, ids = make_file(store, 5)
+    assert store.claim_chunk(file_id, 1, ids, "n:1", 60) is not None
+    assert store.set_paused(file_id, True)
+    store.end_lease(file_id, 1, "n:1")  # handed back on the pause: it waits for the resume
+    recovery = Recovery(dsettings, store, rconn)
+    assert recovery.requeue_expired_leases() == 0
+    assert store.cancel_file(file_id)
+    assert recovery.requeue_expired_leases() == 0  # nothing of a cancelled file is queued
+    with store.transaction() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM chunk_leases").fetchone() == {"n": 0}
+    assert store.get_file(file_id).cancelled == 5  # type: ignore[union-attr]
+
+
 def test_an_expired_lease_is_handed_back_and_delivered_once(
     engine: Delivery, store: Store, rconn: redis.Redis, dsettings: Settings
 ) -> None:

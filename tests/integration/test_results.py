@@ -393,12 +393,13 @@ def test_cli_result_csv_into_a_pipe_closed_early_stops_quietly(
     assert "Traceback" not in stderr and "Error" not in stderr, stderr
 
 
-def test_a_cancelled_files_summary_counts_what_its_notifier_handed_back_later(
+def test_a_cancelled_files_summary_counts_what_its_notifier_still_sent_and_handed_back(
     rsettings: Settings, store: Store, rconn: redis.Redis
 ) -> None:
-    """Alerts of a chunk a live notifier holds are left to it by the cancel; when it hands
-    them back (or dies), they end cancelled and the summary says so."""
-    file_id, _ = tricky_file(store, sha="sha-cancel-late")
+    """Alerts of a chunk a live notifier holds are left to it by the cancel: the file stays in
+    processing/ until the lease ends, so its summary counts what was in flight (delivered) and
+    what it handed back (cancelled)."""
+    file_id, ids = tricky_file(store, sha="sha-cancel-late")
     processing = rsettings.processing_dir / "tok--late.csv"
     processing.write_text("the file\n")
     with store.transaction() as conn:
@@ -410,12 +411,16 @@ def test_a_cancelled_files_summary_counts_what_its_notifier_handed_back_later(
     assert store.cancel_file(file_id)  # "t" still holds the chunk's three open alerts
     recovery.finish_files()
     summary_path = rsettings.failed_dir / f"{file_id}--late.csv.summary.json"
-    assert json.loads(summary_path.read_text())["cancelled"] == 0
-    store.end_lease(file_id, 1, "t")  # the notifier saw the cancel and handed them back
+    assert processing.exists() and not summary_path.exists()
+    # One request was in flight: it succeeds; the notifier sees the cancel and hands back.
+    delivered = Result(ids[2], AlertStatus.DELIVERED, code=200)
+    assert store.record_results([delivered], file_id, 1, "t") == 1
+    store.end_lease(file_id, 1, "t")
     recovery.requeue_expired_leases()
     assert recovery.requeue_expired_leases() == 0  # nothing of a cancelled file is queued
+    recovery.finish_files()
     summary = json.loads(summary_path.read_text())
-    assert (summary["delivered"], summary["rejected"], summary["cancelled"]) == (1, 1, 3)
+    assert (summary["delivered"], summary["rejected"], summary["cancelled"]) == (2, 1, 2)
 
 
 def test_a_cancelled_file_gets_its_summary_in_failed(

@@ -38,6 +38,7 @@ def test_environment_and_flags_build_the_settings(tmp_path: Path) -> None:
         ({"HOOKDROP_CHUNK_SIZE": "0"}, "HOOKDROP_CHUNK_SIZE"),
         ({"HOOKDROP_LEASE_SECONDS": "0.2"}, "HOOKDROP_LEASE_SECONDS"),
         ({"HOOKDROP_LEASE_SECONDS": "nan"}, "HOOKDROP_LEASE_SECONDS"),
+        ({"HOOKDROP_LEASE_SECONDS": "inf"}, "HOOKDROP_LEASE_SECONDS"),
         ({"HOOKDROP_SIGNING_SECRET": "hunter2"}, "HOOKDROP_SIGNING_SECRET"),
         ({"HOOKDROP_API_LISTEN": "everywhere"}, "HOOKDROP_API_LISTEN"),
         ({"HOOKDROP_LOG_FORMAT": "xml"}, "HOOKDROP_LOG_FORMAT"),

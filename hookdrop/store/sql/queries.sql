@@ -239,11 +239,11 @@ RETURNING id, file_id, chunk_seq;
 -- name: take_expired_leases
 -- Leases whose notifier died, or that were handed back: they end here (a notifier that still
 -- thinks it holds one finds out at its next write), and what is still open among their ids
--- goes to the queue again. Leases of paused files wait for the resume.
+-- goes to the queue again. Leases of paused files wait for the resume (or the cancel).
 WITH gone AS (
     DELETE FROM chunk_leases WHERE (file_id, chunk_seq) IN (
         SELECT l.file_id, l.chunk_seq FROM chunk_leases AS l JOIN files AS f ON f.id = l.file_id
-        WHERE l.until < now() AND NOT f.paused
+        WHERE l.until < now() AND (NOT f.paused OR f.status = 'cancelled')
         ORDER BY l.until LIMIT %(limit)s FOR UPDATE OF l SKIP LOCKED)
     RETURNING file_id, chunk_seq, ids
 )
@@ -280,9 +280,13 @@ WHERE status = 'delivering' AND read_complete AND NOT paused
 RETURNING id, name, status, processing_path;
 
 -- name: files_to_move
+-- A cancelled file waits while a notifier still holds a live lease on one of its chunks: the
+-- outcomes of what it had in flight are still to come, and belong in its summary.
 SELECT id, name, status, processing_path FROM files
 WHERE status IN ('done', 'failed', 'cancelled') AND processing_path IS NOT NULL
-  AND final_path IS NULL;
+  AND final_path IS NULL
+  AND NOT (status = 'cancelled' AND EXISTS (SELECT 1 FROM chunk_leases AS l
+                                            WHERE l.file_id = files.id AND l.until >= now()));
 
 -- name: set_final_path
 UPDATE files SET final_path = %(final_path)s, updated_at = now() WHERE id = %(id)s;
