@@ -393,6 +393,18 @@ def test_cli_result_csv_into_a_pipe_closed_early_stops_quietly(
     assert "Traceback" not in stderr and "Error" not in stderr, stderr
 
 
+def in_processing(settings: Settings, store: Store, file_id: int, name: str) -> Path:
+    """Put the file ``name`` of ledger row ``file_id`` in processing/, as a claim does."""
+    processing = settings.processing_dir / f"tok--{name}"
+    processing.write_text("the file\n")
+    with store.transaction() as conn:
+        conn.execute(
+            "UPDATE files SET processing_path = %s, name = %s WHERE id = %s",
+            (str(processing), name, file_id),
+        )
+    return processing
+
+
 def test_a_cancelled_files_summary_counts_what_its_notifier_still_sent_and_handed_back(
     rsettings: Settings, store: Store, rconn: redis.Redis
 ) -> None:
@@ -400,13 +412,7 @@ def test_a_cancelled_files_summary_counts_what_its_notifier_still_sent_and_hande
     processing/ until the lease ends, so its summary counts what was in flight (delivered) and
     what it handed back (cancelled)."""
     file_id, ids = tricky_file(store, sha="sha-cancel-late")
-    processing = rsettings.processing_dir / "tok--late.csv"
-    processing.write_text("the file\n")
-    with store.transaction() as conn:
-        conn.execute(
-            "UPDATE files SET processing_path = %s, name = 'late.csv' WHERE id = %s",
-            (str(processing), file_id),
-        )
+    processing = in_processing(rsettings, store, file_id, "late.csv")
     recovery = Recovery(rsettings, store, rconn)
     assert store.cancel_file(file_id)  # "t" still holds the chunk's three open alerts
     recovery.finish_files()
@@ -427,13 +433,7 @@ def test_a_cancelled_file_gets_its_summary_in_failed(
     rsettings: Settings, store: Store, rconn: redis.Redis
 ) -> None:
     file_id, _ = tricky_file(store, sha="sha-cancelled")
-    processing = rsettings.processing_dir / "tok--stopped.csv"
-    processing.write_text("the file\n")
-    with store.transaction() as conn:
-        conn.execute(
-            "UPDATE files SET processing_path = %s, name = 'stopped.csv' WHERE id = %s",
-            (str(processing), file_id),
-        )
+    in_processing(rsettings, store, file_id, "stopped.csv")
     store.end_lease(file_id, 1, "t")  # the three alerts still open were handed back
     assert store.cancel_file(file_id)
     Recovery(rsettings, store, rconn).finish_files()
