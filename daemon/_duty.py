@@ -40,6 +40,6 @@ class Duty:
 
     def _enqueue_grouped(self, rows: list[AlertRef], *, dlq: bool = False) -> None:
         """One job per chunk of the alerts ``rows``."""
-        grouped = by_chunk((row.id, row.file_id, row.chunk_seq) for row in rows)
+        grouped = by_chunk(rows)
         for file_id, chunks in grouped.items():
             enqueue_deliveries(self.redis, self.keys, file_id, chunks, dlq=dlq)

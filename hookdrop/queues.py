@@ -18,6 +18,7 @@ from rq import Queue
 from rq.job import Job
 
 from hookdrop.keys import Keys
+from hookdrop.store import AlertRef
 
 BATCHER_JOB = "workers.batcher.read_file_job"
 NOTIFIER_JOB = "workers.notifier.deliver_job"
@@ -91,11 +92,11 @@ def enqueue_deliveries(
     return len(jobs)
 
 
-def by_chunk(refs: Iterable[tuple[str, int, int]]) -> dict[int, list[tuple[int, list[str]]]]:
-    """Alerts ``(id, file_id, chunk_seq)`` as chunks ``(seq, ids)`` by file, in order."""
+def by_chunk(refs: Iterable[AlertRef]) -> dict[int, list[tuple[int, list[str]]]]:
+    """Alerts as chunks ``(seq, ids)`` by file, in order."""
     found: dict[int, dict[int, list[str]]] = {}
-    for alert_id, file_id, seq in refs:
-        found.setdefault(file_id, {}).setdefault(seq, []).append(alert_id)
+    for ref in refs:
+        found.setdefault(ref.file_id, {}).setdefault(ref.chunk_seq, []).append(ref.id)
     return {file_id: sorted(chunks.items()) for file_id, chunks in found.items()}
 
 

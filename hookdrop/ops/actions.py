@@ -172,7 +172,7 @@ class Control:
             self._refuse_inactive(file_id, "resumed")
         self.redis.delete(self.keys.paused(file_id))
         refs = self.store.open_alerts(file_id)
-        chunks = by_chunk((ref.id, ref.file_id, ref.chunk_seq) for ref in refs).get(file_id, [])
+        chunks = by_chunk(refs).get(file_id, [])
         jobs = enqueue_deliveries(self.redis, self.keys, file_id, chunks)
         log.info("file.resumed", file_id=file_id, requeued=len(refs), jobs=jobs)
         return {**self.file_status(file_id), "requeued": len(refs)}
