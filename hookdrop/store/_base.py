@@ -67,10 +67,16 @@ class Connected:
     def transaction(self) -> Iterator[Conn]:
         """A transaction; a lost or refused connection comes out as StoreUnavailable, any
         other driver error as StoreError."""
+        with self._translated() as conn, conn.transaction():
+            yield conn
+
+    @contextmanager
+    def _translated(self) -> Iterator[Conn]:
+        """The connection, its driver errors translated. On its own (autocommit) a single
+        statement is a transaction of its own: atomic, without BEGIN and COMMIT round trips."""
         conn = self._connect()
         try:
-            with conn.transaction():
-                yield conn
+            yield conn
         except psycopg.Error as exc:
             if is_outage(exc, conn):
                 self.close()
@@ -78,11 +84,11 @@ class Connected:
             raise StoreError(f"PostgreSQL refused a statement: {first_line(exc)}") from exc
 
     def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        with self.transaction() as conn:
+        with self._translated() as conn:
             return execute(conn, name, params)
 
     def _typed(self, row_type: type[R], name: str, params: dict[str, Any] | None = None) -> list[R]:
-        with self.transaction() as conn:
+        with self._translated() as conn:
             cur = conn.cursor(row_factory=class_row(row_type))
             cur.execute(queries()[name], params)
             return cur.fetchall() if cur.description else []

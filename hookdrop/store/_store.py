@@ -346,25 +346,32 @@ def _upsert_alerts(
     halving, each try in its own savepoint. Returns (owned rows, refused rows with reasons)."""
     if not alerts:
         return [], []
+    params = {
+        "file_id": file_id,
+        "seq": seq,
+        "ids": [a[0] for a in alerts],
+        "lines": [a[1] for a in alerts],
+        "users": [a[2] for a in alerts],
+        "messages": [a[3] for a in alerts],
+        "extras": [Jsonb(a[4]) if a[4] else None for a in alerts],
+        "bodies": [a[5] for a in alerts],
+    }
     try:
+        # New ids, the common case: a plain insert skips the conflict check before each row.
         with conn.transaction():
-            return execute(
-                conn,
-                "upsert_alerts",
-                {
-                    "file_id": file_id,
-                    "seq": seq,
-                    "ids": [a[0] for a in alerts],
-                    "lines": [a[1] for a in alerts],
-                    "users": [a[2] for a in alerts],
-                    "messages": [a[3] for a in alerts],
-                    "extras": [Jsonb(a[4]) if a[4] else None for a in alerts],
-                    "bodies": [a[5] for a in alerts],
-                },
-            ), []
+            execute(conn, "insert_alerts", params)
+        return [{"id": a[0], "status": str(AlertStatus.PENDING)} for a in alerts], []
+    except psycopg.errors.UniqueViolation:
+        # An id seen before (a replayed chunk, a row repeated from an earlier chunk).
+        try:
+            with conn.transaction():
+                return execute(conn, "upsert_alerts", params), []
+        except _ROW_FAULTS as exc:
+            fault: Exception = exc
     except _ROW_FAULTS as exc:
-        if len(alerts) == 1:
-            return [], [(alerts[0], first_line(exc))]
+        fault = exc
+    if len(alerts) == 1:
+        return [], [(alerts[0], first_line(fault))]
     half = len(alerts) // 2
     owned, refused = _upsert_alerts(conn, file_id, seq, alerts[:half])
     more_owned, more_refused = _upsert_alerts(conn, file_id, seq, alerts[half:])

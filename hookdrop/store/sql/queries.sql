@@ -57,6 +57,15 @@ ON CONFLICT (id) DO UPDATE SET chunk_seq = a.chunk_seq
     WHERE a.file_id = EXCLUDED.file_id AND a.chunk_seq = EXCLUDED.chunk_seq
 RETURNING a.id, a.status;
 
+-- name: insert_alerts
+-- The common case: none of the ids is in the ledger yet (a plain insert, no conflict check
+-- before each row). A duplicate fails it, and upsert_alerts does the chunk instead.
+INSERT INTO alerts (id, file_id, chunk_seq, line_no, user_id, message, extra, body)
+SELECT u.id, %(file_id)s, %(seq)s, u.line_no, u.user_id, u.message, u.extra, u.body
+FROM unnest(%(ids)s::text[], %(lines)s::bigint[], %(users)s::text[], %(messages)s::text[],
+            %(extras)s::jsonb[], %(bodies)s::bytea[])
+     AS u(id, line_no, user_id, message, extra, body);
+
 -- name: insert_row_errors
 INSERT INTO row_errors (file_id, line_no, reason, excerpt)
 SELECT %(file_id)s, e.line_no, e.reason, e.excerpt
