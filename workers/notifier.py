@@ -147,6 +147,7 @@ class Delivery:
         # The lease is this run's alone: a name shared by two processes (pid 1 in containers,
         # hosts of one name) or a second job of the chunk never passes for its holder.
         owner = f"{self.owner}:{secrets.token_hex(6)}"
+        leased_at = time.monotonic()  # the lease runs from no earlier than this
         claimed = retrying(
             lambda: self.store.claim_chunk(
                 file_id, seq, ids, owner, self.settings.lease_seconds, dlq=dlq
@@ -161,7 +162,7 @@ class Delivery:
         rows, given = claimed
         settled = False
         try:
-            done = self._run_claimed(file_id, seq, owner, rows)
+            done = self._run_claimed(file_id, seq, owner, rows, leased_at)
             settled = not done.get("released")
             return done
         finally:
@@ -172,7 +173,7 @@ class Delivery:
             )
 
     def _run_claimed(
-        self, file_id: int, seq: int, owner: str, claimed: list[AlertToSend]
+        self, file_id: int, seq: int, owner: str, claimed: list[AlertToSend], leased_at: float
     ) -> dict[str, Any]:
         if not claimed:
             return {"file_id": file_id, "claimed": 0}
@@ -190,7 +191,16 @@ class Delivery:
             decision = CLOSED
         if decision not in (CLOSED, PROBE):
             return self._defer(file_id, seq, owner, claimed, f"breaker {decision}")
-        chunk = _Chunk(self, target, file_id, seq, claimed, owner=owner, probe=decision == PROBE)
+        chunk = _Chunk(
+            self,
+            target,
+            file_id,
+            seq,
+            claimed,
+            owner=owner,
+            leased_at=leased_at,
+            probe=decision == PROBE,
+        )
         return self.loop.run_until_complete(chunk.run())
 
     def _defer(
@@ -214,9 +224,10 @@ class _Chunk(ChunkBook):
         rows: list[AlertToSend],
         *,
         owner: str,
+        leased_at: float | None = None,
         probe: bool = False,
     ) -> None:
-        super().__init__(engine, target, file_id, seq, owner)
+        super().__init__(engine, target, file_id, seq, owner, leased_at=leased_at)
         self.endpoint = target.endpoint
         self.probe = probe  # send one alert alone first: the breaker's probe
         self.alerts: deque[_Alert] = deque()
@@ -364,6 +375,11 @@ class _Chunk(ChunkBook):
                 continue
             if self._should_stop():
                 return  # held or stopped while waiting for the token: send nothing more
+            if not await self._lease_confirmed():
+                if self._should_stop():
+                    return  # the sweep took the chunk: another notifier sends it
+                await self._nap(KEEP_EVERY)  # PostgreSQL cannot say yet: ask again soon
+                continue
             started = time.perf_counter()
             try:
                 response = await client.deliver(target.request(alert.id, alert.body))

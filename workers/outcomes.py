@@ -39,7 +39,14 @@ class ChunkBook:
     """Outcomes waiting to be written, and the keeper of one job's lease and flags."""
 
     def __init__(
-        self, engine: Delivery, target: Target, file_id: int, seq: int, owner: str
+        self,
+        engine: Delivery,
+        target: Target,
+        file_id: int,
+        seq: int,
+        owner: str,
+        *,
+        leased_at: float | None = None,
     ) -> None:
         self.engine = engine
         self.target = target
@@ -62,6 +69,10 @@ class ChunkBook:
         self.lost = False  # our lease was taken over (after an outage): stop sending
         self.finished = False
         self.wake = asyncio.Event()
+        # When the lease was last taken or renewed by this process's clock: taken before the
+        # statement went out, so never late.
+        self.renewed_at = time.monotonic() if leased_at is None else leased_at
+        self._renewing = asyncio.Lock()
 
     def _note(self, result: Result) -> asyncio.Future[None]:
         """Queue an outcome for the writer, merged with any earlier one of this alert; the
@@ -144,31 +155,57 @@ class ChunkBook:
             self.unreported.extend(batch)
             written_future.set_result(None)
 
+    @property
+    def held_until(self) -> float:
+        """Until when the lease is surely ours: its length from the last renewal, less a
+        margin for the time the statement took to reach PostgreSQL. Past it (the process was
+        stopped or starved, or renewals failed) nothing is sent until a renewal says the
+        chunk is still ours."""
+        lease = self.settings.lease_seconds
+        return self.renewed_at + lease - min(1.0, lease / 10)
+
+    async def _renew(self) -> None:
+        """Renew the lease (one renewal at a time); a refusal means the sweep took the chunk."""
+        async with self._renewing:
+            if self.lost:
+                return
+            started = time.monotonic()
+            try:
+                ours = await asyncio.get_running_loop().run_in_executor(
+                    self.engine.writer,
+                    self.engine.store.renew_lease,
+                    self.file_id,
+                    self.seq,
+                    self.owner,
+                    self.settings.lease_seconds,
+                )
+            except StoreUnavailable as exc:
+                log.warning("db.unavailable", action="renew lease", error=str(exc))
+                return
+            if ours:
+                self.renewed_at = max(self.renewed_at, started)
+            elif not self.lost:
+                # The sweep took the chunk (our lease ran out): stop sending.
+                self.lost = True
+                log.warning("chunk.lease_lost", file_id=self.file_id, chunk=self.seq)
+
+    async def _lease_confirmed(self) -> bool:
+        """Whether a request may go out now: the lease is surely ours. Past its deadline
+        (after a SIGSTOP, a starved process, failed renewals) it is renewed first, so a
+        chunk the sweep handed to another notifier meanwhile is never sent from here."""
+        if time.monotonic() < self.held_until:
+            return not self.lost
+        await self._renew()
+        return not self.lost and time.monotonic() < self.held_until
+
     async def _keeper(self) -> None:
         """Renew the lease, watch for a pause and report outcomes, until the chunk is done."""
-        loop = asyncio.get_running_loop()
-        last_renew = time.monotonic()
         while not self.finished:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), KEEP_EVERY)
             self._report()
-            if time.monotonic() - last_renew > self.settings.lease_seconds / 3:
-                try:
-                    ours = await loop.run_in_executor(
-                        self.engine.writer,
-                        self.engine.store.renew_lease,
-                        self.file_id,
-                        self.seq,
-                        self.owner,
-                        self.settings.lease_seconds,
-                    )
-                    last_renew = time.monotonic()
-                    if not ours and not self.lost:
-                        # The sweep took the chunk (our lease ran out): stop sending.
-                        self.lost = True
-                        log.warning("chunk.lease_lost", file_id=self.file_id, chunk=self.seq)
-                except StoreUnavailable as exc:
-                    log.warning("db.unavailable", action="renew lease", error=str(exc))
+            if time.monotonic() - self.renewed_at > self.settings.lease_seconds / 3:
+                await self._renew()
             try:
                 if self.engine.ctx.redis.exists(self.settings.keys.paused(self.file_id)):
                     self.paused = True

@@ -21,7 +21,7 @@ from hookdrop.settings import Settings
 from hookdrop.store import AlertStatus, Result, Store
 from tests.helpers import ledger_file, queued_alert_ids, run_queued_deliveries
 from workers import context
-from workers.notifier import Delivery
+from workers.notifier import Delivery, _Chunk
 from workers.runner import build_context
 
 URL = "http://receiver.test/hook"
@@ -208,6 +208,49 @@ def test_a_notifier_of_the_same_name_never_passes_for_the_holder_of_a_live_lease
         result = engine.run_alerts(file_id, ids)
     assert route.call_count == 0
     assert result["claimed"] == 0 and result["busy"] == 1
+
+
+def test_a_notifier_woken_past_its_lease_sends_nothing_of_a_chunk_taken_meanwhile(
+    engine: Delivery, store: Store
+) -> None:
+    """A notifier stopped (SIGSTOP, a starved host) past its lease finds on waking that the
+    monitor handed its chunk to another notifier: it sends nothing more of it. Its clock says
+    the lease may have run out, so it asks PostgreSQL before the next request."""
+    file_id, ids = make_file(store, 5)
+    claimed = store.claim_chunk(file_id, 1, ids, "n:1", 60)
+    assert claimed is not None
+    rows = claimed[0]
+    woke = time.monotonic() - 2 * engine.settings.lease_seconds  # leased, then frozen
+    with store.transaction() as conn:  # meanwhile the lease ran out and the sweep took it
+        conn.execute("UPDATE chunk_leases SET until = now() - interval '1 s'")
+    assert store.claim_chunk(file_id, 1, ids, "n:2", 60) is not None
+    target = engine.target(rows[0].endpoint)
+    assert target is not None
+    chunk = _Chunk(engine, target, file_id, 1, rows, owner="n:1", leased_at=woke)
+    with respx.mock(using="httpx", assert_all_called=False) as router:
+        route = router.post(URL).respond(200)
+        result = engine.loop.run_until_complete(chunk.run())
+    assert route.call_count == 0
+    assert result["released"] == 5 and result["delivered"] == 0
+
+
+def test_a_notifier_woken_past_its_lease_goes_on_once_a_renewal_says_the_chunk_is_its(
+    engine: Delivery, store: Store
+) -> None:
+    file_id, ids = make_file(store, 5)
+    claimed = store.claim_chunk(file_id, 1, ids, "n:1", 60)
+    assert claimed is not None
+    rows = claimed[0]
+    target = engine.target(rows[0].endpoint)
+    assert target is not None
+    woke = time.monotonic() - 2 * engine.settings.lease_seconds
+    chunk = _Chunk(engine, target, file_id, 1, rows, owner="n:1", leased_at=woke)
+    with respx.mock(using="httpx") as router:
+        route = router.post(URL).respond(200)
+        result = engine.loop.run_until_complete(chunk.run())
+    assert route.call_count == 5
+    assert result["delivered"] == 5
+    assert chunk.renewed_at > woke
 
 
 def test_the_leases_of_a_paused_then_cancelled_file_are_cleared(

@@ -309,6 +309,12 @@ class Fleet:
     def restart(self, name: str) -> None:
         self.start(name, *self.commands[name])
 
+    def freeze(self, name: str, frozen: bool = True) -> None:
+        """SIGSTOP a process and its children (a paused VM, a starved host); SIGCONT with
+        ``frozen=False``."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.procs[name].pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def dead(self) -> dict[str, int]:
         """Processes that exited on their own, with their exit codes."""
         return {name: code for name, p in self.procs.items() if (code := p.poll()) is not None}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import psutil
 import pytest
 
 from hookdrop import connections
@@ -148,6 +149,59 @@ def test_kill_9_of_a_notifier_at_full_speed_repeats_at_most_what_it_had_in_fligh
         timeout=120,
         victims=NOTIFIERS,
     )
+
+
+def holds_a_lease(store: Store, fleet: Fleet, name: str) -> bool:
+    """Whether a process of ``name`` holds a live chunk lease (owner ``host:pid:token``)."""
+    top = psutil.Process(fleet.procs[name].pid)
+    pids = {top.pid} | {child.pid for child in top.children(recursive=True)}
+    with store.transaction() as conn:
+        owners = [
+            row["owner"]
+            for row in conn.execute("SELECT owner FROM chunk_leases WHERE until > now()")
+        ]
+    return any(int(owner.split(":")[1]) in pids for owner in owners)
+
+
+def test_a_notifier_frozen_past_its_lease_repeats_at_most_what_it_had_in_flight(
+    settings: Settings, store: Store, mock: Mock, fleet_factory: Callable[[Settings], Fleet]
+) -> None:
+    """SIGSTOP of a notifier for longer than its lease: the monitor hands its chunks to the
+    other notifier. Woken, it asks PostgreSQL before its next request and sends nothing of
+    a chunk it lost; what may repeat is what it had in flight when it froze."""
+    chaos = kill_settings(settings, mock)
+    fleet = fleet_factory(chaos)
+    fleet.start("monitor", "monitor")
+    fleet.start("batcher", "worker", "batcher")
+    for name in NOTIFIERS:
+        fleet.start(name, "worker", "notifier")
+    wait_for(chaos.processing_dir.exists, timeout=30, what="monitor ready")
+    rows, name = 12_000, "frozen.csv"
+    pairs = write_csv(chaos.inbox / name, rows)
+    wait_for(lambda: mock.accepted() >= 500, timeout=60, what="delivery under way")
+
+    def frozen_holding_a_chunk() -> bool:
+        """Freeze notifier-1; keep it frozen only if it holds a live lease (mid-chunk)."""
+        fleet.freeze("notifier-1")
+        if holds_a_lease(store, fleet, "notifier-1"):
+            return True
+        fleet.freeze("notifier-1", frozen=False)  # between two chunks: try again
+        return False
+
+    wait_for(frozen_holding_a_chunk, timeout=60, interval=0.02, what="notifier-1 mid-chunk")
+    try:
+        pause(2 * chaos.lease_seconds + 1)  # the fault: frozen well past its lease
+    finally:
+        fleet.freeze("notifier-1", frozen=False)
+    file = wait_delivered(store, mock, fleet, name, rows, timeout=120)
+    assert fleet.dead() == {}, f"processes died on their own: {fleet.dead()}"
+    assert any(
+        e["event"] == "chunk.lease_lost" for e in fleet.events("notifier-1")
+    ), "the frozen notifier never learnt it lost its chunk"
+    outcome = check_everything_delivered(
+        chaos, store, mock, file, pairs, max_duplicates=chaos.concurrency
+    )
+    print(f"frozen notifier: {outcome.duplicates} duplicates (bound {chaos.concurrency})")
 
 
 @pytest.mark.slow
