@@ -358,7 +358,7 @@ class _Chunk(ChunkBook):
         limiter = target.limiter
         while True:
             await self.db_ok.wait()
-            if self._should_stop():
+            if not await self._lease_held():
                 return
             try:
                 epoch = await limiter.acquire(stop=self._should_stop)
@@ -373,13 +373,8 @@ class _Chunk(ChunkBook):
                 log.warning("redis.unavailable", action="rate limit", error=str(exc))
                 await self._nap(1.0)
                 continue
-            if self._should_stop():
-                return  # held or stopped while waiting for the token: send nothing more
-            if not await self._lease_confirmed():
-                if self._should_stop():
-                    return  # the sweep took the chunk: another notifier sends it
-                await self._nap(KEEP_EVERY)  # PostgreSQL cannot say yet: ask again soon
-                continue
+            if not await self._lease_held():
+                return  # held, stopped or lost while waiting for the token: send nothing more
             started = time.perf_counter()
             try:
                 response = await client.deliver(target.request(alert.id, alert.body))
@@ -427,6 +422,16 @@ class _Chunk(ChunkBook):
             if await self._failed(alert, verdict, latency) or opened:
                 return  # DLQ or dead; or the breaker is open: the alert waits, deferred
             await self._nap(compute_backoff(alert.tries, base=0.2, cap=10.0))
+
+    async def _lease_held(self) -> bool:
+        """Whether to go on: True once the lease is surely ours (asking PostgreSQL again every
+        ``KEEP_EVERY`` while it cannot say), False when the chunk is lost, handed back or
+        the worker stops; the alert is then not sent here."""
+        while not self._should_stop():
+            if await self._lease_confirmed():
+                return True
+            await self._nap(KEEP_EVERY)
+        return False
 
     async def _nap(self, seconds: float) -> None:
         """Sleep ``seconds``, waking early for a hand-back or a stop."""

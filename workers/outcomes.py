@@ -73,6 +73,7 @@ class ChunkBook:
         # statement went out, so never late.
         self.renewed_at = time.monotonic() if leased_at is None else leased_at
         self._renewing = asyncio.Lock()
+        self._renew_tried_at = float("-inf")
 
     def _note(self, result: Result) -> asyncio.Future[None]:
         """Queue an outcome for the writer, merged with any earlier one of this alert; the
@@ -164,12 +165,15 @@ class ChunkBook:
         lease = self.settings.lease_seconds
         return self.renewed_at + lease - min(1.0, lease / 10)
 
-    async def _renew(self) -> None:
-        """Renew the lease (one renewal at a time); a refusal means the sweep took the chunk."""
+    async def _renew(self, *, unless_tried_since: float | None = None) -> None:
+        """Renew the lease (one renewal at a time; none if one was tried since
+        ``unless_tried_since``); a refusal means the sweep took the chunk."""
         async with self._renewing:
-            if self.lost:
+            if self.lost or (
+                unless_tried_since is not None and self._renew_tried_at >= unless_tried_since
+            ):
                 return
-            started = time.monotonic()
+            started = self._renew_tried_at = time.monotonic()
             try:
                 ours = await asyncio.get_running_loop().run_in_executor(
                     self.engine.writer,
@@ -193,9 +197,10 @@ class ChunkBook:
         """Whether a request may go out now: the lease is surely ours. Past its deadline
         (after a SIGSTOP, a starved process, failed renewals) it is renewed first, so a
         chunk the sweep handed to another notifier meanwhile is never sent from here."""
-        if time.monotonic() < self.held_until:
+        asked = time.monotonic()
+        if asked < self.held_until:
             return not self.lost
-        await self._renew()
+        await self._renew(unless_tried_since=asked)  # senders waiting together ask once
         return not self.lost and time.monotonic() < self.held_until
 
     async def _keeper(self) -> None:
