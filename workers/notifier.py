@@ -425,8 +425,10 @@ class _Chunk(ChunkBook):
 
     async def _lease_held(self) -> bool:
         """Whether to go on: True once the lease is surely ours (asking PostgreSQL again every
-        ``KEEP_EVERY`` while it cannot say), False when the chunk is lost, handed back or
-        the worker stops; the alert is then not sent here."""
+        ``KEEP_EVERY`` while it cannot say), False when the chunk is lost, handed back (a
+        pause, a cancel, a held endpoint: after a freeze read again first) or the worker
+        stops; the alert is then not sent here."""
+        self._check_flags_if_woken()
         while not self._should_stop():
             if await self._lease_confirmed():
                 return True

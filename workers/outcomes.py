@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 KEEP_EVERY = 0.25  # seconds between lease renewals, pause checks and outcome reports
 GATHER_SECONDS = 0.005  # longest an outcome waits for others to be written with it
+FLAGS_STALE_SECONDS = 4 * KEEP_EVERY  # a longer gap since the keeper read them: the process slept
 
 
 class ChunkBook:
@@ -74,6 +75,7 @@ class ChunkBook:
         self.renewed_at = time.monotonic() if leased_at is None else leased_at
         self._renewing = asyncio.Lock()
         self._renew_tried_at = float("-inf")
+        self.flags_checked_at = time.monotonic()
 
     def _note(self, result: Result) -> asyncio.Future[None]:
         """Queue an outcome for the writer, merged with any earlier one of this alert; the
@@ -211,17 +213,30 @@ class ChunkBook:
             self._report()
             if time.monotonic() - self.renewed_at > self.settings.lease_seconds / 3:
                 await self._renew()
-            try:
-                if self.engine.ctx.redis.exists(self.settings.keys.paused(self.file_id)):
-                    self.paused = True
-                if not self.deferring and (
-                    self.target.breaker.is_open()
-                    or self.target.limiter.paused_for() > DEFER_AFTER_SECONDS
-                ):
-                    # another notifier opened the breaker or holds the endpoint: hand back
-                    self.deferring = True
-            except QueueUnavailable as exc:  # Redis away: keep sending, PostgreSQL decides
-                log.warning("redis.unavailable", action="check pause", error=str(exc))
+            self._check_flags()
+
+    def _check_flags(self) -> None:
+        """Read what operators and other notifiers set in Redis: a pause or cancel of the
+        file, an open breaker, an endpoint held."""
+        self.flags_checked_at = time.monotonic()
+        try:
+            if self.engine.ctx.redis.exists(self.settings.keys.paused(self.file_id)):
+                self.paused = True
+            if not self.deferring and (
+                self.target.breaker.is_open()
+                or self.target.limiter.paused_for() > DEFER_AFTER_SECONDS
+            ):
+                # another notifier opened the breaker or holds the endpoint: hand back
+                self.deferring = True
+        except QueueUnavailable as exc:  # Redis away: keep sending, PostgreSQL decides
+            log.warning("redis.unavailable", action="check pause", error=str(exc))
+
+    def _check_flags_if_woken(self) -> None:
+        """The keeper reads the flags every ``KEEP_EVERY``; after a longer gap (the process
+        was stopped or starved) a sender reads them before its next request, so a pause or
+        cancel made meanwhile holds it."""
+        if time.monotonic() - self.flags_checked_at > FLAGS_STALE_SECONDS:
+            self._check_flags()
 
     def _report(self) -> None:
         """Written outcomes into the shared per-second counters and latency histogram."""

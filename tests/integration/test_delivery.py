@@ -253,6 +253,27 @@ def test_a_notifier_woken_past_its_lease_goes_on_once_a_renewal_says_the_chunk_i
     assert chunk.renewed_at > woke
 
 
+def test_a_notifier_woken_from_a_freeze_sends_nothing_of_a_file_paused_meanwhile(
+    engine: Delivery, store: Store, rconn: redis.Redis, dsettings: Settings
+) -> None:
+    """The keeper reads the pause flag every quarter second; a notifier that slept longer
+    (SIGSTOP) reads it before its next request instead of sending one per sender first."""
+    file_id, ids = make_file(store, 5)
+    claimed = store.claim_chunk(file_id, 1, ids, "n:1", 60)
+    assert claimed is not None
+    rows = claimed[0]
+    target = engine.target(rows[0].endpoint)
+    assert target is not None
+    chunk = _Chunk(engine, target, file_id, 1, rows, owner="n:1")
+    chunk.flags_checked_at -= 10  # frozen for a while, during which the file was paused
+    rconn.set(dsettings.keys.paused(file_id), "1")
+    with respx.mock(using="httpx", assert_all_called=False) as router:
+        route = router.post(URL).respond(200)
+        result = engine.loop.run_until_complete(chunk.run())
+    assert route.call_count == 0
+    assert result["released"] == 5
+
+
 def test_the_leases_of_a_paused_then_cancelled_file_are_cleared(
     store: Store, rconn: redis.Redis, dsettings: Settings
 ) -> None:
