@@ -195,9 +195,9 @@ def test_a_notifier_frozen_past_its_lease_repeats_at_most_what_it_had_in_flight(
         fleet.freeze("notifier-1", frozen=False)
     file = wait_delivered(store, mock, fleet, name, rows, timeout=120)
     assert fleet.dead() == {}, f"processes died on their own: {fleet.dead()}"
-    assert any(
-        e["event"] == "chunk.lease_lost" for e in fleet.events("notifier-1")
-    ), "the frozen notifier never learnt it lost its chunk"
+    assert any(e["event"] == "chunk.lease_lost" for e in fleet.events("notifier-1")), (
+        "the frozen notifier never learnt it lost its chunk"
+    )
     outcome = check_everything_delivered(
         chaos, store, mock, file, pairs, max_duplicates=chaos.concurrency
     )
