@@ -210,45 +210,50 @@ def test_a_notifier_of_the_same_name_never_passes_for_the_holder_of_a_live_lease
     assert result["claimed"] == 0 and result["busy"] == 1
 
 
+def leased_chunk(
+    engine: Delivery, store: Store, *, leased_at: float | None = None
+) -> tuple[int, list[str], _Chunk]:
+    """A file of 5 alerts whose chunk notifier ``n:1`` leased, as the job it runs."""
+    file_id, ids = make_file(store, 5)
+    claimed = store.claim_chunk(file_id, 1, ids, "n:1", 60)
+    assert claimed is not None
+    rows = claimed[0]
+    target = engine.target(rows[0].endpoint)
+    assert target is not None
+    return file_id, ids, _Chunk(engine, target, file_id, 1, rows, owner="n:1", leased_at=leased_at)
+
+
+def run_chunk(engine: Delivery, chunk: _Chunk) -> tuple[int, dict[str, Any]]:
+    """Run the job against a receiver that accepts everything: (requests, the job's counts)."""
+    with respx.mock(using="httpx", assert_all_called=False) as router:
+        route = router.post(URL).respond(200)
+        result = engine.loop.run_until_complete(chunk.run())
+    return route.call_count, result
+
+
 def test_a_notifier_woken_past_its_lease_sends_nothing_of_a_chunk_taken_meanwhile(
     engine: Delivery, store: Store
 ) -> None:
     """A notifier stopped (SIGSTOP, a starved host) past its lease finds on waking that the
     monitor handed its chunk to another notifier: it sends nothing more of it. Its clock says
     the lease may have run out, so it asks PostgreSQL before the next request."""
-    file_id, ids = make_file(store, 5)
-    claimed = store.claim_chunk(file_id, 1, ids, "n:1", 60)
-    assert claimed is not None
-    rows = claimed[0]
     woke = time.monotonic() - 2 * engine.settings.lease_seconds  # leased, then frozen
+    file_id, ids, chunk = leased_chunk(engine, store, leased_at=woke)
     with store.transaction() as conn:  # meanwhile the lease ran out and the sweep took it
         conn.execute("UPDATE chunk_leases SET until = now() - interval '1 s'")
     assert store.claim_chunk(file_id, 1, ids, "n:2", 60) is not None
-    target = engine.target(rows[0].endpoint)
-    assert target is not None
-    chunk = _Chunk(engine, target, file_id, 1, rows, owner="n:1", leased_at=woke)
-    with respx.mock(using="httpx", assert_all_called=False) as router:
-        route = router.post(URL).respond(200)
-        result = engine.loop.run_until_complete(chunk.run())
-    assert route.call_count == 0
+    calls, result = run_chunk(engine, chunk)
+    assert calls == 0
     assert result["released"] == 5 and result["delivered"] == 0
 
 
 def test_a_notifier_woken_past_its_lease_goes_on_once_a_renewal_says_the_chunk_is_its(
     engine: Delivery, store: Store
 ) -> None:
-    file_id, ids = make_file(store, 5)
-    claimed = store.claim_chunk(file_id, 1, ids, "n:1", 60)
-    assert claimed is not None
-    rows = claimed[0]
-    target = engine.target(rows[0].endpoint)
-    assert target is not None
     woke = time.monotonic() - 2 * engine.settings.lease_seconds
-    chunk = _Chunk(engine, target, file_id, 1, rows, owner="n:1", leased_at=woke)
-    with respx.mock(using="httpx") as router:
-        route = router.post(URL).respond(200)
-        result = engine.loop.run_until_complete(chunk.run())
-    assert route.call_count == 5
+    _, _, chunk = leased_chunk(engine, store, leased_at=woke)
+    calls, result = run_chunk(engine, chunk)
+    assert calls == 5
     assert result["delivered"] == 5
     assert chunk.renewed_at > woke
 
@@ -258,19 +263,11 @@ def test_a_notifier_woken_from_a_freeze_sends_nothing_of_a_file_paused_meanwhile
 ) -> None:
     """The keeper reads the pause flag every quarter second; a notifier that slept longer
     (SIGSTOP) reads it before its next request instead of sending one per sender first."""
-    file_id, ids = make_file(store, 5)
-    claimed = store.claim_chunk(file_id, 1, ids, "n:1", 60)
-    assert claimed is not None
-    rows = claimed[0]
-    target = engine.target(rows[0].endpoint)
-    assert target is not None
-    chunk = _Chunk(engine, target, file_id, 1, rows, owner="n:1")
+    file_id, _, chunk = leased_chunk(engine, store)
     chunk.flags_checked_at -= 10  # frozen for a while, during which the file was paused
     rconn.set(dsettings.keys.paused(file_id), "1")
-    with respx.mock(using="httpx", assert_all_called=False) as router:
-        route = router.post(URL).respond(200)
-        result = engine.loop.run_until_complete(chunk.run())
-    assert route.call_count == 0
+    calls, result = run_chunk(engine, chunk)
+    assert calls == 0
     assert result["released"] == 5
 
 
