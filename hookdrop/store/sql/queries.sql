@@ -1,5 +1,11 @@
 -- Every SQL statement hookdrop runs, by name. Loaded by hookdrop.store.
 -- Statuses: see hookdrop/store/statuses.py.
+--
+-- Statements given a list of alert ids find them by primary key, one lookup each, and test the
+-- status as `a.status || ''`: an expression no index serves. Written as `a.status IN (...)`,
+-- the planner may instead walk alerts_open (every open alert of every file) whenever the
+-- statistics say few alerts are open, which is the usual picture of a ledger in service; a
+-- backlog arriving after that cost one walk of all of it per batch of outcomes.
 
 -- name: insert_file
 INSERT INTO files (name, content_sha256, generation, size_bytes, layout, chunk_size, status,
@@ -121,7 +127,8 @@ SELECT a.id, a.file_id, a.user_id, a.message, a.extra, a.attempts, a.body, f.end
 FROM f, unnest(%(ids)s::text[]) AS u(id)
 JOIN alerts AS a ON a.id = u.id
 WHERE a.chunk_seq = %(seq)s
-  AND (a.status IN ('pending', 'retrying', 'throttled') OR (%(dlq)s AND a.status = 'dlq'))
+  AND (a.status || '' IN ('pending', 'retrying', 'throttled')
+       OR (%(dlq)s AND a.status || '' = 'dlq'))
 ORDER BY a.line_no;
 
 -- name: chunks_of
@@ -134,7 +141,7 @@ GROUP BY a.file_id, a.chunk_seq ORDER BY a.chunk_seq;
 -- The endpoint is paused or its breaker open: give leased alerts back to wait in PostgreSQL
 -- (no budget spent, no worker held); take_deferred queues them again once it is open.
 UPDATE alerts SET status = 'deferred'
-WHERE id = ANY(%(ids)s) AND status IN ('pending', 'retrying', 'throttled', 'dlq')
+WHERE id = ANY(%(ids)s) AND status || '' IN ('pending', 'retrying', 'throttled', 'dlq')
   AND EXISTS (SELECT 1 FROM chunk_leases WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s
               AND owner = %(owner)s);
 
@@ -208,7 +215,7 @@ WITH r AS (
         next_attempt_at = r.next_at,
         first_attempt_at = coalesce(a.first_attempt_at, now())
     FROM r
-    WHERE a.id = r.id AND a.status IN ('pending', 'retrying', 'throttled', 'dlq')
+    WHERE a.id = r.id AND a.status || '' IN ('pending', 'retrying', 'throttled', 'dlq')
       AND EXISTS (SELECT 1 FROM chunk_leases
                   WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s)
     RETURNING a.file_id, a.status
@@ -260,7 +267,7 @@ SELECT a.id, a.file_id, a.chunk_seq
 FROM gone CROSS JOIN LATERAL unnest(gone.ids) AS u(id)
 JOIN alerts AS a ON a.id = u.id
 JOIN files AS f ON f.id = a.file_id
-WHERE a.status IN ('pending', 'retrying', 'throttled')
+WHERE a.status || '' IN ('pending', 'retrying', 'throttled')
   AND f.status IN ('claimed', 'reading', 'delivering', 'done', 'failed');
 
 -- name: orphaned_pending

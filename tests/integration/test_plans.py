@@ -1,0 +1,132 @@
+"""Statements given a list of alert ids go by the primary key, whatever the statistics say.
+
+A ledger in service is mostly delivered alerts, and that is what its statistics say when the
+next large file arrives. A statement that could reach open alerts through ``alerts_open`` then
+walks every open alert of every file for each batch it is given: at a backlog of a million,
+every batch of outcomes costs a walk of a million index entries. These tests build that picture
+(statistics taken over delivered alerts, then a backlog) and read PostgreSQL's plans, the
+generic one that a prepared statement keeps and the one made for the given values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from hookdrop.store._sql import queries
+
+BACKLOG = 5_000
+SERVED = 20_000
+BATCH = 46
+
+# The type of every parameter the statements below take, for PREPARE.
+TYPES = {
+    "ids": "text[]",
+    "statuses": "text[]",
+    "failed": "int[]",
+    "throttled": "int[]",
+    "codes": "int[]",
+    "errors": "text[]",
+    "latencies": "real[]",
+    "next_at": "timestamptz[]",
+    "file_id": "bigint",
+    "seq": "int",
+    "owner": "text",
+    "dlq": "boolean",
+    "limit": "int",
+}
+
+
+@pytest.fixture
+def in_service(database_url: str) -> Iterator[tuple[psycopg.Connection[Any], int]]:
+    """A ledger of delivered alerts, analyzed as such, then a backlog of open ones in one
+    chunk-leased file; yields the connection and the backlog's file id."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        old, new = (
+            conn.execute(
+                "INSERT INTO files (name, content_sha256, generation, size_bytes, chunk_size,"
+                " status, endpoint) VALUES (%s, %s, 1, 1, 500, %s, 'default') RETURNING id",
+                (name, name, status),
+            ).fetchone()[0]  # type: ignore[index]
+            for name, status in (("old.csv", "done"), ("new.csv", "delivering"))
+        )
+        conn.execute(
+            "INSERT INTO alerts (id, file_id, chunk_seq, line_no, user_id, message, status)"
+            " SELECT 'old-' || g, %s, g / 500, g, 'u' || g, 'm', 'delivered'"
+            " FROM generate_series(1, %s) AS g",
+            (old, SERVED),
+        )
+        conn.execute("ANALYZE alerts")
+        conn.execute(
+            "INSERT INTO alerts (id, file_id, chunk_seq, line_no, user_id, message)"
+            " SELECT 'new-' || g, %s, 0, g, 'u' || g, 'm' FROM generate_series(1, %s) AS g",
+            (new, BACKLOG),
+        )
+        conn.execute(
+            "INSERT INTO chunk_leases (file_id, chunk_seq, owner, until, ids)"
+            " VALUES (%s, 0, 'me', now() - interval '1 second', ARRAY['new-1', 'new-2'])",
+            (new,),
+        )
+        yield conn, new
+
+
+def _params(name: str, file_id: int) -> dict[str, Any]:
+    ids = [f"new-{i}" for i in range(1, BATCH + 1)]
+    return {
+        "ids": ids,
+        "statuses": ["delivered"] * BATCH,
+        "failed": [0] * BATCH,
+        "throttled": [0] * BATCH,
+        "codes": [200] * BATCH,
+        "errors": [None] * BATCH,
+        "latencies": [1.0] * BATCH,
+        "next_at": [None] * BATCH,
+        "file_id": file_id,
+        "seq": 0,
+        "owner": "me",
+        "dlq": False,
+        "limit": 1000,
+    }
+
+
+def _plans(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> dict[str, str]:
+    """The generic and the custom plan of a named statement, as text (not run: EXPLAIN)."""
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in order:
+            order.append(match.group(1))
+        return f"${order.index(match.group(1)) + 1}"
+
+    text = re.sub(r"%\((\w+)\)s", number, queries()[name]).replace("%%", "%")
+    types = ", ".join(TYPES[param] for param in order)
+    conn.execute(f"PREPARE plan_check ({types}) AS {text}")
+    try:
+        args = psycopg.ClientCursor(conn).mogrify(
+            ", ".join(["%s"] * len(order)), [params[param] for param in order]
+        )
+        found = {}
+        for mode in ("force_generic_plan", "force_custom_plan"):
+            conn.execute(f"SET plan_cache_mode = {mode}")
+            rows = conn.execute(f"EXPLAIN EXECUTE plan_check ({args})").fetchall()
+            found[mode] = "\n".join(row[0] for row in rows)
+        return found
+    finally:
+        conn.execute("RESET plan_cache_mode")
+        conn.execute("DEALLOCATE plan_check")
+
+
+@pytest.mark.parametrize(
+    "name", ["record_results", "claim_chunk", "defer_alerts", "take_expired_leases"]
+)
+def test_statements_given_alert_ids_never_walk_the_open_alerts(
+    in_service: tuple[psycopg.Connection[Any], int], name: str
+) -> None:
+    conn, file_id = in_service
+    for mode, plan in _plans(conn, name, _params(name, file_id)).items():
+        assert "alerts_open" not in plan, f"{name} ({mode}) walks the open alerts:\n{plan}"
+        assert "alerts_pkey" in plan, f"{name} ({mode}) does not go by the ids:\n{plan}"
