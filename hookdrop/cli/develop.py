@@ -82,6 +82,13 @@ def _embedded_gone(settings: Settings) -> bool:
 @notifiers_option
 @click.option("--quick", is_flag=True, help="Small sizes (a smoke run for CI).")
 @click.option("--rows", type=click.IntRange(1), default=None, help="Rows for scenario a.")
+@click.option(
+    "--served",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Scenario a on a ledger in service: this many delivered alerts, analyzed, before it.",
+)
 @click.option("--limit", type=float, default=None, help="Receiver limit for scenario b.")
 @click.option("--large-rows", type=click.IntRange(1), default=None, help="Rows for scenario d.")
 @click.option(
@@ -100,6 +107,7 @@ def bench(
     notifiers: int,
     quick: bool,
     rows: int | None,
+    served: int,
     limit: float | None,
     large_rows: int | None,
     plot_path: Path,
@@ -117,6 +125,7 @@ def bench(
     sizes = dataclasses.replace(
         sizes,
         rows=rows or sizes.rows,
+        served=served,
         limit=limit or sizes.limit,
         large_rows=large_rows or sizes.large_rows,
     )

@@ -28,9 +28,9 @@ import redis
 from hookdrop.connections import redis_url
 from hookdrop.devtools.baseline import run_bare_send
 from hookdrop.devtools.cpu import CpuMeter, per_item_us
-from hookdrop.devtools.harness import Stack
+from hookdrop.devtools.harness import Stack, with_search_path
 from hookdrop.settings import Settings
-from hookdrop.store import FileStatus
+from hookdrop.store import FileStatus, serve_ledger
 
 
 @dataclass
@@ -101,9 +101,11 @@ def _meter(stack: Stack) -> CpuMeter:
 
 
 def scenario_unlimited(
-    settings: Settings, *, rows: int, notifiers: int, bare_requests: int
+    settings: Settings, *, rows: int, notifiers: int, bare_requests: int, served: int = 0
 ) -> tuple[dict[str, Any], Sampler]:
     with _stack(settings, notifiers) as stack:
+        if served:
+            serve_ledger(with_search_path(stack.admin_url, stack.schema), served)
         meter = _meter(stack)
         mock_pid = meter.components["mock"]
         mock_before, sender_before = _process_cpu(mock_pid), time.process_time()
@@ -131,6 +133,7 @@ def scenario_unlimited(
     ours = stats["unique"] / max(last - first, 1e-6)
     return {
         "rows": rows,
+        "served": served,
         "notifiers": notifiers,
         "delivered": stats["unique"],
         "duplicates": stats["duplicates"],
@@ -395,6 +398,7 @@ class BenchSizes:
     large_rows: int = 3_000_000
     large_seconds: float = 60.0
     latency_tries: int = 5
+    served: int = 0
 
     @classmethod
     def quick(cls) -> BenchSizes:
@@ -431,7 +435,11 @@ def run_bench(
     if "a" in scenarios:
         progress("a: receiver unlimited")
         results["a_unlimited"], samplers["a: receiver unlimited"] = scenario_unlimited(
-            settings, rows=sizes.rows, notifiers=notifiers, bare_requests=sizes.bare_requests
+            settings,
+            rows=sizes.rows,
+            notifiers=notifiers,
+            bare_requests=sizes.bare_requests,
+            served=sizes.served,
         )
     if "b" in scenarios:
         results["b_limited"] = []

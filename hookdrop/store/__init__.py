@@ -1,6 +1,6 @@
 """The ledger in PostgreSQL: files, alerts and row errors, with typed rows and statuses."""
 
-from hookdrop.store._admin import backends_of, create_schema, drop_schema
+from hookdrop.store._admin import backends_of, create_schema, drop_schema, serve_ledger
 from hookdrop.store._results import INVALID, ResultLine, result_lines
 from hookdrop.store._sql import migrations
 from hookdrop.store._store import AlertInput, Store
@@ -59,4 +59,5 @@ __all__ = [
     "drop_schema",
     "migrations",
     "result_lines",
+    "serve_ledger",
 ]
