@@ -51,6 +51,8 @@ def test_bench_quick_runs_every_scenario(settings: Settings, tmp_path: Path) -> 
     done = run_hookdrop(
         "bench",
         "--quick",
+        "--served",
+        "2000",
         "--json",
         "--plot",
         str(plot),
@@ -61,7 +63,7 @@ def test_bench_quick_runs_every_scenario(settings: Settings, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(done.stdout)
     a, b, c = results["a_unlimited"], results["b_limited"], results["c_lowered"]
-    assert (a["missed"], a["duplicates"]) == (0, 0)
+    assert (a["served"], a["missed"], a["duplicates"]) == (2000, 0, 0)
     assert a["bare_sender_per_s"] > 0 and a["ratio_to_bare"] > 0
     assert b, "scenario b ran no receiver shape"
     for shape in b:
