@@ -66,6 +66,11 @@ class Sweeps(Duty):
             log.warning("alert.lease_expired", alerts=len(rows))
         return len(rows)
 
+    def refresh_statistics(self) -> None:
+        """New planner statistics for alerts once it has grown fourfold since the last ones."""
+        if self.store.refresh_statistics():
+            log.info("db.statistics_refreshed", table="alerts")
+
     def requeue_orphaned_pending(self) -> int:
         """Pending alerts whose job died before claiming them, queued again.
 

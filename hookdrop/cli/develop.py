@@ -84,7 +84,7 @@ def _embedded_gone(settings: Settings) -> bool:
 @click.option("--rows", type=click.IntRange(1), default=None, help="Rows for scenario a.")
 @click.option(
     "--served",
-    type=click.IntRange(0),
+    type=click.IntRange(0, 1_000_000_000),
     default=0,
     show_default=True,
     help="Scenario a on a ledger in service: this many delivered alerts, analyzed, before it.",

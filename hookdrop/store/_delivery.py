@@ -117,6 +117,15 @@ class DeliveryQueries(Connected):
         back); the leases end."""
         return self._typed(AlertRef, "take_expired_leases", {"limit": limit})
 
+    def refresh_statistics(self) -> bool:
+        """ANALYZE alerts once it has outgrown what PostgreSQL's statistics say of it (4 times
+        the pages), so that plans made while it was small are made again; True when it ran.
+        Autovacuum does the same, but only where it runs and on its own schedule."""
+        if not self._value("alerts_outgrew_statistics"):
+            return False
+        self._rows("analyze_alerts")
+        return True
+
     def orphaned_pending(self, *, age: float, limit: int) -> list[AlertRef]:
         return self._typed(AlertRef, "orphaned_pending", {"age": age, "limit": limit})
 

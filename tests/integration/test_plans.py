@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from hookdrop.store import Store
 from hookdrop.store._sql import queries
 
 BACKLOG = 5_000
@@ -93,8 +94,11 @@ def _params(name: str, file_id: int) -> dict[str, Any]:
     }
 
 
-def _plans(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> dict[str, str]:
-    """The generic and the custom plan of a named statement, as text (not run: EXPLAIN)."""
+def _plans(
+    conn: psycopg.Connection[Any], name: str, params: dict[str, Any], *, run: bool = False
+) -> dict[str, str]:
+    """The generic and the custom plan of a named statement, as text; with ``run``, run as
+    well (EXPLAIN ANALYZE, in a transaction rolled back), with the buffers each node read."""
     order: list[str] = []
 
     def number(match: re.Match[str]) -> str:
@@ -104,15 +108,23 @@ def _plans(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> 
 
     text = re.sub(r"%\((\w+)\)s", number, queries()[name]).replace("%%", "%")
     types = ", ".join(TYPES[param] for param in order)
-    conn.execute(f"PREPARE plan_check ({types}) AS {text}")
+    conn.execute(
+        f"PREPARE plan_check ({types}) AS {text}" if order else f"PREPARE plan_check AS {text}"
+    )
     try:
         args = psycopg.ClientCursor(conn).mogrify(
             ", ".join(["%s"] * len(order)), [params[param] for param in order]
         )
+        call = f"EXECUTE plan_check ({args})" if order else "EXECUTE plan_check"
         found = {}
         for mode in ("force_generic_plan", "force_custom_plan"):
             conn.execute(f"SET plan_cache_mode = {mode}")
-            rows = conn.execute(f"EXPLAIN EXECUTE plan_check ({args})").fetchall()
+            if run:
+                conn.execute("BEGIN")
+                rows = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {call}").fetchall()
+                conn.execute("ROLLBACK")
+            else:
+                rows = conn.execute(f"EXPLAIN {call}").fetchall()
             found[mode] = "\n".join(row[0] for row in rows)
         return found
     finally:
@@ -130,3 +142,87 @@ def test_statements_given_alert_ids_never_walk_the_open_alerts(
     for mode, plan in _plans(conn, name, _params(name, file_id)).items():
         assert "alerts_open" not in plan, f"{name} ({mode}) walks the open alerts:\n{plan}"
         assert "alerts_pkey" in plan, f"{name} ({mode}) does not go by the ids:\n{plan}"
+
+
+def test_the_sweep_of_cancelled_leftovers_looks_only_at_cancelled_files(
+    in_service: tuple[psycopg.Connection[Any], int],
+) -> None:
+    """The monitor runs it every scan: it must not walk the backlog of the files still
+    delivering to find the few alerts a cancelled file left open."""
+    conn, _ = in_service
+    cancelled = conn.execute(
+        "INSERT INTO files (name, content_sha256, generation, size_bytes, chunk_size, status,"
+        " endpoint, alerts_total, cancelled) VALUES ('gone.csv', 'gone', 1, 1, 500, 'cancelled',"
+        " 'default', 10, 7) RETURNING id"
+    ).fetchone()[0]  # type: ignore[index]
+    conn.execute(
+        "INSERT INTO alerts (id, file_id, chunk_seq, line_no, user_id, message, status)"
+        " SELECT 'gone-' || g, %s, 0, g, 'u' || g, 'm',"
+        " CASE WHEN g <= 7 THEN 'cancelled' ELSE 'pending' END FROM generate_series(1, 10) AS g",
+        (cancelled,),
+    )
+    for mode, plan in _plans(conn, "cancel_leftovers", {}, run=True).items():
+        buffers = sum(int(n) for n in re.findall(r"shared hit=(\d+)", plan.splitlines()[1]))
+        assert "rows=3 " in plan, f"({mode}) did not find the 3 leftovers:\n{plan}"
+        assert buffers < BACKLOG / 10, f"({mode}) read {buffers} buffers:\n{plan}"
+
+
+def test_plans_made_while_the_ledger_was_small_are_made_again_once_it_grew(
+    database_url: str,
+) -> None:
+    """A prepared statement keeps the plan made over a small table (reading all of it is
+    cheapest then) until new statistics come; the monitor takes them once alerts has grown
+    fourfold, whether or not autovacuum runs on the server."""
+    with Store(database_url) as store, psycopg.connect(database_url, autocommit=True) as conn:
+        file_id = conn.execute(
+            "INSERT INTO files (name, content_sha256, generation, size_bytes, chunk_size,"
+            " status, endpoint) VALUES ('new.csv', 'new', 1, 1, 500, 'delivering', 'default')"
+            " RETURNING id"
+        ).fetchone()[0]  # type: ignore[index]
+        add = (
+            "INSERT INTO alerts (id, file_id, chunk_seq, line_no, user_id, message)"
+            " SELECT 'new-' || g, %s, 0, g, 'u' || g, 'm'"
+            " FROM generate_series(%s::int, %s::int) AS g"
+        )
+        conn.execute(add, (file_id, 1, 100))
+        assert store.refresh_statistics() is False  # a few pages: nothing to refresh
+        small = _kept_plan(conn, file_id)
+        assert "Seq Scan on alerts" in small, small
+
+        conn.execute(add, (file_id, 101, 40_000))
+        assert _kept_plan(conn, file_id) == small  # grown 100-fold, the plan is the same
+
+        assert store.refresh_statistics() is True
+        assert store.refresh_statistics() is False  # once per fourfold growth
+        grown = _kept_plan(conn, file_id)
+        assert "alerts_pkey" in grown and "Seq Scan on alerts" not in grown, grown
+
+
+def _kept_plan(conn: psycopg.Connection[Any], file_id: int) -> str:
+    """The plan a connection that prepared record_results keeps (made on its first use as a
+    generic plan, then reused), as text."""
+    prepared = conn.execute(
+        "SELECT 1 FROM pg_prepared_statements WHERE name = 'kept_results'"
+    ).fetchone()
+    if prepared is None:
+        order: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match.group(1) not in order:
+                order.append(match.group(1))
+            return f"${order.index(match.group(1)) + 1}"
+
+        text = re.sub(r"%\((\w+)\)s", number, queries()["record_results"])
+        types = ", ".join(TYPES[param] for param in order)
+        conn.execute(f"PREPARE kept_results ({types}) AS {text}")
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+    params = _params("record_results", file_id)
+    values = [params[name] for name in _ORDER_OF_RESULTS]
+    args = psycopg.ClientCursor(conn).mogrify(", ".join(["%s"] * len(values)), values)
+    rows = conn.execute(f"EXPLAIN EXECUTE kept_results ({args})").fetchall()
+    return "\n".join(row[0] for row in rows)
+
+
+_ORDER_OF_RESULTS = [
+    *dict.fromkeys(re.findall(r"%\((\w+)\)s", queries()["record_results"])),
+]

@@ -270,6 +270,19 @@ JOIN files AS f ON f.id = a.file_id
 WHERE a.status || '' IN ('pending', 'retrying', 'throttled')
   AND f.status IN ('claimed', 'reading', 'delivering', 'done', 'failed');
 
+-- name: alerts_outgrew_statistics
+-- What the planner knows of alerts is what its last ANALYZE (or VACUUM) saw, and a plan a
+-- prepared statement keeps was made from that. True once the table has 4 times the pages it
+-- had then (at least 8): a plan made while it was small may read all of it, as it grows.
+SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint
+       > 4 * greatest(c.relpages, 8) AS grown
+FROM pg_class AS c WHERE c.oid = 'alerts'::regclass;
+
+-- name: analyze_alerts
+-- New statistics, and with them new plans for every statement kept prepared on alerts. Skipped
+-- while another ANALYZE or VACUUM holds the table: that one brings new statistics too.
+ANALYZE (SKIP_LOCKED) alerts;
+
 -- name: orphaned_pending
 -- Open alerts of running files, older than a lease, of chunks no notifier holds. Asked only
 -- while the notifier queue is empty: then no queued job carries them, so their job was lost
@@ -335,12 +348,23 @@ SELECT pg_advisory_xact_lock(1751413611, (%(id)s %% 2147483647)::int);
 
 -- name: cancel_leftovers
 -- Alerts of cancelled files that nobody holds any more (handed back, or written by a batcher
--- that had not yet noticed the cancel) end as cancelled.
-WITH c AS (
+-- that had not yet noticed the cancel) end as cancelled. Only cancelled files whose counters
+-- say some alert has not ended are looked at, each in alerts_open by its id (OFFSET 0 keeps
+-- that lookup per file): joined plainly, the planner may walk every open alert of every file,
+-- each sweep, when its statistics say few alerts are open.
+WITH left_over AS (
+    SELECT o.id FROM files AS f
+    CROSS JOIN LATERAL (
+        SELECT a.id FROM alerts AS a
+        WHERE a.file_id = f.id AND a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
+        OFFSET 0
+    ) AS o
+    WHERE f.status = 'cancelled' AND f.delivered + f.rejected + f.dead + f.cancelled < f.alerts_total
+), c AS (
     UPDATE alerts AS a SET status = 'cancelled'
-    FROM files AS f
-    WHERE f.id = a.file_id AND f.status = 'cancelled'
-      AND a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
+    FROM left_over
+    WHERE a.id = left_over.id
+      AND a.status || '' IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
       AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
                     WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now())
     RETURNING a.file_id
