@@ -280,8 +280,8 @@ class Monitor:
                 self.recovery.requeue_stalled_reads()
                 self.recovery.requeue_expired_leases()
                 self.recovery.requeue_orphaned_pending()
-                self.recovery.refresh_statistics()
                 self._adopt_orphans()
+                self.recovery.refresh_statistics()
         for path in self.tracker.ready():
             if self.stopping.is_set():
                 break

@@ -7,18 +7,25 @@ when doubled: readers lock per file, notifiers lease per chunk).
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import structlog
 
 from daemon._duty import BATCH, Duty
+from hookdrop.errors import StoreError, StoreUnavailable
 from hookdrop.queues import enqueue_read, notifier_queue
 from hookdrop.store import FileStatus
 
 log = structlog.get_logger(__name__)
 
+# After an ANALYZE of alerts that failed or was skipped, the next try waits this long.
+STATISTICS_RETRY_SECONDS = 600.0
+
 
 class Sweeps(Duty):
+    _statistics_not_before = 0.0
+
     def ensure_epoch(self) -> bool:
         """Rebuild Redis from PostgreSQL if it lost its data; True when a rebuild ran."""
         if not self.redis.set(self.keys.epoch, uuid.uuid4().hex, nx=True):
@@ -67,9 +74,28 @@ class Sweeps(Duty):
         return len(rows)
 
     def refresh_statistics(self) -> None:
-        """New planner statistics for alerts once it has grown fourfold since the last ones."""
-        if self.store.refresh_statistics():
+        """New planner statistics for alerts once it has grown fourfold since the last ones.
+
+        Never in the way of the other duties: an ANALYZE that fails (a statement timeout
+        shorter than it) or that PostgreSQL skips is tried again only after a pause."""
+        if time.monotonic() < self._statistics_not_before:
+            return
+        try:
+            refreshed = self.store.refresh_statistics()
+        except (StoreError, StoreUnavailable) as exc:
+            refreshed, error = None, str(exc)
+        else:
+            error = "skipped by PostgreSQL: the table is busy, or this role does not own it"
+        if refreshed:
             log.info("db.statistics_refreshed", table="alerts")
+        elif refreshed is None:
+            self._statistics_not_before = time.monotonic() + STATISTICS_RETRY_SECONDS
+            log.warning(
+                "db.statistics_not_refreshed",
+                table="alerts",
+                error=error,
+                retry_in=STATISTICS_RETRY_SECONDS,
+            )
 
     def requeue_orphaned_pending(self) -> int:
         """Pending alerts whose job died before claiming them, queued again.

@@ -117,14 +117,20 @@ class DeliveryQueries(Connected):
         back); the leases end."""
         return self._typed(AlertRef, "take_expired_leases", {"limit": limit})
 
-    def refresh_statistics(self) -> bool:
+    def statistics_outgrown(self) -> bool:
+        """Whether alerts has 4 times the pages PostgreSQL's statistics describe."""
+        return bool(self._value("alerts_outgrew_statistics"))
+
+    def refresh_statistics(self) -> bool | None:
         """ANALYZE alerts once it has outgrown what PostgreSQL's statistics say of it (4 times
-        the pages), so that plans made while it was small are made again; True when it ran.
+        the pages), so that plans made while it was small are made again. True when new
+        statistics were taken, False when none were needed, None when PostgreSQL skipped it
+        (the table is busy with a VACUUM or ANALYZE, or this role does not own it).
         Autovacuum does the same, but only where it runs and on its own schedule."""
-        if not self._value("alerts_outgrew_statistics"):
+        if not self.statistics_outgrown():
             return False
         self._rows("analyze_alerts")
-        return True
+        return None if self.statistics_outgrown() else True
 
     def orphaned_pending(self, *, age: float, limit: int) -> list[AlertRef]:
         return self._typed(AlertRef, "orphaned_pending", {"age": age, "limit": limit})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 import httpx
+import psycopg
 import pytest
 import redis
 import respx
@@ -24,7 +25,7 @@ from hookdrop.intake import ensure_dirs
 from hookdrop.ops import BadRequest, Conflict, Control, UnknownFile, send, send_chunks
 from hookdrop.queues import enqueue_deliveries
 from hookdrop.settings import Settings
-from hookdrop.store import Store
+from hookdrop.store import AlertStatus, Store
 from tests.helpers import ledger_file, run_burst, write_csv
 
 URL = "http://receiver.test/hook"
@@ -341,3 +342,30 @@ def test_cli_errors_and_send(run_cli: Invoke, csettings: Settings, tmp_path: Pat
     sent = run_cli("send", str(source))
     assert sent.exit_code == 0, sent.output
     assert (csettings.inbox / "monday.csv").read_text() == source.read_text()
+
+
+def test_a_refused_cancel_changes_no_alert(store: Store, control: Control) -> None:
+    """Cancelling twice while a chunk handed back after the first cancel is not yet swept,
+    and cancelling a failed file: both are refused, and neither touches an alert."""
+    file_id, ids = make_file(store, 10)
+    leased = store.claim_chunk(file_id, 1, ids, "notifier-1", 30.0)
+    assert leased is not None
+    control.cancel(file_id)  # the leased chunk is left to its notifier
+    store.end_lease(file_id, 1, "notifier-1", given=leased[1], settled=False)  # handed back
+
+    with pytest.raises(Conflict, match="cancelled"):
+        control.cancel(file_id)
+    assert store.status_counts(file_id) == {AlertStatus.PENDING: 10}
+    assert store.cancel_leftovers() == [file_id]  # the monitor's sweep ends them, counted
+    file = store.get_file(file_id)
+    assert file is not None and file.cancelled == 10
+    assert store.status_counts(file_id) == {AlertStatus.CANCELLED: 10}
+
+    # A failed file whose dead alerts were replayed: they wait in the DLQ.
+    failed_id, _ = make_file(store, 4, name="failed.csv")
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute("UPDATE alerts SET status = 'dlq' WHERE file_id = %s", (failed_id,))
+        conn.execute("UPDATE files SET status = 'failed' WHERE id = %s", (failed_id,))
+    with pytest.raises(Conflict):
+        control.cancel(failed_id)
+    assert store.status_counts(failed_id) == {AlertStatus.DLQ: 4}

@@ -16,7 +16,11 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
+from structlog.testing import capture_logs
 
+from daemon.recovery import Recovery
+from hookdrop.settings import Settings
 from hookdrop.store import Store
 from hookdrop.store._sql import queries
 
@@ -226,3 +230,29 @@ def _kept_plan(conn: psycopg.Connection[Any], file_id: int) -> str:
 _ORDER_OF_RESULTS = [
     *dict.fromkeys(re.findall(r"%\((\w+)\)s", queries()["record_results"])),
 ]
+
+
+def test_an_analyze_postgresql_skips_is_not_taken_for_done_and_waits_before_a_retry(
+    settings: Settings, database_url: str, rconn: redis.Redis
+) -> None:
+    with Store(database_url) as store, psycopg.connect(database_url) as holder:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO alerts (id, file_id, chunk_seq, line_no, user_id, message)"
+                " SELECT 'a-' || g, 1, 0, g, 'u', 'm' FROM generate_series(1, 20000) AS g"
+            )
+        # A VACUUM or ANALYZE of the table holds this lock: PostgreSQL skips ours.
+        holder.execute("LOCK TABLE alerts IN SHARE UPDATE EXCLUSIVE MODE")
+        assert store.refresh_statistics() is None
+        recovery = Recovery(settings, store, rconn)
+        with capture_logs() as logs:
+            recovery.refresh_statistics()
+            recovery.refresh_statistics()  # within the pause: not tried
+        assert [entry["event"] for entry in logs] == ["db.statistics_not_refreshed"]
+        holder.rollback()
+        assert store.statistics_outgrown()
+        with capture_logs() as logs:
+            recovery.refresh_statistics()  # still within the pause
+        assert logs == [] and store.statistics_outgrown()
+        assert store.refresh_statistics() is True
+        assert not store.statistics_outgrown()

@@ -333,6 +333,8 @@ RETURNING id;
 WITH c AS (
     UPDATE alerts AS a SET status = 'cancelled'
     WHERE a.file_id = %(id)s
+      AND EXISTS (SELECT 1 FROM files WHERE id = %(id)s
+                  AND status IN ('claimed', 'reading', 'delivering'))
       AND a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
       AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
                     WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now())
@@ -348,10 +350,9 @@ SELECT pg_advisory_xact_lock(1751413611, (%(id)s %% 2147483647)::int);
 
 -- name: cancel_leftovers
 -- Alerts of cancelled files that nobody holds any more (handed back, or written by a batcher
--- that had not yet noticed the cancel) end as cancelled. Only cancelled files whose counters
--- say some alert has not ended are looked at, each in alerts_open by its id (OFFSET 0 keeps
--- that lookup per file): joined plainly, the planner may walk every open alert of every file,
--- each sweep, when its statistics say few alerts are open.
+-- that had not yet noticed the cancel) end as cancelled. Each cancelled file is looked up in
+-- alerts_open by its id (OFFSET 0 keeps that lookup per file): joined plainly, the planner may
+-- walk every open alert of every file, each sweep, when its statistics say few are open.
 WITH left_over AS (
     SELECT o.id FROM files AS f
     CROSS JOIN LATERAL (
@@ -359,7 +360,7 @@ WITH left_over AS (
         WHERE a.file_id = f.id AND a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
         OFFSET 0
     ) AS o
-    WHERE f.status = 'cancelled' AND f.delivered + f.rejected + f.dead + f.cancelled < f.alerts_total
+    WHERE f.status = 'cancelled'
 ), c AS (
     UPDATE alerts AS a SET status = 'cancelled'
     FROM left_over
