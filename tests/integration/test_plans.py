@@ -79,7 +79,7 @@ def in_service(database_url: str) -> Iterator[tuple[psycopg.Connection[Any], int
         yield conn, new
 
 
-def _params(name: str, file_id: int) -> dict[str, Any]:
+def _params(file_id: int) -> dict[str, Any]:
     ids = [f"new-{i}" for i in range(1, BATCH + 1)]
     return {
         "ids": ids,
@@ -98,11 +98,8 @@ def _params(name: str, file_id: int) -> dict[str, Any]:
     }
 
 
-def _plans(
-    conn: psycopg.Connection[Any], name: str, params: dict[str, Any], *, run: bool = False
-) -> dict[str, str]:
-    """The generic and the custom plan of a named statement, as text; with ``run``, run as
-    well (EXPLAIN ANALYZE, in a transaction rolled back), with the buffers each node read."""
+def _numbered(name: str) -> tuple[str, list[str]]:
+    """A named statement with ``$1, $2 ...`` for its parameters, and their names in order."""
     order: list[str] = []
 
     def number(match: re.Match[str]) -> str:
@@ -110,16 +107,34 @@ def _plans(
             order.append(match.group(1))
         return f"${order.index(match.group(1)) + 1}"
 
-    text = re.sub(r"%\((\w+)\)s", number, queries()[name]).replace("%%", "%")
-    types = ", ".join(TYPES[param] for param in order)
-    conn.execute(
-        f"PREPARE plan_check ({types}) AS {text}" if order else f"PREPARE plan_check AS {text}"
+    return re.sub(r"%\((\w+)\)s", number, queries()[name]).replace("%%", "%"), order
+
+
+def _prepare(conn: psycopg.Connection[Any], name: str, as_name: str) -> None:
+    text, order = _numbered(name)
+    types = f" ({', '.join(TYPES[param] for param in order)})" if order else ""
+    conn.execute(f"PREPARE {as_name}{types} AS {text}")
+
+
+def _execute(conn: psycopg.Connection[Any], name: str, as_name: str, params: dict[str, Any]) -> str:
+    """``EXECUTE`` of the prepared statement with these values, as SQL text."""
+    _, order = _numbered(name)
+    if not order:
+        return f"EXECUTE {as_name}"
+    args = psycopg.ClientCursor(conn).mogrify(
+        ", ".join(["%s"] * len(order)), [params[param] for param in order]
     )
+    return f"EXECUTE {as_name} ({args})"
+
+
+def _plans(
+    conn: psycopg.Connection[Any], name: str, params: dict[str, Any], *, run: bool = False
+) -> dict[str, str]:
+    """The generic and the custom plan of a named statement, as text; with ``run``, run as
+    well (EXPLAIN ANALYZE, in a transaction rolled back), with the buffers each node read."""
+    _prepare(conn, name, "plan_check")
     try:
-        args = psycopg.ClientCursor(conn).mogrify(
-            ", ".join(["%s"] * len(order)), [params[param] for param in order]
-        )
-        call = f"EXECUTE plan_check ({args})" if order else "EXECUTE plan_check"
+        call = _execute(conn, name, "plan_check", params)
         found = {}
         for mode in ("force_generic_plan", "force_custom_plan"):
             conn.execute(f"SET plan_cache_mode = {mode}")
@@ -143,7 +158,7 @@ def test_statements_given_alert_ids_never_walk_the_open_alerts(
     in_service: tuple[psycopg.Connection[Any], int], name: str
 ) -> None:
     conn, file_id = in_service
-    for mode, plan in _plans(conn, name, _params(name, file_id)).items():
+    for mode, plan in _plans(conn, name, _params(file_id)).items():
         assert "alerts_open" not in plan, f"{name} ({mode}) walks the open alerts:\n{plan}"
         assert "alerts_pkey" in plan, f"{name} ({mode}) does not go by the ids:\n{plan}"
 
@@ -209,27 +224,10 @@ def _kept_plan(conn: psycopg.Connection[Any], file_id: int) -> str:
         "SELECT 1 FROM pg_prepared_statements WHERE name = 'kept_results'"
     ).fetchone()
     if prepared is None:
-        order: list[str] = []
-
-        def number(match: re.Match[str]) -> str:
-            if match.group(1) not in order:
-                order.append(match.group(1))
-            return f"${order.index(match.group(1)) + 1}"
-
-        text = re.sub(r"%\((\w+)\)s", number, queries()["record_results"])
-        types = ", ".join(TYPES[param] for param in order)
-        conn.execute(f"PREPARE kept_results ({types}) AS {text}")
+        _prepare(conn, "record_results", "kept_results")
         conn.execute("SET plan_cache_mode = force_generic_plan")
-    params = _params("record_results", file_id)
-    values = [params[name] for name in _ORDER_OF_RESULTS]
-    args = psycopg.ClientCursor(conn).mogrify(", ".join(["%s"] * len(values)), values)
-    rows = conn.execute(f"EXPLAIN EXECUTE kept_results ({args})").fetchall()
-    return "\n".join(row[0] for row in rows)
-
-
-_ORDER_OF_RESULTS = [
-    *dict.fromkeys(re.findall(r"%\((\w+)\)s", queries()["record_results"])),
-]
+    call = _execute(conn, "record_results", "kept_results", _params(file_id))
+    return "\n".join(row[0] for row in conn.execute(f"EXPLAIN {call}").fetchall())
 
 
 def test_an_analyze_postgresql_skips_is_not_taken_for_done_and_waits_before_a_retry(
