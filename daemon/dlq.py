@@ -11,7 +11,6 @@ import structlog
 
 from daemon._duty import BATCH, Duty
 from hookdrop.endpoints.state import CLOSED, read_state
-from hookdrop.store import AlertStatus
 
 log = structlog.get_logger(__name__)
 
@@ -50,11 +49,7 @@ class DlqReinjection(Duty):
     def warn_unconfigured(self) -> dict[str, int]:
         """Alerts waiting for an endpoint no longer configured (removed by a reload): said,
         by name, so nobody forgets them; they go out once it is configured again."""
-        configured = set(self._names())
-        waiting: dict[str, int] = {}
-        for name, counts in self.store.endpoint_counts().items():
-            n = sum(count for status, count in counts.open.items() if status != AlertStatus.DEAD)
-            if name not in configured and n:
-                waiting[name] = n
-                log.warning("endpoint.unconfigured_waiting", endpoint=name, alerts=n)
+        waiting = self.store.waiting_for_unconfigured(self._names())
+        for name, n in sorted(waiting.items()):
+            log.warning("endpoint.unconfigured_waiting", endpoint=name, alerts=n)
         return waiting

@@ -143,6 +143,12 @@ class DeliveryQueries(Connected):
         """Deferred alerts of ``endpoint``, pending again, to be queued."""
         return self._typed(AlertRef, "take_deferred", {"endpoint": endpoint, "limit": limit})
 
+    def waiting_for_unconfigured(self, configured: Sequence[str]) -> dict[str, int]:
+        """Alerts still to go (dead ones left out) of endpoints not in ``configured``, by
+        endpoint; none of the configured endpoints' backlog is counted."""
+        rows = self._rows("waiting_for_unconfigured", {"configured": list(configured)})
+        return {row["endpoint"]: int(row["n"]) for row in rows}
+
     def endpoint_counts(self) -> dict[str, EndpointCounts]:
         """Per endpoint: files and alerts by state."""
         found: dict[str, EndpointCounts] = {}

@@ -43,6 +43,7 @@ TYPES = {
     "owner": "text",
     "dlq": "boolean",
     "limit": "int",
+    "configured": "text[]",
 }
 
 
@@ -184,6 +185,33 @@ def test_the_sweep_of_cancelled_leftovers_looks_only_at_cancelled_files(
         buffers = sum(int(n) for n in re.findall(r"shared hit=(\d+)", plan.splitlines()[1]))
         assert "rows=3 " in plan, f"({mode}) did not find the 3 leftovers:\n{plan}"
         assert buffers < BACKLOG / 10, f"({mode}) read {buffers} buffers:\n{plan}"
+
+
+def test_the_count_of_alerts_waiting_for_removed_endpoints_skips_the_configured_backlog(
+    in_service: tuple[psycopg.Connection[Any], int], database_url: str
+) -> None:
+    """The monitor asks every minute which removed endpoints still have alerts waiting: it
+    must not count the backlog of the endpoints that are configured to find out."""
+    conn, _ = in_service
+    removed = conn.execute(
+        "INSERT INTO files (name, content_sha256, generation, size_bytes, chunk_size, status,"
+        " endpoint, alerts_total) VALUES ('old.csv', 'removed', 1, 1, 500, 'delivering',"
+        " 'removed', 6) RETURNING id"
+    ).fetchone()[0]  # type: ignore[index]
+    conn.execute(
+        "INSERT INTO alerts (id, file_id, chunk_seq, line_no, user_id, message, status)"
+        " SELECT 'removed-' || g, %s, 0, g, 'u' || g, 'm',"
+        " (ARRAY['delivered', 'dead', 'deferred', 'dlq', 'pending', 'retrying'])[g]"
+        " FROM generate_series(1, 6) AS g",
+        (removed,),
+    )
+    params = {"configured": ["default"]}
+    for mode, plan in _plans(conn, "waiting_for_unconfigured", params, run=True).items():
+        buffers = sum(int(n) for n in re.findall(r"shared hit=(\d+)", plan.splitlines()[1]))
+        assert buffers < BACKLOG / 10, f"({mode}) read {buffers} buffers:\n{plan}"
+    with Store(database_url) as store:
+        assert store.waiting_for_unconfigured(["default"]) == {"removed": 4}
+        assert store.waiting_for_unconfigured(["default", "removed"]) == {}
 
 
 def test_plans_made_while_the_ledger_was_small_are_made_again_once_it_grew(

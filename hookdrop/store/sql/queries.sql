@@ -169,6 +169,21 @@ FROM alerts AS a JOIN files AS f ON f.id = a.file_id
 WHERE a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'dead', 'deferred')
 GROUP BY 1, 2;
 
+-- name: waiting_for_unconfigured
+-- Alerts still to go (dead ones left out) of files sent to endpoints not among the configured
+-- ones, by endpoint. The files are found first (usually none), then each one's open alerts in
+-- alerts_open (OFFSET 0 keeps that lookup per file): the backlog of configured endpoints is
+-- never walked.
+SELECT f.endpoint, count(*) AS n
+FROM files AS f
+CROSS JOIN LATERAL (
+    SELECT 1 FROM alerts AS a
+    WHERE a.file_id = f.id AND a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
+    OFFSET 0
+) AS o
+WHERE f.endpoint <> ALL(%(configured)s::text[]) AND f.status <> 'duplicate'
+GROUP BY f.endpoint;
+
 -- name: endpoint_delivered
 SELECT endpoint, coalesce(sum(delivered), 0)::bigint AS delivered,
        coalesce(sum(rejected), 0)::bigint AS rejected, coalesce(sum(dead), 0)::bigint AS dead,
