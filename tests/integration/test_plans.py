@@ -282,3 +282,18 @@ def test_an_analyze_postgresql_skips_is_not_taken_for_done_and_waits_before_a_re
         assert logs == [] and store.statistics_outgrown()
         assert store.refresh_statistics() is True
         assert not store.statistics_outgrown()
+
+
+def test_analyze_describes_the_columns_statements_filter_on_and_skips_the_rest(
+    in_service: tuple[psycopg.Connection[Any], int],
+) -> None:
+    conn, _ = in_service
+    described = {
+        row[0]
+        for row in conn.execute(
+            "SELECT attname FROM pg_stats WHERE tablename = 'alerts'"
+            " AND schemaname = current_schema()"
+        )
+    }
+    assert {"id", "file_id", "chunk_seq", "status", "created_at", "line_no"} <= described
+    assert not described & {"user_id", "message", "extra", "body", "last_error"}
