@@ -297,3 +297,14 @@ def test_analyze_describes_the_columns_statements_filter_on_and_skips_the_rest(
     }
     assert {"id", "file_id", "chunk_seq", "status", "created_at", "line_no"} <= described
     assert not described & {"user_id", "message", "extra", "body", "last_error"}
+
+
+def test_statements_are_never_jit_compiled(database_url: str) -> None:
+    """On a large ledger the planner's estimates for the sweeps pass jit_above_cost, and
+    compiling one costs PostgreSQL 50 to 200 ms, far more than running it; also after a
+    reconnect."""
+    with Store(database_url) as store:
+        for _ in range(2):
+            conn = store._connect()
+            assert conn.execute("SHOW jit").fetchone() == {"jit": "off"}
+            store.close()
