@@ -46,16 +46,25 @@ class Connected:
     def _connect(self) -> Conn:
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(
+                conn = psycopg.connect(
                     self.url,
                     autocommit=True,
                     row_factory=dict_row,
                     connect_timeout=5,
                     application_name=self.application_name,
                 )
-                self._conn.execute(_SESSION)
             except psycopg.OperationalError as exc:
                 raise StoreUnavailable(f"PostgreSQL unreachable: {first_line(exc)}") from exc
+            try:
+                conn.execute(_SESSION)
+            except psycopg.Error as exc:
+                # Never kept half set up: the next call connects again.
+                outage = is_outage(exc, conn)
+                conn.close()
+                if outage:
+                    raise StoreUnavailable(f"PostgreSQL unreachable: {first_line(exc)}") from exc
+                raise StoreError(f"PostgreSQL refused the session: {first_line(exc)}") from exc
+            self._conn = conn
         return self._conn
 
     def close(self) -> None:

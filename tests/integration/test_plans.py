@@ -19,7 +19,9 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
+import hookdrop.store._base
 from daemon.recovery import Recovery
+from hookdrop.errors import StoreError
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from hookdrop.store._sql import queries
@@ -308,3 +310,16 @@ def test_statements_are_never_jit_compiled(database_url: str) -> None:
             conn = store._connect()
             assert conn.execute("SHOW jit").fetchone() == {"jit": "off"}
             store.close()
+
+
+def test_a_session_refused_its_settings_is_not_kept(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(database_url) as store:
+        monkeypatch.setattr(hookdrop.store._base, "_SESSION", "SET no_such_setting = 1")
+        with pytest.raises(StoreError, match="refused the session"):
+            store.ping()
+        assert store._conn is None
+        monkeypatch.undo()
+        store.ping()
+        assert store._connect().execute("SHOW jit").fetchone() == {"jit": "off"}
