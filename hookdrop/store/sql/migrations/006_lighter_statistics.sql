@@ -4,7 +4,8 @@
 -- autovacuum takes more) sorts a sample of every column to describe it; the message and user
 -- columns are text compared by the database's collation, the costliest to sort. No statement
 -- filters, joins or groups alerts on the columns below, so their statistics guide no plan:
--- ANALYZE now skips them, and costs about half as much.
+-- ANALYZE now skips them, and costs about half as much. On an upgraded ledger the statistics
+-- an earlier ANALYZE took of them stay as they were, unused.
 
 ALTER TABLE alerts
     ALTER COLUMN user_id SET STATISTICS 0,
