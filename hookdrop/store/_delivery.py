@@ -150,16 +150,32 @@ class DeliveryQueries(Connected):
         return {row["endpoint"]: int(row["n"]) for row in rows}
 
     def endpoint_counts(self) -> dict[str, EndpointCounts]:
-        """Per endpoint: files and alerts by state."""
+        """Per endpoint: files, and alerts by state, as of one moment. How many alerts are not
+        at an end state comes from the files' counters; only those waiting to be sent again
+        and those being sent are looked up, so the cost does not grow with the pending backlog
+        (the status page asks every second)."""
         found: dict[str, EndpointCounts] = {}
-        for row in self._rows("endpoint_delivered"):
-            found[row["endpoint"]] = EndpointCounts(
-                delivered=int(row["delivered"]),
-                rejected=int(row["rejected"]),
-                dead=int(row["dead"]),
-                active_files=int(row["active_files"]),
-            )
-        for row in self._rows("endpoint_counts"):
-            counts = found.setdefault(row["endpoint"], EndpointCounts())
-            counts.open[AlertStatus(row["status"])] = int(row["n"])
+        still_open: dict[str, int] = {}
+        with self.transaction() as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            for row in execute(conn, "endpoint_delivered", None):
+                found[row["endpoint"]] = EndpointCounts(
+                    delivered=int(row["delivered"]),
+                    rejected=int(row["rejected"]),
+                    dead=int(row["dead"]),
+                    active_files=int(row["active_files"]),
+                )
+                still_open[row["endpoint"]] = int(row["open"])
+            for row in execute(conn, "endpoint_waiting", None):
+                counts = found.setdefault(row["endpoint"], EndpointCounts())
+                counts.open[AlertStatus(row["status"])] = int(row["n"])
+            for row in execute(conn, "endpoint_sending", None):
+                counts = found.setdefault(row["endpoint"], EndpointCounts())
+                counts.open[AlertStatus.SENDING] = int(row["n"])
+        for name, counts in found.items():
+            pending = still_open.get(name, 0) - sum(counts.open.values())
+            if pending > 0:
+                counts.open[AlertStatus.PENDING] = pending
+            if counts.dead > 0:
+                counts.open[AlertStatus.DEAD] = counts.dead
         return found

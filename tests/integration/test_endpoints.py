@@ -8,6 +8,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -27,7 +28,7 @@ from hookdrop.endpoints.state import read_state
 from hookdrop.intake import ensure_dirs
 from hookdrop.ops.endpoints import endpoints_view
 from hookdrop.settings import Settings
-from hookdrop.store import Store
+from hookdrop.store import AlertStatus, Result, Store
 from tests.helpers import (
     file_rows,
     ledger_file,
@@ -341,3 +342,69 @@ def test_a_file_whose_endpoint_was_removed_fails_with_the_reason_instead_of_anot
     row = file_rows(store)[0]
     assert "'busy' is not configured" in (row["error"] or "")
     assert alert_rows(store, row["id"]) == []
+
+
+# What the endpoints view counted before it read the files' counters: every open alert, one
+# by one. The view must still say the same.
+_COUNTED_ONE_BY_ONE = """
+SELECT f.endpoint,
+       CASE WHEN a.status = 'pending' AND EXISTS (SELECT 1 FROM chunk_leases AS l
+                    WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now())
+            THEN 'sending' ELSE a.status END AS status,
+       count(*) AS n
+FROM alerts AS a JOIN files AS f ON f.id = a.file_id
+WHERE a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'dead', 'deferred')
+GROUP BY 1, 2
+"""
+
+
+def test_the_endpoint_counts_from_the_files_counters_match_the_alerts_one_by_one(
+    store: Store,
+) -> None:
+    """Alerts in every state, reached through the notifier's and the operator's own
+    statements on two endpoints: a chunk being sent, one handed back with deferred alerts, a
+    cancelled file, a replayed dead alert."""
+    later = datetime.now(UTC) + timedelta(hours=1)
+    sending, ids = ledger_file(store, 12, name="a.csv", endpoint="default")
+    claimed = store.claim_chunk(sending, 1, ids, "job-a", 60.0)
+    assert claimed is not None and len(claimed[0]) == 12
+    outcomes = [
+        Result(ids[0], AlertStatus.DELIVERED, code=200),
+        Result(ids[1], AlertStatus.DELIVERED, code=200),
+        Result(ids[2], AlertStatus.REJECTED, code=400),
+        Result(ids[3], AlertStatus.DEAD, failed=1, code=500),
+        Result(ids[4], AlertStatus.DEAD, failed=1, code=500),
+        Result(ids[5], AlertStatus.DLQ, failed=1, code=500, next_at=later),
+        Result(ids[6], AlertStatus.RETRYING, failed=1, code=503),
+        Result(ids[7], AlertStatus.THROTTLED, throttled=1, code=429),
+    ]
+    assert store.record_results(outcomes, sending, 1, "job-a") == len(outcomes)
+    assert store.replay_alerts([AlertStatus.DEAD], sending) == 2  # dead again: to the DLQ
+
+    handed, chat_ids = ledger_file(store, 7, name="b.csv", endpoint="chat")
+    claimed = store.claim_chunk(handed, 1, chat_ids, "job-b", 60.0)
+    assert claimed is not None
+    store.record_results([Result(chat_ids[0], AlertStatus.DELIVERED)], handed, 1, "job-b")
+    store.defer_alerts(chat_ids[1:3], handed, 1, "job-b")
+    store.end_lease(handed, 1, "job-b", given=len(chat_ids))
+
+    gone, _ = ledger_file(store, 5, name="c.csv", endpoint="chat")
+    assert store.cancel_file(gone)
+    later_dead, dead_ids = ledger_file(store, 3, name="d.csv", endpoint="chat")
+    claimed = store.claim_chunk(later_dead, 1, dead_ids, "job-d", 60.0)
+    assert claimed is not None
+    store.record_results([Result(dead_ids[0], AlertStatus.DEAD)], later_dead, 1, "job-d")
+
+    with store.transaction() as conn:
+        expected: dict[str, dict[str, int]] = {}
+        for row in conn.execute(_COUNTED_ONE_BY_ONE):
+            expected.setdefault(row["endpoint"], {})[row["status"]] = row["n"]
+    found = {
+        name: {str(status): n for status, n in counts.open.items()}
+        for name, counts in store.endpoint_counts().items()
+    }
+    assert found == expected
+    assert expected == {
+        "default": {"sending": 4, "retrying": 1, "throttled": 1, "dlq": 3},
+        "chat": {"pending": 4, "sending": 2, "deferred": 2, "dead": 1},
+    }

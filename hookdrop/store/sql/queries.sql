@@ -157,17 +157,25 @@ WHERE id IN (
     ORDER BY a.file_id, a.line_no LIMIT %(limit)s FOR UPDATE OF a SKIP LOCKED)
 RETURNING id, file_id, chunk_seq;
 
--- name: endpoint_counts
--- Alerts not yet at an end state (rejected and cancelled left out), by endpoint and status;
--- open alerts of a chunk under a live lease count as sending.
-SELECT f.endpoint,
-       CASE WHEN a.status = 'pending' AND EXISTS (SELECT 1 FROM chunk_leases AS l
-                    WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now())
-            THEN 'sending' ELSE a.status END AS status,
-       count(*) AS n
+-- name: endpoint_waiting
+-- Alerts waiting to be sent again (retrying, throttled, in the DLQ, deferred), by endpoint and
+-- status: each status looked up in alerts_open, so the cost grows with these alerts only,
+-- never with the pending backlog.
+SELECT f.endpoint, a.status, count(*) AS n
 FROM alerts AS a JOIN files AS f ON f.id = a.file_id
-WHERE a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'dead', 'deferred')
+WHERE a.status IN ('retrying', 'throttled', 'dlq', 'deferred')
 GROUP BY 1, 2;
+
+-- name: endpoint_sending
+-- Pending alerts under a live chunk lease, by endpoint: the ids each lease holds, looked up by
+-- primary key (a few hundred per running job).
+SELECT f.endpoint, count(*) AS n
+FROM chunk_leases AS l JOIN files AS f ON f.id = l.file_id
+CROSS JOIN LATERAL unnest(l.ids) AS u(id)
+JOIN alerts AS a ON a.id = u.id
+WHERE l.until >= now() AND a.file_id = l.file_id AND a.chunk_seq = l.chunk_seq
+  AND a.status || '' = 'pending'
+GROUP BY 1;
 
 -- name: waiting_for_unconfigured
 -- Alerts still to go (dead ones left out) of files sent to endpoints not among the configured
@@ -185,8 +193,11 @@ WHERE f.endpoint <> ALL(%(configured)s::text[]) AND f.status <> 'duplicate'
 GROUP BY f.endpoint;
 
 -- name: endpoint_delivered
+-- The files' counters by endpoint; open: alerts not at an end state yet (a file counts every
+-- alert it owns in alerts_total, and each end state in its counter as the alert reaches it).
 SELECT endpoint, coalesce(sum(delivered), 0)::bigint AS delivered,
        coalesce(sum(rejected), 0)::bigint AS rejected, coalesce(sum(dead), 0)::bigint AS dead,
+       coalesce(sum(alerts_total - delivered - rejected - dead - cancelled), 0)::bigint AS open,
        count(*) FILTER (WHERE status IN ('claimed', 'reading', 'delivering')) AS active_files
 FROM files WHERE status <> 'duplicate' GROUP BY endpoint;
 
