@@ -408,3 +408,4 @@ def test_the_endpoint_counts_from_the_files_counters_match_the_alerts_one_by_one
         "default": {"sending": 4, "retrying": 1, "throttled": 1, "dlq": 3},
         "chat": {"pending": 4, "sending": 2, "deferred": 2, "dead": 1},
     }
+    assert store.dlq_size() == (3, 1)  # the overview's and the DLQ list's figures

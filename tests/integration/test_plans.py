@@ -332,11 +332,13 @@ def test_a_session_refused_its_settings_is_not_kept(
         assert store._connect().execute("SHOW jit").fetchone() == {"jit": "off"}
 
 
-@pytest.mark.parametrize("name", ["endpoint_delivered", "endpoint_waiting", "endpoint_sending"])
-def test_the_endpoint_counts_never_walk_the_pending_backlog(
+@pytest.mark.parametrize(
+    "name", ["endpoint_delivered", "endpoint_waiting", "endpoint_sending", "dlq_size"]
+)
+def test_the_status_page_counts_never_walk_the_backlog(
     in_service: tuple[psycopg.Connection[Any], int], name: str
 ) -> None:
-    """The status page asks for them every second."""
+    """The status page asks for them (and the DLQ's size) every second."""
     conn, file_id = in_service
     conn.execute(
         "INSERT INTO chunk_leases (file_id, chunk_seq, owner, until, ids)"
