@@ -30,11 +30,12 @@ class DeliveryQueries(Connected):
         still need sending (DLQ entries too with ``dlq``), with how many ids the lease holds
         (for ``end_lease``); None when another notifier holds the chunk (``ids`` then join its
         lease, so they are seen to when it ends)."""
+        unique = list(dict.fromkeys(ids))  # an id given twice is still one alert, sent once
         with self.transaction() as conn:
             leased = execute(
                 conn,
                 "lease_chunk",
-                {"file_id": file_id, "seq": seq, "ids": list(ids), "owner": owner, "lease": lease},
+                {"file_id": file_id, "seq": seq, "ids": unique, "owner": owner, "lease": lease},
             )
             if not leased or not leased[0]["ours"]:
                 return None
@@ -153,7 +154,8 @@ class DeliveryQueries(Connected):
         """Per endpoint: files, and alerts by state, as of one moment. How many alerts are not
         at an end state comes from the files' counters; only those waiting to be sent again
         and those being sent are looked up, so the cost does not grow with the pending backlog
-        (the status page asks every second)."""
+        (the status page asks every second); deferred alerts are looked up, so it grows while
+        an endpoint is held."""
         found: dict[str, EndpointCounts] = {}
         still_open: dict[str, int] = {}
         with self.transaction() as conn:

@@ -159,17 +159,17 @@ RETURNING id, file_id, chunk_seq;
 
 -- name: endpoint_waiting
 -- Alerts waiting to be sent again (retrying, throttled, in the DLQ, deferred), by endpoint and
--- status: each status looked up in alerts_open, so the cost grows with these alerts only,
--- never with the pending backlog.
+-- status: each status looked up in alerts_open, so the cost grows with these alerts only (an
+-- endpoint held for long defers its backlog), never with the pending one.
 SELECT f.endpoint, a.status, count(*) AS n
 FROM alerts AS a JOIN files AS f ON f.id = a.file_id
 WHERE a.status IN ('retrying', 'throttled', 'dlq', 'deferred')
 GROUP BY 1, 2;
 
 -- name: endpoint_sending
--- Pending alerts under a live chunk lease, by endpoint: the ids each lease holds, looked up by
--- primary key (a few hundred per running job).
-SELECT f.endpoint, count(*) AS n
+-- Pending alerts a live chunk lease holds, by endpoint: the ids each lease holds, looked up by
+-- primary key (a few hundred per running job); an id given twice counts once.
+SELECT f.endpoint, count(DISTINCT a.id) AS n
 FROM chunk_leases AS l JOIN files AS f ON f.id = l.file_id
 CROSS JOIN LATERAL unnest(l.ids) AS u(id)
 JOIN alerts AS a ON a.id = u.id
@@ -401,9 +401,10 @@ FROM n WHERE files.id = n.file_id
 RETURNING files.id;
 
 -- name: status_counts
--- Open alerts of a chunk under a live lease count as sending.
+-- Pending alerts a live lease holds (among the ids its job was given) count as sending.
 SELECT CASE WHEN a.status = 'pending' AND EXISTS (SELECT 1 FROM chunk_leases AS l
-                    WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now())
+                    WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now()
+                      AND a.id = ANY(l.ids))
             THEN 'sending' ELSE a.status END AS status,
        count(*) AS n
 FROM alerts AS a WHERE a.file_id = %(file_id)s AND a.status <> 'delivered'
@@ -500,11 +501,12 @@ ORDER BY id DESC LIMIT 1;
 -- One line per row of a file, in the file's order: its alerts (a repeated row is one alert,
 -- listed at the line that first read it) and its row errors. Read through a server-side
 -- cursor, so PostgreSQL sorts (spilling to disk past work_mem) and hands the lines out in
--- batches: the reader's memory does not grow with the file. Open alerts of a chunk under a
--- live lease are listed as sending.
+-- batches: the reader's memory does not grow with the file. Pending alerts a live lease holds
+-- are listed as sending.
 SELECT line, user_id, alert_id, status, http_code, error FROM (
     SELECT a.line_no AS line, a.user_id, a.id AS alert_id,
-           CASE WHEN a.status = 'pending' AND l.until >= now() THEN 'sending' ELSE a.status END,
+           CASE WHEN a.status = 'pending' AND l.until >= now() AND a.id = ANY(l.ids)
+                THEN 'sending' ELSE a.status END,
            a.last_status_code AS http_code, a.last_error AS error
     FROM alerts AS a LEFT JOIN chunk_leases AS l
         ON l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq
