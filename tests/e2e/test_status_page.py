@@ -45,7 +45,6 @@ CHROMIUM_ARGS = [
     f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1",
 ]
 TOKEN = "page-token-42"
-SCREENSHOT = Path("/tmp/hookdrop-status-page.png")
 ROWS = 3_000
 
 
@@ -126,7 +125,7 @@ def test_the_page_shows_a_dropped_file_reaching_100_percent(
         assert page.inner_text("#backpressure") == "off"
         assert page.inner_text("#dlq") == "0"
         page.wait_for_function("document.getElementById('chart-ok').getAttribute('d').length > 0")
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.screenshot(path=str(tmp_path / "status-page.png"), full_page=True)
         page.close()
     finally:
         for process in procs:
