@@ -167,14 +167,20 @@ WHERE a.status IN ('retrying', 'throttled', 'dlq', 'deferred')
 GROUP BY 1, 2;
 
 -- name: endpoint_sending
--- Pending alerts a live chunk lease holds, by endpoint: the ids each lease holds, looked up by
--- primary key (a few hundred per running job); an id given twice counts once.
-SELECT f.endpoint, count(DISTINCT a.id) AS n
+-- Pending alerts a live chunk lease holds, by endpoint: the ids each lease holds, each looked
+-- up by primary key (a few hundred per running job; OFFSET 0 keeps the lookup per id: joined
+-- plainly, the planner may read the whole ledger and match it against the leases); an id
+-- given twice counts once.
+SELECT f.endpoint, count(DISTINCT u.id) AS n
 FROM chunk_leases AS l JOIN files AS f ON f.id = l.file_id
 CROSS JOIN LATERAL unnest(l.ids) AS u(id)
-JOIN alerts AS a ON a.id = u.id
-WHERE l.until >= now() AND a.file_id = l.file_id AND a.chunk_seq = l.chunk_seq
-  AND a.status || '' = 'pending'
+CROSS JOIN LATERAL (
+    SELECT 1 FROM alerts AS a
+    WHERE a.id = u.id AND a.file_id = l.file_id AND a.chunk_seq = l.chunk_seq
+      AND a.status || '' = 'pending'
+    OFFSET 0
+) AS held
+WHERE l.until >= now()
 GROUP BY 1;
 
 -- name: waiting_for_unconfigured
