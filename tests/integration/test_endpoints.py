@@ -21,6 +21,7 @@ import structlog
 from structlog.testing import capture_logs
 
 import daemon.dlq
+import hookdrop.store._delivery
 from daemon.claim import Claimer
 from daemon.recovery import Recovery
 from hookdrop.endpoints import LiveEndpoints
@@ -417,3 +418,21 @@ def test_the_endpoint_counts_from_the_files_counters_match_the_alerts_one_by_one
         "chat": {"pending": 4 + 4, "sending": 2 + 1, "deferred": 2, "dead": 1},
     }
     assert store.dlq_size() == (3, 1)  # the overview's and the DLQ list's figures
+
+
+def test_counters_short_of_the_alert_rows_are_reported_not_shown_as_negative(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        hookdrop.store._delivery, "log", structlog.get_logger("hookdrop.store._delivery")
+    )
+    file_id, ids = ledger_file(store, 3, name="off.csv", endpoint="default")
+    with store.transaction() as conn:  # a counter moved without its alerts
+        conn.execute("UPDATE files SET delivered = 3 WHERE id = %s", (file_id,))
+        conn.execute("UPDATE alerts SET status = 'retrying' WHERE id = %s", (ids[0],))
+    with capture_logs() as logs:
+        counts = store.endpoint_counts()["default"]
+    assert counts.open == {AlertStatus.RETRYING: 1}
+    assert [(e["event"], e["open_by_counters"], e["open_by_rows"]) for e in logs] == [
+        ("db.counters_disagree", 0, 1)
+    ]
