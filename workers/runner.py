@@ -84,13 +84,29 @@ def make_worker(ctx: context.WorkerContext, kind: str) -> HookdropWorker:
     return worker
 
 
-def _announce_stop(ctx: context.WorkerContext, kind: str) -> None:
-    """Log and tell systemd once a stop was asked for (outside the signal handler)."""
-    ctx.stopping.wait()
-    if ctx.closed:
-        return
-    sdnotify.notify("STOPPING=1")
-    log.info("worker.stopping", kind=kind, worker=ctx.name)
+class _StopAnnouncement:
+    """Log and tell systemd, once, that a stop was asked for: from a thread as soon as the
+    signal came (never inside the signal handler), or by the worker itself on its way out if
+    it drained before that thread ran."""
+
+    def __init__(self, ctx: context.WorkerContext, kind: str) -> None:
+        self.ctx = ctx
+        self.kind = kind
+        self._lock = threading.Lock()
+        self._made = False
+
+    def when_asked(self) -> None:
+        self.ctx.stopping.wait()
+        if not self.ctx.closed:  # closed without a stop asked: the worker just ended
+            self.make()
+
+    def make(self) -> None:
+        with self._lock:
+            if self._made:
+                return
+            self._made = True
+        sdnotify.notify("STOPPING=1")
+        log.info("worker.stopping", kind=self.kind, worker=self.ctx.name)
 
 
 def _watchdog_pings(stop: threading.Event) -> None:
@@ -112,10 +128,11 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
     worker = make_worker(ctx, kind)
     stop = threading.Event()
     threading.Thread(target=_watchdog_pings, args=(stop,), daemon=True).start()
+    announcement = _StopAnnouncement(ctx, kind)
     # With this thread's log context (the process name), copied into the new thread.
     threading.Thread(
         target=contextvars.copy_context().run,
-        args=(_announce_stop, ctx, kind),
+        args=(announcement.when_asked,),
         daemon=True,
         name="hookdrop-stop",
     ).start()
@@ -137,6 +154,8 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
                 "worker.restarted", kind=kind, worker=worker.name, reason="Redis was unavailable"
             )
     finally:
+        if ctx.stopping.is_set():
+            announcement.make()
         stop.set()
         context.install(None)
         ctx.close()
