@@ -264,6 +264,32 @@ def write_csv(
     return pairs
 
 
+#: Alert rows with the status the ledger gives them: an alert delivered at its first try
+#: keeps its row as inserted (status 'pending') and is delivered by a row of ``deliveries``.
+ALERT_ROWS = """
+SELECT a.*,
+       CASE WHEN d.id IS NOT NULL THEN 'delivered' ELSE a.status END AS ledger_status,
+       coalesce(d.code, a.last_status_code) AS ledger_code
+FROM alerts AS a
+LEFT JOIN (SELECT s.id, s.code FROM deliveries
+           CROSS JOIN LATERAL unnest(deliveries.ids, deliveries.codes) AS s(id, code)) AS d
+    ON d.id = a.id
+"""
+
+
+def alert_rows(store: Store, file_id: int) -> list[dict[str, Any]]:
+    """A file's alert rows in line order, each with its status as the ledger defines it."""
+    with store.transaction() as conn:
+        rows = conn.execute(
+            f"SELECT * FROM ({ALERT_ROWS}) AS a WHERE a.file_id = %s ORDER BY a.line_no",
+            (file_id,),
+        ).fetchall()
+    return [
+        {**row, "status": row["ledger_status"], "last_status_code": row["ledger_code"]}
+        for row in rows
+    ]
+
+
 def ledger_file(
     store: Store,
     count: int,

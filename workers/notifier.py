@@ -80,6 +80,8 @@ class _Alert:
     tries: int = 0  # failed tries in this job
     done: bool = False
     not_before: float = 0.0  # a 429 asked to wait: not sent again before this (monotonic)
+    # Never tried before this job and not yet here: delivered now, only its round is written.
+    pristine: bool = False
 
 
 class Delivery:
@@ -234,7 +236,9 @@ class _Chunk(ChunkBook):
         unsendable: list[Result] = []
         for row in rows:
             try:
-                self.alerts.append(_Alert(row.id, row.file_id, body_of(row), row.attempts))
+                self.alerts.append(
+                    _Alert(row.id, row.file_id, body_of(row), row.attempts, pristine=row.fresh)
+                )
             except (TypeError, ValueError, RecursionError) as exc:
                 # One alert that cannot be encoded never holds up its chunk.
                 unsendable.append(
@@ -396,7 +400,13 @@ class _Chunk(ChunkBook):
             if verdict.kind == VerdictKind.DELIVERED:
                 await self._finish(
                     alert,
-                    Result(alert.id, AlertStatus.DELIVERED, code=verdict.code, latency_ms=latency),
+                    Result(
+                        alert.id,
+                        AlertStatus.DELIVERED,
+                        code=verdict.code,
+                        latency_ms=latency,
+                        first_try=alert.pristine,
+                    ),
                 )
                 return
             if verdict.kind == VerdictKind.REJECTED:
@@ -469,6 +479,7 @@ class _Chunk(ChunkBook):
             pause = self.settings.backpressure_seconds
         pause = min(max(pause, 0.05), self.settings.max_pause_seconds)
         alert.not_before = time.monotonic() + pause
+        alert.pristine = False  # its row records the 429
         self._order += 1
         heapq.heappush(self.waiting, (alert.not_before, self._order, alert))
         rate = self.target.limiter.throttled(pause, epoch)
@@ -508,6 +519,7 @@ class _Chunk(ChunkBook):
     async def _failed(self, alert: _Alert, verdict: Verdict, latency: float) -> bool:
         """Count a failed try; True when the alert leaves this job (DLQ or dead)."""
         alert.tries += 1
+        alert.pristine = False  # its row records the failure
         total = alert.attempts + alert.tries
 
         def result(status: AlertStatus, next_at: datetime | None = None) -> Result:

@@ -91,6 +91,7 @@ class ChunkBook:
                 error=result.error or earlier.error,
                 latency_ms=result.latency_ms,
                 next_at=result.next_at,
+                first_try=False,  # an earlier outcome of it is in the same write
             )
         self.pending[result.alert_id] = result
         if self.pending_written is None:

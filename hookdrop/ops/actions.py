@@ -4,7 +4,8 @@ Status and results of files, pause / resume / cancel, the DLQ and its replay, re
 finished file, and the system overview.
 
 Reads stay cheap whatever the file size: counts come from the ``files`` row counters, the open
-states from ``status_counts`` (served by the small ``alerts_open`` partial index), throughput
+states from ``status_counts`` (the counters, the chunk leases and the small ``alerts_waiting``
+partial index), throughput
 from the notifiers' per-second outcome counters in Redis. Redis errors come out as
 :class:`~hookdrop.errors.QueueUnavailable`, PostgreSQL errors as
 :class:`~hookdrop.errors.StoreUnavailable`, and what the operator asked wrongly as the

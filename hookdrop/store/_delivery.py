@@ -75,23 +75,29 @@ class DeliveryQueries(Connected):
 
     def record_results(self, results: Sequence[Result], file_id: int, seq: int, owner: str) -> int:
         """Write outcomes in one statement; returns how many were written (none once the
-        chunk's lease is not ``owner``'s)."""
+        chunk's lease is not ``owner``'s). Deliveries at an alert's first try (``first_try``)
+        make one row of ``deliveries``; the others update their alert rows."""
         if not results:
             return 0
+        sent = [r for r in results if r.first_try and r.status == AlertStatus.DELIVERED]
+        rest = [r for r in results if not (r.first_try and r.status == AlertStatus.DELIVERED)]
         written = self._value(
             "record_results",
             {
                 "owner": owner,
                 "file_id": file_id,
                 "seq": seq,
-                "ids": [r.alert_id for r in results],
-                "statuses": [str(r.status) for r in results],
-                "failed": [r.failed for r in results],
-                "throttled": [r.throttled for r in results],
-                "codes": [r.code for r in results],
-                "errors": [r.error for r in results],
-                "latencies": [r.latency_ms for r in results],
-                "next_at": [r.next_at for r in results],
+                "sent_ids": [r.alert_id for r in sent],
+                "sent_codes": [r.code for r in sent],
+                "sent_latencies": [r.latency_ms for r in sent],
+                "ids": [r.alert_id for r in rest],
+                "statuses": [str(r.status) for r in rest],
+                "failed": [r.failed for r in rest],
+                "throttled": [r.throttled for r in rest],
+                "codes": [r.code for r in rest],
+                "errors": [r.error for r in rest],
+                "latencies": [r.latency_ms for r in rest],
+                "next_at": [r.next_at for r in rest],
             },
         )
         return int(written or 0)
@@ -174,7 +180,7 @@ class DeliveryQueries(Connected):
             for row in execute(conn, "endpoint_waiting", None):
                 counts = found.setdefault(row["endpoint"], EndpointCounts())
                 counts.open[AlertStatus(row["status"])] = int(row["n"])
-            for row in execute(conn, "endpoint_sending", None):
+            for row in execute(conn, "endpoint_sending", {"file_id": None}):
                 counts = found.setdefault(row["endpoint"], EndpointCounts())
                 counts.open[AlertStatus.SENDING] = int(row["n"])
         for name, counts in found.items():

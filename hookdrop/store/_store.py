@@ -32,7 +32,7 @@ from hookdrop.store.rows import (
     RowErrorRow,
     Totals,
 )
-from hookdrop.store.statuses import AlertStatus, FileStatus
+from hookdrop.store.statuses import OPEN, AlertStatus, FileStatus
 
 log = structlog.get_logger(__name__)
 
@@ -300,11 +300,41 @@ class Store(DeliveryQueries):
     # -- operators --------------------------------------------------------------------------
 
     def status_counts(self, file_id: int) -> dict[AlertStatus, int]:
-        """Alerts of a file by status, delivered ones left out."""
-        return {
-            AlertStatus(row["status"]): int(row["n"])
-            for row in self._rows("status_counts", {"file_id": file_id})
-        }
+        """Alerts of a file by status, delivered ones left out, as of one moment. Those off
+        the common path are counted one by one (alerts_waiting), those being sent among the
+        ids its chunk leases hold; pending is what the file's counters leave open besides."""
+        found: dict[AlertStatus, int] = {}
+        with self.transaction() as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            files = execute(conn, "get_file", {"id": file_id})
+            if not files:
+                return found
+            for row in execute(conn, "status_counts", {"file_id": file_id}):
+                found[AlertStatus(row["status"])] = int(row["n"])
+            sending = sum(
+                int(row["n"]) for row in execute(conn, "endpoint_sending", {"file_id": file_id})
+            )
+        file = files[0]
+        still_open = (
+            file["alerts_total"]
+            - file["delivered"]
+            - file["rejected"]
+            - file["dead"]
+            - file["cancelled"]
+        )
+        if sending:
+            found[AlertStatus.SENDING] = sending
+        pending = still_open - sum(n for s, n in found.items() if s in OPEN)
+        if pending > 0:
+            found[AlertStatus.PENDING] = pending
+        elif pending < 0:
+            log.warning(
+                "db.counters_disagree",
+                file_id=file_id,
+                open_by_counters=still_open,
+                open_by_rows=still_open - pending,
+            )
+        return found
 
     def row_errors_page(self, file_id: int, limit: int, offset: int) -> list[RowErrorRow]:
         return self._typed(

@@ -117,6 +117,7 @@ class AlertToSend:
     body: bytes | None  # rendered from the endpoint's template; None: the default body
     endpoint: str
     file_name: str
+    fresh: bool = False  # never tried: a delivery at its first try goes into deliveries
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +188,9 @@ class Result:
     error: str | None = None
     latency_ms: float | None = None
     next_at: datetime | None = None
+    # Delivered at the first try of an alert never tried before (AlertToSend.fresh): written
+    # as part of a deliveries row, the alert row left as it is.
+    first_try: bool = False
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ import pytest
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from tests.helpers import (
+    ALERT_ROWS,
     StartMock,
     file_rows,
     free_port,
@@ -109,10 +110,10 @@ def wait_exit(procs: Procs, bound: float) -> dict[str, int]:
 def alert_counts(store: Store) -> dict[str, int]:
     with store.transaction() as conn:
         row = conn.execute(
-            "SELECT count(*) FILTER (WHERE a.status = 'delivered') AS delivered,"
-            " count(*) FILTER (WHERE a.status IN ('pending', 'retrying', 'throttled')"
+            "SELECT count(*) FILTER (WHERE a.ledger_status = 'delivered') AS delivered,"
+            " count(*) FILTER (WHERE a.ledger_status IN ('pending', 'retrying', 'throttled')"
             "                  AND l.until > now()) AS leased,"
-            " count(*) AS total FROM alerts AS a LEFT JOIN chunk_leases AS l"
+            f" count(*) AS total FROM ({ALERT_ROWS}) AS a LEFT JOIN chunk_leases AS l"
             " ON l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq"
         ).fetchone()
     assert row is not None

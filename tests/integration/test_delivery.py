@@ -19,6 +19,7 @@ from standardwebhooks.webhooks import Webhook
 from daemon.recovery import Recovery
 from hookdrop.settings import Settings
 from hookdrop.store import AlertStatus, Result, Store
+from tests.helpers import alert_rows as ledger_alert_rows
 from tests.helpers import ledger_file, queued_alert_ids, run_queued_deliveries
 from workers import context
 from workers.notifier import Delivery, _Chunk
@@ -59,9 +60,7 @@ def make_file(
 
 
 def alert_rows(store: Store, file_id: int) -> dict[str, dict[str, Any]]:
-    with store.transaction() as conn:
-        rows = conn.execute("SELECT * FROM alerts WHERE file_id = %s", (file_id,)).fetchall()
-    return {r["user_id"]: r for r in rows}
+    return {r["user_id"]: r for r in ledger_alert_rows(store, file_id)}
 
 
 def test_a_chunk_is_delivered_signed_with_stable_ids(engine: Delivery, store: Store) -> None:
@@ -93,6 +92,56 @@ def test_a_delivered_alert_is_never_sent_again(engine: Delivery, store: Store) -
         again = engine.run_alerts(file_id, ids)  # a re-run job, a re-enqueued chunk...
     assert route.call_count == 10
     assert again["claimed"] == 0
+
+
+def test_first_try_deliveries_are_one_row_per_round_and_read_as_delivered_everywhere(
+    engine: Delivery, store: Store
+) -> None:
+    """An alert never tried before and delivered at its first try leaves its row as the batcher
+    wrote it: its round's row in ``deliveries`` delivers it, for every reader of the ledger. An
+    alert that failed first is written as before."""
+    from hookdrop.store import result_lines
+
+    file_id, ids = make_file(store, 12)
+    failed_once: set[str] = set()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        alert = request.headers["webhook-id"]
+        if alert == ids[3] and alert not in failed_once:
+            failed_once.add(alert)
+            return httpx.Response(503)
+        return httpx.Response(201)
+
+    with respx.mock(using="httpx") as router:
+        route = router.post(URL).mock(side_effect=answer)
+        engine.run_alerts(file_id, ids)
+        assert engine.run_alerts(file_id, ids)["claimed"] == 0  # nothing is sent twice
+    assert route.call_count == 13
+    with store.transaction() as conn:
+        raw = {
+            r["id"]: r
+            for r in conn.execute(
+                "SELECT id, status, attempts, last_status_code FROM alerts WHERE file_id = %s",
+                (file_id,),
+            )
+        }
+        rounds = conn.execute(
+            "SELECT ids, codes FROM deliveries WHERE file_id = %s", (file_id,)
+        ).fetchall()
+    in_rounds = [alert for row in rounds for alert in row["ids"]]
+    assert sorted(in_rounds) == sorted(set(ids) - {ids[3]})  # each once
+    assert {code for row in rounds for code in row["codes"]} == {201}
+    assert {raw[alert]["status"] for alert in in_rounds} == {"pending"}  # rows untouched
+    assert (raw[ids[3]]["status"], raw[ids[3]]["attempts"]) == ("delivered", 1)
+    # What operators read: every alert delivered, with its code; nothing open.
+    lines = list(result_lines(store, file_id))
+    assert {(line.status, line.http_code, line.error) for line in lines} == {
+        ("delivered", 201, None)
+    }
+    assert store.status_counts(file_id) == {}
+    file = store.get_file(file_id)
+    assert file is not None and (file.delivered, file.alerts_total) == (12, 12)
+    assert store.open_alerts(file_id) == []
 
 
 @pytest.mark.parametrize("retry_after", ["1", "date", None])

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
@@ -31,6 +30,7 @@ from hookdrop.ops.endpoints import endpoints_view
 from hookdrop.settings import Settings
 from hookdrop.store import AlertStatus, Result, Store
 from tests.helpers import (
+    alert_rows,
     file_rows,
     ledger_file,
     queued_alert_ids,
@@ -94,13 +94,6 @@ def engine(esettings: Settings) -> Iterator[Delivery]:
     delivery.close()
     context.install(None)
     ctx.close()
-
-
-def alert_rows(store: Store, file_id: int) -> list[dict[str, Any]]:
-    with store.transaction() as conn:
-        return conn.execute(
-            "SELECT * FROM alerts WHERE file_id = %s ORDER BY line_no", (file_id,)
-        ).fetchall()
 
 
 def test_files_are_routed_by_folder_rendered_and_sent_with_each_endpoints_auth(

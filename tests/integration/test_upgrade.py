@@ -64,7 +64,11 @@ def test_alerts_leased_the_old_way_are_queued_again_after_the_upgrade(
     v4_url: str, settings: Settings, rconn: redis.Redis
 ) -> None:
     with Store(v4_url) as store:
-        assert store.migrate() == ["005_chunk_leases.sql", "006_lighter_statistics.sql"]
+        assert store.migrate() == [
+            "005_chunk_leases.sql",
+            "006_lighter_statistics.sql",
+            "007_delivered_rounds.sql",
+        ]
         store.check_schema()
         with store.transaction() as conn:
             rows = conn.execute("SELECT id, status FROM alerts ORDER BY id").fetchall()

@@ -33,6 +33,7 @@ from hookdrop.errors import StoreUnavailable
 from hookdrop.settings import Settings
 from hookdrop.store import Store
 from tests.helpers import (
+    ALERT_ROWS,
     MockProcess,
     dies_with_tests,
     free_port,
@@ -424,8 +425,9 @@ def ledger(store: Store) -> dict[str, int]:
     out)."""
     with store.transaction() as conn:
         rows = conn.execute(
-            "SELECT a.status, l.file_id IS NULL AS free, l.until < now() AS expired,"
-            " count(*) AS n FROM alerts AS a LEFT JOIN chunk_leases AS l"
+            "SELECT a.ledger_status AS status, l.file_id IS NULL AS free,"
+            " l.until < now() AS expired,"
+            f" count(*) AS n FROM ({ALERT_ROWS}) AS a LEFT JOIN chunk_leases AS l"
             " ON l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq GROUP BY 1, 2, 3"
         ).fetchall()
     return {
@@ -455,7 +457,7 @@ def check_everything_delivered(
         states = {
             r["status"]: r["n"]
             for r in conn.execute(
-                "SELECT status, count(*) AS n FROM alerts GROUP BY status"
+                f"SELECT ledger_status AS status, count(*) AS n FROM ({ALERT_ROWS}) AS a GROUP BY 1"
             ).fetchall()
         }
     assert states == {"delivered": rows}, states

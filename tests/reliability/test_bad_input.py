@@ -39,6 +39,7 @@ from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
 from tests.helpers import (
+    ALERT_ROWS,
     MockProcess,
     file_rows,
     run_burst,
@@ -331,8 +332,11 @@ def outcome(
             files = {r["name"]: r for r in file_rows(store)}
             result = Outcome(settings, outside, outside_before, files)
             with store.transaction() as db:
-                for row in db.execute("SELECT * FROM alerts ORDER BY line_no").fetchall():
-                    result.alerts.setdefault(row["file_id"], []).append(row)
+                for row in db.execute(
+                    f"SELECT * FROM ({ALERT_ROWS}) AS a ORDER BY line_no"
+                ).fetchall():
+                    alert = {**row, "status": row["ledger_status"]}
+                    result.alerts.setdefault(alert["file_id"], []).append(alert)
                 for row in db.execute("SELECT * FROM row_errors ORDER BY line_no").fetchall():
                     result.row_errors.setdefault(row["file_id"], []).append(row)
             result.receiver = mock.stats()

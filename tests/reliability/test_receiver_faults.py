@@ -28,6 +28,7 @@ from hookdrop.settings import Settings
 from hookdrop.store import Store
 from notifier_mock import MockClient
 from tests.helpers import (
+    ALERT_ROWS,
     MockProcess,
     file_rows,
     free_port,
@@ -109,8 +110,9 @@ def done_file(store: Store) -> dict[str, Any] | None:
 def ledger(store: Store) -> list[dict[str, Any]]:
     with store.transaction() as conn:
         return conn.execute(
-            "SELECT id, user_id, message, status, attempts, throttled, last_status_code,"
-            " last_error FROM alerts ORDER BY line_no"
+            "SELECT id, user_id, message, ledger_status AS status, attempts, throttled,"
+            f" ledger_code AS last_status_code, last_error FROM ({ALERT_ROWS}) AS a"
+            " ORDER BY line_no"
         ).fetchall()
 
 

@@ -3,7 +3,7 @@
 --
 -- Statements given a list of alert ids find them by primary key, one lookup each, and test the
 -- status as `a.status || ''`: an expression no index serves. Written as `a.status IN (...)`,
--- the planner may instead walk alerts_open (every open alert of every file) whenever the
+-- the planner may instead walk alerts_waiting (every alert off the common path) whenever the
 -- statistics say few alerts are open, which is the usual picture of a ledger in service; a
 -- backlog arriving after that cost one walk of all of it per batch of outcomes.
 
@@ -113,9 +113,10 @@ RETURNING l.owner = %(owner)s AS ours, l.ids;
 
 -- name: claim_chunk
 -- The alerts of a leased chunk still to send (a DLQ job's also in the DLQ); none of a paused
--- or cancelled file. Reads only: the chunk's lease is what makes them ours.
+-- or cancelled file, none delivered in an earlier round. Reads only: the chunk's lease is what
+-- makes them ours. fresh: never tried (its delivery at the first try goes to deliveries).
 -- Driven by the ids (a primary-key lookup each), the file looked up once: a condition on the
--- alerts' file column would let the planner scan every open alert of the file instead (the
+-- alerts' file column would let the planner scan every alert of the file instead (the
 -- caller drops alerts of another file).
 WITH f AS MATERIALIZED (
     SELECT endpoint, name FROM files
@@ -123,12 +124,15 @@ WITH f AS MATERIALIZED (
       AND status IN ('claimed', 'reading', 'delivering', 'done', 'failed')
 )
 SELECT a.id, a.file_id, a.user_id, a.message, a.extra, a.attempts, a.body, f.endpoint,
-       f.name AS file_name
+       f.name AS file_name,
+       (a.status = 'pending' AND a.attempts = 0 AND a.throttled = 0) AS fresh
 FROM f, unnest(%(ids)s::text[]) AS u(id)
 JOIN alerts AS a ON a.id = u.id
 WHERE a.chunk_seq = %(seq)s
   AND (a.status || '' IN ('pending', 'retrying', 'throttled')
        OR (%(dlq)s AND a.status || '' = 'dlq'))
+  AND u.id NOT IN (SELECT d.id FROM deliveries, unnest(deliveries.ids) AS d(id)
+                   WHERE deliveries.file_id = %(file_id)s AND deliveries.chunk_seq = %(seq)s)
 ORDER BY a.line_no;
 
 -- name: chunks_of
@@ -143,7 +147,9 @@ GROUP BY a.file_id, a.chunk_seq ORDER BY a.chunk_seq;
 UPDATE alerts SET status = 'deferred'
 WHERE id = ANY(%(ids)s) AND status || '' IN ('pending', 'retrying', 'throttled', 'dlq')
   AND EXISTS (SELECT 1 FROM chunk_leases WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s
-              AND owner = %(owner)s);
+              AND owner = %(owner)s)
+  AND id NOT IN (SELECT d.id FROM deliveries, unnest(deliveries.ids) AS d(id)
+                 WHERE deliveries.file_id = %(file_id)s AND deliveries.chunk_seq = %(seq)s);
 
 -- name: take_deferred
 -- Deferred alerts of one endpoint, pending again, to be queued; none of a chunk some notifier
@@ -159,7 +165,7 @@ RETURNING id, file_id, chunk_seq;
 
 -- name: endpoint_waiting
 -- Alerts waiting to be sent again (retrying, throttled, in the DLQ, deferred), by endpoint and
--- status: each status looked up in alerts_open, so the cost grows with these alerts only (an
+-- status: each status looked up in alerts_waiting, so the cost grows with these alerts only (an
 -- endpoint held for long defers its backlog), never with the pending one.
 SELECT f.endpoint, a.status, count(*) AS n
 FROM alerts AS a JOIN files AS f ON f.id = a.file_id
@@ -167,36 +173,38 @@ WHERE a.status IN ('retrying', 'throttled', 'dlq', 'deferred')
 GROUP BY 1, 2;
 
 -- name: endpoint_sending
--- Pending alerts a live chunk lease holds, by endpoint: the ids each lease holds, each looked
--- up by primary key (a few hundred per running job; OFFSET 0 keeps the lookup per id: joined
--- plainly, the planner may read the whole ledger and match it against the leases); an id
--- given twice counts once.
-SELECT f.endpoint, count(DISTINCT u.id) AS n
+-- Pending alerts a live chunk lease holds (of one file, or of all with file_id NULL), by
+-- endpoint: the ids each lease holds less those delivered in its rounds, each looked up by
+-- primary key (a few hundred per running job; OFFSET 0 keeps the lookup per id: joined
+-- plainly, the planner may read the whole ledger and match it against the leases).
+SELECT f.endpoint, sum(h.n)::bigint AS n
 FROM chunk_leases AS l JOIN files AS f ON f.id = l.file_id
-CROSS JOIN LATERAL unnest(l.ids) AS u(id)
 CROSS JOIN LATERAL (
-    SELECT 1 FROM alerts AS a
-    WHERE a.id = u.id AND a.file_id = l.file_id AND a.chunk_seq = l.chunk_seq
-      AND a.status || '' = 'pending'
-    OFFSET 0
-) AS held
-WHERE l.until >= now()
+    SELECT count(*) AS n
+    FROM (SELECT u.id FROM unnest(l.ids) AS u(id)
+          EXCEPT
+          SELECT s.id FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
+          WHERE d.file_id = l.file_id AND d.chunk_seq = l.chunk_seq) AS o
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM alerts AS a
+        WHERE a.id = o.id AND a.file_id = l.file_id AND a.chunk_seq = l.chunk_seq
+          AND a.status || '' = 'pending'
+        OFFSET 0
+    ) AS held
+) AS h
+WHERE l.until >= now() AND (%(file_id)s::bigint IS NULL OR l.file_id = %(file_id)s::bigint)
 GROUP BY 1;
 
 -- name: waiting_for_unconfigured
 -- Alerts still to go (dead ones left out) of files sent to endpoints not among the configured
--- ones, by endpoint. The files are found first (usually none), then each one's open alerts in
--- alerts_open (OFFSET 0 keeps that lookup per file): the backlog of configured endpoints is
--- never walked.
-SELECT f.endpoint, count(*) AS n
-FROM files AS f
-CROSS JOIN LATERAL (
-    SELECT 1 FROM alerts AS a
-    WHERE a.file_id = f.id AND a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
-    OFFSET 0
-) AS o
-WHERE f.endpoint <> ALL(%(configured)s::text[]) AND f.status <> 'duplicate'
-GROUP BY f.endpoint;
+-- ones, by endpoint, from the files' counters: the backlog of configured endpoints is never
+-- walked.
+SELECT endpoint,
+       sum(alerts_total - delivered - rejected - dead - cancelled)::bigint AS n
+FROM files
+WHERE endpoint <> ALL(%(configured)s::text[]) AND status <> 'duplicate'
+GROUP BY endpoint
+HAVING sum(alerts_total - delivered - rejected - dead - cancelled) > 0;
 
 -- name: endpoint_delivered
 -- The files' counters by endpoint; open: alerts not at an end state yet (a file counts every
@@ -228,8 +236,19 @@ WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s
 
 -- name: record_results
 -- Write one batch of outcomes, only while this notifier holds the chunk's lease, and move the
--- per-file counters by the alerts that reached an end state in this very statement.
-WITH r AS (
+-- per-file counters by the alerts that reached an end state in this very statement. Alerts
+-- delivered at their first try (sent_*) make one deliveries row; every other outcome updates
+-- its alert row (never one of an alert already delivered in a round).
+WITH lease AS MATERIALIZED (
+    SELECT 1 FROM chunk_leases
+    WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s
+), sent AS (
+    INSERT INTO deliveries (file_id, chunk_seq, ids, codes, latencies)
+    SELECT %(file_id)s, %(seq)s, %(sent_ids)s::text[], %(sent_codes)s::int[],
+           %(sent_latencies)s::real[]
+    WHERE cardinality(%(sent_ids)s::text[]) > 0 AND EXISTS (SELECT 1 FROM lease)
+    RETURNING cardinality(ids) AS n
+), r AS (
     SELECT * FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(failed)s::int[],
                          %(throttled)s::int[], %(codes)s::int[], %(errors)s::text[],
                          %(latencies)s::real[], %(next_at)s::timestamptz[])
@@ -248,28 +267,30 @@ WITH r AS (
         first_attempt_at = coalesce(a.first_attempt_at, now())
     FROM r
     WHERE a.id = r.id AND a.status || '' IN ('pending', 'retrying', 'throttled', 'dlq')
-      AND EXISTS (SELECT 1 FROM chunk_leases
-                  WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s)
-    RETURNING a.file_id, a.status
-), counts AS (
-    SELECT file_id,
-           count(*) FILTER (WHERE status = 'delivered') AS delivered,
+      AND EXISTS (SELECT 1 FROM lease)
+      AND a.id NOT IN (SELECT d.id FROM deliveries, unnest(deliveries.ids) AS d(id)
+                       WHERE deliveries.file_id = %(file_id)s AND deliveries.chunk_seq = %(seq)s)
+    RETURNING a.status
+), moved AS (
+    SELECT coalesce((SELECT sum(n) FROM sent), 0)
+               + count(*) FILTER (WHERE status = 'delivered') AS delivered,
            count(*) FILTER (WHERE status = 'rejected') AS rejected,
-           count(*) FILTER (WHERE status = 'dead') AS dead
-    FROM upd GROUP BY file_id
+           count(*) FILTER (WHERE status = 'dead') AS dead,
+           coalesce((SELECT sum(n) FROM sent), 0) + count(*) AS written
+    FROM upd
 ), files_upd AS (
     UPDATE files AS f SET
-        delivered = f.delivered + c.delivered,
-        rejected = f.rejected + c.rejected,
-        dead = f.dead + c.dead,
-        first_delivery_at = CASE WHEN c.delivered > 0
+        delivered = f.delivered + m.delivered,
+        rejected = f.rejected + m.rejected,
+        dead = f.dead + m.dead,
+        first_delivery_at = CASE WHEN m.delivered > 0
                                  THEN coalesce(f.first_delivery_at, now())
                                  ELSE f.first_delivery_at END,
         updated_at = now()
-    FROM counts AS c WHERE f.id = c.file_id
+    FROM moved AS m WHERE f.id = %(file_id)s AND m.written > 0
     RETURNING f.id
 )
-SELECT (SELECT count(*) FROM upd) AS written;
+SELECT written FROM moved;
 
 -- name: take_due_dlq
 -- DLQ entries whose time has come, but those of held endpoints (paused, breaker open) and of
@@ -287,17 +308,25 @@ RETURNING id, file_id, chunk_seq;
 -- name: take_expired_leases
 -- Leases whose notifier died, or that were handed back: they end here (a notifier that still
 -- thinks it holds one finds out at its next write), and what is still open among their ids
--- goes to the queue again. Leases of paused files wait for the resume (or the cancel).
+-- (delivered in none of the chunk's rounds) goes to the queue again. Leases of paused files
+-- wait for the resume (or the cancel).
 WITH gone AS (
     DELETE FROM chunk_leases WHERE (file_id, chunk_seq) IN (
         SELECT l.file_id, l.chunk_seq FROM chunk_leases AS l JOIN files AS f ON f.id = l.file_id
         WHERE l.until < now() AND (NOT f.paused OR f.status = 'cancelled')
         ORDER BY l.until LIMIT %(limit)s FOR UPDATE OF l SKIP LOCKED)
     RETURNING file_id, chunk_seq, ids
+), left_open AS (
+    SELECT o.id FROM gone AS g
+    CROSS JOIN LATERAL (
+        SELECT u.id FROM unnest(g.ids) AS u(id)
+        EXCEPT
+        SELECT s.id FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
+        WHERE d.file_id = g.file_id AND d.chunk_seq = g.chunk_seq
+    ) AS o
 )
 SELECT a.id, a.file_id, a.chunk_seq
-FROM gone CROSS JOIN LATERAL unnest(gone.ids) AS u(id)
-JOIN alerts AS a ON a.id = u.id
+FROM left_open JOIN alerts AS a ON a.id = left_open.id
 JOIN files AS f ON f.id = a.file_id
 WHERE a.status || '' IN ('pending', 'retrying', 'throttled')
   AND f.status IN ('claimed', 'reading', 'delivering', 'done', 'failed');
@@ -316,21 +345,32 @@ FROM pg_class AS c WHERE c.oid = 'alerts'::regclass;
 ANALYZE (SKIP_LOCKED) alerts;
 
 -- name: orphaned_pending
--- Open alerts of running files, older than a lease, of chunks no notifier holds. Asked only
--- while the notifier queue is empty: then no queued job carries them, so their job was lost
--- (a notifier killed between dequeuing it and claiming the chunk; RQ does not run such a job
--- again).
-SELECT a.id, a.file_id, a.chunk_seq FROM alerts AS a JOIN files AS f ON f.id = a.file_id
-WHERE a.status IN ('pending', 'retrying', 'throttled')
-  AND a.created_at < now() - make_interval(secs => %(age)s)
-  AND f.status IN ('claimed', 'reading', 'delivering') AND NOT f.paused
-  AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
-                  WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq)
+-- Open alerts of running files, older than a lease, of chunks no notifier holds, delivered in
+-- none of their chunk's rounds. Asked only while the notifier queue is empty: then no queued
+-- job carries them, so their job was lost (a notifier killed between dequeuing it and claiming
+-- the chunk; RQ does not run such a job again). Files whose counters have nothing open are
+-- skipped; the others are read file by file (alerts_by_file; OFFSET 0 keeps it per file).
+SELECT o.id, o.file_id, o.chunk_seq FROM files AS f
+CROSS JOIN LATERAL (
+    SELECT a.id, a.file_id, a.chunk_seq FROM alerts AS a
+    WHERE a.file_id = f.id AND a.status IN ('pending', 'retrying', 'throttled')
+      AND a.created_at < now() - make_interval(secs => %(age)s)
+      AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
+                      WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq)
+      AND NOT EXISTS (SELECT 1 FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
+                      WHERE d.file_id = f.id AND s.id = a.id)
+    OFFSET 0
+) AS o
+WHERE f.status IN ('claimed', 'reading', 'delivering') AND NOT f.paused
+  AND f.alerts_total > f.delivered + f.rejected + f.dead + f.cancelled
 LIMIT %(limit)s;
 
 -- name: open_alerts
-SELECT id, file_id, chunk_seq FROM alerts
+-- A file's alerts still to send (delivered in no round; the DLQ and deferred ones left out).
+SELECT id, file_id, chunk_seq FROM alerts AS a
 WHERE file_id = %(file_id)s AND status IN ('pending', 'retrying', 'throttled')
+  AND NOT EXISTS (SELECT 1 FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
+                  WHERE d.file_id = %(file_id)s AND s.id = a.id)
 ORDER BY chunk_seq, line_no;
 
 -- name: finish_files
@@ -360,6 +400,7 @@ RETURNING id;
 -- name: cancel_file
 -- Alerts of chunks a live notifier holds are left to it: it sees the file paused, hands them
 -- back, and cancel_leftovers marks them; what it already sent stays counted as delivered.
+-- Alerts delivered in a round stay delivered.
 -- Run after the file's exclusive lock (lock_file): every claim is then visible, or waits and
 -- finds the file cancelled.
 WITH c AS (
@@ -370,6 +411,8 @@ WITH c AS (
       AND a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
       AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
                     WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now())
+      AND NOT EXISTS (SELECT 1 FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
+                      WHERE d.file_id = %(id)s AND s.id = a.id)
     RETURNING 1
 )
 UPDATE files SET status = 'cancelled', cancelled = cancelled + (SELECT count(*) FROM c),
@@ -382,17 +425,20 @@ SELECT pg_advisory_xact_lock(1751413611, (%(id)s %% 2147483647)::int);
 
 -- name: cancel_leftovers
 -- Alerts of cancelled files that nobody holds any more (handed back, or written by a batcher
--- that had not yet noticed the cancel) end as cancelled. Each cancelled file is looked up in
--- alerts_open by its id (OFFSET 0 keeps that lookup per file): joined plainly, the planner may
--- walk every open alert of every file, each sweep, when its statistics say few are open.
+-- that had not yet noticed the cancel) end as cancelled; those delivered in a round stay
+-- delivered. Only cancelled files whose counters still have alerts open are read, each file
+-- by itself (alerts_by_file; OFFSET 0 keeps the lookup per file).
 WITH left_over AS (
     SELECT o.id FROM files AS f
     CROSS JOIN LATERAL (
         SELECT a.id FROM alerts AS a
         WHERE a.file_id = f.id AND a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
+          AND NOT EXISTS (SELECT 1 FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
+                          WHERE d.file_id = f.id AND s.id = a.id)
         OFFSET 0
     ) AS o
     WHERE f.status = 'cancelled'
+      AND f.alerts_total > f.delivered + f.rejected + f.dead + f.cancelled
 ), c AS (
     UPDATE alerts AS a SET status = 'cancelled'
     FROM left_over
@@ -407,13 +453,11 @@ FROM n WHERE files.id = n.file_id
 RETURNING files.id;
 
 -- name: status_counts
--- Pending alerts a live lease holds (among the ids its job was given) count as sending.
-SELECT CASE WHEN a.status = 'pending' AND EXISTS (SELECT 1 FROM chunk_leases AS l
-                    WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now()
-                      AND a.id = ANY(l.ids))
-            THEN 'sending' ELSE a.status END AS status,
-       count(*) AS n
-FROM alerts AS a WHERE a.file_id = %(file_id)s AND a.status <> 'delivered'
+-- A file's alerts off the common path (retrying, throttled, DLQ, deferred, dead, rejected,
+-- cancelled), by status, from alerts_waiting; pending and sending ones are counted from the
+-- file's counters and its chunk leases (see Store.status_counts).
+SELECT status, count(*) AS n FROM alerts
+WHERE file_id = %(file_id)s AND status NOT IN ('pending', 'delivered')
 GROUP BY 1;
 
 -- name: row_errors_page
@@ -467,7 +511,7 @@ SELECT count(*) FILTER (WHERE status IN ('claimed', 'reading', 'delivering')) AS
 FROM files;
 
 -- name: dlq_size
--- DLQ entries counted one by one (alerts_open by status); dead alerts, which only a replay
+-- DLQ entries counted one by one (alerts_waiting by status); dead alerts, which only a replay
 -- brings back and which add up over the ledger's life, from the files' counters (the status
 -- page asks every second).
 SELECT (SELECT count(*) FROM alerts WHERE status = 'dlq') AS dlq,
@@ -507,18 +551,26 @@ ORDER BY id DESC LIMIT 1;
 -- One line per row of a file, in the file's order: its alerts (a repeated row is one alert,
 -- listed at the line that first read it) and its row errors. Read through a server-side
 -- cursor, so PostgreSQL sorts (spilling to disk past work_mem) and hands the lines out in
--- batches: the reader's memory does not grow with the file. Pending alerts a live lease holds
--- are listed as sending.
+-- batches: the reader's memory does not grow with the file. Alerts delivered in a round are
+-- delivered, with the code of their round; pending alerts a live lease holds are listed as
+-- sending.
 SELECT line, user_id, alert_id, status, http_code, error FROM (
     SELECT a.line_no AS line, a.user_id, a.id AS alert_id,
-           CASE WHEN a.status = 'pending' AND l.until >= now() AND a.id = ANY(l.ids)
+           CASE WHEN d.id IS NOT NULL THEN 'delivered'
+                WHEN a.status = 'pending' AND l.until >= now() AND a.id = ANY(l.ids)
                 THEN 'sending' ELSE a.status END,
-           a.last_status_code AS http_code, a.last_error AS error
+           coalesce(d.code, a.last_status_code) AS http_code,
+           CASE WHEN d.id IS NULL THEN a.last_error END AS error
     FROM alerts AS a LEFT JOIN chunk_leases AS l
         ON l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq
+    LEFT JOIN (SELECT s.id, s.code
+               FROM deliveries CROSS JOIN LATERAL unnest(deliveries.ids, deliveries.codes)
+                    AS s(id, code)
+               WHERE deliveries.file_id = %(file_id)s) AS d ON d.id = a.id
     WHERE a.file_id = %(file_id)s
     UNION ALL
     SELECT line_no, NULL, NULL, 'invalid', NULL, reason
     FROM row_errors WHERE file_id = %(file_id)s
 ) AS lines
 ORDER BY line, alert_id;
+
