@@ -85,6 +85,8 @@ def connect_redis(settings: Settings, *, name: str) -> Redis:
     return cast(Redis, client)  # from_url is a classmethod that builds this class
 
 
-def connect_store(settings: Settings, *, name: str) -> Store:
-    """A PostgreSQL ledger connection (one per thread), opened on first use."""
-    return Store(database_url(settings), application_name=name)
+def connect_store(settings: Settings, *, name: str, keyed: bool = False) -> Store:
+    """A PostgreSQL ledger connection (one per thread), opened on first use; ``keyed``: for a
+    process whose statements all find their rows by key (the workers'), which then keeps one
+    plan per statement instead of planning every run again."""
+    return Store(database_url(settings), application_name=name, keyed=keyed)

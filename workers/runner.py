@@ -59,7 +59,7 @@ class HookdropWorker(SimpleWorker):
 def build_context(settings: Settings, name: str | None = None) -> context.WorkerContext:
     settings.require("redis_url", "database_url")
     conn = connect_redis(settings, name="hookdrop-worker")
-    store = connect_store(settings, name="hookdrop-worker")
+    store = connect_store(settings, name="hookdrop-worker", keyed=True)
     endpoints = LiveEndpoints(settings, environ_snapshot())
     ctx = context.WorkerContext(settings=settings, redis=conn, store=store, endpoints=endpoints)
     if name:

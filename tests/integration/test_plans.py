@@ -320,6 +320,49 @@ def test_analyze_describes_the_columns_statements_filter_on_and_skips_the_rest(
     assert not described & {"user_id", "message", "extra", "body", "last_error"}
 
 
+def test_a_workers_session_keeps_one_plan_for_the_outcomes_statement(
+    database_url: str, settings: Settings
+) -> None:
+    """Under PostgreSQL's default, the outcomes statement was planned again for every round
+    (the plan made for the arrays given always looked cheaper than the generic one): as much
+    CPU as running it. The workers' sessions keep the generic plan, which goes by the ids."""
+    from hookdrop.store import AlertStatus, Result
+    from tests.helpers import ledger_file
+    from workers.runner import build_context
+
+    ctx = build_context(settings.replace(database_url=database_url))
+    try:
+        assert ctx.store.keyed
+        store = ctx.store
+        file_id, ids = ledger_file(store, 60, chunk_size=60)
+        claimed = store.claim_chunk(file_id, 0, ids, "me", 60)
+        assert claimed is not None
+        for n, first in enumerate(range(0, 60, 3)):  # psycopg prepares it on its 6th run
+            batch = ids[first : first + 3]
+            results = [
+                Result(alert, AlertStatus.DELIVERED, code=200, first_try=n % 2 == 0)
+                for alert in batch
+            ]
+            assert store.record_results(results, file_id, 0, "me") == 3
+        conn = store._connect()
+        assert conn.execute("SHOW plan_cache_mode").fetchone() == {
+            "plan_cache_mode": "force_generic_plan"
+        }
+        kept = conn.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE '%Write one batch of outcomes%'"
+        ).fetchone()
+        assert kept is not None and kept["custom_plans"] == 0 and kept["generic_plans"] >= 5
+        file = store.get_file(file_id)
+        assert file is not None and file.delivered == 60
+    finally:
+        ctx.close()
+    with Store(database_url) as store:  # the monitor's and the API's: PostgreSQL's default
+        assert store._connect().execute("SHOW plan_cache_mode").fetchone() == {
+            "plan_cache_mode": "auto"
+        }
+
+
 def test_statements_are_never_jit_compiled(database_url: str) -> None:
     """On a large ledger the planner's estimates for the sweeps pass jit_above_cost, and
     compiling one costs PostgreSQL 50 to 200 ms, far more than running it; also after a
