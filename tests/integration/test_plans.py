@@ -50,6 +50,7 @@ TYPES = {
     "dlq": "boolean",
     "limit": "int",
     "configured": "text[]",
+    "age": "float8",
 }
 
 
@@ -233,6 +234,72 @@ def test_the_count_of_alerts_waiting_for_removed_endpoints_skips_the_configured_
     with Store(database_url) as store:
         assert store.waiting_for_unconfigured(["default"]) == {"removed": 4}
         assert store.waiting_for_unconfigured(["default", "removed"]) == {}
+
+
+def _file_reads(plan: str) -> list[str]:
+    """The plan's nodes that read alerts of a file by its id, looking for open ones (the
+    node's line; its conditions follow it, up to the next node)."""
+    lines = plan.splitlines()
+    found = []
+    for n, line in enumerate(lines):
+        if " on alerts " not in line:
+            continue
+        details = []
+        for follow in lines[n + 1 :]:
+            if "->" in follow:
+                break
+            details.append(follow)
+        text = " ".join(details)
+        if "file_id = f.id" in text and "{pending,retrying,throttled}" in text:
+            found.append(line)
+    return found
+
+
+def test_the_orphan_sweep_reads_a_file_only_when_open_alerts_are_not_accounted_for(
+    database_url: str,
+) -> None:
+    """Asked every scan while the notifier queue is empty, as it is whenever notifiers keep up
+    with a file still being read: it must not read the file while the open alerts are the
+    ones its chunk leases hold, and must find those no lease holds."""
+    chunks, per_chunk = 10, 500
+    with psycopg.connect(database_url, autocommit=True) as conn, Store(database_url) as store:
+        file_id = conn.execute(
+            "INSERT INTO files (name, content_sha256, generation, size_bytes, chunk_size,"
+            " status, endpoint, alerts_total, delivered) VALUES ('big.csv', 'big', 1, 1, %s,"
+            " 'reading', 'default', %s, %s) RETURNING id",
+            (per_chunk, chunks * per_chunk, (chunks - 2) * per_chunk),
+        ).fetchone()[0]  # type: ignore[index]
+        conn.execute(
+            "INSERT INTO alerts (id, file_id, chunk_seq, line_no, user_id, message, created_at)"
+            " SELECT 'o-' || g, %s, g / %s, g, 'u' || g, 'm', now() - interval '1 hour'"
+            " FROM generate_series(0, %s) AS g",
+            (file_id, per_chunk, chunks * per_chunk - 1),
+        )
+        # Chunks 0-7 delivered at the first try, 8 and 9 held by live leases.
+        conn.execute(
+            "INSERT INTO deliveries (file_id, chunk_seq, ids, codes, latencies)"
+            " SELECT %s, chunk_seq, array_agg(id), array_agg(200), array_agg(1.0::real)"
+            " FROM alerts WHERE file_id = %s AND chunk_seq < %s GROUP BY chunk_seq",
+            (file_id, file_id, chunks - 2),
+        )
+        conn.execute(
+            "INSERT INTO chunk_leases (file_id, chunk_seq, owner, until, ids)"
+            " SELECT %s, chunk_seq, 'live', now() + interval '1 minute', array_agg(id)"
+            " FROM alerts WHERE file_id = %s AND chunk_seq >= %s GROUP BY chunk_seq",
+            (file_id, file_id, chunks - 2),
+        )
+        conn.execute("ANALYZE alerts")
+        params = {"age": 60.0, "limit": 1000}
+        for plan in _plans(conn, "orphaned_pending", params, run=True).values():
+            reads = _file_reads(plan)
+            assert reads and all("never executed" in read for read in reads), plan
+        assert store.orphaned_pending(age=60, limit=1000) == []
+
+        # The job of chunk 9 was lost: its alerts are found, and only those.
+        conn.execute("DELETE FROM chunk_leases WHERE file_id = %s AND chunk_seq = 9", (file_id,))
+        found = store.orphaned_pending(age=60, limit=1000)
+        assert {(ref.file_id, ref.chunk_seq) for ref in found} == {(file_id, 9)}
+        assert len(found) == per_chunk
 
 
 def test_plans_made_while_the_ledger_was_small_are_made_again_once_it_grew(

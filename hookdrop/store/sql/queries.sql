@@ -348,9 +348,33 @@ ANALYZE (SKIP_LOCKED) alerts;
 -- Open alerts of running files, older than a lease, of chunks no notifier holds, delivered in
 -- none of their chunk's rounds. Asked only while the notifier queue is empty: then no queued
 -- job carries them, so their job was lost (a notifier killed between dequeuing it and claiming
--- the chunk; RQ does not run such a job again). Files whose counters have nothing open are
--- skipped; the others are read file by file (alerts_by_file; OFFSET 0 keeps it per file).
+-- the chunk; RQ does not run such a job again). A file is read (alerts_by_file; OFFSET 0 keeps
+-- it per file) only when its counters have more alerts open than its DLQ and deferred ones
+-- (alerts_waiting) and the open ones its chunk leases hold (their ids, each by primary key):
+-- while every open alert is accounted for, as when notifiers keep up with a file still being
+-- read, the sweep costs a few lookups, not a read of the file.
 SELECT o.id, o.file_id, o.chunk_seq FROM files AS f
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM alerts AS w
+    WHERE w.file_id = f.id AND w.status IN ('dlq', 'deferred')
+) AS parked
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n
+    FROM chunk_leases AS l
+    CROSS JOIN LATERAL (
+        SELECT u.id FROM unnest(l.ids) AS u(id)
+        EXCEPT
+        SELECT s.id FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
+        WHERE d.file_id = l.file_id AND d.chunk_seq = l.chunk_seq
+    ) AS h
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM alerts AS a
+        WHERE a.id = h.id AND a.file_id = l.file_id AND a.chunk_seq = l.chunk_seq
+          AND a.status || '' IN ('pending', 'retrying', 'throttled')
+        OFFSET 0
+    ) AS still_open
+    WHERE l.file_id = f.id
+) AS held
 CROSS JOIN LATERAL (
     SELECT a.id, a.file_id, a.chunk_seq FROM alerts AS a
     WHERE a.file_id = f.id AND a.status IN ('pending', 'retrying', 'throttled')
@@ -362,7 +386,7 @@ CROSS JOIN LATERAL (
     OFFSET 0
 ) AS o
 WHERE f.status IN ('claimed', 'reading', 'delivering') AND NOT f.paused
-  AND f.alerts_total > f.delivered + f.rejected + f.dead + f.cancelled
+  AND f.alerts_total - f.delivered - f.rejected - f.dead - f.cancelled > parked.n + held.n
 LIMIT %(limit)s;
 
 -- name: open_alerts
