@@ -16,6 +16,7 @@
 --   DLQ, deferred, dead, rejected, cancelled): what the sweeps and the status views look up by
 --   status. Pending ones are found file by file (alerts_by_file), or counted from the files'
 --   counters.
+-- - Stop every notifier of an earlier version before upgrading: they do not read this table.
 
 CREATE TABLE IF NOT EXISTS deliveries (
     file_id   bigint      NOT NULL,
