@@ -144,6 +144,52 @@ def test_first_try_deliveries_are_one_row_per_round_and_read_as_delivered_everyw
     assert store.open_alerts(file_id) == []
 
 
+def test_a_round_written_again_after_its_commit_answer_was_lost_counts_once(
+    store: Store,
+) -> None:
+    """The writer retries a round whose commit went through but whose answer was lost (a
+    reset connection): the second write records nothing more, as an update of the alert
+    rows would not have."""
+    file_id, ids = make_file(store, 4)
+    assert store.claim_chunk(file_id, 1, ids, "me", 60) is not None
+    round_ = [Result(alert, AlertStatus.DELIVERED, code=200, first_try=True) for alert in ids]
+    assert store.record_results(round_, file_id, 1, "me") == 4
+    assert store.record_results(round_, file_id, 1, "me") == 0
+    file = store.get_file(file_id)
+    assert file is not None and (file.delivered, file.alerts_total) == (4, 4)
+    with store.transaction() as conn:
+        rows = conn.execute("SELECT count(*) AS n FROM deliveries").fetchone()
+    assert rows == {"n": 1}
+
+
+def test_a_cancel_leaves_a_run_out_lease_its_late_outcomes_and_ends_the_rest(
+    store: Store, rconn: redis.Redis, dsettings: Settings
+) -> None:
+    """A notifier's lease ran out (a stall) before the sweep saw it, and the operator cancels
+    the file: what the notifier delivered and writes late counts as delivered, the rest as
+    cancelled, never an alert as both."""
+    from hookdrop.store import result_lines
+
+    file_id, ids = make_file(store, 4)
+    assert store.claim_chunk(file_id, 1, ids, "slow", 60) is not None
+    with store.transaction() as conn:
+        conn.execute("UPDATE chunk_leases SET until = now() - interval '1 s'")
+    assert store.cancel_file(file_id)
+    late = [Result(alert, AlertStatus.DELIVERED, code=200, first_try=True) for alert in ids[:2]]
+    assert store.record_results(late, file_id, 1, "slow") == 2
+    recovery = Recovery(dsettings, store, rconn)
+    assert recovery.requeue_expired_leases() == 0  # a cancelled file's alerts are not queued
+    assert store.cancel_leftovers() == [file_id]
+    file = store.get_file(file_id)
+    assert file is not None
+    assert (file.delivered, file.cancelled, file.alerts_total) == (2, 2, 4)
+    assert {line.alert_id: line.status for line in result_lines(store, file_id)} == {
+        **dict.fromkeys(ids[:2], "delivered"),
+        **dict.fromkeys(ids[2:], "cancelled"),
+    }
+    assert store.status_counts(file_id) == {AlertStatus.CANCELLED: 2}
+
+
 @pytest.mark.parametrize("retry_after", ["1", "date", None])
 def test_429_sets_back_pressure_and_retries_without_using_the_budget(
     engine: Delivery,
@@ -330,9 +376,13 @@ def test_the_leases_of_a_paused_then_cancelled_file_are_cleared(
     recovery = Recovery(dsettings, store, rconn)
     assert recovery.requeue_expired_leases() == 0
     assert store.cancel_file(file_id)
+    # The chunk's lease row is still there: its holder may yet write outcomes; the lease
+    # sweep ends it, then the leftovers end as cancelled.
+    assert store.get_file(file_id).cancelled == 0  # type: ignore[union-attr]
     assert recovery.requeue_expired_leases() == 0  # nothing of a cancelled file is queued
     with store.transaction() as conn:
         assert conn.execute("SELECT count(*) AS n FROM chunk_leases").fetchone() == {"n": 0}
+    assert store.cancel_leftovers() == [file_id]
     assert store.get_file(file_id).cancelled == 5  # type: ignore[union-attr]
 
 

@@ -239,14 +239,21 @@ WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s
 -- per-file counters by the alerts that reached an end state in this very statement. Alerts
 -- delivered at their first try (sent_*) make one deliveries row; every other outcome updates
 -- its alert row (never one of an alert already delivered in a round).
+-- The lease row is locked (FOR SHARE) until the outcomes are committed: a takeover of the
+-- chunk, or the sweep that ends the lease, waits for them (and then a claim or a cancel sees
+-- them), or comes first, and then nothing is written. The same round written twice (a retry
+-- after the answer to a commit was lost) is one row: deliveries_once; like the alert rows it
+-- would have updated, the retry then writes nothing.
 WITH lease AS MATERIALIZED (
     SELECT 1 FROM chunk_leases
     WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s
+    FOR SHARE
 ), sent AS (
     INSERT INTO deliveries (file_id, chunk_seq, ids, codes, latencies)
     SELECT %(file_id)s, %(seq)s, %(sent_ids)s::text[], %(sent_codes)s::int[],
            %(sent_latencies)s::real[]
     WHERE cardinality(%(sent_ids)s::text[]) > 0 AND EXISTS (SELECT 1 FROM lease)
+    ON CONFLICT DO NOTHING
     RETURNING cardinality(ids) AS n
 ), r AS (
     SELECT * FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(failed)s::int[],
@@ -422,9 +429,10 @@ WHERE id = %(id)s AND status IN ('claimed', 'reading', 'delivering')
 RETURNING id;
 
 -- name: cancel_file
--- Alerts of chunks a live notifier holds are left to it: it sees the file paused, hands them
--- back, and cancel_leftovers marks them; what it already sent stays counted as delivered.
--- Alerts delivered in a round stay delivered.
+-- Alerts of chunks a notifier holds (a lease row, live or run out) are left to it: it sees
+-- the file paused, hands them back, and cancel_leftovers marks them once the lease is gone;
+-- what it sent meanwhile, its outcomes written late included, counts as delivered. Alerts
+-- delivered in a round stay delivered.
 -- Run after the file's exclusive lock (lock_file): every claim is then visible, or waits and
 -- finds the file cancelled.
 WITH c AS (
@@ -434,7 +442,7 @@ WITH c AS (
                   AND status IN ('claimed', 'reading', 'delivering'))
       AND a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
       AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
-                    WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now())
+                      WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq)
       AND NOT EXISTS (SELECT 1 FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
                       WHERE d.file_id = %(id)s AND s.id = a.id)
     RETURNING 1
@@ -450,8 +458,9 @@ SELECT pg_advisory_xact_lock(1751413611, (%(id)s %% 2147483647)::int);
 -- name: cancel_leftovers
 -- Alerts of cancelled files that nobody holds any more (handed back, or written by a batcher
 -- that had not yet noticed the cancel) end as cancelled; those delivered in a round stay
--- delivered. Only cancelled files whose counters still have alerts open are read, each file
--- by itself (alerts_by_file; OFFSET 0 keeps the lookup per file).
+-- delivered. Only cancelled files whose counters still have alerts open and that no lease
+-- row holds any more are read (the lease sweep ends a lease only once its outcomes are
+-- written), each file by itself (alerts_by_file; OFFSET 0 keeps the lookup per file).
 WITH left_over AS (
     SELECT o.id FROM files AS f
     CROSS JOIN LATERAL (
@@ -463,13 +472,14 @@ WITH left_over AS (
     ) AS o
     WHERE f.status = 'cancelled'
       AND f.alerts_total > f.delivered + f.rejected + f.dead + f.cancelled
+      AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l WHERE l.file_id = f.id)
 ), c AS (
     UPDATE alerts AS a SET status = 'cancelled'
     FROM left_over
     WHERE a.id = left_over.id
       AND a.status || '' IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
       AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
-                    WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq AND l.until >= now())
+                      WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq)
     RETURNING a.file_id
 ), n AS (SELECT file_id, count(*) AS n FROM c GROUP BY file_id)
 UPDATE files SET cancelled = files.cancelled + n.n, updated_at = now()

@@ -26,7 +26,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     latencies real[]      NOT NULL,   -- milliseconds, per id
     at        timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS deliveries_by_chunk ON deliveries (file_id, chunk_seq);
+-- By chunk; and a round is written once: a retry of the same round (the answer to its commit
+-- was lost) finds its first id taken.
+CREATE UNIQUE INDEX IF NOT EXISTS deliveries_once ON deliveries (file_id, chunk_seq, (ids[1]));
 
 CREATE INDEX IF NOT EXISTS alerts_waiting ON alerts (status, file_id)
     WHERE status NOT IN ('pending', 'delivered');
