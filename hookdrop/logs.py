@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any, TextIO
 
 import structlog
@@ -17,30 +18,42 @@ _LEVELS = {
 
 
 class _Stream:
-    """stderr that survives its reader going away (``hookdrop up 2>&1 | head``).
+    """stderr that survives its reader going away (``hookdrop up 2>&1 | head``), written a
+    whole line at a time.
 
     A closed pipe must not take the process, and its children, down with it: once writing
-    fails, log lines are dropped and the process goes on.
+    fails, log lines are dropped and the process goes on. ``print`` writes a line's text and
+    its newline separately; processes sharing one log file (a worker pool and its children)
+    then interleave them (``{...}{...}`` then two newlines), and a reader loses both lines. So
+    the text is held until its newline and the line goes out in one write.
     """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._broken = False
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        if not self._broken:
-            try:
-                return self._stream.write(text)
-            except OSError:
-                self._broken = True
+        with self._lock:
+            self._pending.append(text)
+            if text.endswith("\n"):
+                self._send()
         return len(text)
 
     def flush(self) -> None:
-        if not self._broken:
-            try:
-                self._stream.flush()
-            except OSError:
-                self._broken = True
+        with self._lock:
+            self._send()
+
+    def _send(self) -> None:
+        text, self._pending = "".join(self._pending), []
+        if self._broken or not text:
+            return
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except OSError:
+            self._broken = True
 
     def isatty(self) -> bool:
         return self._stream.isatty()
