@@ -64,13 +64,14 @@ class Sweeps(Duty):
 
     def requeue_expired_leases(self) -> int:
         """Open alerts of chunks whose notifier died or handed them back: queued again."""
-        # Those of cancelled files end here instead; a summary already written is redone.
-        for file_id in self.store.cancel_leftovers():
-            self._refresh_summary(file_id)
         rows = self.store.take_expired_leases(limit=BATCH)
         self._enqueue_grouped(rows)
         if rows:
             log.warning("alert.lease_expired", alerts=len(rows))
+        # Those of cancelled files end instead, once no lease row holds any of the file's
+        # chunks (the leases just ended included); a summary already written is redone.
+        for file_id in self.store.cancel_leftovers():
+            self._refresh_summary(file_id)
         return len(rows)
 
     def refresh_statistics(self) -> None:

@@ -223,14 +223,15 @@ RETURNING 1 AS ok;
 -- name: end_lease
 -- The job is over. Settled (nothing it was given is still open) and no other job's ids joined
 -- the lease since (it only grows): the lease goes. Otherwise (handed back: stop, pause, lost
--- lease; or ids joined) it ends now and the monitor's lease sweep queues what is still open.
+-- lease; or ids joined) it ends now and the monitor's lease sweep queues what is still open;
+-- its owner is emptied: nothing more is written under it, so a cancel need not wait for it.
 WITH gone AS (
     DELETE FROM chunk_leases
     WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s
       AND %(settled)s AND cardinality(ids) = %(given)s
     RETURNING 1
 )
-UPDATE chunk_leases SET until = now()
+UPDATE chunk_leases SET until = now(), owner = ''
 WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s AND owner = %(owner)s
   AND NOT EXISTS (SELECT 1 FROM gone);
 
@@ -429,10 +430,10 @@ WHERE id = %(id)s AND status IN ('claimed', 'reading', 'delivering')
 RETURNING id;
 
 -- name: cancel_file
--- Alerts of chunks a notifier holds (a lease row, live or run out) are left to it: it sees
--- the file paused, hands them back, and cancel_leftovers marks them once the lease is gone;
--- what it sent meanwhile, its outcomes written late included, counts as delivered. Alerts
--- delivered in a round stay delivered.
+-- Alerts of chunks a notifier holds (a lease row it has not handed back, live or run out: a
+-- stalled holder may still write outcomes) are left to it: it sees the file paused, hands them
+-- back, and cancel_leftovers marks them; what it sent meanwhile, its outcomes written late
+-- included, counts as delivered. Alerts delivered in a round stay delivered.
 -- Run after the file's exclusive lock (lock_file): every claim is then visible, or waits and
 -- finds the file cancelled.
 WITH c AS (
@@ -442,7 +443,8 @@ WITH c AS (
                   AND status IN ('claimed', 'reading', 'delivering'))
       AND a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
       AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
-                      WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq)
+                      WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq
+                        AND l.owner <> '')
       AND NOT EXISTS (SELECT 1 FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
                       WHERE d.file_id = %(id)s AND s.id = a.id)
     RETURNING 1
@@ -458,9 +460,10 @@ SELECT pg_advisory_xact_lock(1751413611, (%(id)s %% 2147483647)::int);
 -- name: cancel_leftovers
 -- Alerts of cancelled files that nobody holds any more (handed back, or written by a batcher
 -- that had not yet noticed the cancel) end as cancelled; those delivered in a round stay
--- delivered. Only cancelled files whose counters still have alerts open and that no lease
--- row holds any more are read (the lease sweep ends a lease only once its outcomes are
--- written), each file by itself (alerts_by_file; OFFSET 0 keeps the lookup per file).
+-- delivered. Only cancelled files whose counters still have alerts open and none of whose
+-- chunks a holder that may still write holds (a lease not handed back; the lease sweep ends
+-- one only once its outcomes are written) are read, each file by itself (alerts_by_file;
+-- OFFSET 0 keeps the lookup per file).
 WITH left_over AS (
     SELECT o.id FROM files AS f
     CROSS JOIN LATERAL (
@@ -472,14 +475,15 @@ WITH left_over AS (
     ) AS o
     WHERE f.status = 'cancelled'
       AND f.alerts_total > f.delivered + f.rejected + f.dead + f.cancelled
-      AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l WHERE l.file_id = f.id)
+      AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l WHERE l.file_id = f.id AND l.owner <> '')
 ), c AS (
     UPDATE alerts AS a SET status = 'cancelled'
     FROM left_over
     WHERE a.id = left_over.id
       AND a.status || '' IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
       AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
-                      WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq)
+                      WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq
+                        AND l.owner <> '')
     RETURNING a.file_id
 ), n AS (SELECT file_id, count(*) AS n FROM c GROUP BY file_id)
 UPDATE files SET cancelled = files.cancelled + n.n, updated_at = now()
