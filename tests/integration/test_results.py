@@ -29,7 +29,7 @@ from hookdrop.intake import ensure_dirs
 from hookdrop.ops import UnknownFile, result_csv
 from hookdrop.settings import Settings
 from hookdrop.store import AlertStatus, Result, Store, result_lines
-from tests.helpers import kill_group
+from tests.helpers import kill_group, ledger_file
 
 TOKEN = "test-token-0123456789"
 
@@ -427,6 +427,30 @@ def test_a_cancelled_files_summary_counts_what_its_notifier_still_sent_and_hande
     recovery.finish_files()
     summary = json.loads(summary_path.read_text())
     assert (summary["delivered"], summary["rejected"], summary["cancelled"]) == (2, 1, 2)
+
+
+def test_a_cancelled_file_waits_for_a_stalled_holder_before_its_summary(
+    rsettings: Settings, store: Store, rconn: redis.Redis
+) -> None:
+    """A notifier's lease ran out (a stall) and the file was cancelled: the file moves, with
+    its summary, only once the lease sweep ended that lease, so the outcomes the notifier
+    writes late are in it."""
+    file_id, ids = ledger_file(store, 4, sha="sha-stalled", status="delivering")
+    in_processing(rsettings, store, file_id, "stalled.csv")
+    assert store.claim_chunk(file_id, 1, ids, "slow", 60) is not None
+    with store.transaction() as conn:
+        conn.execute("UPDATE chunk_leases SET until = now() - interval '1 s'")
+    assert store.cancel_file(file_id)
+    recovery = Recovery(rsettings, store, rconn)
+    recovery.finish_files()
+    final = rsettings.failed_dir / f"{file_id}--stalled.csv"
+    assert not final.exists()  # its holder may still write
+    late = [Result(alert, AlertStatus.DELIVERED, code=200, first_try=True) for alert in ids[:3]]
+    assert store.record_results(late, file_id, 1, "slow") == 3
+    recovery.requeue_expired_leases()  # ends the lease, then the leftover
+    recovery.finish_files()
+    summary = json.loads((rsettings.failed_dir / f"{final.name}.summary.json").read_text())
+    assert (summary["status"], summary["delivered"], summary["cancelled"]) == ("cancelled", 3, 1)
 
 
 def test_a_cancelled_file_gets_its_summary_in_failed(

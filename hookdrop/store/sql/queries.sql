@@ -413,13 +413,14 @@ WHERE status = 'delivering' AND read_complete AND NOT paused
 RETURNING id, name, status, processing_path;
 
 -- name: files_to_move
--- A cancelled file waits while a notifier still holds a live lease on one of its chunks: the
--- outcomes of what it had in flight are still to come, and belong in its summary.
+-- A cancelled file waits while a notifier still holds a lease on one of its chunks that it has
+-- not handed back (live, or run out and not yet ended by the lease sweep): the outcomes of
+-- what it had in flight may still come, and belong in its summary.
 SELECT id, name, status, processing_path FROM files
 WHERE status IN ('done', 'failed', 'cancelled') AND processing_path IS NOT NULL
   AND final_path IS NULL
   AND NOT (status = 'cancelled' AND EXISTS (SELECT 1 FROM chunk_leases AS l
-                                            WHERE l.file_id = files.id AND l.until >= now()));
+                                            WHERE l.file_id = files.id AND l.owner <> ''));
 
 -- name: set_final_path
 UPDATE files SET final_path = %(final_path)s, updated_at = now() WHERE id = %(id)s;
