@@ -271,9 +271,7 @@ SELECT a.*,
        CASE WHEN d.id IS NOT NULL THEN 'delivered' ELSE a.status END AS ledger_status,
        coalesce(d.code, a.last_status_code) AS ledger_code
 FROM alerts AS a
-LEFT JOIN (SELECT s.id, s.code FROM deliveries
-           CROSS JOIN LATERAL unnest(deliveries.ids, deliveries.codes) AS s(id, code)) AS d
-    ON d.id = a.id
+LEFT JOIN round_deliveries AS d ON d.id = a.id
 """
 
 

@@ -131,8 +131,8 @@ JOIN alerts AS a ON a.id = u.id
 WHERE a.chunk_seq = %(seq)s
   AND (a.status || '' IN ('pending', 'retrying', 'throttled')
        OR (%(dlq)s AND a.status || '' = 'dlq'))
-  AND u.id NOT IN (SELECT d.id FROM deliveries, unnest(deliveries.ids) AS d(id)
-                   WHERE deliveries.file_id = %(file_id)s AND deliveries.chunk_seq = %(seq)s)
+  AND u.id NOT IN (SELECT r.id FROM round_deliveries AS r
+                   WHERE r.file_id = %(file_id)s AND r.chunk_seq = %(seq)s)
 ORDER BY a.line_no;
 
 -- name: chunks_of
@@ -148,8 +148,8 @@ UPDATE alerts SET status = 'deferred'
 WHERE id = ANY(%(ids)s) AND status || '' IN ('pending', 'retrying', 'throttled', 'dlq')
   AND EXISTS (SELECT 1 FROM chunk_leases WHERE file_id = %(file_id)s AND chunk_seq = %(seq)s
               AND owner = %(owner)s)
-  AND id NOT IN (SELECT d.id FROM deliveries, unnest(deliveries.ids) AS d(id)
-                 WHERE deliveries.file_id = %(file_id)s AND deliveries.chunk_seq = %(seq)s);
+  AND id NOT IN (SELECT r.id FROM round_deliveries AS r
+                 WHERE r.file_id = %(file_id)s AND r.chunk_seq = %(seq)s);
 
 -- name: take_deferred
 -- Deferred alerts of one endpoint, pending again, to be queued; none of a chunk some notifier
@@ -174,25 +174,11 @@ GROUP BY 1, 2;
 
 -- name: endpoint_sending
 -- Pending alerts a live chunk lease holds (of one file, or of all with file_id NULL), by
--- endpoint: the ids each lease holds less those delivered in its rounds, each looked up by
--- primary key (a few hundred per running job; OFFSET 0 keeps the lookup per id: joined
--- plainly, the planner may read the whole ledger and match it against the leases).
-SELECT f.endpoint, sum(h.n)::bigint AS n
-FROM chunk_leases AS l JOIN files AS f ON f.id = l.file_id
-CROSS JOIN LATERAL (
-    SELECT count(*) AS n
-    FROM (SELECT u.id FROM unnest(l.ids) AS u(id)
-          EXCEPT
-          SELECT s.id FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
-          WHERE d.file_id = l.file_id AND d.chunk_seq = l.chunk_seq) AS o
-    CROSS JOIN LATERAL (
-        SELECT 1 FROM alerts AS a
-        WHERE a.id = o.id AND a.file_id = l.file_id AND a.chunk_seq = l.chunk_seq
-          AND a.status || '' = 'pending'
-        OFFSET 0
-    ) AS held
-) AS h
-WHERE l.until >= now() AND (%(file_id)s::bigint IS NULL OR l.file_id = %(file_id)s::bigint)
+-- endpoint: a few hundred lookups by primary key per running job (lease_holds).
+SELECT f.endpoint, count(*) AS n
+FROM lease_holds AS h JOIN files AS f ON f.id = h.file_id
+WHERE h.until >= now() AND h.status = 'pending'
+  AND (%(file_id)s::bigint IS NULL OR h.file_id = %(file_id)s::bigint)
 GROUP BY 1;
 
 -- name: waiting_for_unconfigured
@@ -276,8 +262,8 @@ WITH lease AS MATERIALIZED (
     FROM r
     WHERE a.id = r.id AND a.status || '' IN ('pending', 'retrying', 'throttled', 'dlq')
       AND EXISTS (SELECT 1 FROM lease)
-      AND a.id NOT IN (SELECT d.id FROM deliveries, unnest(deliveries.ids) AS d(id)
-                       WHERE deliveries.file_id = %(file_id)s AND deliveries.chunk_seq = %(seq)s)
+      AND a.id NOT IN (SELECT r.id FROM round_deliveries AS r
+                       WHERE r.file_id = %(file_id)s AND r.chunk_seq = %(seq)s)
     RETURNING a.status
 ), moved AS (
     SELECT coalesce((SELECT sum(n) FROM sent), 0)
@@ -329,8 +315,8 @@ WITH gone AS (
     CROSS JOIN LATERAL (
         SELECT u.id FROM unnest(g.ids) AS u(id)
         EXCEPT
-        SELECT s.id FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
-        WHERE d.file_id = g.file_id AND d.chunk_seq = g.chunk_seq
+        SELECT r.id FROM round_deliveries AS r
+        WHERE r.file_id = g.file_id AND r.chunk_seq = g.chunk_seq
     ) AS o
 )
 SELECT a.id, a.file_id, a.chunk_seq
@@ -358,7 +344,7 @@ ANALYZE (SKIP_LOCKED) alerts;
 -- job carries them, so their job was lost (a notifier killed between dequeuing it and claiming
 -- the chunk; RQ does not run such a job again). A file is read (alerts_by_file; OFFSET 0 keeps
 -- it per file) only when its counters have more alerts open than its DLQ and deferred ones
--- (alerts_waiting) and the open ones its chunk leases hold (their ids, each by primary key):
+-- (alerts_waiting) and the open ones its chunk leases hold (lease_holds):
 -- while every open alert is accounted for, as when notifiers keep up with a file still being
 -- read, the sweep costs a few lookups, not a read of the file.
 SELECT o.id, o.file_id, o.chunk_seq FROM files AS f
@@ -367,21 +353,8 @@ CROSS JOIN LATERAL (
     WHERE w.file_id = f.id AND w.status IN ('dlq', 'deferred')
 ) AS parked
 CROSS JOIN LATERAL (
-    SELECT count(*) AS n
-    FROM chunk_leases AS l
-    CROSS JOIN LATERAL (
-        SELECT u.id FROM unnest(l.ids) AS u(id)
-        EXCEPT
-        SELECT s.id FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
-        WHERE d.file_id = l.file_id AND d.chunk_seq = l.chunk_seq
-    ) AS h
-    CROSS JOIN LATERAL (
-        SELECT 1 FROM alerts AS a
-        WHERE a.id = h.id AND a.file_id = l.file_id AND a.chunk_seq = l.chunk_seq
-          AND a.status || '' IN ('pending', 'retrying', 'throttled')
-        OFFSET 0
-    ) AS still_open
-    WHERE l.file_id = f.id
+    SELECT count(*) AS n FROM lease_holds AS h
+    WHERE h.file_id = f.id AND h.status IN ('pending', 'retrying', 'throttled')
 ) AS held
 CROSS JOIN LATERAL (
     SELECT a.id, a.file_id, a.chunk_seq FROM alerts AS a
@@ -389,8 +362,8 @@ CROSS JOIN LATERAL (
       AND a.created_at < now() - make_interval(secs => %(age)s)
       AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
                       WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq)
-      AND NOT EXISTS (SELECT 1 FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
-                      WHERE d.file_id = f.id AND s.id = a.id)
+      AND NOT EXISTS (SELECT 1 FROM round_deliveries AS r
+                      WHERE r.file_id = f.id AND r.id = a.id)
     OFFSET 0
 ) AS o
 WHERE f.status IN ('claimed', 'reading', 'delivering') AND NOT f.paused
@@ -401,8 +374,8 @@ LIMIT %(limit)s;
 -- A file's alerts still to send (delivered in no round; the DLQ and deferred ones left out).
 SELECT id, file_id, chunk_seq FROM alerts AS a
 WHERE file_id = %(file_id)s AND status IN ('pending', 'retrying', 'throttled')
-  AND NOT EXISTS (SELECT 1 FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
-                  WHERE d.file_id = %(file_id)s AND s.id = a.id)
+  AND NOT EXISTS (SELECT 1 FROM round_deliveries AS r
+                  WHERE r.file_id = %(file_id)s AND r.id = a.id)
 ORDER BY chunk_seq, line_no;
 
 -- name: finish_files
@@ -446,8 +419,8 @@ WITH c AS (
       AND NOT EXISTS (SELECT 1 FROM chunk_leases AS l
                       WHERE l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq
                         AND l.owner <> '')
-      AND NOT EXISTS (SELECT 1 FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
-                      WHERE d.file_id = %(id)s AND s.id = a.id)
+      AND NOT EXISTS (SELECT 1 FROM round_deliveries AS r
+                      WHERE r.file_id = %(id)s AND r.id = a.id)
     RETURNING 1
 )
 UPDATE files SET status = 'cancelled', cancelled = cancelled + (SELECT count(*) FROM c),
@@ -470,8 +443,8 @@ WITH left_over AS (
     CROSS JOIN LATERAL (
         SELECT a.id FROM alerts AS a
         WHERE a.file_id = f.id AND a.status IN ('pending', 'retrying', 'throttled', 'dlq', 'deferred')
-          AND NOT EXISTS (SELECT 1 FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids) AS s(id)
-                          WHERE d.file_id = f.id AND s.id = a.id)
+          AND NOT EXISTS (SELECT 1 FROM round_deliveries AS r
+                          WHERE r.file_id = f.id AND r.id = a.id)
         OFFSET 0
     ) AS o
     WHERE f.status = 'cancelled'
@@ -602,10 +575,8 @@ SELECT line, user_id, alert_id, status, http_code, error FROM (
            CASE WHEN d.id IS NULL THEN a.last_error END AS error
     FROM alerts AS a LEFT JOIN chunk_leases AS l
         ON l.file_id = a.file_id AND l.chunk_seq = a.chunk_seq
-    LEFT JOIN (SELECT s.id, s.code
-               FROM deliveries CROSS JOIN LATERAL unnest(deliveries.ids, deliveries.codes)
-                    AS s(id, code)
-               WHERE deliveries.file_id = %(file_id)s) AS d ON d.id = a.id
+    LEFT JOIN (SELECT r.id, r.code FROM round_deliveries AS r
+               WHERE r.file_id = %(file_id)s) AS d ON d.id = a.id
     WHERE a.file_id = %(file_id)s
     UNION ALL
     SELECT line_no, NULL, NULL, 'invalid', NULL, reason

@@ -34,3 +34,26 @@ CREATE INDEX IF NOT EXISTS alerts_waiting ON alerts (status, file_id)
     WHERE status NOT IN ('pending', 'delivered');
 DROP INDEX IF EXISTS alerts_open;
 DROP INDEX IF EXISTS alerts_deferred;
+
+-- Every alert delivered in a round, one row each: the one definition statements read.
+CREATE OR REPLACE VIEW round_deliveries AS
+SELECT d.file_id, d.chunk_seq, s.id, s.code
+FROM deliveries AS d CROSS JOIN LATERAL unnest(d.ids, d.codes) AS s(id, code);
+
+-- The alerts each chunk lease holds that no round of its chunk delivered, with their status:
+-- the lease's ids, each looked up by primary key (OFFSET 0 keeps the lookup per id: joined
+-- plainly, the planner may read the whole ledger and match it against the leases).
+CREATE OR REPLACE VIEW lease_holds AS
+SELECT l.file_id, l.chunk_seq, l.until, held.id, held.status
+FROM chunk_leases AS l
+CROSS JOIN LATERAL (
+    SELECT u.id FROM unnest(l.ids) AS u(id)
+    EXCEPT
+    SELECT r.id FROM round_deliveries AS r
+    WHERE r.file_id = l.file_id AND r.chunk_seq = l.chunk_seq
+) AS o
+CROSS JOIN LATERAL (
+    SELECT a.id, a.status FROM alerts AS a
+    WHERE a.id = o.id AND a.file_id = l.file_id AND a.chunk_seq = l.chunk_seq
+    OFFSET 0
+) AS held;
