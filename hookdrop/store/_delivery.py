@@ -79,8 +79,10 @@ class DeliveryQueries(Connected):
         make one row of ``deliveries``; the others update their alert rows."""
         if not results:
             return 0
-        sent = [r for r in results if r.first_try and r.status == AlertStatus.DELIVERED]
-        rest = [r for r in results if not (r.first_try and r.status == AlertStatus.DELIVERED)]
+        sent: list[Result] = []
+        rest: list[Result] = []
+        for r in results:
+            (sent if r.first_try and r.status == AlertStatus.DELIVERED else rest).append(r)
         written = self._value(
             "record_results",
             {

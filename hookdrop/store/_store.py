@@ -314,14 +314,8 @@ class Store(DeliveryQueries):
             sending = sum(
                 int(row["n"]) for row in execute(conn, "endpoint_sending", {"file_id": file_id})
             )
-        file = files[0]
-        still_open = (
-            file["alerts_total"]
-            - file["delivered"]
-            - file["rejected"]
-            - file["dead"]
-            - file["cancelled"]
-        )
+        file = FileRow(**files[0])
+        still_open = file.alerts_total - file.settled
         if sending:
             found[AlertStatus.SENDING] = sending
         pending = still_open - sum(n for s, n in found.items() if s in OPEN)
